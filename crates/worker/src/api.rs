@@ -1,0 +1,393 @@
+//! The worker's HTTP API: routes, handlers and the mapping of errors to JSON answers.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{MatchedPath, Path, Request, State, rejection::PathRejection},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use common::{CancellationToken, ErrorBody};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    config::Config,
+    metrics::{JobLabels, Metrics, RequestLabels},
+    pool::{Pool, PoolError},
+    request::{self, Job, Weight},
+};
+
+/// Everything the handlers share; a cheap handle.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    worker_id: String,
+    cpu_limit_cores: f64,
+    pool: Pool,
+    metrics: Metrics,
+    started: Instant,
+    next_job: AtomicU64,
+    crash: CancellationToken,
+}
+
+impl AppState {
+    /// `crash` is cancelled by `POST /stop` (chaos mode) to drop every connection at once.
+    pub fn new(
+        config: Config,
+        cpu_limit_cores: f64,
+        threads: usize,
+        crash: CancellationToken,
+    ) -> Self {
+        let worker_id = config.resolved_worker_id();
+        let pool = Pool::new(threads, config.queue_capacity);
+        Self(Arc::new(Shared {
+            config,
+            worker_id,
+            cpu_limit_cores,
+            pool,
+            metrics: Metrics::new(),
+            started: Instant::now(),
+            next_job: AtomicU64::new(1),
+            crash,
+        }))
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.0.worker_id
+    }
+}
+
+/// All routes, with request metrics around them.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/submit", post(submit))
+        .route("/work", post(work))
+        .route("/heavy", post(heavy))
+        .route("/light", post(light))
+        .route("/consume_cpu/{intensity}", get(consume_cpu))
+        .route("/consume_memory/{intensity}", get(consume_memory))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/stop", post(stop))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// An error answer: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody::new(self.message))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// The answer to every job.
+#[derive(Debug, Serialize)]
+struct JobAnswer {
+    job_id: String,
+    worker_id: String,
+    operation: &'static str,
+    result: Value,
+    /// Seconds, as in the original API (`"1.24s"`).
+    time_taken: String,
+    time_taken_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intensity: Option<u32>,
+}
+
+async fn health() -> &'static str {
+    "OK"
+}
+
+#[tracing::instrument(skip_all)]
+async fn submit(State(state): State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+    let body = read_body(body, state.0.config.max_body_bytes).await?;
+    let job = request::parse_submit(&body, &state.0.config).map_err(ApiError::bad_request)?;
+    execute(&state, job, None).await
+}
+
+async fn work(state: State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+    intensity_job(state, body, Weight::Normal).await
+}
+
+async fn heavy(state: State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+    intensity_job(state, body, Weight::Heavy).await
+}
+
+async fn light(state: State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+    intensity_job(state, body, Weight::Light).await
+}
+
+#[tracing::instrument(skip(state, body))]
+async fn intensity_job(
+    State(state): State<AppState>,
+    body: Body,
+    weight: Weight,
+) -> Result<Json<JobAnswer>, ApiError> {
+    let config = &state.0.config;
+    let body = read_body(body, config.max_body_bytes).await?;
+    let intensity = request::parse_intensity_body(&body, config.max_intensity)
+        .map_err(ApiError::bad_request)?;
+    let job = Job::Spin {
+        iterations: weight.iterations(intensity, config.work_unit),
+    };
+    execute(&state, job, Some(intensity)).await
+}
+
+#[tracing::instrument(skip(state))]
+async fn consume_cpu(
+    State(state): State<AppState>,
+    segment: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobAnswer>, ApiError> {
+    let intensity = path_intensity(&state, segment)?;
+    let job = Job::Spin {
+        iterations: Weight::Normal.iterations(intensity, state.0.config.work_unit),
+    };
+    execute(&state, job, Some(intensity)).await
+}
+
+#[tracing::instrument(skip(state))]
+async fn consume_memory(
+    State(state): State<AppState>,
+    segment: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobAnswer>, ApiError> {
+    let intensity = path_intensity(&state, segment)?;
+    let job = Job::Memory {
+        bytes: u64::from(intensity) * state.0.config.memory_unit_mb * (1 << 20),
+        hold: Duration::from_millis(100),
+    };
+    execute(&state, job, Some(intensity)).await
+}
+
+fn path_intensity(
+    state: &AppState,
+    segment: Result<Path<String>, PathRejection>,
+) -> Result<u32, ApiError> {
+    let Path(segment) = segment.map_err(|err| ApiError::bad_request(err.body_text()))?;
+    request::parse_intensity_path(&segment, state.0.config.max_intensity)
+        .map_err(ApiError::bad_request)
+}
+
+async fn stats(State(state): State<AppState>) -> Json<Value> {
+    let pool = state.0.pool.stats();
+    Json(json!({
+        "worker_id": state.0.worker_id,
+        "in_flight": pool.running,
+        "queued": pool.queued,
+        "completed": pool.completed,
+        "failed": pool.failed,
+        "rejected": pool.rejected,
+        "threads": pool.threads,
+        "queue_capacity": pool.queue_capacity,
+        "cpu_limit_cores": state.0.cpu_limit_cores,
+        "uptime_s": state.0.started.elapsed().as_secs_f64(),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.0.metrics.render(state.0.pool.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn stop(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if !state.0.config.chaos {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "POST /stop is disabled; start the worker with WORKER_CHAOS=true to simulate crashes",
+        ));
+    }
+    tracing::warn!(worker_id = %state.0.worker_id, "chaos: simulating a crash");
+    let crash = state.0.crash.clone();
+    tokio::spawn(async move {
+        // Let this answer reach the client first.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        crash.cancel();
+    });
+    Ok(Json(
+        json!({ "stopped": true, "worker_id": state.0.worker_id }),
+    ))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Counts every request by matched route and status.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let metrics = &state.0.metrics;
+    metrics.http_in_flight.inc();
+    let _in_flight = scopeguard(|| {
+        metrics.http_in_flight.dec();
+    });
+    let response = next.run(request).await;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(err) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {err}"
+        ))),
+    }
+}
+
+async fn execute(
+    state: &AppState,
+    job: Job,
+    intensity: Option<u32>,
+) -> Result<Json<JobAnswer>, ApiError> {
+    let operation = job.operation();
+    let outcome = state
+        .0
+        .pool
+        .run(move |cancel| {
+            let started = Instant::now();
+            job.run(cancel).map(|value| (value, started.elapsed()))
+        })
+        .await;
+    match outcome {
+        Ok((result, took)) => {
+            state
+                .0
+                .metrics
+                .job_duration
+                .get_or_create(&JobLabels { operation })
+                .observe(took.as_secs_f64());
+            Ok(Json(JobAnswer {
+                job_id: state.next_job_id(),
+                worker_id: state.0.worker_id.clone(),
+                operation,
+                result,
+                time_taken: format!("{:.3}s", took.as_secs_f64()),
+                time_taken_ms: took.as_secs_f64() * 1e3,
+                intensity,
+            }))
+        }
+        Err(PoolError::Saturated) => {
+            let stats = state.0.pool.stats();
+            Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "worker is saturated: {} jobs running and {} queued; retry later",
+                    stats.running, stats.queued
+                ),
+                retry_after: Some(state.0.config.retry_after_secs),
+            })
+        }
+        Err(PoolError::Cancelled) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job was cancelled",
+        )),
+        Err(PoolError::Failed) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the job failed",
+        )),
+    }
+}
+
+impl AppState {
+    /// `JOB-<unix ms>-<sequence>`, unique per worker.
+    fn next_job_id(&self) -> String {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!(
+            "JOB-{millis}-{}",
+            self.0.next_job.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}

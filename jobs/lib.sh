@@ -1,0 +1,96 @@
+# Shared by the jobs/ scripts: installing what is missing, Docker and Compose detection.
+# Source it; it does nothing by itself.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release"
+IMAGE_REPO="${IMAGE_REPO:-rustybalancer}"
+IMAGE_TAG="${IMAGE_TAG:-dev}"
+# The classic builder: BuildKit would try to fetch its frontend, and nothing can be pulled.
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $*"; fi
+}
+
+APT_UPDATED=0
+# apt_install PACKAGE... : installs the Debian packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
+  log "installing ${missing[*]}"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    as_root apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# need_cmd COMMAND PACKAGE : installs PACKAGE when COMMAND is not on the PATH.
+need_cmd() {
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+  command -v "$1" >/dev/null 2>&1 || die "$1 is still missing after installing $2"
+}
+
+# ensure_docker : the docker CLI installed and the engine answering (started if it is not).
+ensure_docker() {
+  need_cmd docker docker.io
+  if ! docker info >/dev/null 2>&1; then
+    log "starting the Docker engine"
+    as_root service docker start >/dev/null 2>&1 || (as_root dockerd >/tmp/dockerd.log 2>&1 &)
+    for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || die "the Docker engine does not answer; is your user allowed to use /var/run/docker.sock? (see README, Troubleshooting)"
+  fi
+}
+
+# compose ARGS... : `docker compose` when the plugin exists, else `docker-compose`.
+compose() {
+  if docker compose version >/dev/null 2>&1; then
+    docker compose "$@"
+  elif command -v docker-compose >/dev/null 2>&1; then
+    docker-compose "$@"
+  else
+    apt_install docker-compose
+    docker-compose "$@"
+  fi
+}
+
+# ensure_rust : cargo with rustfmt and clippy.
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo is not installed; install Rust (https://rustup.rs)"
+  cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component add rustfmt"
+  cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup component add clippy"
+}
+
+# build_binaries : the one release build of the workspace (static, see .cargo/config.toml).
+build_binaries() {
+  log "building the static binaries"
+  (cd "$ROOT" && cargo build --release --workspace --bins --locked)
+}
+
+# build_image SERVICE : rustybalancer/SERVICE:TAG from deploy/SERVICE.Dockerfile and its binary.
+build_image() {
+  local service="$1" context
+  [ -x "$TARGET_DIR/$service" ] || die "no binary $TARGET_DIR/$service; build first"
+  context="$(mktemp -d)"
+  cp "$TARGET_DIR/$service" "$context/"
+  log "image $IMAGE_REPO/$service:$IMAGE_TAG"
+  if ! output="$(docker build --quiet --label "org.opencontainers.image.title=$service" \
+      -f "$ROOT/deploy/$service.Dockerfile" -t "$IMAGE_REPO/$service:$IMAGE_TAG" "$context" 2>&1)"; then
+    rm -rf "$context"
+    die "docker build of $service failed: $output"
+  fi
+  rm -rf "$context"
+}
+
+# services : every service with a Dockerfile in deploy/.
+services() {
+  for file in "$ROOT"/deploy/*.Dockerfile; do basename "$file" .Dockerfile; done
+}
