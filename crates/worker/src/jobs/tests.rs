@@ -66,7 +66,10 @@ fn cancelled_jobs_stop_early() {
     let cancel = CancelFlag::default();
     cancel.cancel();
     assert_eq!(monte_carlo_pi(u64::MAX, &cancel), Err(Cancelled));
-    assert_eq!(count_primes_below(1_000_000_000_000, &cancel), Err(Cancelled));
+    assert_eq!(
+        count_primes_below(1_000_000_000_000, &cancel),
+        Err(Cancelled)
+    );
     assert_eq!(spin(u64::MAX, &cancel), Err(Cancelled));
     assert_eq!(sleep(Duration::from_secs(60), &cancel), Err(Cancelled));
 }
