@@ -9,6 +9,7 @@ cd "$ROOT"
 ensure_rust
 need_cmd ldd libc-bin
 need_cmd kill procps
+need_cmd redis-server redis-server
 ensure_docker
 
 log "cargo fmt --check"

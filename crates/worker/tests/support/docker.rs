@@ -1,116 +1,21 @@
-//! The worker image on the real Docker engine. Everything created here carries the label
-//! `managed-by=rustybalancer-tests` and is removed on drop, even when an assertion fails.
+//! The worker image on the real Docker engine, with `common::testing`'s cleanup guard.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{process::Command, time::Duration};
 
+use common::testing::{Cleanup, TEST_LABEL, build_image, docker, unique, wait_for};
 use serde_json::{Value, json};
-
-pub const LABEL: &str = "managed-by=rustybalancer-tests";
-
-/// Runs `docker` with `args`; its trimmed stdout, or a panic with its stderr.
-pub fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("the docker CLI is not installed");
-    assert!(
-        output.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// What a test created, removed on drop.
-#[derive(Default)]
-pub struct Cleanup {
-    pub containers: Vec<String>,
-    pub networks: Vec<String>,
-    pub images: Vec<String>,
-    pub dirs: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let quiet = |args: &[&str]| {
-            let _ = Command::new("docker").args(args).output();
-        };
-        for container in &self.containers {
-            quiet(&["rm", "-f", "-v", container]);
-        }
-        for network in &self.networks {
-            quiet(&["network", "rm", network]);
-        }
-        for image in &self.images {
-            quiet(&["image", "rm", "-f", image]);
-        }
-        for dir in &self.dirs {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-pub fn unique() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Builds the worker image from the test's own static binary and `deploy/worker.Dockerfile`.
-pub fn build_worker_image(cleanup: &mut Cleanup, id: &str) -> String {
-    let context = std::env::temp_dir().join(format!("rb-worker-image-{id}"));
-    cleanup.dirs.push(context.clone());
-    std::fs::create_dir_all(&context).unwrap();
-    std::fs::copy(super::worker_binary(), context.join("worker")).unwrap();
-    let tag = format!("rustybalancer/worker:test-{id}");
-    let dockerfile = repo_root().join("deploy/worker.Dockerfile");
-    cleanup.images.push(tag.clone());
-    docker(&[
-        "build",
-        "--quiet",
-        "--label",
-        LABEL,
-        "-f",
-        dockerfile.to_str().unwrap(),
-        "-t",
-        &tag,
-        context.to_str().unwrap(),
-    ]);
-    tag
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Build the image, run it on a network of its own, call it through the container's address,
 /// watch its HEALTHCHECK turn healthy, check the binary inside is static and the image small.
 pub fn image_scenario() {
     let id = unique();
     let mut cleanup = Cleanup::default();
-    let tag = build_worker_image(&mut cleanup, &id);
+    let tag = build_image(
+        &mut cleanup,
+        "worker",
+        std::path::Path::new(super::worker_binary()),
+        &id,
+    );
 
     let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", &tag])
         .parse()
@@ -122,7 +27,7 @@ pub fn image_scenario() {
 
     let network = format!("rb-test-{id}");
     cleanup.networks.push(network.clone());
-    docker(&["network", "create", "--label", LABEL, &network]);
+    docker(&["network", "create", "--label", TEST_LABEL, &network]);
     let name = format!("rb-test-worker-{id}");
     cleanup.containers.push(name.clone());
     docker(&[
@@ -131,7 +36,7 @@ pub fn image_scenario() {
         "--name",
         &name,
         "--label",
-        LABEL,
+        TEST_LABEL,
         "--network",
         &network,
         &tag,

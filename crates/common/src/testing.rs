@@ -1,0 +1,161 @@
+//! Helpers for the tests of every crate (feature `testing`): the Docker CLI, a cleanup guard
+//! for what a test creates, unique names, polling with a deadline. Everything a test creates
+//! in Docker carries [`TEST_LABEL`] and is removed on drop, even when the test fails.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// The label on every container, network and image a test creates.
+pub const TEST_LABEL: &str = "managed-by=rustybalancer-tests";
+
+/// Runs `docker` with `args`; its trimmed stdout, or a panic with its stderr.
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("the docker CLI is not installed");
+    assert!(
+        output.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// What a test created, removed on drop.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub containers: Vec<String>,
+    /// Containers are also removed by label filter (`key=value`), for those an agent made.
+    pub container_labels: Vec<String>,
+    pub networks: Vec<String>,
+    pub images: Vec<String>,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| Command::new("docker").args(args).output().ok();
+        for label in &self.container_labels {
+            let filter = format!("label={label}");
+            if let Some(output) = quiet(&["ps", "-aq", "--filter", &filter]) {
+                for id in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                    quiet(&["rm", "-f", "-v", id]);
+                }
+            }
+        }
+        for container in &self.containers {
+            quiet(&["rm", "-f", "-v", container]);
+        }
+        for network in &self.networks {
+            quiet(&["network", "rm", network]);
+        }
+        for image in &self.images {
+            quiet(&["image", "rm", "-f", image]);
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A name part unique to this process and moment.
+pub fn unique() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// Polls `probe` every 100 ms until it gives a value; panics naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The async twin of [`wait_for`].
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The directory of this workspace's release binaries (`worker`, `balancer`, ...), found from
+/// the running test executable (`target/<triple>/release/deps/<test>`).
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("no current executable");
+    let deps = exe.parent().expect("test binary has no directory");
+    deps.parent().unwrap_or(deps).to_path_buf()
+}
+
+/// The path of a workspace binary; panics with how to build it when it is missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = binary_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace binaries first (`cargo build --release --bins`; jobs/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Builds `rustybalancer/<service>:test-<id>` from `deploy/<service>.Dockerfile` and the
+/// binary at `binary`, registering the image and its build context for cleanup.
+pub fn build_image(
+    cleanup: &mut Cleanup,
+    service: &str,
+    binary: &std::path::Path,
+    id: &str,
+) -> String {
+    let context = std::env::temp_dir().join(format!("rb-{service}-image-{id}"));
+    cleanup.dirs.push(context.clone());
+    std::fs::create_dir_all(&context).expect("cannot create the build context");
+    std::fs::copy(binary, context.join(service))
+        .expect("cannot copy the binary into the build context");
+    let tag = format!("rustybalancer/{service}:test-{id}");
+    let dockerfile = repo_root().join(format!("deploy/{service}.Dockerfile"));
+    cleanup.images.push(tag.clone());
+    docker(&[
+        "build",
+        "--quiet",
+        "--label",
+        TEST_LABEL,
+        "-f",
+        &dockerfile.to_string_lossy(),
+        "-t",
+        &tag,
+        &context.to_string_lossy(),
+    ]);
+    tag
+}
+
+/// The workspace root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

@@ -1,0 +1,384 @@
+//! The `Agent` handle: the shared state of one agent (world, runtime, store, published queue)
+//! and the operations the servers call. Cheap to clone.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
+};
+
+use common::queue::{Category, QueueSnapshot};
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    config::Config,
+    decide::ScalingConfig,
+    metrics::{CategoryLabel, KindLabel, Metrics},
+    probe::Prober,
+    runtime::{Runtime, now_ms},
+    score::{Thresholds, Weights},
+    state::{BalancerReport, MemberStatus, World},
+    store::{EventKind, ScalingEvent, Store},
+};
+
+#[derive(Clone)]
+pub struct Agent {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub config: Config,
+    pub weights: Weights,
+    pub thresholds: Thresholds,
+    pub runtime: Runtime,
+    pub store: Store,
+    pub prober: Prober,
+    pub metrics: Metrics,
+    world: Mutex<World>,
+    queue: watch::Sender<Arc<QueueSnapshot>>,
+    pub wake: Notify,
+    shutdown: common::CancellationToken,
+}
+
+/// Current bounds and target, as `/status` and gRPC show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Bounds {
+    pub min_replicas: usize,
+    pub max_replicas: usize,
+    pub desired_replicas: usize,
+}
+
+impl Agent {
+    pub fn new(
+        config: Config,
+        runtime: Runtime,
+        store: Store,
+        shutdown: common::CancellationToken,
+    ) -> Self {
+        let (queue, _) = watch::channel(Arc::new(QueueSnapshot::new(0, now_ms(), Vec::new())));
+        Self {
+            shared: Arc::new(Shared {
+                weights: config.weights(),
+                thresholds: config.thresholds(),
+                prober: Prober::new(config.probe_timeout),
+                config,
+                runtime,
+                store,
+                metrics: Metrics::new(),
+                world: Mutex::new(World::default()),
+                queue,
+                wake: Notify::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    pub(crate) fn world(&self) -> MutexGuard<'_, World> {
+        self.shared
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn runtime_kind(&self) -> &'static str {
+        self.shared.runtime.kind()
+    }
+
+    /// Runs the control loop soon, without waiting for the next tick.
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// A subscription to the live queue: the current snapshot at once, then every change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<QueueSnapshot>> {
+        self.shared.queue.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Arc<QueueSnapshot> {
+        self.shared.queue.borrow().clone()
+    }
+
+    pub fn statuses(&self) -> Vec<MemberStatus> {
+        self.world().statuses(Instant::now())
+    }
+
+    /// The scaling settings with the API's overrides applied.
+    pub fn scaling(&self) -> ScalingConfig {
+        let overrides = self.world().overrides.clone();
+        let mut scaling = self.shared.config.scaling();
+        if let Some(min) = overrides.min_replicas {
+            scaling.min_replicas = min;
+        }
+        if let Some(max) = overrides.max_replicas {
+            scaling.max_replicas = max;
+        }
+        scaling
+    }
+
+    pub fn bounds(&self) -> Bounds {
+        let scaling = self.scaling();
+        let world = self.world();
+        let active = world
+            .members
+            .values()
+            .filter(|m| {
+                !matches!(
+                    m.phase,
+                    crate::state::Phase::Sundown { .. } | crate::state::Phase::Stopping
+                )
+            })
+            .count()
+            + world.launching.len();
+        Bounds {
+            min_replicas: scaling.min_replicas,
+            max_replicas: scaling.max_replicas,
+            desired_replicas: active,
+        }
+    }
+
+    /// Mean utilisation of the serving containers (0 with none).
+    pub fn mean_utilization(&self) -> f64 {
+        let statuses = self.statuses();
+        let serving: Vec<f64> = statuses
+            .iter()
+            .filter(|s| !matches!(s.category, Category::Init | Category::Sundown))
+            .map(|s| s.utilization)
+            .collect();
+        if serving.is_empty() {
+            0.0
+        } else {
+            serving.iter().sum::<f64>() / serving.len() as f64
+        }
+    }
+
+    /// Asks for `replicas` containers now (clamped to the bounds); returns the target.
+    pub fn request_replicas(&self, replicas: usize) -> usize {
+        let scaling = self.scaling();
+        let target = replicas.clamp(scaling.min_replicas, scaling.max_replicas);
+        self.world().requested = Some(target);
+        self.event(
+            EventKind::ConfigChanged,
+            None,
+            format!("replicas requested: {target}"),
+        );
+        self.wake();
+        target
+    }
+
+    /// Changes the replica bounds; persisted, so they survive restarts.
+    pub fn set_bounds(&self, min: Option<usize>, max: Option<usize>) -> Result<Bounds, String> {
+        let current = self.scaling();
+        let (min, max) = (
+            min.unwrap_or(current.min_replicas),
+            max.unwrap_or(current.max_replicas),
+        );
+        if max == 0 {
+            return Err("max_replicas must be at least 1".into());
+        }
+        if min > max {
+            return Err(format!(
+                "min_replicas ({min}) is above max_replicas ({max})"
+            ));
+        }
+        if let Some(cores) = &self.shared.config.worker_cpuset {
+            if max > cores.0.len() {
+                return Err(format!(
+                    "max_replicas ({max}) is above the {} cores of WORKER_CPUSET",
+                    cores.0.len()
+                ));
+            }
+        }
+        let overrides = {
+            let mut world = self.world();
+            world.overrides.min_replicas = Some(min);
+            world.overrides.max_replicas = Some(max);
+            world.overrides.clone()
+        };
+        self.shared.store.set_overrides(overrides);
+        self.event(
+            EventKind::ConfigChanged,
+            None,
+            format!("replica bounds set to {min}..{max}"),
+        );
+        self.wake();
+        Ok(self.bounds())
+    }
+
+    /// Puts a container in SUNDOWN; `key` is its id, an id prefix or its name.
+    pub fn drain(&self, key: &str) -> Option<String> {
+        let id = {
+            let mut world = self.world();
+            let id = world.find(key)?.to_owned();
+            let member = world.members.get_mut(&id)?;
+            if !matches!(
+                member.phase,
+                crate::state::Phase::Sundown { .. } | crate::state::Phase::Stopping
+            ) {
+                member.phase = crate::state::Phase::Sundown {
+                    since: Instant::now(),
+                };
+                member.sundown_since_ms = Some(now_ms());
+            }
+            id
+        };
+        self.persist_member(&id);
+        self.event(
+            EventKind::Sundown,
+            Some(&id),
+            "drain requested through the API".into(),
+        );
+        self.publish();
+        self.wake();
+        Some(id)
+    }
+
+    /// A balancer's load report. Queued demand wakes the scaler at once.
+    pub fn report_load(
+        &self,
+        balancer_id: &str,
+        queued_without_backend: u64,
+        in_flight: HashMap<String, u64>,
+    ) {
+        let demand = {
+            let mut world = self.world();
+            world.balancers.insert(
+                balancer_id.to_owned(),
+                BalancerReport {
+                    at: Instant::now(),
+                    queued_without_backend,
+                    in_flight,
+                },
+            );
+            world.queued_demand(Instant::now())
+        };
+        self.shared.metrics.queued_demand.set(demand as i64);
+        if queued_without_backend > 0 {
+            self.wake();
+        }
+    }
+
+    /// Records a lifecycle or scaling event: log, metrics, store.
+    pub fn event(&self, kind: EventKind, container: Option<&str>, message: String) {
+        let replicas = self.bounds().desired_replicas;
+        tracing::info!(kind = ?kind, container, replicas, "{message}");
+        self.shared
+            .metrics
+            .events
+            .get_or_create(&KindLabel {
+                kind: kind_name(kind),
+            })
+            .inc();
+        self.shared.store.record_event(ScalingEvent {
+            at_ms: now_ms(),
+            kind,
+            container: container.map(str::to_owned),
+            replicas,
+            message,
+        });
+    }
+
+    /// Writes a member's registry entry to the store.
+    pub(crate) fn persist_member(&self, id: &str) {
+        let record = {
+            let world = self.world();
+            world
+                .members
+                .get(id)
+                .map(|member| crate::store::ContainerRecord {
+                    id: member.instance.id.clone(),
+                    name: member.instance.name.clone(),
+                    address: member.instance.address.clone(),
+                    dns_name: member.instance.dns_name.clone(),
+                    core_id: member.instance.core_id,
+                    created_at_ms: member.instance.created_at_ms,
+                    category: member.category(),
+                    sundown_since_ms: member.sundown_since_ms,
+                })
+        };
+        if let Some(record) = record {
+            self.shared.store.upsert_container(record);
+        }
+    }
+
+    /// Publishes the queue if it changed since the last push.
+    pub fn publish(&self) {
+        let now = Instant::now();
+        let snapshot = {
+            let mut world = self.world();
+            let items = world.queue_items(now);
+            if items == world.published {
+                return;
+            }
+            world.seq += 1;
+            world.published = items.clone();
+            Arc::new(QueueSnapshot::new(world.seq, now_ms(), items))
+        };
+        let metrics = &self.shared.metrics;
+        for category in [
+            Category::Init,
+            Category::Low,
+            Category::Medium,
+            Category::High,
+            Category::Sundown,
+        ] {
+            let count = snapshot
+                .items
+                .iter()
+                .filter(|i| i.utilization_category == category)
+                .count();
+            metrics
+                .containers
+                .get_or_create(&CategoryLabel {
+                    category: category.as_str(),
+                })
+                .set(count as i64);
+        }
+        metrics.queue_pushes.inc();
+        self.shared.queue.send_replace(snapshot);
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let metrics = &self.shared.metrics;
+        metrics.desired.set(self.bounds().desired_replicas as i64);
+        metrics
+            .subscribers
+            .set(self.shared.queue.receiver_count() as i64);
+        metrics
+            .redis_connected
+            .set(i64::from(self.shared.store.status().connected));
+        metrics.render()
+    }
+
+    /// Cancelled when the agent shuts down.
+    pub fn shutdown_token(&self) -> common::CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::ScaleUp => "scale_up",
+        EventKind::ScaleDown => "scale_down",
+        EventKind::Created => "created",
+        EventKind::Ready => "ready",
+        EventKind::Sundown => "sundown",
+        EventKind::Stopped => "stopped",
+        EventKind::Died => "died",
+        EventKind::Adopted => "adopted",
+        EventKind::Removed => "removed",
+        EventKind::ConfigChanged => "config_changed",
+        EventKind::Started => "started",
+    }
+}

@@ -1,0 +1,587 @@
+//! The agent's configuration: every seed variable, each a flag and an environment variable
+//! with a default, parsed once at start. A bad value stops start-up naming the variable.
+
+use std::{net::IpAddr, time::Duration};
+
+use common::config::parse_duration;
+
+use crate::{
+    decide::ScalingConfig,
+    score::{Thresholds, Weights},
+};
+
+/// Which engine runs the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Docker containers through the engine's API (the default; what users run).
+    Docker,
+    /// Local `worker` processes on free loopback ports (no Docker needed).
+    Process,
+}
+
+/// How the address balancers dial is formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AddressMode {
+    /// The container's IP on its network (the agent runs on the host).
+    Ip,
+    /// The container's name on the shared network (the agent runs in the stack).
+    Name,
+}
+
+/// Deployment agent settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the HTTP, WebSocket and gRPC servers listen on.
+    #[arg(
+        long,
+        env = "AGENT_HOST",
+        value_name = "AGENT_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub host: IpAddr,
+    /// HTTP API and dashboard port.
+    #[arg(
+        long = "http-port",
+        env = "HOST_PORT_HTTP_DEPLOYMENT_AGENT",
+        value_name = "HOST_PORT_HTTP_DEPLOYMENT_AGENT",
+        default_value_t = 9000
+    )]
+    pub http_port: u16,
+    /// WebSocket port (live queue at /ws).
+    #[arg(
+        long = "ws-port",
+        env = "HOST_PORT_WS_DEPLOYMENT_AGENT",
+        value_name = "HOST_PORT_WS_DEPLOYMENT_AGENT",
+        default_value_t = 9001
+    )]
+    pub ws_port: u16,
+    /// gRPC port.
+    #[arg(
+        long = "grpc-port",
+        env = "HOST_PORT_GRPC_DEPLOYMENT_AGENT",
+        value_name = "HOST_PORT_GRPC_DEPLOYMENT_AGENT",
+        default_value_t = 9002
+    )]
+    pub grpc_port: u16,
+
+    /// Runtime for workers: `docker` or `process`.
+    #[arg(
+        long,
+        env = "AGENT_RUNTIME",
+        value_name = "AGENT_RUNTIME",
+        default_value = "docker"
+    )]
+    pub runtime: RuntimeKind,
+    /// Docker engine address (`unix:///var/run/docker.sock`, `tcp://host:2375`); default socket when unset.
+    #[arg(long = "docker-host", env = "DOCKER_HOST", value_name = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// The only image the agent starts.
+    #[arg(
+        long = "image",
+        env = "DOCKER_IMAGE",
+        value_name = "DOCKER_IMAGE",
+        default_value = "rustybalancer/worker:dev"
+    )]
+    pub image: String,
+    /// The `worker` binary for the process runtime (default: next to this binary).
+    #[arg(
+        long = "worker-binary",
+        env = "WORKER_BINARY",
+        value_name = "WORKER_BINARY"
+    )]
+    pub worker_binary: Option<std::path::PathBuf>,
+    /// Port the workers listen on.
+    #[arg(
+        long = "target-port",
+        env = "TARGET_PORT",
+        value_name = "TARGET_PORT",
+        default_value_t = 8080
+    )]
+    pub target_port: u16,
+    /// Application name: the `application` label and the container name prefix.
+    #[arg(
+        long = "app",
+        env = "APP_IDENTIFIER",
+        value_name = "APP_IDENTIFIER",
+        default_value = "rustybalancer"
+    )]
+    pub app: String,
+    /// This agent's name: the `managed-by` label of the containers it owns.
+    #[arg(
+        long = "agent-name",
+        env = "AGENT_NAME",
+        value_name = "AGENT_NAME",
+        default_value = "rustybalancer-agent"
+    )]
+    pub agent_name: String,
+    /// Docker network for workers (the stack's network); the default bridge when unset.
+    #[arg(long = "network", env = "AGENT_NETWORK", value_name = "AGENT_NETWORK")]
+    pub network: Option<String>,
+    /// What balancers dial: the container `ip` or its `name` on the shared network.
+    #[arg(
+        long = "address-mode",
+        env = "AGENT_ADDRESS_MODE",
+        value_name = "AGENT_ADDRESS_MODE",
+        default_value = "ip"
+    )]
+    pub address_mode: AddressMode,
+    /// CPUs per worker (Docker `--cpus`), e.g. `1` or `0.5`.
+    #[arg(long = "worker-cpus", env = "WORKER_CPUS", value_name = "WORKER_CPUS", value_parser = parse_cpus)]
+    pub worker_cpus: Option<f64>,
+    /// Memory per worker (`256m`, `1g`, or bytes).
+    #[arg(long = "worker-memory", env = "WORKER_MEMORY", value_name = "WORKER_MEMORY", value_parser = parse_bytes)]
+    pub worker_memory: Option<u64>,
+    /// Process limit per worker.
+    #[arg(
+        long = "worker-pids-limit",
+        env = "WORKER_PIDS_LIMIT",
+        value_name = "WORKER_PIDS_LIMIT",
+        default_value_t = 512
+    )]
+    pub worker_pids_limit: i64,
+    /// Pin each worker to one free core from this pool (`1,2,3` or `1-3`); never more workers than cores.
+    #[arg(long = "worker-cpuset", env = "WORKER_CPUSET", value_name = "WORKER_CPUSET", value_parser = parse_cpuset)]
+    pub worker_cpuset: Option<CpuSet>,
+    /// Extra environment for workers, `KEY=VALUE,KEY=VALUE`.
+    #[arg(long = "worker-env", env = "WORKER_ENV", value_name = "WORKER_ENV", value_parser = parse_env_list, default_value = "")]
+    pub worker_env: EnvList,
+
+    /// Time a worker gets between SIGTERM and SIGKILL when stopped.
+    #[arg(long = "stop-grace", env = "STOP_GRACE", value_name = "STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub stop_grace: Duration,
+    /// Longest a SUNDOWN container drains before it is stopped anyway.
+    #[arg(long = "drain-timeout", env = "DRAIN_TIMEOUT", value_name = "DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// A new container that has not answered /health within this is replaced.
+    #[arg(long = "startup-timeout", env = "STARTUP_TIMEOUT", value_name = "STARTUP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub startup_timeout: Duration,
+    /// Period of the /health and /stats probes of ready containers.
+    #[arg(long = "probe-period", env = "PROBE_PERIOD", value_name = "PROBE_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    pub probe_period: Duration,
+    /// Timeout of one probe.
+    #[arg(long = "probe-timeout", env = "PROBE_TIMEOUT", value_name = "PROBE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+
+    /// Redis URL (`redis://host:6379/0`); overrides REDIS_HOST/REDIS_PORT.
+    #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis host; with neither this nor REDIS_URL the agent keeps its state in memory.
+    #[arg(long = "redis-host", env = "REDIS_HOST", value_name = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port.
+    #[arg(
+        long = "redis-port",
+        env = "REDIS_PORT",
+        value_name = "REDIS_PORT",
+        default_value_t = 6379
+    )]
+    pub redis_port: u16,
+    /// Metrics points kept per container.
+    #[arg(
+        long = "metrics-history",
+        env = "METRICS_HISTORY",
+        value_name = "METRICS_HISTORY",
+        default_value_t = 120
+    )]
+    pub metrics_history: usize,
+    /// Scaling events kept.
+    #[arg(
+        long = "max-events",
+        env = "MAX_EVENTS",
+        value_name = "MAX_EVENTS",
+        default_value_t = 1000
+    )]
+    pub max_events: usize,
+
+    /// Scale up when mean utilisation (100 - score) is above this.
+    #[arg(
+        long = "high-load-threshold",
+        env = "HIGH_LOAD_THRESHOLD",
+        value_name = "HIGH_LOAD_THRESHOLD",
+        default_value_t = 75.0
+    )]
+    pub high_load_threshold: f64,
+    /// Scale down after utilisation stayed below this.
+    #[arg(
+        long = "low-load-threshold",
+        env = "LOW_LOAD_THRESHOLD",
+        value_name = "LOW_LOAD_THRESHOLD",
+        default_value_t = 30.0
+    )]
+    pub low_load_threshold: f64,
+    /// A container at or above this utilisation is critical: scale up at once.
+    #[arg(
+        long = "critical-load-threshold",
+        env = "CRITICAL_LOAD_THRESHOLD",
+        value_name = "CRITICAL_LOAD_THRESHOLD",
+        default_value_t = 90.0
+    )]
+    pub critical_load_threshold: f64,
+    /// A container at or above this CPU % is classified HU (seed 002).
+    #[arg(
+        long = "max-cpu-threshold",
+        env = "MAX_CPU_THRESHOLD",
+        value_name = "MAX_CPU_THRESHOLD",
+        default_value_t = 80.0
+    )]
+    pub max_cpu_threshold: f64,
+    /// Spawn one more when every ready container is at or above this CPU % (seed 002).
+    #[arg(
+        long = "prespawn-threshold",
+        env = "PRESPAWN_THRESHOLD",
+        value_name = "PRESPAWN_THRESHOLD",
+        default_value_t = 70.0
+    )]
+    pub prespawn_threshold: f64,
+    /// Requests in flight per container before scaling out (Knative-style); 0 disables.
+    #[arg(
+        long = "target-concurrency",
+        env = "TARGET_CONCURRENCY",
+        value_name = "TARGET_CONCURRENCY",
+        default_value_t = 10.0
+    )]
+    pub target_concurrency: f64,
+    /// Most containers.
+    #[arg(
+        long = "max-containers",
+        env = "MAX_CONTAINERS",
+        value_name = "MAX_CONTAINERS",
+        default_value_t = 10
+    )]
+    pub max_containers: usize,
+    /// Fewest containers.
+    #[arg(
+        long = "min-containers",
+        env = "MIN_CONTAINERS",
+        value_name = "MIN_CONTAINERS",
+        default_value_t = 1
+    )]
+    pub min_containers: usize,
+    /// Containers at start (alias INITIAL_WORKERS).
+    #[arg(
+        long = "default-container",
+        env = "DEFAULT_CONTAINER",
+        value_name = "DEFAULT_CONTAINER"
+    )]
+    pub default_container: Option<usize>,
+    /// Seed 002's name for DEFAULT_CONTAINER.
+    #[arg(
+        long = "initial-workers",
+        env = "INITIAL_WORKERS",
+        value_name = "INITIAL_WORKERS",
+        hide = true
+    )]
+    pub initial_workers: Option<usize>,
+    /// Minimum time between scaling steps (sets both directions).
+    #[arg(long = "cooldown", env = "COOLDOWN_PERIOD", value_name = "COOLDOWN_PERIOD", default_value = "45s", value_parser = parse_duration)]
+    pub cooldown: Duration,
+    /// Minimum time between two scale-ups (default: COOLDOWN_PERIOD).
+    #[arg(long = "cooldown-up", env = "COOLDOWN_UP", value_name = "COOLDOWN_UP", value_parser = parse_duration)]
+    pub cooldown_up: Option<Duration>,
+    /// Minimum time after any scaling before a scale-down (default: COOLDOWN_PERIOD).
+    #[arg(long = "cooldown-down", env = "COOLDOWN_DOWN", value_name = "COOLDOWN_DOWN", value_parser = parse_duration)]
+    pub cooldown_down: Option<Duration>,
+    /// How long utilisation must stay low before scaling down.
+    #[arg(long = "scale-down-stabilization", env = "SCALE_DOWN_STABILIZATION", value_name = "SCALE_DOWN_STABILIZATION",
+          default_value = "60s", value_parser = parse_duration)]
+    pub scale_down_stabilization: Duration,
+    /// Containers added or removed per step.
+    #[arg(
+        long = "scale-step",
+        env = "SCALE_STEP",
+        value_name = "SCALE_STEP",
+        default_value_t = 1
+    )]
+    pub scale_step: usize,
+    /// Period of the scaling decision.
+    #[arg(long = "scale-check-period", env = "SCALE_CHECK_PERIOD", value_name = "SCALE_CHECK_PERIOD", default_value = "5s", value_parser = parse_duration)]
+    pub scale_check_period: Duration,
+
+    #[arg(
+        long = "cpu-weight",
+        env = "CPU_WEIGHT",
+        value_name = "CPU_WEIGHT",
+        default_value_t = 0.35
+    )]
+    pub cpu_weight: f64,
+    #[arg(
+        long = "memory-weight",
+        env = "MEMORY_WEIGHT",
+        value_name = "MEMORY_WEIGHT",
+        default_value_t = 0.25
+    )]
+    pub memory_weight: f64,
+    #[arg(
+        long = "network-weight",
+        env = "NETWORK_WEIGHT",
+        value_name = "NETWORK_WEIGHT",
+        default_value_t = 0.15
+    )]
+    pub network_weight: f64,
+    #[arg(
+        long = "availability-weight",
+        env = "AVAILABILITY_WEIGHT",
+        value_name = "AVAILABILITY_WEIGHT",
+        default_value_t = 0.25
+    )]
+    pub availability_weight: f64,
+    /// Response times kept per container for the availability score.
+    #[arg(
+        long = "history-size",
+        env = "HISTORY_SIZE",
+        value_name = "HISTORY_SIZE",
+        default_value_t = 20
+    )]
+    pub history_size: usize,
+    /// Best response times averaged as the baseline.
+    #[arg(
+        long = "best-time-window",
+        env = "BEST_TIME_WINDOW",
+        value_name = "BEST_TIME_WINDOW",
+        default_value_t = 10
+    )]
+    pub best_time_window: usize,
+    /// Smoothing of the availability score (0 < alpha <= 1).
+    #[arg(
+        long = "ema-alpha",
+        env = "EMA_ALPHA",
+        value_name = "EMA_ALPHA",
+        default_value_t = 0.2
+    )]
+    pub ema_alpha: f64,
+    /// Network bytes/s counted as 100% network use.
+    #[arg(
+        long = "network-saturation",
+        env = "NETWORK_SATURATION",
+        value_name = "NETWORK_SATURATION",
+        default_value_t = 12_500_000.0
+    )]
+    pub network_saturation: f64,
+
+    /// Bearer token required on mutating calls (HTTP and gRPC); none when unset.
+    #[arg(
+        long = "token",
+        env = "AGENT_TOKEN",
+        value_name = "AGENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Origins allowed by CORS (`*` or a comma-separated list).
+    #[arg(
+        long = "cors-origins",
+        env = "CORS_ORIGINS",
+        value_name = "CORS_ORIGINS",
+        default_value = "*"
+    )]
+    pub cors_origins: String,
+    /// WebSocket ping period.
+    #[arg(long = "ws-ping", env = "WS_PING_PERIOD", value_name = "WS_PING_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    pub ws_ping: Duration,
+    /// Time in-flight API requests get on shutdown.
+    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Stop every managed worker when the agent shuts down (default: leave them serving for the next agent to adopt).
+    #[arg(long = "stop-workers-on-exit", env = "STOP_WORKERS_ON_EXIT", value_name = "STOP_WORKERS_ON_EXIT",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub stop_workers_on_exit: bool,
+}
+
+impl Config {
+    /// The settings with every default, as `--help` shows them (for tests and embedding).
+    pub fn defaults() -> Self {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Bare {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parsing no arguments cannot fail: every field has a default or is optional. The
+        // environment is ignored here: each argument is re-read from an empty command line.
+        let command = <Bare as clap::CommandFactory>::command();
+        let command = command.mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["deployment-agent"]);
+        match Bare::from_arg_matches(&matches) {
+            Ok(bare) => bare.config,
+            Err(err) => panic!("defaults do not parse: {err}"),
+        }
+    }
+
+    /// Checks what clap cannot: relations between settings. The message names the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        self.weights().validate()?;
+        self.thresholds().validate()?;
+        self.scaling().validate()?;
+        if self.history_size == 0 {
+            return Err("HISTORY_SIZE must be at least 1".into());
+        }
+        if self.best_time_window == 0 {
+            return Err("BEST_TIME_WINDOW must be at least 1".into());
+        }
+        if !(self.ema_alpha > 0.0 && self.ema_alpha <= 1.0) {
+            return Err(format!(
+                "EMA_ALPHA must be in (0, 1], got {}",
+                self.ema_alpha
+            ));
+        }
+        if self.network_saturation.is_nan() || self.network_saturation <= 0.0 {
+            return Err("NETWORK_SATURATION must be positive".into());
+        }
+        if self.start_count() > self.max_containers {
+            return Err(format!(
+                "DEFAULT_CONTAINER ({}) is above MAX_CONTAINERS ({})",
+                self.start_count(),
+                self.max_containers
+            ));
+        }
+        if self.app.is_empty()
+            || !self
+                .app
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "APP_IDENTIFIER must be letters, digits, `-` or `_`, got `{}`",
+                self.app
+            ));
+        }
+        if self.probe_period.is_zero() || self.scale_check_period.is_zero() {
+            return Err("PROBE_PERIOD and SCALE_CHECK_PERIOD must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Containers to run at start: DEFAULT_CONTAINER, else INITIAL_WORKERS, else MIN_CONTAINERS.
+    pub fn start_count(&self) -> usize {
+        self.default_container
+            .or(self.initial_workers)
+            .unwrap_or(self.min_containers)
+            .max(self.min_containers)
+    }
+
+    pub fn weights(&self) -> Weights {
+        Weights {
+            cpu: self.cpu_weight,
+            memory: self.memory_weight,
+            network: self.network_weight,
+            availability: self.availability_weight,
+        }
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            low: self.low_load_threshold,
+            high: self.high_load_threshold,
+            critical: self.critical_load_threshold,
+            max_cpu: self.max_cpu_threshold,
+        }
+    }
+
+    pub fn scaling(&self) -> ScalingConfig {
+        ScalingConfig {
+            min_replicas: self.min_containers,
+            max_replicas: self.max_containers,
+            step: self.scale_step,
+            high: self.high_load_threshold,
+            low: self.low_load_threshold,
+            critical: self.critical_load_threshold,
+            prespawn_cpu: self.prespawn_threshold,
+            target_concurrency: self.target_concurrency,
+            cooldown_up: self.cooldown_up.unwrap_or(self.cooldown),
+            cooldown_down: self.cooldown_down.unwrap_or(self.cooldown),
+            stabilization: self.scale_down_stabilization,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+
+    /// The Redis URL from REDIS_URL or REDIS_HOST + REDIS_PORT; `None` = memory only.
+    pub fn redis(&self) -> Option<String> {
+        self.redis_url
+            .clone()
+            .filter(|url| !url.is_empty())
+            .or_else(|| {
+                self.redis_host
+                    .as_ref()
+                    .filter(|host| !host.is_empty())
+                    .map(|host| format!("redis://{host}:{}/", self.redis_port))
+            })
+    }
+}
+
+/// A pool of CPU cores for pinning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuSet(pub Vec<u32>);
+
+/// `KEY=VALUE` pairs for worker environments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvList(pub Vec<String>);
+
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(cpus) if cpus > 0.0 && cpus <= 1024.0 => Ok(cpus),
+        _ => Err(format!("`{text}` is not a CPU count such as 1 or 0.5")),
+    }
+}
+
+/// `512`, `256k`, `256m`, `1g` (binary units).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text.as_str(), ""),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 256m or 1g"))?;
+    let factor = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("`{text}` has an unknown unit; use k, m or g")),
+    };
+    value
+        .checked_mul(factor)
+        .filter(|bytes| *bytes >= 4 << 20)
+        .ok_or_else(|| format!("`{text}` is out of range (at least 4m)"))
+}
+
+/// `1,2,3`, `1-3` or a mix (`0,2-4`).
+pub fn parse_cpuset(text: &str) -> Result<CpuSet, String> {
+    let mut cores = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("`{part}` is not a core or a range such as 1-3");
+        match part.split_once('-') {
+            Some((from, to)) => {
+                let (from, to): (u32, u32) = (
+                    from.parse().map_err(|_| bad())?,
+                    to.parse().map_err(|_| bad())?,
+                );
+                if from > to {
+                    return Err(bad());
+                }
+                cores.extend(from..=to);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    if cores.is_empty() {
+        return Err("the core pool is empty".into());
+    }
+    Ok(CpuSet(cores))
+}
+
+fn parse_env_list(text: &str) -> Result<EnvList, String> {
+    let mut pairs = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((key, _)) if !key.is_empty() => pairs.push(pair.to_owned()),
+            _ => return Err(format!("`{pair}` is not KEY=VALUE")),
+        }
+    }
+    Ok(EnvList(pairs))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,617 @@
+//! The control loop: observe -> score -> decide -> act -> publish.
+//!
+//! Observation runs in per-container tasks (one Docker stats stream each, /health and /stats
+//! probes) plus one task on the engine's event stream; they update the world and publish at
+//! once. The loop itself wakes every SCALE_CHECK_PERIOD, or sooner when something asks
+//! (demand from a balancer, a death, an API call), runs the pure `decide`, and acts.
+
+use std::time::{Duration, Instant};
+
+use common::CancellationToken;
+use futures_util::StreamExt;
+
+use crate::{
+    agent::Agent,
+    decide::{self, ContainerView, Observation},
+    runtime::{Instance, LaunchSpec, RuntimeEvent, now_ms},
+    score::{self, Availability},
+    state::{Member, Phase},
+    store::{EventKind, MetricPoint},
+};
+
+/// How often the engine is listed to catch anything the event stream missed.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
+/// A SUNDOWN container keeps at least this long, so every balancer has seen the push
+/// before it is stopped.
+const SUNDOWN_SETTLE: Duration = Duration::from_millis(1500);
+/// Probe period while a container is starting (fast, for quick cold starts).
+const STARTING_PROBE: Duration = Duration::from_millis(50);
+/// After a failed launch, wait this long (doubling per failure, capped) before the next.
+const LAUNCH_BACKOFF_BASE: Duration = Duration::from_millis(500);
+const LAUNCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(agent: Agent, shutdown: CancellationToken) {
+    start(&agent).await;
+    let events = tokio::spawn(watch_engine(agent.clone()));
+    let period = agent.config().scale_check_period;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reconcile_tick = tokio::time::interval(RECONCILE_PERIOD);
+    reconcile_tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => step(&agent),
+            () = agent.shared().wake.notified() => step(&agent),
+            _ = reconcile_tick.tick() => reconcile(&agent).await,
+        }
+    }
+    events.abort();
+    stop_observing(&agent);
+    if agent.config().stop_workers_on_exit {
+        let ids: Vec<String> = agent.world().members.keys().cloned().collect();
+        let grace = agent.config().stop_grace;
+        let stops = ids.iter().map(|id| agent.shared().runtime.stop(id, grace));
+        futures_util::future::join_all(stops).await;
+        for id in &ids {
+            agent.store().remove_container(id);
+        }
+    }
+    agent.store().flush(Duration::from_secs(2)).await;
+    tracing::info!("control loop stopped");
+}
+
+/// Restores persisted state, adopts what runs, and brings the pool to its start size.
+async fn start(agent: &Agent) {
+    let persisted = agent.store().load().await;
+    {
+        let mut world = agent.world();
+        world.overrides = persisted.overrides.clone();
+    }
+    let sundown: Vec<String> = persisted
+        .containers
+        .iter()
+        .filter(|record| record.category == common::queue::Category::Sundown)
+        .map(|record| record.id.clone())
+        .collect();
+    reconcile(agent).await;
+    {
+        let mut world = agent.world();
+        for id in &sundown {
+            if let Some(member) = world.members.get_mut(id) {
+                member.phase = Phase::Sundown {
+                    since: Instant::now(),
+                };
+                member.sundown_since_ms = Some(now_ms());
+            }
+        }
+        let start = persisted
+            .overrides
+            .default_containers
+            .unwrap_or_else(|| agent.config().start_count());
+        let active = world
+            .members
+            .values()
+            .filter(|m| !matches!(m.phase, Phase::Sundown { .. }))
+            .count();
+        world.requested = Some(start.max(active));
+    }
+    agent.event(
+        EventKind::Started,
+        None,
+        format!(
+            "agent started on the {} runtime; {} container(s) adopted",
+            agent.runtime_kind(),
+            agent.world().members.len()
+        ),
+    );
+    agent.publish();
+    agent.wake();
+}
+
+/// Lists the engine: adopts labelled containers the agent does not know, forgets members
+/// that are gone, removes exited leftovers and stale registry entries.
+async fn reconcile(agent: &Agent) {
+    let instances = match agent.shared().runtime.list().await {
+        Ok(instances) => instances,
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot list workers; keeping the current view");
+            return;
+        }
+    };
+    let grace = agent.config().stop_grace;
+    let mut adopted = Vec::new();
+    let mut vanished = Vec::new();
+    {
+        let mut world = agent.world();
+        for instance in &instances {
+            if !instance.running || world.members.contains_key(&instance.id) {
+                continue;
+            }
+            if world
+                .launching
+                .iter()
+                .any(|spec| spec.name == instance.name)
+            {
+                continue; // its launch is still returning
+            }
+            adopted.push(instance.id.clone());
+            let member = new_member(agent, instance.clone());
+            world.members.insert(instance.id.clone(), member);
+        }
+        let running: Vec<&str> = instances
+            .iter()
+            .filter(|i| i.running)
+            .map(|i| i.id.as_str())
+            .collect();
+        for (id, member) in &world.members {
+            if member.phase != Phase::Stopping && !running.contains(&id.as_str()) {
+                vanished.push(id.clone());
+            }
+        }
+    }
+    for instance in instances.iter().filter(|i| !i.running) {
+        let runtime = agent.shared().runtime.clone();
+        let id = instance.id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = runtime.stop(&id, grace).await {
+                tracing::warn!(cause = %err, container = %id, "cannot remove an exited worker");
+            }
+        });
+    }
+    for id in &adopted {
+        observe(agent, id);
+        agent.persist_member(id);
+        agent.event(
+            EventKind::Adopted,
+            Some(id),
+            "adopted a running container".into(),
+        );
+    }
+    for id in &vanished {
+        lost(agent, id, "gone from the engine");
+    }
+    let known: Vec<String> = instances
+        .iter()
+        .filter(|i| i.running)
+        .map(|i| i.id.clone())
+        .collect();
+    for record in agent.store().containers() {
+        if !known.contains(&record.id)
+            && !agent
+                .world()
+                .launching
+                .iter()
+                .any(|s| s.name == record.name)
+        {
+            agent.store().remove_container(&record.id);
+        }
+    }
+    if !adopted.is_empty() || !vanished.is_empty() {
+        agent.publish();
+        agent.wake();
+    }
+}
+
+/// Follows the engine's events: a death the agent did not cause leaves the queue at once and
+/// is replaced.
+async fn watch_engine(agent: Agent) {
+    let mut events = agent.shared().runtime.events();
+    while let Some(RuntimeEvent::Exited { id, reason }) = events.next().await {
+        let known = agent.world().members.get(&id).map(|member| member.phase);
+        match known {
+            Some(Phase::Stopping) | None => {}
+            Some(_) => {
+                lost(&agent, &id, &reason);
+                let runtime = agent.shared().runtime.clone();
+                tokio::spawn(async move {
+                    let _ = runtime.stop(&id, Duration::from_secs(1)).await;
+                });
+            }
+        }
+    }
+}
+
+/// A member died or vanished: out of the queue now, and replaced to keep the count.
+fn lost(agent: &Agent, id: &str, reason: &str) {
+    let replace = {
+        let mut world = agent.world();
+        let Some(member) = world.members.remove(id) else {
+            return;
+        };
+        for observer in &member.observers {
+            observer.abort();
+        }
+        let was_serving = !matches!(member.phase, Phase::Sundown { .. } | Phase::Stopping);
+        let active = world
+            .members
+            .values()
+            .filter(|m| !matches!(m.phase, Phase::Sundown { .. } | Phase::Stopping))
+            .count()
+            + world.launching.len();
+        if was_serving {
+            let target = world.requested.unwrap_or(0).max(active + 1);
+            world.requested = Some(target);
+        }
+        was_serving
+    };
+    agent.store().remove_container(id);
+    agent.event(
+        EventKind::Died,
+        Some(id),
+        format!("container left: {reason}"),
+    );
+    agent.publish();
+    if replace {
+        agent.wake();
+    }
+}
+
+/// One decision and its actions.
+fn step(agent: &Agent) {
+    let now = Instant::now();
+    let scaling = agent.scaling();
+    let config = agent.config();
+    let (decision, launches, sundowns, stops) = {
+        let mut world = agent.world();
+        let mut views = world.views(now);
+        for spec in &world.launching {
+            views.push(ContainerView {
+                id: format!("launching:{}", spec.name),
+                category: common::queue::Category::Init,
+                utilization: 0.0,
+                cpu_util: 0.0,
+                critical: false,
+                in_flight: 0,
+                sundown_since: None,
+            });
+        }
+        // Give balancers time to see a SUNDOWN push before its container may be stopped.
+        for view in &mut views {
+            if let Some(since) = view.sundown_since {
+                if now.duration_since(since) < SUNDOWN_SETTLE && view.in_flight == 0 {
+                    view.in_flight = 1;
+                }
+            }
+        }
+        let requested = world.requested.take();
+        let observation = Observation {
+            now,
+            containers: &views,
+            queued_demand: world.queued_demand(now),
+            requested_replicas: requested,
+        };
+        let mut decision = decide::decide(&observation, &scaling, &world.scaler);
+        world.scaler = decision.state.clone();
+        let blocked = world.launch_blocked_until.is_some_and(|until| now < until);
+        if blocked && decision.create > 0 {
+            world.requested = requested; // try again once the backoff has passed
+            decision.create = 0;
+        }
+        let mut sundowns = Vec::new();
+        for id in &decision.sundown {
+            if let Some(member) = world.members.get_mut(id) {
+                if !matches!(member.phase, Phase::Sundown { .. } | Phase::Stopping) {
+                    member.phase = Phase::Sundown { since: now };
+                    member.sundown_since_ms = Some(now_ms());
+                    sundowns.push(id.clone());
+                }
+            }
+        }
+        let mut stops = Vec::new();
+        for id in &decision.stop {
+            if let Some(member) = world.members.get_mut(id) {
+                if matches!(member.phase, Phase::Sundown { .. }) {
+                    member.phase = Phase::Stopping;
+                    stops.push(id.clone());
+                }
+            }
+        }
+        let mut launches = Vec::new();
+        for _ in 0..decision.create {
+            let core_id = match &config.worker_cpuset {
+                Some(pool) => match world.free_core(&pool.0) {
+                    Some(core) => Some(core),
+                    None => {
+                        tracing::warn!(
+                            "every core of WORKER_CPUSET is taken; not starting more workers"
+                        );
+                        break;
+                    }
+                },
+                None => None,
+            };
+            let spec = LaunchSpec {
+                name: world.next_name(&config.app),
+                core_id,
+            };
+            world.launching.push(spec.clone());
+            launches.push(spec);
+        }
+        (decision, launches, sundowns, stops)
+    };
+
+    if !launches.is_empty() {
+        let kind = match decision.reason {
+            decide::Reason::BelowMinimum { .. } | decide::Reason::Requested { .. } => {
+                EventKind::Created
+            }
+            _ => EventKind::ScaleUp,
+        };
+        agent.event(
+            kind,
+            None,
+            format!("{} (+{})", decision.reason, launches.len()),
+        );
+    }
+    if !sundowns.is_empty() {
+        agent.event(
+            EventKind::ScaleDown,
+            None,
+            format!("{} (-{})", decision.reason, sundowns.len()),
+        );
+        for id in &sundowns {
+            agent.persist_member(id);
+            agent.event(
+                EventKind::Sundown,
+                Some(id),
+                "draining: no new requests".into(),
+            );
+        }
+    }
+    if !launches.is_empty() || !sundowns.is_empty() {
+        let active = agent.bounds().desired_replicas;
+        let mut overrides = agent.world().overrides.clone();
+        overrides.default_containers = Some(active);
+        agent.world().overrides = overrides.clone();
+        agent.store().set_overrides(overrides);
+    }
+    for id in stops {
+        spawn_stop(agent, id);
+    }
+    for spec in launches {
+        spawn_launch(agent, spec);
+    }
+    agent.publish();
+}
+
+fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let result = agent.shared().runtime.launch(&spec).await;
+        {
+            let mut world = agent.world();
+            world.launching.retain(|s| s.name != spec.name);
+            match &result {
+                Ok(instance) => {
+                    world.launch_failures = 0;
+                    world.launch_blocked_until = None;
+                    let member = new_member(&agent, instance.clone());
+                    world.members.insert(instance.id.clone(), member);
+                }
+                Err(_) => {
+                    world.launch_failures = world.launch_failures.saturating_add(1);
+                    let delay =
+                        LAUNCH_BACKOFF_BASE * 2u32.saturating_pow(world.launch_failures.min(6));
+                    world.launch_blocked_until =
+                        Some(Instant::now() + delay.min(LAUNCH_BACKOFF_MAX));
+                }
+            }
+        }
+        match result {
+            Ok(instance) => {
+                observe(&agent, &instance.id);
+                agent.persist_member(&instance.id);
+                agent.event(
+                    EventKind::Created,
+                    Some(&instance.id),
+                    format!(
+                        "created {} at {} in {} ms",
+                        instance.name,
+                        instance.address,
+                        started.elapsed().as_millis()
+                    ),
+                );
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, worker = %spec.name, "could not start a worker");
+                agent.event(
+                    EventKind::Died,
+                    None,
+                    format!("could not start {}: {err}", spec.name),
+                );
+            }
+        }
+        agent.publish();
+    });
+}
+
+fn spawn_stop(agent: &Agent, id: String) {
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let grace = agent.config().stop_grace;
+        if let Err(err) = agent.shared().runtime.stop(&id, grace).await {
+            tracing::warn!(cause = %err, container = %id, "stop failed; reconcile will retry");
+        }
+        if let Some(member) = agent.world().members.remove(&id) {
+            for observer in &member.observers {
+                observer.abort();
+            }
+        }
+        agent.store().remove_container(&id);
+        agent.event(EventKind::Stopped, Some(&id), "drained and stopped".into());
+        agent.publish();
+        agent.wake();
+    });
+}
+
+fn new_member(agent: &Agent, instance: Instance) -> Member {
+    let config = agent.config();
+    let availability = Availability::new(
+        config.history_size,
+        config.best_time_window,
+        config.ema_alpha,
+    );
+    Member::new(instance, availability, Instant::now())
+}
+
+/// Starts the observers of a member: its stats stream and its probes.
+fn observe(agent: &Agent, id: &str) {
+    let stats = tokio::spawn(follow_stats(agent.clone(), id.to_owned())).abort_handle();
+    let probes = tokio::spawn(probe(agent.clone(), id.to_owned())).abort_handle();
+    if let Some(member) = agent.world().members.get_mut(id) {
+        member.observers = vec![stats, probes];
+    } else {
+        stats.abort();
+        probes.abort();
+    }
+}
+
+fn stop_observing(agent: &Agent) {
+    for member in agent.world().members.values() {
+        for observer in &member.observers {
+            observer.abort();
+        }
+    }
+}
+
+async fn follow_stats(agent: Agent, id: String) {
+    let mut samples = agent.shared().runtime.stats(&id);
+    let saturation = agent.config().network_saturation;
+    while let Some(sample) = samples.next().await {
+        {
+            let shared = agent.shared();
+            let mut world = agent.world();
+            let Some(member) = world.members.get_mut(&id) else {
+                return;
+            };
+            if let Some(previous) = member.last_stats.take() {
+                let cores = member.instance.cpu_limit_cores;
+                member.resources = Some(score::resource_scores(
+                    &previous, &sample, cores, saturation,
+                ));
+                member.rescore(&shared.weights, &shared.thresholds);
+            }
+            member.last_stats = Some(sample);
+        }
+        agent.publish();
+    }
+}
+
+async fn probe(agent: Agent, id: String) {
+    let config = agent.config().clone();
+    loop {
+        let Some((address, phase, created)) = agent.world().members.get(&id).map(|member| {
+            (
+                member.instance.address.clone(),
+                member.phase,
+                member.created,
+            )
+        }) else {
+            return;
+        };
+        let prober = agent.shared().prober.clone();
+        let latency = prober.health(&address).await;
+        let in_flight = match latency {
+            Some(_) => prober.in_flight(&address).await,
+            None => None,
+        };
+        let now = Instant::now();
+        match phase {
+            Phase::Starting { since } => {
+                if latency.is_some() {
+                    became_ready(&agent, &id, latency, in_flight, now.duration_since(created));
+                    continue;
+                }
+                if now.duration_since(since) > config.startup_timeout {
+                    agent.event(
+                        EventKind::Died,
+                        Some(&id),
+                        format!(
+                            "not healthy within {:?}; replacing it",
+                            config.startup_timeout
+                        ),
+                    );
+                    let marked = {
+                        let mut world = agent.world();
+                        match world.members.get_mut(&id) {
+                            Some(member) => {
+                                member.phase = Phase::Stopping;
+                                world.requested = Some(world.requested.unwrap_or(0).max(1));
+                                true
+                            }
+                            None => false,
+                        }
+                    };
+                    if marked {
+                        spawn_stop(&agent, id.clone());
+                    }
+                    return;
+                }
+                tokio::time::sleep(STARTING_PROBE).await;
+            }
+            Phase::Stopping => return,
+            Phase::Ready | Phase::Sundown { .. } => {
+                record_probe(&agent, &id, latency, in_flight);
+                tokio::time::sleep(config.probe_period).await;
+            }
+        }
+    }
+}
+
+fn became_ready(
+    agent: &Agent,
+    id: &str,
+    latency: Option<Duration>,
+    in_flight: Option<u64>,
+    after: Duration,
+) {
+    {
+        let mut world = agent.world();
+        if let Some(member) = world.members.get_mut(id) {
+            if matches!(member.phase, Phase::Starting { .. }) {
+                member.phase = Phase::Ready;
+            }
+        }
+    }
+    record_probe(agent, id, latency, in_flight);
+    agent.persist_member(id);
+    agent.event(
+        EventKind::Ready,
+        Some(id),
+        format!("healthy {} ms after start", after.as_millis()),
+    );
+    agent.wake();
+}
+
+fn record_probe(agent: &Agent, id: &str, latency: Option<Duration>, in_flight: Option<u64>) {
+    let point = {
+        let shared = agent.shared();
+        let mut world = agent.world();
+        let now = Instant::now();
+        let Some(member) = world.members.get_mut(id) else {
+            return;
+        };
+        member.availability.record(latency);
+        member.healthy = latency.is_some();
+        if let Some(in_flight) = in_flight {
+            member.worker_in_flight = in_flight;
+        }
+        member.rescore(&shared.weights, &shared.thresholds);
+        let in_flight = world.in_flight(&world.members[id], now);
+        let member = &world.members[id];
+        MetricPoint {
+            at_ms: now_ms(),
+            cpu: member.scores.cpu,
+            memory: member.scores.memory,
+            network: member.scores.network,
+            availability: member.scores.availability,
+            overall: member.overall,
+            in_flight,
+        }
+    };
+    agent.store().record_metric(id, point);
+    agent.publish();
+}

@@ -1,0 +1,157 @@
+//! The agent's gRPC API (`proto/agent.proto`): queue watch, status, scale, drain, and the
+//! balancers' load-report stream; plus the standard gRPC health service.
+
+use std::{collections::HashMap, pin::Pin};
+
+use futures_util::{Stream, StreamExt};
+use proto::v1::{
+    self as pb,
+    deployment_agent_server::{DeploymentAgent, DeploymentAgentServer},
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::agent::Agent;
+
+pub struct AgentService {
+    agent: Agent,
+}
+
+impl AgentService {
+    pub fn server(agent: Agent) -> DeploymentAgentServer<Self> {
+        DeploymentAgentServer::new(Self { agent })
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.agent.config().token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match given {
+            Some(given) if given.trim() == token => Ok(()),
+            _ => Err(Status::unauthenticated(
+                "this call needs `authorization: Bearer <AGENT_TOKEN>`",
+            )),
+        }
+    }
+}
+
+pub fn category(category: common::queue::Category) -> pb::Category {
+    use common::queue::Category as C;
+    match category {
+        C::Init => pb::Category::Init,
+        C::Low => pb::Category::Lu,
+        C::Medium => pb::Category::Mu,
+        C::High => pb::Category::Hu,
+        C::Sundown => pb::Category::Sundown,
+    }
+}
+
+pub fn item(item: &common::queue::QueueItem) -> pb::QueueItem {
+    pb::QueueItem {
+        id: item.id.clone(),
+        dns_name: item.dns_name.clone(),
+        address: item.address.clone(),
+        score: item.score,
+        utilization_category: category(item.utilization_category) as i32,
+        in_flight: item.in_flight,
+        cpu_score: item.cpu_score,
+        memory_score: item.memory_score,
+        network_score: item.network_score,
+        availability_score: item.availability_score,
+    }
+}
+
+pub fn snapshot(snapshot: &common::queue::QueueSnapshot) -> pb::QueueSnapshot {
+    pb::QueueSnapshot {
+        version: snapshot.version,
+        seq: snapshot.seq,
+        timestamp_ms: snapshot.timestamp_ms,
+        items: snapshot.items.iter().map(item).collect(),
+    }
+}
+
+type QueueStream = Pin<Box<dyn Stream<Item = Result<pb::QueueSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DeploymentAgent for AgentService {
+    type WatchQueueStream = QueueStream;
+
+    async fn watch_queue(
+        &self,
+        _: Request<pb::WatchQueueRequest>,
+    ) -> Result<Response<QueueStream>, Status> {
+        let shutdown = self.agent.shutdown_token();
+        let stream = tokio_stream::wrappers::WatchStream::new(self.agent.subscribe())
+            .map(|current| Ok(snapshot(&current)))
+            .take_until(async move { shutdown.cancelled().await });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
+        let bounds = self.agent.bounds();
+        let current = self.agent.snapshot();
+        Ok(Response::new(pb::Status {
+            containers: current.items.iter().map(item).collect(),
+            desired_replicas: bounds.desired_replicas as u32,
+            min_replicas: bounds.min_replicas as u32,
+            max_replicas: bounds.max_replicas as u32,
+            mean_utilization: self.agent.mean_utilization(),
+        }))
+    }
+
+    async fn scale(
+        &self,
+        request: Request<pb::ScaleRequest>,
+    ) -> Result<Response<pb::ScaleResponse>, Status> {
+        self.authorize(&request)?;
+        let target = self
+            .agent
+            .request_replicas(request.into_inner().replicas as usize);
+        Ok(Response::new(pb::ScaleResponse {
+            desired_replicas: target as u32,
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.authorize(&request)?;
+        let key = request.into_inner().container_id;
+        match self.agent.drain(&key) {
+            Some(_) => Ok(Response::new(pb::DrainResponse { draining: true })),
+            None => Err(Status::not_found(format!(
+                "no single container matches `{key}`"
+            ))),
+        }
+    }
+
+    async fn report_load(
+        &self,
+        request: Request<Streaming<pb::LoadReport>>,
+    ) -> Result<Response<pb::ReportLoadResponse>, Status> {
+        let mut reports = request.into_inner();
+        while let Some(report) = reports.message().await? {
+            let in_flight: HashMap<String, u64> = report
+                .backends
+                .iter()
+                .map(|backend| (backend.address.clone(), backend.in_flight))
+                .collect();
+            let id = if report.balancer_id.is_empty() {
+                "anonymous"
+            } else {
+                report.balancer_id.as_str()
+            };
+            self.agent
+                .report_load(id, report.queued_without_backend, in_flight);
+        }
+        Ok(Response::new(pb::ReportLoadResponse {}))
+    }
+}

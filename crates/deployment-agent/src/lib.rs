@@ -1,0 +1,98 @@
+//! The deployment agent: owns the container engine, observes, scores and classifies every
+//! worker (INIT / LU / MU / HU / SUNDOWN), decides and performs scaling, and publishes the
+//! live queue to balancers (WebSocket, gRPC) with its state kept in Redis.
+
+pub mod config;
+pub mod decide;
+pub mod score;
+pub mod store;
+
+mod agent;
+mod controller;
+mod grpc;
+mod http;
+mod metrics;
+mod probe;
+mod runtime;
+mod state;
+mod ws;
+
+use anyhow::Context;
+use common::{CancellationToken, serve::ServeOptions};
+use tokio::net::TcpListener;
+
+pub use agent::Agent;
+pub use config::{Config, RuntimeKind};
+
+/// The three sockets the agent serves.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub ws: TcpListener,
+    pub grpc: TcpListener,
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let runtime = match config.runtime {
+        RuntimeKind::Docker => {
+            runtime::Runtime::Docker(runtime::DockerRuntime::connect(&config).await.context(
+                "cannot reach the Docker engine (DOCKER_HOST); is the socket mounted and readable?",
+            )?)
+        }
+        RuntimeKind::Process => runtime::Runtime::Process(runtime::ProcessRuntime::new(&config)?),
+    };
+    let store = store::Store::open(store::StoreConfig {
+        redis_url: config.redis(),
+        prefix: format!("rustybalancer:{}", config.app),
+        metrics_history: config.metrics_history,
+        max_events: config.max_events,
+    })
+    .await;
+    let grace = config.shutdown_grace;
+    let agent = Agent::new(config, runtime, store, shutdown.clone());
+    tracing::info!(
+        http = ?listeners.http.local_addr().ok(),
+        ws = ?listeners.ws.local_addr().ok(),
+        grpc = ?listeners.grpc.local_addr().ok(),
+        runtime = agent.runtime_kind(),
+        image = %agent.config().image,
+        "deployment agent starting"
+    );
+
+    let controller = tokio::spawn(controller::run(agent.clone(), shutdown.clone()));
+    let options = ServeOptions {
+        grace,
+        ..ServeOptions::default()
+    };
+    let never = CancellationToken::new();
+    let http = common::serve::serve(
+        listeners.http,
+        http::router(agent.clone()),
+        options.clone(),
+        shutdown.clone(),
+        never.clone(),
+    );
+    let ws_router = axum::Router::new()
+        .route("/ws", axum::routing::get(ws::upgrade))
+        .with_state(agent.clone());
+    let ws = common::serve::serve(listeners.ws, ws_router, options, shutdown.clone(), never);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<proto::v1::deployment_agent_server::DeploymentAgentServer<grpc::AgentService>>().await;
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(grpc::AgentService::server(agent.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            async move { grpc_shutdown.cancelled().await },
+        );
+    let (_, _, grpc, controller) = tokio::join!(http, ws, grpc, controller);
+    grpc.context("gRPC server failed")?;
+    controller.context("control loop panicked")?;
+    Ok(())
+}

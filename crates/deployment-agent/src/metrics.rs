@@ -1,0 +1,93 @@
+//! The agent's Prometheus metrics, in a registry owned by the `Agent` handle.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CategoryLabel {
+    pub category: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub containers: Family<CategoryLabel, Gauge>,
+    pub events: Family<KindLabel, Counter>,
+    pub desired: Gauge,
+    pub subscribers: Gauge,
+    pub queue_pushes: Counter,
+    pub queued_demand: Gauge,
+    pub redis_connected: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agent");
+        let containers = Family::<CategoryLabel, Gauge>::default();
+        let events = Family::<KindLabel, Counter>::default();
+        let desired = Gauge::default();
+        let subscribers = Gauge::default();
+        let queue_pushes = Counter::default();
+        let queued_demand = Gauge::default();
+        let redis_connected = Gauge::default();
+        registry.register(
+            "containers",
+            "Managed containers by category",
+            containers.clone(),
+        );
+        registry.register(
+            "events",
+            "Lifecycle and scaling events by kind",
+            events.clone(),
+        );
+        registry.register(
+            "desired_replicas",
+            "Containers the scaler wants",
+            desired.clone(),
+        );
+        registry.register(
+            "websocket_subscribers",
+            "Open queue subscriptions",
+            subscribers.clone(),
+        );
+        registry.register(
+            "queue_pushes",
+            "Queue snapshots published",
+            queue_pushes.clone(),
+        );
+        registry.register(
+            "queued_demand",
+            "Requests balancers hold with no backend",
+            queued_demand.clone(),
+        );
+        registry.register(
+            "redis_connected",
+            "1 when the Redis store answers",
+            redis_connected.clone(),
+        );
+        Self {
+            registry,
+            containers,
+            events,
+            desired,
+            subscribers,
+            queue_pushes,
+            queued_demand,
+            redis_connected,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,682 @@
+//! The agent against the real Docker engine and a real Redis server (and once on the process
+//! runtime): lifecycle, scoring categories on the live queue, scaling both ways, recovery from
+//! a killed container, an agent restart and a Redis outage, and the HTTP API.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::queue::Category;
+use common::testing::docker;
+use deployment_agent::RuntimeKind;
+use serde_json::{Value, json};
+use support::{DockerEnv, Load, QueueWatcher, TestAgent, fast_config, redis::RedisServer, serving};
+
+const STARTUP: Duration = Duration::from_secs(60);
+const SCALING: Duration = Duration::from_secs(90);
+
+fn cpu_job() -> Value {
+    json!({"operation": "monte_carlo_pi", "data": {"iterations": 30_000_000}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_lifecycle_scaling_recovery_restart_and_redis_outage() {
+    let env = DockerEnv::new();
+    let mut redis = RedisServer::start();
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Docker;
+    config.image = env.image.clone();
+    config.app = env.app.clone();
+    config.network = Some(env.network.clone());
+    config.worker_cpus = Some(0.5);
+    config.redis_url = Some(redis.url.clone());
+    config.token = Some("s3cret".into());
+
+    let mut agent = TestAgent::start(config.clone()).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+
+    // DEFAULT_CONTAINER=2: two labelled containers, seen going INIT -> LU.
+    let (_, ready) = watcher
+        .wait_until("two LU containers", STARTUP, |s| {
+            s.items.len() == 2
+                && s.items
+                    .iter()
+                    .all(|i| i.utilization_category == Category::Low)
+        })
+        .await;
+    for item in &ready.items {
+        assert!(
+            watcher.saw(&item.id, Category::Init),
+            "{} was never INIT",
+            item.dns_name
+        );
+        assert!(
+            item.dns_name.starts_with(&format!("{}-worker-", env.app)),
+            "{}",
+            item.dns_name
+        );
+        assert!(item.score > 0.0 && item.score <= 100.0);
+    }
+    let on_engine = env.containers();
+    assert_eq!(
+        on_engine.len(),
+        2,
+        "containers on the engine: {on_engine:?}"
+    );
+    let labels = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"managed-by\"}}",
+        &on_engine[0],
+    ]);
+    assert_eq!(labels, "rustybalancer-tests");
+
+    // The HTTP API's shapes.
+    let graph = agent.get_json("/graph").await;
+    assert_eq!(graph["total_containers"], 2);
+    assert_eq!(graph["nodes"].as_array().unwrap().len(), 2);
+    for node in graph["nodes"].as_array().unwrap() {
+        for field in ["id", "label", "color", "load", "port"] {
+            assert!(
+                node.get(field).is_some(),
+                "graph node lacks {field}: {node}"
+            );
+        }
+        assert!(["green", "yellow", "red"].contains(&node["color"].as_str().unwrap()));
+    }
+    assert_eq!(graph["edges"].as_array().unwrap().len(), 1);
+    assert!(
+        graph["timestamp"].as_str().unwrap().len() == 19,
+        "{}",
+        graph["timestamp"]
+    );
+    assert!(graph["total_load"].is_u64());
+    let status = agent.get_json("/status").await;
+    assert_eq!(status["status"], "running");
+    assert_eq!(status["worker_count"], 2);
+    for worker in status["workers"].as_array().unwrap() {
+        for field in [
+            "core_id",
+            "container_id",
+            "host_port",
+            "cpu_usage",
+            "is_healthy",
+        ] {
+            assert!(
+                worker.get(field).is_some(),
+                "status worker lacks {field}: {worker}"
+            );
+        }
+        assert!(worker["cpu_usage"].as_str().unwrap().ends_with('%'));
+        assert_eq!(worker["is_healthy"], true);
+    }
+    let stats = agent.get_json("/stats").await;
+    let containers = stats["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2);
+    for container in containers {
+        for field in [
+            "cpu_score",
+            "memory_score",
+            "network_score",
+            "availability_score",
+            "score",
+            "category",
+        ] {
+            assert!(
+                container.get(field).is_some(),
+                "/stats container lacks {field}"
+            );
+        }
+    }
+    assert_eq!(stats["store"]["backend"], "redis");
+
+    // Mutating calls need the token.
+    let scale = |token: Option<&str>, body: Value| {
+        let mut request = agent.client.post(agent.url("/scale")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let refused = scale(None, json!({"replicas": 3})).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("AGENT_TOKEN")
+    );
+    let wrong = scale(Some("nope"), json!({"replicas": 3})).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let bad = scale(Some("s3cret"), json!({"replicas": "many"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let drain = agent
+        .client
+        .post(agent.url("/containers/nope/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drain.status(), 401);
+
+    // CPU load on both -> scale up; the subscriber sees the new items.
+    let addresses: Vec<String> = ready.items.iter().map(|i| i.address.clone()).collect();
+    let load = Load::start(&addresses, 4, cpu_job());
+    watcher
+        .wait_until("a scale-up to 3 or more", SCALING, |s| {
+            s.items
+                .iter()
+                .filter(|i| i.utilization_category != Category::Sundown)
+                .count()
+                >= 3
+        })
+        .await;
+    assert!(
+        ready
+            .items
+            .iter()
+            .any(|i| watcher.saw(&i.id, Category::Medium) || watcher.saw(&i.id, Category::High)),
+        "no loaded container left LU"
+    );
+    let done = load.stop().await;
+    assert!(done > 0, "the load completed no job");
+
+    // Load gone -> SUNDOWN, then removal down to the minimum.
+    let before_down = watcher.ids_seen();
+    watcher
+        .wait_until("a SUNDOWN container", SCALING, |s| {
+            s.items
+                .iter()
+                .any(|i| i.utilization_category == Category::Sundown)
+        })
+        .await;
+    let (_, settled) = watcher
+        .wait_until("back to the minimum of 2", SCALING, |s| {
+            s.items.len() == 2
+                && s.items
+                    .iter()
+                    .all(|i| i.utilization_category.accepts_new_requests())
+        })
+        .await;
+    assert!(before_down.len() >= 3);
+    common::testing::eventually(
+        "the engine to hold 2 containers",
+        Duration::from_secs(20),
+        || async { (env.containers().len() == 2).then_some(()) },
+    )
+    .await;
+
+    // docker kill one: it leaves the queue within a second of the event, and is replaced.
+    let victim = settled.items[0].clone();
+    docker(&["kill", &victim.id]);
+    let killed = Instant::now();
+    let (gone_at, _) = watcher
+        .wait_until(
+            "the killed container to leave the queue",
+            Duration::from_secs(5),
+            |s| s.items.iter().all(|i| i.id != victim.id),
+        )
+        .await;
+    let noticed = gone_at.saturating_duration_since(killed);
+    assert!(
+        noticed < Duration::from_secs(1),
+        "queue updated {noticed:?} after the kill"
+    );
+    let (_, replaced) = watcher
+        .wait_until("a replacement", STARTUP, |s| {
+            serving(s).len() == 2 && s.items.iter().all(|i| i.id != victim.id)
+        })
+        .await;
+    assert!(
+        replaced
+            .items
+            .iter()
+            .any(|i| settled.items.iter().all(|s| s.id != i.id)),
+        "no new container"
+    );
+    let events = agent.get_json("/events?limit=200").await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in [
+        "created",
+        "ready",
+        "scale_up",
+        "scale_down",
+        "sundown",
+        "stopped",
+        "died",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
+
+    // Redis goes away: the agent keeps scaling from memory, then writes back.
+    redis.stop();
+    let accepted = scale(Some("s3cret"), json!({"replicas": 3})).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let (_, three) = watcher
+        .wait_until("3 containers without Redis", STARTUP, |s| {
+            serving(s).len() == 3
+        })
+        .await;
+    let status = agent.get_json("/stats").await;
+    assert_eq!(status["store"]["connected"], false);
+    redis.restart();
+    let redis_client = redis::Client::open(redis.url.as_str()).unwrap();
+    let prefix = format!("rustybalancer:{}", env.app);
+    common::testing::eventually(
+        "the agent to resync Redis",
+        Duration::from_secs(20),
+        || async {
+            let mut connection = redis_client.get_multiplexed_async_connection().await.ok()?;
+            let members: Vec<String> =
+                redis::AsyncCommands::smembers(&mut connection, format!("{prefix}:containers"))
+                    .await
+                    .ok()?;
+            let expected: std::collections::HashSet<String> =
+                three.items.iter().map(|i| i.id.clone()).collect();
+            (members
+                .into_iter()
+                .collect::<std::collections::HashSet<_>>()
+                == expected)
+                .then_some(())
+        },
+    )
+    .await;
+    // A bound set through the API is persisted.
+    let bounds = scale(
+        Some("s3cret"),
+        json!({"min_replicas": 3, "max_replicas": 4}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bounds.status(), 202);
+
+    // Restart the agent: it adopts what runs, creates no duplicates, keeps the overrides.
+    agent.stop().await;
+    let running_before: std::collections::HashSet<String> = env.containers().into_iter().collect();
+    assert_eq!(
+        running_before.len(),
+        3,
+        "stopping the agent stopped workers"
+    );
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    let (_, adopted) = watcher
+        .wait_until("the 3 adopted containers serving", STARTUP, |s| {
+            serving(s).len() == 3
+        })
+        .await;
+    let adopted_ids: std::collections::HashSet<String> =
+        adopted.items.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(
+        adopted_ids, running_before,
+        "the restarted agent changed the containers"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.containers().len(), 3, "duplicates after the restart");
+    let config_now = agent.get_json("/config").await;
+    assert_eq!(
+        (
+            config_now["min_replicas"].as_u64(),
+            config_now["max_replicas"].as_u64()
+        ),
+        (Some(3), Some(4))
+    );
+    assert!(watcher.sequence_increases());
+
+    // Drain one through the API: SUNDOWN at once, then gone; the minimum brings a new one.
+    let target = adopted.items[0].id.clone();
+    let drained = agent
+        .client
+        .post(agent.url(&format!("/containers/{}/drain", &target[..12])))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status(), 202);
+    watcher
+        .wait_until(
+            "the drained container as SUNDOWN",
+            Duration::from_secs(5),
+            |s| {
+                s.items
+                    .iter()
+                    .any(|i| i.id == target && i.utilization_category == Category::Sundown)
+            },
+        )
+        .await;
+    watcher
+        .wait_until("the drained container gone", Duration::from_secs(30), |s| {
+            s.items.iter().all(|i| i.id != target)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_runtime_runs_the_same_lifecycle() {
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rbproc{}", std::process::id());
+    config.worker_binary = Some(common::testing::workspace_binary("worker"));
+    config.stop_workers_on_exit = false;
+    let _cleanup = KillOnDrop(format!("--worker-id {}-worker-", config.app));
+    let mut agent = TestAgent::start(config.clone()).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+
+    let (_, ready) = watcher
+        .wait_until("two LU workers", STARTUP, |s| {
+            s.items.len() == 2
+                && s.items
+                    .iter()
+                    .all(|i| i.utilization_category == Category::Low)
+        })
+        .await;
+    for item in &ready.items {
+        assert!(watcher.saw(&item.id, Category::Init));
+        assert!(item.address.starts_with("127.0.0.1:"));
+    }
+
+    let addresses: Vec<String> = ready.items.iter().map(|i| i.address.clone()).collect();
+    let load = Load::start(
+        &addresses,
+        3,
+        json!({"operation": "sleep", "data": {"seconds": 0.5}}),
+    );
+    watcher
+        .wait_until("a scale-up", SCALING, |s| s.items.len() >= 3)
+        .await;
+    load.stop().await;
+    watcher
+        .wait_until("a SUNDOWN worker", SCALING, |s| {
+            s.items
+                .iter()
+                .any(|i| i.utilization_category == Category::Sundown)
+        })
+        .await;
+    let (_, settled) = watcher
+        .wait_until("back to 2", SCALING, |s| {
+            s.items.len() == 2 && serving(s).len() == 2
+        })
+        .await;
+
+    // Kill one: noticed, replaced.
+    let victim = settled.items[0].clone();
+    let pid = victim.id.trim_start_matches("pid-").to_owned();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    watcher
+        .wait_until("the killed worker gone", Duration::from_secs(5), |s| {
+            s.items.iter().all(|i| i.id != victim.id)
+        })
+        .await;
+    let (_, replaced) = watcher
+        .wait_until("a replacement", STARTUP, |s| {
+            serving(s).len() == 2 && s.items.iter().all(|i| i.id != victim.id)
+        })
+        .await;
+
+    // Restart: the processes are adopted, none is duplicated.
+    agent.stop().await;
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    let (_, adopted) = watcher
+        .wait_until("2 adopted workers", STARTUP, |s| serving(s).len() == 2)
+        .await;
+    let before: std::collections::HashSet<_> =
+        replaced.items.iter().map(|i| i.id.clone()).collect();
+    let after: std::collections::HashSet<_> = adopted.items.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(before, after);
+}
+
+/// Kills every worker process of a test when it ends, passed or failed.
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .args(["-9", "-f", "--", &self.0])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_api_and_scale_from_zero_on_queued_demand() {
+    use proto::v1::{self as pb, deployment_agent_client::DeploymentAgentClient};
+    use tonic::Request;
+
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rbgrpc{}", std::process::id());
+    config.worker_binary = Some(common::testing::workspace_binary("worker"));
+    config.min_containers = 0;
+    config.default_container = Some(0);
+    config.max_containers = 2;
+    config.cooldown = Duration::from_secs(300); // demand must scale up cooldown or not
+    config.token = Some("tok".into());
+    config.stop_workers_on_exit = true;
+    let _cleanup = KillOnDrop(format!("--worker-id {}-worker-", config.app));
+    let agent = TestAgent::start(config).await;
+
+    let channel = common::testing::eventually("the gRPC port", Duration::from_secs(10), || async {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", agent.grpc))
+            .ok()?
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    let mut client = DeploymentAgentClient::new(channel.clone());
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "rustybalancer.v1.DeploymentAgent".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let mut queue = client
+        .watch_queue(pb::WatchQueueRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = queue.message().await.unwrap().unwrap();
+    assert_eq!(first.version, common::queue::SCHEMA_VERSION);
+    assert!(first.items.is_empty(), "started with {:?}", first.items);
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            status.min_replicas,
+            status.max_replicas,
+            status.desired_replicas
+        ),
+        (0, 2, 0)
+    );
+
+    // A balancer holding requests with no backend: scale from zero at once.
+    let (reports, rx) = tokio::sync::mpsc::channel(4);
+    let mut reporting = client.clone();
+    let stream = tokio::spawn(async move {
+        reporting
+            .report_load(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    reports
+        .send(pb::LoadReport {
+            balancer_id: "b1".into(),
+            timestamp_ms: 0,
+            backends: vec![],
+            queued_without_backend: 3,
+        })
+        .await
+        .unwrap();
+    let ready = tokio::time::timeout(SCALING, async {
+        loop {
+            let snapshot = queue.message().await.unwrap().unwrap();
+            if snapshot
+                .items
+                .iter()
+                .any(|i| i.utilization_category == pb::Category::Lu as i32)
+            {
+                return snapshot;
+            }
+        }
+    })
+    .await
+    .expect("no worker started for the queued demand");
+    assert!(!ready.items.is_empty());
+    drop(reports);
+    stream.await.unwrap().unwrap();
+
+    // Scale and drain need the token.
+    let denied = client
+        .scale(pb::ScaleRequest { replicas: 2 })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let mut request = Request::new(pb::ScaleRequest { replicas: 5 });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
+    assert_eq!(
+        client
+            .scale(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .desired_replicas,
+        2,
+        "clamped to the maximum"
+    );
+    let mut request = Request::new(pb::DrainRequest {
+        container_id: "no-such-container".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
+    assert_eq!(
+        client.drain(request).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let mut request = Request::new(pb::DrainRequest {
+        container_id: ready.items[0].id.clone(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
+    assert!(client.drain(request).await.unwrap().into_inner().draining);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cpu_pinning_gives_each_worker_its_own_core_and_never_more_workers_than_cores() {
+    let env = DockerEnv::new();
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Docker;
+    config.image = env.image.clone();
+    config.app = env.app.clone();
+    config.network = Some(env.network.clone());
+    config.worker_cpuset = Some(deployment_agent::config::parse_cpuset("0-1").unwrap());
+    config.default_container = Some(1);
+    config.min_containers = 1;
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    watcher
+        .wait_until("one worker", STARTUP, |s| serving(s).len() == 1)
+        .await;
+    let accepted = agent
+        .client
+        .post(agent.url("/scale"))
+        .json(&json!({"replicas": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    watcher
+        .wait_until("two pinned workers", STARTUP, |s| serving(s).len() == 2)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let containers = env.containers();
+    assert_eq!(containers.len(), 2, "more workers than cores");
+    let mut cores: Vec<String> = containers
+        .iter()
+        .map(|id| docker(&["inspect", "-f", "{{.HostConfig.CpusetCpus}}", id]))
+        .collect();
+    cores.sort();
+    assert_eq!(cores, ["0", "1"]);
+    let status = agent.get_json("/status").await;
+    let mut core_ids: Vec<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["core_id"].as_u64())
+        .collect();
+    core_ids.sort_unstable();
+    assert_eq!(core_ids, [0, 1]);
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_naming_the_variable() {
+    let binary = common::testing::workspace_binary("deployment-agent");
+    for (variable, value) in [
+        ("HIGH_LOAD_THRESHOLD", "lots"),
+        ("SCALE_CHECK_PERIOD", "soon"),
+        ("AGENT_RUNTIME", "kubernetes"),
+        ("WORKER_MEMORY", "12q"),
+        ("WORKER_CPUSET", "3-1"),
+        ("MAX_CONTAINERS", "-1"),
+    ] {
+        let output = std::process::Command::new(&binary)
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
+    }
+    // Relations between settings are checked too.
+    let output = std::process::Command::new(&binary)
+        .envs([("LOW_LOAD_THRESHOLD", "80"), ("HIGH_LOAD_THRESHOLD", "70")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("LOW_LOAD_THRESHOLD"), "{stderr}");
+    let help = std::process::Command::new(&binary)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for variable in [
+        "DOCKER_IMAGE",
+        "DEFAULT_CONTAINER",
+        "COOLDOWN_PERIOD",
+        "EMA_ALPHA",
+        "REDIS_HOST",
+        "AGENT_TOKEN",
+    ] {
+        assert!(help.contains(variable), "--help lacks {variable}");
+    }
+}

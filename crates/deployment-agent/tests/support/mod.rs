@@ -1,0 +1,306 @@
+//! Harness for the agent's tests: the agent in-process on loopback ports, a WebSocket
+//! subscriber that records every snapshot, load generators, and the Docker fixtures.
+
+#![allow(dead_code)]
+
+pub mod redis;
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{
+    CancellationToken,
+    queue::{Category, QueueSnapshot},
+    testing::{Cleanup, TEST_LABEL, build_image, docker, unique, workspace_binary},
+};
+use deployment_agent::{Config, Listeners};
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+/// The agent served by `deployment_agent::run` inside the test process.
+pub struct TestAgent {
+    pub http: SocketAddr,
+    pub ws: SocketAddr,
+    pub grpc: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestAgent {
+    pub async fn start(config: Config) -> Self {
+        let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let listeners = Listeners {
+            http: bind().await,
+            ws: bind().await,
+            grpc: bind().await,
+        };
+        let (http, ws, grpc) = (
+            listeners.http.local_addr().unwrap(),
+            listeners.ws.local_addr().unwrap(),
+            listeners.grpc.local_addr().unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(deployment_agent::run(listeners, config, shutdown.clone()));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Self {
+            http,
+            ws,
+            grpc,
+            client,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.ws)
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// Stops the agent (as on SIGTERM) and waits for it to finish.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("agent did not stop");
+            result.unwrap().expect("agent failed");
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A WebSocket subscriber that keeps every snapshot it receives, with its arrival time.
+#[derive(Clone)]
+pub struct QueueWatcher {
+    seen: Arc<Mutex<Vec<(Instant, QueueSnapshot)>>>,
+    task: Arc<JoinHandle<()>>,
+}
+
+impl QueueWatcher {
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("WebSocket connect timed out")
+        .expect("WebSocket connect failed");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            let (_, mut read) = socket.split();
+            while let Some(Ok(message)) = read.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                    let snapshot: QueueSnapshot =
+                        serde_json::from_str(&text).expect("snapshot does not parse");
+                    sink.lock().unwrap().push((Instant::now(), snapshot));
+                }
+            }
+        });
+        Self {
+            seen,
+            task: Arc::new(task),
+        }
+    }
+
+    pub fn latest(&self) -> Option<QueueSnapshot> {
+        self.seen.lock().unwrap().last().map(|(_, s)| s.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until the latest snapshot satisfies `check`; returns it and when it arrived.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&QueueSnapshot) -> bool,
+    ) -> (Instant, QueueSnapshot) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((at, snapshot)) = self.seen.lock().unwrap().last().cloned() {
+                if check(&snapshot) {
+                    return (at, snapshot);
+                }
+            }
+            if Instant::now() > deadline {
+                let last = self.latest();
+                panic!("timed out after {timeout:?} waiting for {what}; last snapshot: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether any snapshot so far showed `id` in `category`.
+    pub fn saw(&self, id: &str, category: Category) -> bool {
+        self.seen.lock().unwrap().iter().any(|(_, s)| {
+            s.items
+                .iter()
+                .any(|i| i.id == id && i.utilization_category == category)
+        })
+    }
+
+    /// Every id that ever appeared.
+    pub fn ids_seen(&self) -> HashSet<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, s)| s.items.iter().map(|i| i.id.clone()))
+            .collect()
+    }
+
+    /// Snapshots arrive in order of `seq`.
+    pub fn sequence_increases(&self) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .windows(2)
+            .all(|w| w[0].1.seq < w[1].1.seq)
+    }
+}
+
+impl Drop for QueueWatcher {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+/// Serving items (not INIT, not SUNDOWN).
+pub fn serving(snapshot: &QueueSnapshot) -> Vec<&common::queue::QueueItem> {
+    snapshot
+        .items
+        .iter()
+        .filter(|i| i.utilization_category.accepts_new_requests())
+        .collect()
+}
+
+/// Load on a set of workers: `per_worker` clients each sending jobs back to back.
+pub struct Load {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<u64>>,
+}
+
+impl Load {
+    pub fn start(addresses: &[String], per_worker: usize, body: serde_json::Value) -> Self {
+        let stop = CancellationToken::new();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut tasks = Vec::new();
+        for address in addresses {
+            for _ in 0..per_worker {
+                let (client, stop, body) = (client.clone(), stop.clone(), body.clone());
+                let url = format!("http://{address}/submit");
+                tasks.push(tokio::spawn(async move {
+                    let mut done = 0;
+                    while !stop.is_cancelled() {
+                        match client.post(&url).json(&body).send().await {
+                            Ok(response) if response.status().is_success() => done += 1,
+                            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                    done
+                }));
+            }
+        }
+        Self { stop, tasks }
+    }
+
+    /// Stops the load; the number of jobs completed.
+    pub async fn stop(self) -> u64 {
+        self.stop.cancel();
+        let mut total = 0;
+        for task in self.tasks {
+            total += task.await.unwrap_or(0);
+        }
+        total
+    }
+}
+
+/// A test's slice of the Docker engine: the worker image, a network, a unique application
+/// name for the agent's labels; all removed on drop.
+pub struct DockerEnv {
+    pub id: String,
+    pub app: String,
+    pub image: String,
+    pub network: String,
+    pub cleanup: Cleanup,
+}
+
+impl DockerEnv {
+    pub fn new() -> Self {
+        let id = unique();
+        let app = format!("rbtest{}", id.replace('-', ""));
+        let mut cleanup = Cleanup::default();
+        cleanup.container_labels.push(format!("application={app}"));
+        let image = build_image(&mut cleanup, "worker", &workspace_binary("worker"), &id);
+        let network = format!("rb-test-{id}");
+        cleanup.networks.push(network.clone());
+        docker(&["network", "create", "--label", TEST_LABEL, &network]);
+        Self {
+            id,
+            app,
+            image,
+            network,
+            cleanup,
+        }
+    }
+
+    /// Ids of this test's containers on the engine (running or not).
+    pub fn containers(&self) -> Vec<String> {
+        let filter = format!("label=application={}", self.app);
+        docker(&["ps", "-aq", "--no-trunc", "--filter", &filter])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// An agent configuration for tests: fast periods and short cooldowns.
+pub fn fast_config() -> Config {
+    let mut config = Config::defaults();
+    config.host = [127, 0, 0, 1].into();
+    config.agent_name = "rustybalancer-tests".into();
+    config.default_container = Some(2);
+    config.min_containers = 2;
+    config.max_containers = 4;
+    config.scale_check_period = Duration::from_millis(500);
+    config.cooldown = Duration::from_secs(2);
+    config.scale_down_stabilization = Duration::from_secs(3);
+    config.probe_period = Duration::from_millis(250);
+    config.target_concurrency = 2.0;
+    config.stop_grace = Duration::from_secs(3);
+    config.drain_timeout = Duration::from_secs(10);
+    config.ws_ping = Duration::from_secs(2);
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
