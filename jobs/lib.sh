@@ -94,3 +94,38 @@ build_image() {
 services() {
   for file in "$ROOT"/deploy/*.Dockerfile; do basename "$file" .Dockerfile; done
 }
+
+# build_redis_image TAG : a Redis image from the Debian redis-server package (no pull).
+build_redis_image() {
+  local tag="$1" context lib
+  apt_install redis-server redis-tools
+  context="$(mktemp -d)"
+  mkdir -p "$context/rootfs/usr/bin" "$context/data"
+  cp -L /usr/bin/redis-server /usr/bin/redis-cli "$context/rootfs/usr/bin/"
+  for lib in $(ldd /usr/bin/redis-server /usr/bin/redis-cli | awk '/=>/ {print $3} /ld-linux/ && !/=>/ {print $1}' | sort -u); do
+    mkdir -p "$context/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$context/rootfs$lib"
+  done
+  if ! output="$(docker build --quiet -f "$ROOT/deploy/redis/Dockerfile" -t "$tag" "$context" 2>&1)"; then
+    rm -rf "$context"
+    die "building the Redis image failed: $output"
+  fi
+  rm -rf "$context"
+}
+
+# ensure_redis_image : exports REDIS_IMAGE, building one from Debian's package when the
+# configured image (default redis:7-alpine) is absent and cannot be pulled.
+ensure_redis_image() {
+  REDIS_IMAGE="${REDIS_IMAGE:-redis:7-alpine}"
+  if ! docker image inspect "$REDIS_IMAGE" >/dev/null 2>&1 && ! docker pull -q "$REDIS_IMAGE" >/dev/null 2>&1; then
+    local local_tag="$IMAGE_REPO/redis:$IMAGE_TAG"
+    if ! docker image inspect "$local_tag" >/dev/null 2>&1; then
+      log "$REDIS_IMAGE is not here and cannot be pulled: building $local_tag from Debian's redis-server package"
+      build_redis_image "$local_tag"
+    else
+      log "$REDIS_IMAGE is not here and cannot be pulled: using $local_tag (built from Debian's redis-server package)"
+    fi
+    REDIS_IMAGE="$local_tag"
+  fi
+  export REDIS_IMAGE
+}

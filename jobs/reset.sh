@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Removes the stack: its containers, networks and volumes, and every container the stack
-# created at run time (found by label).
+# Removes the stack and everything it made: its containers, the worker containers the agent
+# created (by label), its network and its volumes.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 ensure_docker
 project="${COMPOSE_PROJECT_NAME:-rustybalancer}"
-compose -p "$project" --project-directory "$ROOT" -f "$ROOT/docker-compose.yaml" \
-  -f "$ROOT/docker-compose.dev.yaml" down --volumes --remove-orphans --timeout 35
-leftover="$(docker ps -aq --filter "label=application=${APP_IDENTIFIER:-rustybalancer}")"
-[ -z "$leftover" ] || docker rm -f $leftover >/dev/null
+app="${APP_IDENTIFIER:-rustybalancer}"
+stack() {
+  compose -p "$project" --project-directory "$ROOT" -f "$ROOT/docker-compose.yaml" \
+    -f "$ROOT/docker-compose.dev.yaml" --profile load "$@"
+}
+# The agent first, so it does not replace the workers removed next.
+stack stop deployment-agent >/dev/null 2>&1 || true
+workers="$(docker ps -aq --filter "label=application=$app")"
+[ -z "$workers" ] || docker rm -f $workers >/dev/null
+stack down --volumes --remove-orphans --timeout 35
+docker network rm "$app" >/dev/null 2>&1 || true
 log "the $project stack is gone"

@@ -10,6 +10,8 @@ ensure_rust
 need_cmd ldd libc-bin
 need_cmd kill procps
 need_cmd redis-server redis-server
+need_cmd chromium chromium
+need_cmd chromedriver chromium-driver
 ensure_docker
 
 log "cargo fmt --check"

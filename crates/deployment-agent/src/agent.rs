@@ -8,7 +8,7 @@ use std::{
 };
 
 use common::queue::{Category, QueueSnapshot};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::{
     config::Config,
@@ -36,9 +36,14 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     world: Mutex<World>,
     queue: watch::Sender<Arc<QueueSnapshot>>,
+    /// Every recorded event, for live subscribers (`/ws/events`); a lagging one skips ahead.
+    events: broadcast::Sender<ScalingEvent>,
     pub wake: Notify,
     shutdown: common::CancellationToken,
 }
+
+/// Events buffered per live event subscriber before it lags and skips ahead.
+const EVENT_CHANNEL_CAPACITY: usize = 256;
 
 /// Current bounds and target, as `/status` and gRPC show them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +61,7 @@ impl Agent {
         shutdown: common::CancellationToken,
     ) -> Self {
         let (queue, _) = watch::channel(Arc::new(QueueSnapshot::new(0, now_ms(), Vec::new())));
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         Self {
             shared: Arc::new(Shared {
                 weights: config.weights(),
@@ -67,6 +73,7 @@ impl Agent {
                 metrics: Metrics::new(),
                 world: Mutex::new(World::default()),
                 queue,
+                events,
                 wake: Notify::new(),
                 shutdown,
             }),
@@ -100,6 +107,12 @@ impl Agent {
     /// A subscription to the live queue: the current snapshot at once, then every change.
     pub fn subscribe(&self) -> watch::Receiver<Arc<QueueSnapshot>> {
         self.shared.queue.subscribe()
+    }
+
+    /// A subscription to the events recorded from now on (see `store().recent_events` for
+    /// the past ones). A subscriber that falls behind gets `Lagged` and skips ahead.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<ScalingEvent> {
+        self.shared.events.subscribe()
     }
 
     pub fn snapshot(&self) -> Arc<QueueSnapshot> {
@@ -265,7 +278,7 @@ impl Agent {
         }
     }
 
-    /// Records a lifecycle or scaling event: log, metrics, store.
+    /// Records a lifecycle or scaling event: log, metrics, store, live subscribers.
     pub fn event(&self, kind: EventKind, container: Option<&str>, message: String) {
         let replicas = self.bounds().desired_replicas;
         tracing::info!(kind = ?kind, container, replicas, "{message}");
@@ -276,13 +289,16 @@ impl Agent {
                 kind: kind_name(kind),
             })
             .inc();
-        self.shared.store.record_event(ScalingEvent {
+        let event = ScalingEvent {
             at_ms: now_ms(),
             kind,
             container: container.map(str::to_owned),
             replicas,
             message,
-        });
+        };
+        self.shared.store.record_event(event.clone());
+        // An error only means nobody is subscribed.
+        let _ = self.shared.events.send(event);
     }
 
     /// Writes a member's registry entry to the store.

@@ -374,6 +374,17 @@ pub struct Config {
         default_value = "*"
     )]
     pub cors_origins: String,
+    /// Serve the dashboard at `/` and `/dashboard` (404 when false).
+    #[arg(long = "dashboard", env = "DASHBOARD", value_name = "DASHBOARD",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub dashboard: bool,
+    /// Balancer URL the dashboard's job form posts to (default: the page's host, port 8000).
+    #[arg(
+        long = "dashboard-balancer-url",
+        env = "DASHBOARD_BALANCER_URL",
+        value_name = "DASHBOARD_BALANCER_URL"
+    )]
+    pub dashboard_balancer_url: Option<String>,
     /// WebSocket ping period.
     #[arg(long = "ws-ping", env = "WS_PING_PERIOD", value_name = "WS_PING_PERIOD", default_value = "15s", value_parser = parse_duration)]
     pub ws_ping: Duration,
@@ -447,7 +458,28 @@ impl Config {
         if self.probe_period.is_zero() || self.scale_check_period.is_zero() {
             return Err("PROBE_PERIOD and SCALE_CHECK_PERIOD must be positive".into());
         }
+        if let Some(url) = &self.dashboard_balancer_url {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("http" | "https")) {
+                return Err(format!(
+                    "DASHBOARD_BALANCER_URL must be an http:// or https:// URL, got `{url}`"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Treats empty strings (as compose passes unset variables) as unset.
+    pub fn normalized(mut self) -> Self {
+        let keep = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        self.token = keep(self.token);
+        self.redis_url = keep(self.redis_url);
+        self.redis_host = keep(self.redis_host);
+        self.network = keep(self.network);
+        self.docker_host = keep(self.docker_host);
+        self.worker_cpuset = self.worker_cpuset.filter(|pool| !pool.0.is_empty());
+        self.dashboard_balancer_url = keep(self.dashboard_balancer_url);
+        self
     }
 
     /// Containers to run at start: DEFAULT_CONTAINER, else INITIAL_WORKERS, else MIN_CONTAINERS.
@@ -566,9 +598,7 @@ pub fn parse_cpuset(text: &str) -> Result<CpuSet, String> {
     }
     cores.sort_unstable();
     cores.dedup();
-    if cores.is_empty() {
-        return Err("the core pool is empty".into());
-    }
+    // Empty (as compose passes an unset variable) means no pinning; see `Config::normalized`.
     Ok(CpuSet(cores))
 }
 

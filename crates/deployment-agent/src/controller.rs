@@ -388,7 +388,9 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                 Ok(instance) => {
                     world.launch_failures = 0;
                     world.launch_blocked_until = None;
-                    let member = new_member(&agent, instance.clone());
+                    let mut member = new_member(&agent, instance.clone());
+                    // Cold start is measured from the create call to the first healthy answer.
+                    member.created = started;
                     world.members.insert(instance.id.clone(), member);
                 }
                 Err(_) => {

@@ -36,6 +36,8 @@ pub fn router(agent: Agent) -> Router {
         .route("/scale", post(scale))
         .route("/containers/{id}/drain", post(drain))
         .route("/ws", get(crate::ws::upgrade))
+        .route("/ws/events", get(crate::ws::upgrade_events))
+        .merge(crate::dashboard::routes(agent.config().dashboard))
         .fallback(|request: Request| async move {
             error(
                 StatusCode::NOT_FOUND,
@@ -206,6 +208,8 @@ async fn config(State(agent): State<Agent>) -> Json<Value> {
         "image": config.image,
         "app": config.app,
         "token_required": config.token.is_some(),
+        "dashboard": config.dashboard,
+        "balancer_url": config.dashboard_balancer_url,
     }))
 }
 

@@ -9,6 +9,7 @@ pub mod store;
 
 mod agent;
 mod controller;
+mod dashboard;
 mod grpc;
 mod http;
 mod metrics;
@@ -37,6 +38,7 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = config.normalized();
     config.validate().map_err(anyhow::Error::msg)?;
     let runtime = match config.runtime {
         RuntimeKind::Docker => {

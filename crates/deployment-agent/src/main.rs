@@ -38,12 +38,13 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck) = cli.command {
         return runtime.block_on(healthcheck(cli.config.http_port));
     }
-    if let Err(message) = cli.config.validate() {
+    let config = cli.config.normalized();
+    if let Err(message) = config.validate() {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
     common::telemetry::init(&cli.log);
-    match runtime.block_on(serve(cli.config)) {
+    match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(cause = format!("{err:#}"), "deployment agent failed");

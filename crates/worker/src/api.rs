@@ -27,6 +27,7 @@ use crate::{
     metrics::{JobLabels, Metrics, RequestLabels},
     pool::{Pool, PoolError},
     request::{self, Job, Weight},
+    simulate::{self as queue_sim, SimulateError, Simulation},
 };
 
 /// Everything the handlers share; a cheap handle.
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/stop", post(stop))
+        .route("/simulate", post(simulate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -257,6 +259,55 @@ async fn stop(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(
         json!({ "stopped": true, "worker_id": state.0.worker_id }),
     ))
+}
+
+/// The answer of `POST /simulate`: which worker simulated, the summary and every request.
+#[derive(Debug, Serialize)]
+struct SimulateAnswer {
+    worker_id: String,
+    #[serde(flatten)]
+    simulation: Simulation,
+}
+
+/// Seed 004's queue simulator: parsing and simulation run on the job pool, like any CPU job.
+#[tracing::instrument(skip_all)]
+async fn simulate(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Json<SimulateAnswer>, ApiError> {
+    let body = read_body(body, state.0.config.max_body_bytes).await?;
+    let outcome = state
+        .0
+        .pool
+        .run(move |_cancel| {
+            Ok(queue_sim::parse_request(&body, queue_sim::MAX_ROWS)
+                .map(|(rows, params)| queue_sim::simulate(&rows, &params)))
+        })
+        .await;
+    match outcome {
+        Ok(Ok(simulation)) => Ok(Json(SimulateAnswer {
+            worker_id: state.0.worker_id.clone(),
+            simulation,
+        })),
+        Ok(Err(err @ SimulateError::TooManyRows { .. })) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            err.to_string(),
+        )),
+        Ok(Err(err @ SimulateError::Invalid(_))) => Err(ApiError::bad_request(err.to_string())),
+        Err(PoolError::Saturated) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "worker is saturated; retry later".into(),
+            retry_after: Some(state.0.config.retry_after_secs),
+        }),
+        Err(PoolError::Cancelled) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the simulation was cancelled",
+        )),
+        Err(PoolError::Failed) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the simulation failed",
+        )),
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -9,6 +9,7 @@ mod jobs;
 mod metrics;
 mod pool;
 mod request;
+pub mod simulate;
 
 use std::time::Duration;
 

@@ -444,3 +444,97 @@ fn help_lists_every_setting() {
 fn image_runs_on_docker_answers_and_turns_healthy() {
     support::docker::image_scenario();
 }
+
+#[tokio::test]
+async fn simulate_runs_the_queue_simulator() {
+    let worker = TestWorker::start(config()).await;
+    // One server, ST = 2 s, arrivals at 0, 1, 1.5 and 7 s: waits 0, 1, 2.5 and 0 s.
+    let response = worker
+        .post(
+            "/simulate",
+            json!({"st": 2, "delay": 0, "rows": [
+                {"id": 0, "arrival_s": 0},
+                {"id": 1, "arrival_s": 1},
+                {"id": 2, "arrival_s": 1.5},
+                {"id": 3, "arrival_s": 7}
+            ]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["worker_id"], "test-worker");
+    let waits: Vec<f64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["wait_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(waits, [0.0, 1.0, 2.5, 0.0]);
+    let summary = &body["summary"];
+    assert_eq!(summary["requests"], 4);
+    assert_eq!(summary["mean_wait_s"], 0.875);
+    assert_eq!(summary["p50_wait_s"], 0.0);
+    assert_eq!(summary["p99_wait_s"], 2.5);
+    let utilisation = summary["utilisation"].as_f64().unwrap();
+    assert!((utilisation - 8.0 / 9.0).abs() < 1e-9, "{utilisation}");
+}
+
+#[tokio::test]
+async fn simulate_refuses_malformed_and_oversized_input() {
+    let worker = TestWorker::start(Config {
+        max_body_bytes: 4096,
+        ..config()
+    })
+    .await;
+    let (status, message) = error_of(
+        worker
+            .post(
+                "/simulate",
+                json!({"st": 1, "rows": [{"arrival_s": 0}, {"arrival_s": 1}, {"arrival_s": "later"}]}),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("rows[2].arrival_s"), "{message}");
+
+    let (status, message) = error_of(
+        worker
+            .post("/simulate", json!({"rows": [{"arrival_s": 0}]}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        message.contains("rows[0]") && message.contains("`st`"),
+        "{message}"
+    );
+
+    let rows: Vec<Value> = (0..1000).map(|i| json!({"arrival_s": i})).collect();
+    let (status, _) = error_of(
+        worker
+            .post("/simulate", json!({"st": 1, "rows": rows}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let wrong_method = worker.get("/simulate").await;
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // Past the row limit, even within the body limit.
+    let roomy = TestWorker::start(Config {
+        max_body_bytes: 8 << 20,
+        ..config()
+    })
+    .await;
+    let rows = vec![json!({"arrival_s": 0}); worker::simulate::MAX_ROWS + 1];
+    let (status, message) = error_of(
+        roomy
+            .post("/simulate", json!({"st": 1, "rows": rows}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message.contains("rows"), "{message}");
+}

@@ -58,6 +58,13 @@ fn sizes_cores_and_env_lists_parse() {
     assert_eq!(parse_cpuset("0, 2-4,3"), Ok(CpuSet(vec![0, 2, 3, 4])));
     assert!(parse_cpuset("3-1").is_err());
     assert!(parse_cpuset("x").is_err());
+    let mut config = Config::defaults();
+    config.worker_cpuset = Some(parse_cpuset("").unwrap());
+    assert_eq!(
+        config.normalized().worker_cpuset,
+        None,
+        "empty means no pinning"
+    );
     assert_eq!(
         parse_env_list("A=1,B=two"),
         Ok(EnvList(vec!["A=1".into(), "B=two".into()]))

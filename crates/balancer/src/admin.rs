@@ -1,0 +1,120 @@
+//! The admin port: `/health`, `/ready`, `/backends`, `/metrics`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use common::ErrorBody;
+use serde_json::{Value, json};
+
+use crate::{backend::SourceKind, metrics::Exporter, proxy::Shared};
+
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub exporter: Exporter,
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/backends", get(backends))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "OK"
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    if state.draining.load(Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new("draining: shutting down")),
+        )
+            .into_response();
+    }
+    let table = state.shared.backends.load();
+    if table.candidates.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new("no backend takes requests yet")),
+        )
+            .into_response();
+    }
+    Json(json!({ "ready": true, "backends": table.candidates.len() })).into_response()
+}
+
+async fn backends(State(state): State<AdminState>) -> Json<Value> {
+    let shared = &state.shared;
+    let table = shared.backends.load_full();
+    let now = shared.clock.now();
+    let items: Vec<Value> = table
+        .entries
+        .iter()
+        .map(|entry| {
+            let backend = &entry.backend;
+            json!({
+                "id": backend.id,
+                "dns_name": backend.dns_name,
+                "address": backend.address,
+                "category": entry.category.map(|c| c.as_str()),
+                "score": entry.score,
+                "weight": if entry.accepts { entry.score.max(0.0) } else { 0.0 },
+                "accepts_new_requests": entry.accepts,
+                "in_flight": backend.in_flight(),
+                "completed": backend.completed.load(Relaxed),
+                "errors": backend.errors.load(Relaxed),
+                "latency_ewma_ms": backend.latency_ewma_ms(),
+                "ejected": backend.is_ejected(now),
+                "consecutive_connect_failures": backend.consecutive_failures(),
+                "connections_opened": backend.pools().iter().map(|p| p.opened.load(Relaxed)).sum::<u64>(),
+                "idle_connections": backend.pools().iter().map(|p| p.idle_count()).sum::<usize>(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "source": match shared.backends.source() {
+            SourceKind::Static => "static",
+            SourceKind::Agent => "agent",
+        },
+        "agent_connected": shared.metrics.agent_connected.load(Relaxed) == 1,
+        "seq": table.seq,
+        "policy": shared.picker.policy().as_str(),
+        "queued_without_backend": shared.admission.waiting(),
+        "backends": items,
+    }))
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.exporter.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody::new(
+            "no such admin endpoint; try /health, /ready, /backends or /metrics",
+        )),
+    )
+        .into_response()
+}

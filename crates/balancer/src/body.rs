@@ -1,0 +1,255 @@
+//! The response body: a backend's answer streamed through frame by frame (holding the
+//! backend's in-flight slot until the last frame is sent or the client goes away), or a small
+//! body the balancer made itself (errors, cache hits).
+
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::{
+    backend::Backend,
+    cache::{Cache, Cached},
+    upstream::Lease,
+};
+
+/// Holds a backend's in-flight slot; releasing it counts the request as completed.
+#[derive(Debug)]
+pub struct InFlight {
+    backend: Arc<Backend>,
+}
+
+impl InFlight {
+    pub fn start(backend: Arc<Backend>) -> Self {
+        backend.in_flight.fetch_add(1, Relaxed);
+        Self { backend }
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Counts an error against the backend (the request still completes when dropped).
+    pub fn failed(&self) {
+        self.backend.errors.fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Relaxed);
+        self.backend.completed.fetch_add(1, Relaxed);
+    }
+}
+
+/// A cacheable answer being copied on its way to the client; stored when it ends.
+pub struct Tee {
+    cache: Cache,
+    key: String,
+    status: StatusCode,
+    headers: HeaderMap,
+    ttl: Duration,
+    static_path: bool,
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Tee {
+    pub fn new(
+        cache: Cache,
+        key: String,
+        status: StatusCode,
+        headers: HeaderMap,
+        ttl: Duration,
+        static_path: bool,
+    ) -> Self {
+        Self {
+            cache,
+            key,
+            status,
+            headers,
+            ttl,
+            static_path,
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Keeps a copy of `data`; `false` when the body outgrew the entry limit.
+    fn push(&mut self, data: &Bytes) -> bool {
+        self.len += data.len() as u64;
+        if self.len > self.cache.max_entry_bytes() {
+            return false;
+        }
+        self.chunks.push(data.clone());
+        true
+    }
+
+    fn finish(self) {
+        let mut body = BytesMut::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        for chunk in &self.chunks {
+            body.extend_from_slice(chunk);
+        }
+        let cached = Cached {
+            status: self.status,
+            headers: self.headers,
+            body: body.freeze(),
+            stored: Instant::now(),
+            ttl: self.ttl,
+        };
+        let (cache, key, static_path) = (self.cache, self.key, self.static_path);
+        tokio::spawn(async move { cache.insert(key, cached, static_path).await });
+    }
+}
+
+/// The body of every answer the balancer sends.
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        lease: Option<Lease>,
+        in_flight: Option<InFlight>,
+        tee: Option<Box<Tee>>,
+    },
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Full(_) => f.write_str("ResponseBody::Full"),
+            Kind::Upstream { .. } => f.write_str("ResponseBody::Upstream"),
+        }
+    }
+}
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+        }
+    }
+
+    pub fn upstream(
+        inner: Incoming,
+        lease: Lease,
+        in_flight: InFlight,
+        tee: Option<Box<Tee>>,
+    ) -> Self {
+        let mut body = Self {
+            kind: Kind::Upstream {
+                inner,
+                lease: Some(lease),
+                in_flight: Some(in_flight),
+                tee,
+            },
+        };
+        // An empty answer (e.g. 204, or Content-Length: 0) is complete at once.
+        if let Kind::Upstream {
+            inner,
+            lease,
+            in_flight,
+            tee,
+        } = &mut body.kind
+        {
+            if inner.is_end_stream() {
+                finish(lease, in_flight, tee);
+            }
+        }
+        body
+    }
+}
+
+/// The answer was read to its end: the connection goes back to the pool, the copy to the
+/// cache, the in-flight slot is released.
+fn finish(lease: &mut Option<Lease>, in_flight: &mut Option<InFlight>, tee: &mut Option<Box<Tee>>) {
+    if let Some(mut lease) = lease.take() {
+        lease.release();
+    }
+    if let Some(tee) = tee.take() {
+        tee.finish();
+    }
+    in_flight.take();
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream {
+                inner,
+                lease,
+                in_flight,
+                tee,
+            } => {
+                // The connection is driven only when the body has nothing buffered.
+                let mut polled = Pin::new(&mut *inner).poll_frame(cx);
+                if polled.is_pending() {
+                    if let Some(lease) = lease {
+                        lease.drive(cx);
+                    }
+                    polled = Pin::new(&mut *inner).poll_frame(cx);
+                }
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(copy)) = (frame.data_ref(), tee.as_mut()) {
+                            if !copy.push(data) {
+                                tee.take();
+                            }
+                        }
+                        if inner.is_end_stream() {
+                            finish(lease, in_flight, tee);
+                        }
+                    }
+                    Poll::Ready(None) => finish(lease, in_flight, tee),
+                    Poll::Ready(Some(Err(err))) => {
+                        tracing::debug!(cause = %err, "backend's answer broke off");
+                        tee.take();
+                        lease.take();
+                        if let Some(slot) = in_flight.take() {
+                            slot.failed();
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

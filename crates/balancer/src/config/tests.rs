@@ -1,0 +1,84 @@
+use clap::Parser;
+
+use super::*;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+}
+
+fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+    Cli::try_parse_from(std::iter::once("balancer").chain(args.iter().copied())).map(|c| c.config)
+}
+
+#[test]
+fn clap_defaults_match_default() {
+    let parsed = parse(&[]).unwrap();
+    assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+}
+
+#[test]
+fn backend_addresses_parse_and_get_the_target_port() {
+    let config = parse(&[
+        "--backends",
+        "worker-1:9000,worker-2, 127.0.0.1:81,http://10.0.0.1:82/,[::1]:83",
+        "--target-port",
+        "8081",
+    ])
+    .unwrap();
+    assert_eq!(
+        config.source(),
+        Source::Static(vec![
+            "worker-1:9000".into(),
+            "worker-2:8081".into(),
+            "127.0.0.1:81".into(),
+            "10.0.0.1:82".into(),
+            "[::1]:83".into(),
+        ])
+    );
+    assert_eq!(config.report_url(), None);
+}
+
+#[test]
+fn bad_values_name_the_variable() {
+    for (args, variable) in [
+        (&["--backends", "a:b"][..], "BACKENDS"),
+        (&["--backends", "a/b:1"][..], "BACKENDS"),
+        (&["--port", "http"][..], "HOST_PORT_HTTP_BALANCER"),
+        (&["--request-timeout", "soon"][..], "REQUEST_TIMEOUT"),
+        (&["--policy", "random"][..], "BALANCER_POLICY"),
+        (&["--cache-capacity=-1"][..], "CACHE_CAPACITY"),
+        (&["--agent-ws-url", "http://agent:9001"][..], "AGENT_WS_URL"),
+        (&["--retry-budget-ratio", "lots"][..], "RETRY_BUDGET_RATIO"),
+    ] {
+        let err = parse(args).unwrap_err().to_string();
+        assert!(err.contains(variable), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_agent_is_derived_from_host_and_ports() {
+    let config = Config::default();
+    assert_eq!(
+        config.source(),
+        Source::Agent("ws://deployment-agent:9001/ws".into())
+    );
+    assert_eq!(
+        config.report_url().as_deref(),
+        Some("http://deployment-agent:9002")
+    );
+    let config = parse(&["--agent-ws-url", "ws://10.1.2.3:7001/ws"]).unwrap();
+    assert_eq!(
+        config.source(),
+        Source::Agent("ws://10.1.2.3:7001/ws".into())
+    );
+    assert_eq!(config.report_url().as_deref(), Some("http://10.1.2.3:9002"));
+}
+
+#[test]
+fn durations_accept_the_seed_forms() {
+    let config = parse(&["--request-timeout", "2", "--queue-timeout", "500ms"]).unwrap();
+    assert_eq!(config.request_timeout, Duration::from_secs(2));
+    assert_eq!(config.queue_timeout, Duration::from_millis(500));
+}

@@ -1,0 +1,95 @@
+//! Errors of the proxy path, classified as upstream (a backend's fault) or downstream (the
+//! client's), and mapped to a status and `{"error": "..."}` without internals.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::ErrorBody;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ResponseBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no backend is available and the admission queue is full; retry later")]
+    QueueFull,
+    #[error("no backend became available within {0:?}; retry later")]
+    QueueTimeout(Duration),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("method {0} is not supported by this proxy")]
+    MethodNotAllowed(http::Method),
+    #[error("the request body could not be read from the client")]
+    ClientBody,
+    #[error("no backend could be reached")]
+    Connect,
+    #[error("the backend failed to answer")]
+    Upstream,
+    #[error("the backend did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::QueueFull | Self::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BadRequest(_) | Self::ClientBody => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Connect | Self::Upstream => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A backend's fault (as opposed to the client's or plain unavailability).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Self::Connect | Self::Upstream | Self::Timeout(_))
+    }
+
+    /// Whether the client may send the same request again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::QueueFull
+                | Self::QueueTimeout(_)
+                | Self::Connect
+                | Self::Upstream
+                | Self::Timeout(_)
+        )
+    }
+
+    /// The answer to the client.
+    pub fn into_response(self, retry_after_secs: u64) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut response = json_response(status, &ErrorBody::new(self.to_string()).to_json());
+        if matches!(self, Self::QueueFull | Self::QueueTimeout(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if matches!(
+            self,
+            Self::BadRequest(_) | Self::HeadersTooLarge(_) | Self::BodyTooLarge(_)
+        ) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+pub fn json_response(status: StatusCode, json: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::copy_from_slice(json.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

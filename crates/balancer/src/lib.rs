@@ -1,0 +1,302 @@
+//! The balancer: a streaming HTTP reverse proxy in front of the worker containers. It routes
+//! each request to a backend from the deployment agent's live queue (or a static list),
+//! without a global lock: the backends are an immutable snapshot swapped in whole, their load
+//! counters are atomics. Around the proxy path: a TTL cache for static GETs, retries within a
+//! budget, passive ejection, an admission queue while no backend exists, load reports to the
+//! agent, and a graceful drain on SIGTERM.
+
+pub mod config;
+
+mod admin;
+mod admission;
+mod agent;
+mod backend;
+mod body;
+mod cache;
+mod cors;
+mod error;
+mod headers;
+mod metrics;
+mod policy;
+mod proxy;
+mod retry;
+mod serve;
+mod upstream;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use common::{
+    CancellationToken,
+    serve::{ServeOptions, Stopped},
+};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub use config::{Config, Policy};
+
+use crate::{
+    admission::Admission,
+    backend::{Backends, Clock, Ejection, SourceKind},
+    cache::{Cache, CacheConfig},
+    config::Source,
+    metrics::{Exporter, Metrics},
+    policy::Picker,
+    proxy::{Settings, Shared},
+    retry::RetryBudget,
+    upstream::PoolConfig,
+};
+
+/// The two listening sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client traffic.
+    pub http: TcpListener,
+    /// `/health`, `/ready`, `/backends`, `/metrics`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both ports of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let http = TcpListener::bind(SocketAddr::new(config.host, config.port)).await?;
+        let admin = TcpListener::bind(SocketAddr::new(config.host, config.admin_port)).await?;
+        Ok(Self { http, admin })
+    }
+}
+
+/// Serves traffic and the admin API until `shutdown` is cancelled, then lets in-flight
+/// requests finish within `SHUTDOWN_GRACE`.
+pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationToken) -> Stopped {
+    let clock = Clock::new();
+    let metrics = Arc::new(Metrics::new());
+    let pool = PoolConfig {
+        connect_timeout: config.connect_timeout,
+        idle_timeout: config.upstream_idle_timeout,
+        max_idle: config.upstream_max_idle,
+    };
+    let source = config.source();
+    let threads = config.resolved_threads();
+    let backends = Backends::new(
+        pool,
+        threads,
+        match source {
+            Source::Static(_) => SourceKind::Static,
+            Source::Agent(_) => SourceKind::Agent,
+        },
+    );
+    let cache = Cache::new(CacheConfig {
+        capacity: config.cache_capacity,
+        max_bytes: config.cache_max_bytes,
+        max_entry_bytes: config.cache_max_entry_bytes,
+        ttl: config.cache_ttl,
+    });
+    let admission = Arc::new(Admission::new(config.queue_capacity, config.queue_timeout));
+    let seed = config.resolved_seed();
+    let shared = Arc::new(Shared {
+        backends: backends.clone(),
+        picker: Picker::new(config.policy, seed, config.ewma_decay),
+        cache: cache.clone(),
+        budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min_per_sec),
+        admission: Arc::clone(&admission),
+        metrics: Arc::clone(&metrics),
+        clock,
+        settings: Settings {
+            cors: config.cors.clone(),
+            request_timeout: config.request_timeout,
+            retry_after_secs: config.retry_after_secs,
+            max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
+            ewma_decay: config.ewma_decay,
+            ejection: Ejection {
+                after: config.eject_after,
+                base: config.eject_base,
+                max: config.eject_max,
+            },
+        },
+    });
+
+    // Background tasks stop when the traffic port has drained.
+    let background = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    match &source {
+        Source::Static(addresses) => backends.set_static(addresses),
+        Source::Agent(url) => {
+            tasks.spawn(agent::subscribe(
+                agent::Subscription {
+                    url: url.clone(),
+                    target_port: config.target_port,
+                    reconnect_max: config.agent_reconnect_max,
+                    idle_timeout: config.agent_idle_timeout,
+                    connect_timeout: config.connect_timeout,
+                },
+                backends.clone(),
+                Arc::clone(&metrics),
+                background.clone(),
+            ));
+        }
+    }
+    let report_url = config.report_url();
+    if let Some(url) = &report_url {
+        tasks.spawn(agent::report(
+            agent::Reports {
+                url: url.clone(),
+                balancer_id: config.resolved_balancer_id(),
+                interval: config.report_interval,
+                reconnect_max: config.agent_reconnect_max,
+                connect_timeout: config.connect_timeout,
+            },
+            backends.clone(),
+            Arc::clone(&admission),
+            Arc::clone(&metrics),
+            background.clone(),
+        ));
+    }
+    if let Some(cache) = cache.clone() {
+        let stop = background.clone();
+        let period = config
+            .cache_ttl
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => cache.collect_expired().await,
+                }
+            }
+        });
+    }
+
+    {
+        // Idle upstream connections past UPSTREAM_IDLE_TIMEOUT are closed.
+        let stop = background.clone();
+        let backends = backends.clone();
+        let period = (config.upstream_idle_timeout / 2).max(Duration::from_millis(100));
+        tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {
+                        for entry in &backends.load().entries {
+                            for pool in entry.backend.pools() {
+                                pool.sweep();
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let exporter = Exporter::new(Arc::clone(&metrics), backends.clone(), admission, cache);
+    let admin = admin::router(admin::AdminState {
+        shared: Arc::clone(&shared),
+        exporter,
+        draining: Arc::clone(&draining),
+    });
+
+    let address = local(&listeners.http);
+    let admin_address = local(&listeners.admin);
+    tracing::info!(
+        %address,
+        %admin_address,
+        policy = %config.policy,
+        threads,
+        source = ?source,
+        reports = report_url.as_deref().unwrap_or("off"),
+        cache_capacity = config.cache_capacity,
+        "balancer listening"
+    );
+
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(common::serve::serve(
+        listeners.admin,
+        admin,
+        ServeOptions {
+            grace: Duration::from_secs(1),
+            max_connections: Some(64),
+            header_read_timeout: Duration::from_secs(5),
+        },
+        admin_stop.clone(),
+        CancellationToken::new(),
+    ));
+    let options = ServeOptions {
+        grace: config.shutdown_grace,
+        max_connections: Some(config.max_connections),
+        header_read_timeout: config.header_read_timeout,
+    };
+    let drain_flag = {
+        let draining = Arc::clone(&draining);
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            draining.store(true, Relaxed);
+        }
+    };
+    let serving = serve::serve(
+        listeners.http,
+        Arc::clone(&shared),
+        threads,
+        options,
+        shutdown.clone(),
+    );
+    let (stopped, ()) = tokio::join!(serving, drain_flag);
+    tracing::info!(?stopped, "balancer stopped serving traffic");
+    background.cancel();
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    while tasks.join_next().await.is_some() {}
+    stopped
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|err| err.to_string(), |a| a.to_string())
+}
+
+/// Probes `GET /health` on the local admin port; `Ok` when it answers `200`.
+pub async fn healthcheck(config: &Config, timeout: Duration) -> Result<(), String> {
+    let host = if config.host.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        config.host
+    };
+    let port = config.admin_port;
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|err| format!("connect to {host}:{port}: {err}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| format!("handshake: {err}"))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get("/health")
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .map_err(|err| err.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| format!("request: {err}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("/health answered {}", response.status()))
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}

@@ -1,0 +1,416 @@
+//! Prometheus metrics. The hot path only bumps atomics (per backend, or in [`Metrics`]); the
+//! text is built at scrape time by a prometheus-client `Collector` that reads them.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, exemplar::Exemplar, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{
+    admission::Admission,
+    backend::{Backends, StatusCounts},
+    cache::Cache,
+};
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// A fixed-bucket histogram of atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let index = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.counts[index].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(value.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    /// `(sum in seconds, count, cumulative buckets)`.
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+        }
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        (sum, cumulative, buckets)
+    }
+}
+
+/// Why a request was retried.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryReason {
+    Connect,
+    Reset,
+    Status,
+}
+
+/// Counters of the proxy path that are not per backend.
+#[derive(Debug)]
+pub struct Metrics {
+    pub latency: Histogram,
+    /// Answers made by the balancer itself (no backend involved), by status.
+    pub local: StatusCounts,
+    retries: [AtomicU64; 3],
+    pub retries_denied: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub agent_connected: AtomicU64,
+    pub agent_snapshots: AtomicU64,
+    pub reports_sent: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            latency: Histogram::new(),
+            local: StatusCounts::new(),
+            retries: std::array::from_fn(|_| AtomicU64::new(0)),
+            retries_denied: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            agent_connected: AtomicU64::new(0),
+            agent_snapshots: AtomicU64::new(0),
+            reports_sent: AtomicU64::new(0),
+        }
+    }
+
+    pub fn retried(&self, reason: RetryReason) {
+        self.retries[reason as usize].fetch_add(1, Relaxed);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds the `/metrics` text from the live state.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    registry: Arc<Registry>,
+}
+
+impl Exporter {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        backends: Backends,
+        admission: Arc<Admission>,
+        cache: Option<Cache>,
+    ) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(State {
+            metrics,
+            backends,
+            admission,
+            cache,
+        }));
+        Self {
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(cause = %err, "cannot encode metrics");
+        }
+        text
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    metrics: Arc<Metrics>,
+    backends: Backends,
+    admission: Arc<Admission>,
+    cache: Option<Cache>,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(&[(&str, &str)], u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    if let [(labels, value)] = series {
+        if labels.is_empty() {
+            return ConstCounter::new(*value).encode(family);
+        }
+    }
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Vec<(&str, String)>, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut series = series;
+    if series.len() == 1 && series[0].0.is_empty() {
+        if let Some((_, value)) = series.pop() {
+            return ConstGauge::new(value).encode(family);
+        }
+    }
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for State {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let table = self.backends.load_full();
+
+        // Requests by status and backend.
+        let mut family = encoder.encode_descriptor(
+            "balancer_requests",
+            "Requests answered, by status and by the backend that served them (\"none\": the balancer answered itself).",
+            None,
+            MetricType::Counter,
+        )?;
+        for entry in &table.entries {
+            for (status, count) in entry.backend.statuses.seen() {
+                let labels = [
+                    ("backend", entry.backend.dns_name.as_str()),
+                    ("status", &status.to_string()),
+                ];
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (status, count) in self.metrics.local.seen() {
+            let labels = [("backend", "none"), ("status", &status.to_string())];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+
+        let (sum, count, buckets) = self.metrics.latency.snapshot();
+        let mut family = encoder.encode_descriptor(
+            "balancer_request_duration_seconds",
+            "Time from a request's arrival to the backend's response headers (or the balancer's own answer).",
+            None,
+            MetricType::Histogram,
+        )?;
+        family.encode_histogram::<NoLabelSet>(
+            sum,
+            count,
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )?;
+
+        let retries = &self.metrics.retries;
+        counter(
+            &mut encoder,
+            "balancer_retries",
+            "Requests sent again to another backend, by reason.",
+            &[
+                (&[("reason", "connect")], retries[0].load(Relaxed)),
+                (&[("reason", "reset")], retries[1].load(Relaxed)),
+                (&[("reason", "status")], retries[2].load(Relaxed)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_retries_denied",
+            "Retries not made because the retry budget was spent.",
+            &[(&[], self.metrics.retries_denied.load(Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_timeouts",
+            "Requests answered 504 because the backend exceeded REQUEST_TIMEOUT.",
+            &[(&[], self.metrics.timeouts.load(Relaxed))],
+        )?;
+
+        if let Some(cache) = &self.cache {
+            counter(
+                &mut encoder,
+                "balancer_cache_requests",
+                "Cacheable GETs by result.",
+                &[
+                    (&[("result", "hit")], cache.hits.load(Relaxed)),
+                    (&[("result", "miss")], cache.misses.load(Relaxed)),
+                ],
+            )?;
+            counter(
+                &mut encoder,
+                "balancer_cache_stores",
+                "Answers stored in the cache.",
+                &[(&[], cache.stores.load(Relaxed))],
+            )?;
+            gauge(
+                &mut encoder,
+                "balancer_cache_entries",
+                "Entries in the cache.",
+                vec![(
+                    vec![],
+                    i64::try_from(cache.entry_count()).unwrap_or(i64::MAX),
+                )],
+            )?;
+            gauge(
+                &mut encoder,
+                "balancer_cache_weight_bytes",
+                "Weight of the cache against CACHE_MAX_BYTES (bytes, each entry at least CACHE_MAX_BYTES / CACHE_CAPACITY).",
+                vec![(
+                    vec![],
+                    i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX),
+                )],
+            )?;
+        }
+
+        gauge(
+            &mut encoder,
+            "balancer_queue_depth",
+            "Requests waiting in the admission queue for a backend.",
+            vec![(
+                vec![],
+                i64::try_from(self.admission.waiting()).unwrap_or(i64::MAX),
+            )],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_queue_rejected",
+            "Requests answered 503 from the admission queue, by reason.",
+            &[
+                (
+                    &[("reason", "full")],
+                    self.admission.rejected_full.load(Relaxed),
+                ),
+                (
+                    &[("reason", "timeout")],
+                    self.admission.rejected_timeout.load(Relaxed),
+                ),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_queue_admitted",
+            "Requests that waited in the admission queue and then got a backend.",
+            &[(&[], self.admission.admitted.load(Relaxed))],
+        )?;
+
+        let per_backend = |f: &dyn Fn(&crate::backend::Entry) -> f64| {
+            table
+                .entries
+                .iter()
+                .map(|entry| (vec![("backend", entry.backend.dns_name.clone())], f(entry)))
+                .collect::<Vec<_>>()
+        };
+        gauge(
+            &mut encoder,
+            "balancer_backend_in_flight",
+            "Requests in flight per backend.",
+            per_backend(&|e| e.backend.in_flight() as f64),
+        )?;
+        gauge(
+            &mut encoder,
+            "balancer_backend_latency_ewma_seconds",
+            "Peak-EWMA of the time to response headers per backend.",
+            per_backend(&|e| e.backend.latency_ewma_ms() / 1e3),
+        )?;
+        gauge(
+            &mut encoder,
+            "balancer_backend_score",
+            "The agent's score per backend (100 = idle).",
+            per_backend(&|e| e.score),
+        )?;
+        gauge(
+            &mut encoder,
+            "balancer_backends",
+            "Known backends and those taking new requests.",
+            vec![
+                (
+                    vec![("state", "known".to_owned())],
+                    table.entries.len() as i64,
+                ),
+                (
+                    vec![("state", "routable".to_owned())],
+                    table.candidates.len() as i64,
+                ),
+            ],
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "balancer_upstream_connections_opened",
+            "TCP connections opened to each backend (reuse keeps this low).",
+            None,
+            MetricType::Counter,
+        )?;
+        for entry in &table.entries {
+            let labels = [("backend", entry.backend.dns_name.as_str())];
+            let opened: u64 = entry
+                .backend
+                .pools()
+                .iter()
+                .map(|p| p.opened.load(Relaxed))
+                .sum();
+            ConstCounter::new(opened).encode(family.encode_family(&labels)?)?;
+        }
+        let ejections: u64 = table
+            .entries
+            .iter()
+            .map(|e| e.backend.ejected_total.load(Relaxed))
+            .sum();
+        counter(
+            &mut encoder,
+            "balancer_ejections",
+            "Times a backend was ejected after consecutive connect failures (current backends).",
+            &[(&[], ejections)],
+        )?;
+        gauge(
+            &mut encoder,
+            "balancer_agent_connected",
+            "1 while the agent's queue WebSocket is connected.",
+            vec![(vec![], self.metrics.agent_connected.load(Relaxed) as i64)],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_agent_snapshots",
+            "Queue snapshots received from the agent.",
+            &[(&[], self.metrics.agent_snapshots.load(Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_load_reports",
+            "Load reports sent to the agent.",
+            &[(&[], self.metrics.reports_sent.load(Relaxed))],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,532 @@
+//! The proxy path: one request in, one backend chosen, the request streamed to it and the
+//! answer streamed back; cache, retries, timeouts, admission and WebSocket tunnels around it.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant},
+};
+
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
+};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use crate::{
+    admission::Admission,
+    backend::{Backend, Backends, Clock, Ejection},
+    body::{InFlight, ResponseBody, Tee},
+    cache::{self, Cache, Cached, Lookup},
+    error::ProxyError,
+    headers::{self, IDEMPOTENCY_KEY, X_BACKEND, X_CACHE},
+    metrics::{Metrics, RetryReason},
+    policy::{Picker, Tried},
+    retry::RetryBudget,
+    upstream::{BodyFault, BodySource, Lease, SendError},
+};
+
+/// Bodies up to this size with a known length are read before sending, so a retry can send
+/// them again; larger ones are streamed.
+const REPLAY_BODY_BYTES: u64 = 64 << 10;
+
+/// Attempts after connect failures, each on another backend.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// The settings of the proxy path.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cors: crate::cors::Cors,
+    pub request_timeout: Duration,
+    pub retry_after_secs: u64,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub ewma_decay: Duration,
+    pub ejection: Ejection,
+}
+
+/// Everything the proxy path shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub backends: Backends,
+    pub picker: Picker,
+    pub cache: Option<Cache>,
+    pub budget: RetryBudget,
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub settings: Settings,
+}
+
+/// The proxy as the hyper service of one client connection (a cheap handle).
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    /// The connection's traffic thread: its upstream connections live in pool `shard`.
+    shard: usize,
+    /// The client's address as an `X-Forwarded-For` entry, made once per connection.
+    peer: Option<HeaderValue>,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>, shard: usize, peer: IpAddr) -> Self {
+        Self {
+            shared,
+            shard,
+            peer: HeaderValue::from_str(&peer.to_string()).ok(),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let shard = self.shard;
+        let peer = self.peer.clone();
+        Box::pin(async move { Ok(shared.handle(request, shard, peer).await) })
+    }
+}
+
+/// A failed request and the backend it failed on, if any.
+struct Failure {
+    error: ProxyError,
+    backend: Option<Arc<Backend>>,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            backend: None,
+        }
+    }
+}
+
+impl ProxyError {
+    fn on(self, backend: &Arc<Backend>) -> Failure {
+        Failure {
+            error: self,
+            backend: Some(Arc::clone(backend)),
+        }
+    }
+}
+
+/// What the answer needs to know about the request.
+struct Origin {
+    lookup: Lookup,
+    host: Option<HeaderValue>,
+    path: PathAndQuery,
+    on_upgrade: Option<OnUpgrade>,
+}
+
+impl Shared {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        shard: usize,
+        peer: Option<HeaderValue>,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        if let Some(preflight) = self.settings.cors.preflight(&method, request.headers()) {
+            return preflight.map(|()| ResponseBody::empty());
+        }
+        let origin = match self.settings.cors {
+            crate::cors::Cors::Off => None,
+            _ => request.headers().get(http::header::ORIGIN).cloned(),
+        };
+        // A span by hand rather than `#[instrument]`: the attribute keeps two copies of the
+        // request's future (enabled and disabled paths), doubling what each request allocates.
+        let span = tracing::debug_span!("proxy", %method, path = %request.uri().path());
+        let proxied = self.proxy(request, started, shard, peer).instrument(span);
+        let response = match proxied.await {
+            Ok(response) => response,
+            Err(Failure { error, backend }) => {
+                let status = error.status();
+                match &backend {
+                    Some(backend) => {
+                        backend.statuses.record(status.as_u16());
+                        tracing::warn!(
+                            backend = %backend.dns_name,
+                            %method,
+                            status = status.as_u16(),
+                            retryable = error.is_retryable(),
+                            cause = %error,
+                            "request failed upstream"
+                        );
+                    }
+                    None => {
+                        self.metrics.local.record(status.as_u16());
+                        if error.is_upstream() {
+                            tracing::warn!(%method, status = status.as_u16(), retryable = error.is_retryable(), cause = %error, "request failed");
+                        } else {
+                            tracing::debug!(%method, status = status.as_u16(), cause = %error, "request refused");
+                        }
+                    }
+                }
+                error.into_response(self.settings.retry_after_secs)
+            }
+        };
+        let mut response = response;
+        if origin.is_some() {
+            self.settings
+                .cors
+                .decorate(origin.as_ref(), response.headers_mut());
+        }
+        self.metrics.latency.observe(started.elapsed());
+        response
+    }
+
+    async fn proxy(
+        &self,
+        request: Request<Incoming>,
+        started: Instant,
+        shard: usize,
+        peer: Option<HeaderValue>,
+    ) -> Result<Response<ResponseBody>, Failure> {
+        let (mut parts, body) = request.into_parts();
+
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(parts.method).into());
+        }
+        let limit = self.settings.max_header_bytes;
+        if headers::head_size(&parts.uri, &parts.method, &parts.headers) > limit {
+            return Err(ProxyError::HeadersTooLarge(limit).into());
+        }
+        let declared = match parts.headers.get(header::CONTENT_LENGTH) {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(ProxyError::BadRequest("Content-Length is not a number"))?,
+            ),
+            None => None,
+        };
+        let max_body = self.settings.max_body_bytes;
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(ProxyError::BodyTooLarge(max_body).into());
+        }
+        let upgrade = headers::upgrade_requested(&parts.headers);
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+        // The cache.
+        let lookup = match &self.cache {
+            Some(_) if upgrade.is_none() => {
+                cache::lookup(&parts.method, &parts.uri, &parts.headers)
+            }
+            _ => Lookup::Bypass,
+        };
+        if let Some(cache) = &self.cache {
+            if let Lookup::Use { static_path } = lookup {
+                if static_path || cache.may_hold_dynamic() {
+                    let key = cache::key(host.as_ref(), &path);
+                    // Boxed, like the other rare steps: keeps the request's future small.
+                    if let Some(hit) = Box::pin(cache.get(&key, lookup)).await {
+                        cache.hits.fetch_add(1, Relaxed);
+                        self.metrics.local.record(hit.status.as_u16());
+                        return Ok(hit_response(&hit));
+                    }
+                }
+            }
+            if lookup != Lookup::Bypass {
+                cache.misses.fetch_add(1, Relaxed);
+            }
+        }
+
+        // The body: none, small and replayable, or streamed.
+        let body = if upgrade.is_some() || body.is_end_stream() {
+            BodySource::Empty
+        } else if declared.is_some_and(|n| n <= REPLAY_BODY_BYTES) {
+            let limit = usize::try_from(REPLAY_BODY_BYTES).unwrap_or(usize::MAX);
+            match Box::pin(Limited::new(body, limit).collect()).await {
+                Ok(collected) => BodySource::Full(collected.to_bytes()),
+                Err(_) => return Err(ProxyError::ClientBody.into()),
+            }
+        } else {
+            BodySource::stream(body, max_body)
+        };
+
+        // The request head as the backend sees it.
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_forwarded(&mut parts.headers, peer, host.as_ref());
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(host) = &host {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+        }
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let idempotent =
+            parts.method.is_idempotent() || parts.headers.contains_key(IDEMPOTENCY_KEY);
+        let origin = Origin {
+            lookup,
+            host,
+            path,
+            on_upgrade: if upgrade.is_some() { on_upgrade } else { None },
+        };
+        let method = parts.method;
+        let mut template = Some(parts.headers);
+
+        let deadline = tokio::time::Instant::from_std(started + self.settings.request_timeout);
+        self.budget.deposit(self.clock.nanos(started));
+        let mut tried = Tried::default();
+        let mut connect_failures = 0;
+        let mut retried = false;
+        let mut last_error = ProxyError::Connect;
+        let mut now = self.clock.nanos(started);
+        loop {
+            let (picked, others) = {
+                let table = self.backends.load();
+                let picked = self.picker.pick(&table, &tried, now);
+                let others = table.candidates.len() > tried.len() + 1;
+                (picked, others)
+            };
+            let backend = match picked {
+                Some(backend) => backend,
+                None if tried.is_empty() => {
+                    Box::pin(
+                        self.admission
+                            .wait(&self.backends, &self.picker, &tried, &self.clock),
+                    )
+                    .await
+                    .map_err(Failure::from)?
+                }
+                None => return Err(last_error.into()),
+            };
+            let (Some(request_body), Some(headers)) = (
+                body.attempt(),
+                if others {
+                    template.clone()
+                } else {
+                    template.take()
+                },
+            ) else {
+                return Err(last_error.on(&backend));
+            };
+            tried.add(&backend);
+
+            let mut request = Request::new(request_body);
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = Uri::from(origin.path.clone());
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = headers;
+            if !request.headers().contains_key(header::HOST) {
+                request
+                    .headers_mut()
+                    .insert(header::HOST, backend.host_header.clone());
+            }
+
+            let in_flight = InFlight::start(Arc::clone(&backend));
+            let sent = Instant::now();
+            let outcome =
+                tokio::time::timeout_at(deadline, backend.pool(shard).send(request)).await;
+            match outcome {
+                Err(_elapsed) => {
+                    in_flight.failed();
+                    self.metrics.timeouts.fetch_add(1, Relaxed);
+                    return Err(ProxyError::Timeout(self.settings.request_timeout).on(&backend));
+                }
+                Ok(Err(err)) => {
+                    match body.fault() {
+                        BodyFault::TooLarge => {
+                            return Err(ProxyError::BodyTooLarge(max_body).into());
+                        }
+                        BodyFault::Client => return Err(ProxyError::ClientBody.into()),
+                        BodyFault::None => {}
+                    }
+                    in_flight.failed();
+                    drop(in_flight);
+                    now = self.clock.now();
+                    if let SendError::Connect(_) = &err {
+                        if backend.connect_failed(now, self.settings.ejection) {
+                            tracing::warn!(
+                                backend = %backend.dns_name,
+                                address = %backend.address,
+                                failures = backend.consecutive_failures(),
+                                "backend ejected after consecutive connect failures"
+                            );
+                        }
+                        tracing::debug!(backend = %backend.dns_name, cause = %err, "connect failed");
+                        last_error = ProxyError::Connect;
+                        connect_failures += 1;
+                        if connect_failures < MAX_CONNECT_ATTEMPTS {
+                            self.metrics.retried(RetryReason::Connect);
+                            continue;
+                        }
+                        return Err(ProxyError::Connect.on(&backend));
+                    }
+                    tracing::debug!(backend = %backend.dns_name, cause = %err, "request to backend failed");
+                    last_error = ProxyError::Upstream;
+                    if idempotent && body.replayable() && !retried && others {
+                        if self.budget.withdraw(now) {
+                            retried = true;
+                            self.metrics.retried(RetryReason::Reset);
+                            continue;
+                        }
+                        self.metrics.retries_denied.fetch_add(1, Relaxed);
+                    }
+                    return Err(ProxyError::Upstream.on(&backend));
+                }
+                Ok(Ok((response, mut lease))) => {
+                    if !body.replayable() {
+                        // The upload may still be streaming; never reuse its connection.
+                        lease.forbid_reuse();
+                    }
+                    backend.connected();
+                    let answered = Instant::now();
+                    now = self.clock.nanos(answered);
+                    backend.observe_latency(
+                        answered.saturating_duration_since(sent),
+                        now,
+                        self.settings.ewma_decay,
+                    );
+                    let status = response.status();
+                    backend.statuses.record(status.as_u16());
+                    if matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    ) && idempotent
+                        && body.replayable()
+                        && !retried
+                        && others
+                    {
+                        if self.budget.withdraw(now) {
+                            in_flight.failed();
+                            retried = true;
+                            last_error = ProxyError::Upstream;
+                            self.metrics.retried(RetryReason::Status);
+                            tracing::debug!(backend = %backend.dns_name, status = status.as_u16(), "retrying on another backend");
+                            continue;
+                        }
+                        self.metrics.retries_denied.fetch_add(1, Relaxed);
+                    }
+                    if status.is_server_error() {
+                        in_flight.failed();
+                    }
+                    return Ok(self.respond(response, lease, in_flight, origin));
+                }
+            }
+        }
+    }
+
+    /// The backend's answer on its way back: hop-by-hop headers out, `X-Backend` and
+    /// `X-Cache` in, a copy for the cache, or a tunnel for an upgrade.
+    fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        lease: Lease,
+        in_flight: InFlight,
+        origin: Origin,
+    ) -> Response<ResponseBody> {
+        let backend_header = in_flight.backend().header.clone();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = origin.on_upgrade {
+                let upstream = hyper::upgrade::on(&mut response);
+                let (mut parts, _body) = response.into_parts();
+                let protocol = parts.headers.get(header::UPGRADE).cloned();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(protocol) = protocol {
+                    parts.headers.insert(header::UPGRADE, protocol);
+                }
+                parts.headers.insert(X_BACKEND, backend_header);
+                // The connection's driver must run on to hand over the socket.
+                lease.detach();
+                tokio::spawn(tunnel(client, upstream, in_flight));
+                return Response::from_parts(parts, ResponseBody::empty());
+            }
+        }
+
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(X_BACKEND, backend_header);
+        let mut tee = None;
+        if let (Some(cache), Lookup::Use { static_path } | Lookup::Refresh { static_path }) =
+            (&self.cache, origin.lookup)
+        {
+            let fits = body
+                .size_hint()
+                .exact()
+                .is_none_or(|len| len <= cache.max_entry_bytes());
+            if fits {
+                if let Some(ttl) = cache::storable(
+                    static_path,
+                    parts.status,
+                    &parts.headers,
+                    cache.default_ttl(),
+                ) {
+                    tee = Some(Box::new(Tee::new(
+                        cache.clone(),
+                        cache::key(origin.host.as_ref(), &origin.path),
+                        parts.status,
+                        parts.headers.clone(),
+                        ttl,
+                        static_path,
+                    )));
+                }
+            }
+            parts.headers.insert(X_CACHE, cache::miss());
+        }
+        Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight, tee))
+    }
+}
+
+fn hit_response(hit: &Cached) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(hit.body.clone()));
+    *response.status_mut() = hit.status;
+    *response.headers_mut() = hit.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(X_CACHE, cache::hit());
+    headers.insert(header::AGE, HeaderValue::from(hit.age().as_secs()));
+    response
+}
+
+/// Copies bytes both ways between the client and the backend once both sides upgraded.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((sent, received)) => {
+                    tracing::debug!(backend = %in_flight.backend().dns_name, sent, received, "tunnel closed");
+                }
+                Err(err) => {
+                    tracing::debug!(backend = %in_flight.backend().dns_name, cause = %err, "tunnel broke off");
+                }
+            }
+        }
+        Err(err) => {
+            in_flight.failed();
+            tracing::debug!(backend = %in_flight.backend().dns_name, cause = %err, "upgrade failed");
+        }
+    }
+}

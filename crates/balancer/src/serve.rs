@@ -1,0 +1,208 @@
+//! The traffic accept loop, thread-per-core: one acceptor hands each new connection, in turn,
+//! to one of `BALANCER_THREADS` traffic threads; each thread runs its own single-threaded event
+//! loop serving its connections (HTTP/1.1 and h2c, upgrades), like nginx's workers. A request,
+//! its upstream connection and its answer then stay on one thread, and the connections are
+//! spread evenly (a shared listening socket lets whichever thread wakes first take a whole
+//! burst of connections).
+//!
+//! It keeps the behaviour of `common::serve`: a connection cap (the rest wait in the listen
+//! backlog), per-connection errors survived, a graceful drain with a deadline on shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use common::{
+    CancellationToken,
+    serve::{ServeOptions, Stopped},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinSet,
+};
+
+use crate::proxy::{Proxy, Shared};
+
+/// A connection on its way to a traffic thread.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// A slot of `MAX_CONNECTIONS`, held while the connection is open.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Serves `listener` on `threads` traffic threads until `shutdown`, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    threads: usize,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Stopped {
+    let mut lanes = Vec::with_capacity(threads);
+    let mut finished = Vec::with_capacity(threads);
+    for shard in 0..threads.max(1) {
+        let (lane, incoming) = mpsc::unbounded_channel::<Accepted>();
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        let shared = Arc::clone(&shared);
+        let options = options.clone();
+        let shutdown = shutdown.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("balancer-{shard}"))
+            .spawn(move || {
+                let stopped = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        runtime.block_on(traffic_thread(incoming, shared, shard, options, shutdown))
+                    }
+                    Err(err) => {
+                        tracing::error!(cause = %err, shard, "cannot start a traffic thread's event loop");
+                        Stopped::Aborted
+                    }
+                };
+                let _ = done.send(stopped);
+            });
+        match spawned {
+            Ok(_) => {
+                lanes.push(lane);
+                finished.push(stopped);
+            }
+            Err(err) => tracing::error!(cause = %err, shard, "cannot start a traffic thread"),
+        }
+    }
+    if lanes.is_empty() {
+        return Stopped::Aborted;
+    }
+
+    let slots = options
+        .max_connections
+        .map(|n| Arc::new(Semaphore::new(n.max(1))));
+    let mut next = 0usize;
+    loop {
+        let permit = match &slots {
+            Some(slots) => tokio::select! {
+                permit = Arc::clone(slots).acquire_owned() => permit.ok(),
+                () = shutdown.cancelled() => break,
+            },
+            None => None,
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let stream = match stream.into_std() {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            tracing::debug!(cause = %err, %peer, "cannot hand over a connection");
+                            continue;
+                        }
+                    };
+                    // Round-robin; a lane whose thread died is skipped.
+                    let mut connection = Accepted { stream, peer, permit };
+                    for _ in 0..lanes.len() {
+                        let lane = &lanes[next % lanes.len()];
+                        next = next.wrapping_add(1);
+                        match lane.send(connection) {
+                            Ok(()) => break,
+                            Err(mpsc::error::SendError(back)) => connection = back,
+                        }
+                    }
+                }
+                Err(err) => {
+                    // Usually EMFILE: back off briefly instead of spinning; the loop survives.
+                    tracing::warn!(cause = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    drop(lanes);
+    let mut outcome = Stopped::Drained;
+    for stopped in finished {
+        match stopped.await.unwrap_or(Stopped::Aborted) {
+            Stopped::Drained => {}
+            Stopped::GraceExpired => {
+                if outcome == Stopped::Drained {
+                    outcome = Stopped::GraceExpired;
+                }
+            }
+            Stopped::Aborted => outcome = Stopped::Aborted,
+        }
+    }
+    outcome
+}
+
+/// One traffic thread: serves the connections handed to it until shutdown, then drains them.
+async fn traffic_thread(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    shard: usize,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Stopped {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = incoming.recv() => {
+                let Some(Accepted { stream, peer, permit }) = accepted else { break };
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::debug!(cause = %err, %peer, "cannot take over a connection");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = Proxy::new(Arc::clone(&shared), shard, peer.ip());
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(cause = %err, %peer, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Connections accepted but not yet taken over are closed.
+    incoming.close();
+    while let Ok(accepted) = incoming.try_recv() {
+        drop(accepted);
+    }
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(shard, open_connections = open, grace = ?options.grace, "draining connections");
+    }
+    let drained = async move {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    };
+    tokio::select! {
+        () = drained => Stopped::Drained,
+        () = tokio::time::sleep(options.grace) => {
+            tracing::warn!(shard, "grace period over; closing the remaining connections");
+            Stopped::GraceExpired
+        }
+    }
+}

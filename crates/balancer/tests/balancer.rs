@@ -1,0 +1,1177 @@
+//! The balancer over real HTTP, in front of real `worker` instances (in-process on port 0),
+//! a WebSocket + gRPC agent stand-in, a small echo backend for what the worker does not serve,
+//! and the real `balancer` binary for memory, signals and configuration errors.
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use balancer::{Config, Policy};
+use common::{queue::Category, serve::Stopped};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{
+    BalancerProcess, TestBalancer, TestWorker,
+    agent::{GrpcAgent, WsAgent},
+    backend::{EchoBackend, Generated},
+    backend_of, item, raw_exchange, wait_for,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn json_error(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{status}: {content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxying
+
+#[tokio::test]
+async fn worker_api_bodies_and_statuses_pass_through() {
+    let worker = TestWorker::start("worker-a").await;
+    let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
+
+    // Seed 002: POST /submit, the body decides the answer.
+    let primes = balancer
+        .post_json(
+            "/submit",
+            &json!({"operation": "primes", "data": {"limit": 1000}}),
+        )
+        .await;
+    assert_eq!(primes.status(), StatusCode::OK);
+    assert_eq!(backend_of(&primes), worker.address.to_string());
+    let primes: Value = primes.json().await.unwrap();
+    assert_eq!(primes["result"], 168);
+    assert_eq!(primes["worker_id"], "worker-a");
+
+    // Seed 000: POST /work; the stress client: GET /consume_cpu/N.
+    let work: Value = balancer
+        .post_json("/work", &json!({"intensity": 3}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(work["intensity"], 3);
+    let cpu: Value = balancer.get("/consume_cpu/2").await.json().await.unwrap();
+    assert_eq!(cpu["intensity"], 2);
+
+    // The worker's own errors come back unchanged: status and JSON body.
+    let bad = balancer
+        .post_json("/submit", &json!({"operation": "nope"}))
+        .await;
+    let (status, message) = json_error(bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("unknown operation `nope`"), "{message}");
+    for (method, expected) in [
+        (reqwest::Method::PUT, StatusCode::METHOD_NOT_ALLOWED),
+        (reqwest::Method::DELETE, StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let response = balancer
+            .client
+            .request(method.clone(), balancer.url("/submit"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let (status, message) = json_error(response).await;
+        assert_eq!(status, expected);
+        assert_eq!(
+            message,
+            format!("method {method} is not allowed on /submit")
+        );
+    }
+    let missing = balancer.get("/no/such/route?x=1").await;
+    let (status, message) = json_error(missing).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(message, "no route for GET /no/such/route");
+}
+
+#[tokio::test]
+async fn methods_headers_query_and_bodies_are_preserved() {
+    let echo = EchoBackend::start("echo-1").await;
+    let balancer = TestBalancer::start(support::static_config(&[echo.address])).await;
+    for method in ["GET", "POST", "PUT", "DELETE"] {
+        let body = format!("{method} body \u{1F600}");
+        let response = balancer
+            .client
+            .request(
+                method.parse().unwrap(),
+                balancer.url("/items/42?q=a%20b&x=1&x=2&status=201"),
+            )
+            .header("x-custom", "one")
+            .header("x-multi", "a")
+            .header("x-multi", "b")
+            .header("authorization", "Bearer token")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "must not pass")
+            .header("x-forwarded-for", "10.9.8.7")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{method}");
+        assert_eq!(backend_of(&response), echo.address.to_string());
+        assert_eq!(response.headers()["x-echo"], "yes");
+        assert!(
+            response.headers().get("keep-alive").is_none(),
+            "hop-by-hop answer header"
+        );
+        let echoed: Value = response.json().await.unwrap();
+        assert_eq!(echoed["method"], method);
+        assert_eq!(echoed["path"], "/items/42");
+        assert_eq!(echoed["query"], "q=a%20b&x=1&x=2&status=201");
+        assert_eq!(echoed["body"], body);
+        let headers = &echoed["headers"];
+        assert_eq!(headers["x-custom"], "one");
+        assert_eq!(headers["x-multi"], json!(["a", "b"]));
+        assert_eq!(headers["authorization"], "Bearer token");
+        assert_eq!(headers["host"], balancer.address.to_string());
+        assert_eq!(headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], balancer.address.to_string());
+        assert!(headers.get("x-hop").is_none(), "{headers}");
+        assert!(
+            headers.get("connection").is_none() || headers["connection"] != "keep-alive, x-hop"
+        );
+        assert_eq!(headers["content-length"], body.len().to_string());
+    }
+    // A 5xx that is not 502/503 passes through untouched, even for GET.
+    let response = balancer.get("/status/500").await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.text().await.unwrap(), "status 500");
+    // HEAD keeps its headers and has no body.
+    let head = balancer
+        .client
+        .head(balancer.url("/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(head.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served() {
+    let worker = TestWorker::start("worker-h2").await;
+    let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
+    let stream = tokio::net::TcpStream::connect(balancer.address)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{}/submit", balancer.address))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"operation":"primes","data":{"limit":100}}"#,
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-backend"], worker.address.to_string());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["result"], 25);
+}
+
+#[tokio::test]
+async fn large_bodies_stream_with_bounded_memory() {
+    const SIZE: u64 = 100 << 20;
+    // The real worker receives the upload (it accepts bodies this large when told to).
+    let worker = TestWorker::start_with(worker::Config {
+        worker_id: Some("worker-big".into()),
+        max_body_bytes: 110 << 20,
+        ..worker::Config::default()
+    })
+    .await;
+    let echo = EchoBackend::start("echo-big").await;
+    let backends = format!("{},{}", worker.address, echo.address);
+    // Round-robin over [worker, echo]: the upload goes to the worker, the download to echo.
+    let balancer = BalancerProcess::spawn(&["--backends", &backends, "--policy", "round-robin"]);
+    let baseline = balancer.peak_rss_kib();
+
+    // 100 MB up, streamed with Content-Length, to POST /submit: a valid JSON job whose padding
+    // field the worker ignores. The answer proves every byte arrived.
+    let prefix = r#"{"operation":"sleep","data":{"seconds":0},"pad":""#;
+    let suffix = r#""}"#;
+    let stream = tokio::net::TcpStream::connect(balancer.address)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/submit")
+        .header("host", "balancer")
+        .header("content-type", "application/json")
+        .body(Generated::new(prefix, suffix, SIZE, 256 << 10, true))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    assert_eq!(response.headers()["x-backend"], worker.address.to_string());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["operation"], "sleep");
+    assert_eq!(body["worker_id"], "worker-big");
+
+    // 100 MB down from a backend that streams it, read slowly in chunks.
+    let mut response = reqwest::get(balancer.url(&format!("/download/{SIZE}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(backend_of(&response), echo.address.to_string());
+    assert_eq!(response.content_length(), Some(SIZE));
+    let mut received = 0u64;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        received += chunk.len() as u64;
+    }
+    assert_eq!(received, SIZE);
+
+    let peak = balancer.peak_rss_kib();
+    assert!(
+        peak < baseline + 48 * 1024,
+        "the balancer's peak memory grew from {baseline} KiB to {peak} KiB while 2 x 100 MB passed"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_proxied() {
+    let echo = EchoBackend::start("echo-ws").await;
+    let balancer = TestBalancer::start(support::static_config(&[echo.address])).await;
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", balancer.address))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    assert_eq!(response.headers()["x-backend"], echo.address.to_string());
+    for text in ["hello", "through the balancer"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_data().as_ref(), [1, 2, 3]);
+    ws.close(None).await.unwrap();
+    // Plain requests still work next to the tunnel.
+    assert_eq!(balancer.get("/plain").await.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing
+
+#[tokio::test]
+async fn weighted_random_distribution_matches_the_scores() {
+    let workers = [
+        TestWorker::start("w-10").await,
+        TestWorker::start("w-30").await,
+        TestWorker::start("w-60").await,
+    ];
+    let scores = [10.0, 30.0, 60.0];
+    let items = workers
+        .iter()
+        .zip(scores)
+        .map(|(w, score)| item(&w.id, w.address, score, Category::Low))
+        .collect();
+    let agent = WsAgent::start(items).await;
+    let balancer = TestBalancer::start(Config {
+        policy: Policy::WeightedRandom,
+        seed: Some(20_240_601),
+        ..support::agent_config(&agent.url(), None)
+    })
+    .await;
+    balancer.wait_ready().await;
+
+    const N: usize = 3000;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..6 {
+        let client = balancer.client.clone();
+        let url = balancer.url("/health");
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            for _ in (task..N).step_by(6) {
+                let response = client.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                seen.push(backend_of(&response));
+            }
+            seen
+        });
+    }
+    while let Some(seen) = tasks.join_next().await {
+        for name in seen.unwrap() {
+            *counts.entry(name).or_default() += 1;
+        }
+    }
+    // Pearson's chi-square against shares 0.1 / 0.3 / 0.6; 2 degrees of freedom, p = 0.001.
+    let chi2: f64 = workers
+        .iter()
+        .zip(scores)
+        .map(|(w, score)| {
+            let expected = N as f64 * score / 100.0;
+            let observed = counts.get(&w.id).copied().unwrap_or(0) as f64;
+            (observed - expected).powi(2) / expected
+        })
+        .sum();
+    assert!(chi2 < 13.82, "chi2 = {chi2:.2}, counts = {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), N);
+}
+
+#[tokio::test]
+async fn every_policy_spreads_requests_over_the_workers() {
+    let workers = [
+        TestWorker::start("p-a").await,
+        TestWorker::start("p-b").await,
+    ];
+    for policy in [
+        Policy::WeightedRandom,
+        Policy::P2cEwma,
+        Policy::LeastRequest,
+        Policy::RoundRobin,
+    ] {
+        let balancer = TestBalancer::start(Config {
+            policy,
+            ..support::static_config(&[workers[0].address, workers[1].address])
+        })
+        .await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let client = balancer.client.clone();
+            let url = balancer.url("/consume_cpu/1");
+            tasks.spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..25 {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    seen.push(backend_of(&response));
+                }
+                seen
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        while let Some(seen) = tasks.join_next().await {
+            names.extend(seen.unwrap());
+        }
+        assert_eq!(names.len(), 2, "{policy}: {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn sundown_backends_get_no_new_requests_but_finish_in_flight_ones() {
+    let old = TestWorker::start("old").await;
+    let new = TestWorker::start("new").await;
+    let agent = WsAgent::start(vec![item("old", old.address, 80.0, Category::Low)]).await;
+    let balancer = TestBalancer::start(support::agent_config(&agent.url(), None)).await;
+    balancer.wait_ready().await;
+
+    // A slow job is running on `old` when it is put in SUNDOWN.
+    let slow = {
+        let client = balancer.client.clone();
+        let url = balancer.url("/submit");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"operation": "sleep", "data": {"seconds": 1.0}}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    wait_for(
+        "the slow job to be in flight",
+        Duration::from_secs(5),
+        || async { balancer.backends().await["backends"][0]["in_flight"] == 1 },
+    )
+    .await;
+    agent.publish(vec![
+        item("old", old.address, 90.0, Category::Sundown),
+        item("new", new.address, 20.0, Category::High),
+    ]);
+    wait_for("the SUNDOWN snapshot", Duration::from_secs(5), || async {
+        balancer.backends().await["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["dns_name"] == "old" && b["accepts_new_requests"] == false)
+    })
+    .await;
+    for _ in 0..30 {
+        let response = balancer.get("/health").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(backend_of(&response), "new", "SUNDOWN got a new request");
+    }
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status(), 200, "the in-flight request finished");
+    assert_eq!(backend_of(&slow), "old");
+    let view = balancer.backends().await;
+    let old_view = view["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["dns_name"] == "old")
+        .unwrap()
+        .clone();
+    assert_eq!(old_view["in_flight"], 0);
+    assert_eq!(old_view["category"], "SUNDOWN");
+}
+
+// ---------------------------------------------------------------------------------------
+// Resilience
+
+#[tokio::test]
+async fn killing_a_backend_under_load_fails_no_get() {
+    let chaos = |id: &str| worker::Config {
+        worker_id: Some(id.into()),
+        work_unit: 200_000,
+        chaos: true,
+        ..worker::Config::default()
+    };
+    let a = TestWorker::start_with(chaos("k-a")).await;
+    let mut b = TestWorker::start_with(chaos("k-b")).await;
+    let c = TestWorker::start_with(chaos("k-c")).await;
+    let balancer = TestBalancer::start(Config {
+        policy: Policy::RoundRobin,
+        ..support::static_config(&[a.address, b.address, c.address])
+    })
+    .await;
+
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let client = balancer.client.clone();
+        let url = balancer.url("/consume_cpu/1");
+        let served = served.clone();
+        let stop = stop.clone();
+        load.spawn(async move {
+            let mut failures = Vec::new();
+            let started = Instant::now();
+            // GETs until told to stop (bounded, in case the test fails before).
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        served
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), backend_of(&r)));
+                    }
+                    Ok(r) => failures.push(format!(
+                        "{}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(err) => failures.push(err.to_string()),
+                }
+            }
+            failures
+        });
+    }
+    wait_for("load to reach k-b", Duration::from_secs(10), || async {
+        served
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, n)| n == &b.address.to_string())
+            .count()
+            >= 10
+    })
+    .await;
+    b.crash().await;
+    let crashed_at = Instant::now();
+    // The load goes on for a while after the crash.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut failures = Vec::new();
+    while let Some(result) = load.join_next().await {
+        failures.extend(result.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} GETs failed: {failures:?}",
+        failures.len()
+    );
+    let served = served.lock().unwrap().clone();
+    let after = served
+        .iter()
+        .filter(|(t, _)| *t > crashed_at + Duration::from_millis(200))
+        .count();
+    assert!(after > 0, "load continued after the crash");
+    assert!(
+        served
+            .iter()
+            .filter(|(t, _)| *t > crashed_at + Duration::from_millis(200))
+            .all(|(_, name)| name != &b.address.to_string()),
+        "nothing is served by the dead backend"
+    );
+    // Requests caught on the dying backend, or sent to it before it was ejected, were retried.
+    let metrics = balancer.metrics().await;
+    let retries: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("balancer_retries_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(retries > 0, "{metrics}");
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_elsewhere_and_the_backend_ejected() {
+    let worker = TestWorker::start("alive").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let balancer = TestBalancer::start(Config {
+        policy: Policy::RoundRobin,
+        eject_after: 2,
+        eject_base: Duration::from_secs(30),
+        ..support::static_config(&[dead, worker.address])
+    })
+    .await;
+    for _ in 0..20 {
+        let response = balancer.get("/health").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(backend_of(&response), worker.address.to_string());
+    }
+    let view = balancer.backends().await;
+    let dead_view = view["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == dead.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(dead_view["ejected"], true, "{view}");
+    assert_eq!(
+        dead_view["consecutive_connect_failures"], 2,
+        "ejected: no more attempts"
+    );
+    assert!(
+        balancer
+            .metrics()
+            .await
+            .contains("balancer_retries_total{reason=\"connect\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn idempotent_requests_retry_a_503_on_another_backend() {
+    // `busy` has one thread and no queue: while a job runs there, it answers 503.
+    let busy = TestWorker::start_with(worker::Config {
+        worker_id: Some("busy".into()),
+        threads: Some(1),
+        queue_capacity: 0,
+        ..worker::Config::default()
+    })
+    .await;
+    let idle = TestWorker::start("idle").await;
+    let direct = reqwest::Client::new();
+    let blocker = tokio::spawn({
+        let url = format!("http://{}/submit", busy.address);
+        let client = direct.clone();
+        async move {
+            client
+                .post(url)
+                .json(&json!({"operation": "sleep", "data": {"seconds": 2.0}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    wait_for("busy to be saturated", Duration::from_secs(5), || async {
+        let stats: Value = direct
+            .get(format!("http://{}/stats", busy.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["in_flight"] == 1
+    })
+    .await;
+    let balancer = TestBalancer::start(Config {
+        policy: Policy::RoundRobin,
+        ..support::static_config(&[busy.address, idle.address])
+    })
+    .await;
+    let mut reached_busy_without_retry = false;
+    for _ in 0..6 {
+        // GET: retried once on the other backend.
+        let response = balancer.get("/consume_cpu/1").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(backend_of(&response), idle.address.to_string());
+        // POST with an Idempotency-Key: retried too.
+        let response = balancer
+            .client
+            .post(balancer.url("/work"))
+            .header("idempotency-key", "k-1")
+            .json(&json!({"intensity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // POST without one: never retried; the 503 comes back as it is.
+        let response = balancer.post_json("/work", &json!({"intensity": 1})).await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(backend_of(&response), busy.address.to_string());
+            assert!(response.headers().contains_key("retry-after"));
+            reached_busy_without_retry = true;
+        }
+    }
+    assert!(
+        reached_busy_without_retry,
+        "a plain POST reached the busy worker"
+    );
+    assert!(
+        balancer
+            .metrics()
+            .await
+            .contains("balancer_retries_total{reason=\"status\"}")
+    );
+    assert_eq!(blocker.await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn request_timeout_answers_504() {
+    let worker = TestWorker::start("slow").await;
+    let balancer = TestBalancer::start(Config {
+        request_timeout: Duration::from_millis(300),
+        ..support::static_config(&[worker.address])
+    })
+    .await;
+    let started = Instant::now();
+    let response = balancer
+        .post_json(
+            "/submit",
+            &json!({"operation": "sleep", "data": {"seconds": 3.0}}),
+        )
+        .await;
+    let (status, message) = json_error(response).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(message.contains("did not answer"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(balancer.get("/health").await.status(), 200);
+}
+
+#[tokio::test]
+async fn agent_websocket_drop_keeps_routing_then_reconnects() {
+    let first = TestWorker::start("first").await;
+    let second = TestWorker::start("second").await;
+    let mut agent = WsAgent::start(vec![item("first", first.address, 70.0, Category::Low)]).await;
+    let balancer = TestBalancer::start(support::agent_config(&agent.url(), None)).await;
+    balancer.wait_ready().await;
+    assert_eq!(backend_of(&balancer.get("/health").await), "first");
+    assert_eq!(agent.connections(), 1);
+
+    agent.stop();
+    wait_for(
+        "the balancer to notice",
+        Duration::from_secs(10),
+        || async { balancer.backends().await["agent_connected"] == false },
+    )
+    .await;
+    for _ in 0..10 {
+        let response = balancer.get("/health").await;
+        assert_eq!(
+            response.status(),
+            200,
+            "routing continues on the last known set"
+        );
+        assert_eq!(backend_of(&response), "first");
+    }
+    // While the agent is away the queue changes; after reconnecting the balancer has it.
+    agent.publish(vec![item("second", second.address, 70.0, Category::Low)]);
+    agent.restart().await;
+    balancer.wait_routed_to("/health", "second").await;
+    assert_eq!(agent.connections(), 2);
+    assert_eq!(balancer.backends().await["agent_connected"], true);
+}
+
+#[tokio::test]
+async fn admission_queue_waits_for_a_backend_and_reports_the_demand() {
+    let worker = TestWorker::start("late").await;
+    let agent = WsAgent::start(Vec::new()).await;
+    let grpc = GrpcAgent::start().await;
+    let balancer = TestBalancer::start(Config {
+        queue_timeout: Duration::from_secs(20),
+        report_interval: Duration::from_millis(100),
+        ..support::agent_config(&agent.url(), Some(grpc.url()))
+    })
+    .await;
+    wait_for(
+        "the balancer to follow the queue",
+        Duration::from_secs(10),
+        || async { balancer.backends().await["agent_connected"] == true },
+    )
+    .await;
+    assert_eq!(
+        balancer
+            .client
+            .get(balancer.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let waiting = {
+        let client = balancer.client.clone();
+        let url = balancer.url("/submit");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&json!({"operation": "primes", "data": {"limit": 100}}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The demand reaches the agent (so it can scale from zero) ...
+    wait_for(
+        "a report of queued demand",
+        Duration::from_secs(10),
+        || async { grpc.reports().iter().any(|r| r.queued_without_backend >= 1) },
+    )
+    .await;
+    assert!(balancer.metrics().await.contains("balancer_queue_depth 1"));
+    // ... which starts a container.
+    agent.publish(vec![item("late", worker.address, 100.0, Category::Low)]);
+    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(backend_of(&response), "late");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"], 25);
+    // Later reports carry the backend's load.
+    wait_for(
+        "a report with the backend",
+        Duration::from_secs(10),
+        || async {
+            grpc.reports().iter().any(|r| {
+                r.backends
+                    .iter()
+                    .any(|b| b.address == worker.address.to_string() && b.completed == 1)
+            })
+        },
+    )
+    .await;
+    wait_for("the demand to be gone", Duration::from_secs(10), || async {
+        grpc.reports()
+            .last()
+            .is_some_and(|r| r.queued_without_backend == 0)
+    })
+    .await;
+    assert!(
+        grpc.reports()
+            .iter()
+            .all(|r| r.balancer_id == "test-balancer")
+    );
+}
+
+#[tokio::test]
+async fn admission_queue_answers_503_with_retry_after_when_no_backend_comes() {
+    let agent = WsAgent::start(Vec::new()).await;
+    let balancer = TestBalancer::start(Config {
+        queue_timeout: Duration::from_millis(300),
+        retry_after_secs: 7,
+        ..support::agent_config(&agent.url(), None)
+    })
+    .await;
+    wait_for(
+        "the balancer to follow the queue",
+        Duration::from_secs(10),
+        || async { balancer.backends().await["agent_connected"] == true },
+    )
+    .await;
+    let response = balancer.get("/health").await;
+    assert_eq!(response.headers()["retry-after"], "7");
+    let (status, message) = json_error(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(message.contains("no backend became available"), "{message}");
+
+    // Past the queue's capacity, 503 at once.
+    let full = TestBalancer::start(Config {
+        queue_capacity: 0,
+        ..support::agent_config(&agent.url(), None)
+    })
+    .await;
+    let started = Instant::now();
+    let response = full.get("/health").await;
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, message) = json_error(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(message.contains("admission queue is full"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_get_4xx_and_serving_continues() {
+    let worker = TestWorker::start("limits").await;
+    let echo = EchoBackend::start("sink").await;
+    let balancer = TestBalancer::start(Config {
+        max_header_bytes: 8 << 10,
+        max_body_bytes: 1 << 20,
+        policy: Policy::RoundRobin,
+        ..support::static_config(&[echo.address])
+    })
+    .await;
+    let timeout = Duration::from_secs(5);
+
+    let garbage = raw_exchange(balancer.address, b"THIS IS NOT HTTP\r\n\r\n", timeout).await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
+
+    let big_header = format!(
+        "GET /x HTTP/1.1\r\nHost: b\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(16 << 10)
+    );
+    let answer = raw_exchange(balancer.address, big_header.as_bytes(), timeout).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(
+        answer.contains("content-type: application/json"),
+        "{answer:?}"
+    );
+
+    // Beyond hyper's own head buffer: still 431, not a dropped connection.
+    let huge_header = format!(
+        "GET /x HTTP/1.1\r\nHost: b\r\nX-Huge: {}\r\n\r\n",
+        "a".repeat(600 << 10)
+    );
+    let answer = raw_exchange(balancer.address, huge_header.as_bytes(), timeout).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    let declared = "POST /upload HTTP/1.1\r\nHost: b\r\nContent-Length: 5000000\r\n\r\n";
+    let answer = raw_exchange(balancer.address, declared.as_bytes(), timeout).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+
+    let bad_length = "POST /upload HTTP/1.1\r\nHost: b\r\nContent-Length: lots\r\n\r\n";
+    let answer = raw_exchange(balancer.address, bad_length.as_bytes(), timeout).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    // A chunked body (no length announced) that outgrows the limit on the way.
+    let stream = tokio::net::TcpStream::connect(balancer.address)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/upload")
+        .header("host", "b")
+        .body(Generated::new("", "", 3 << 20, 64 << 10, false))
+        .unwrap();
+    match sender.send_request(request).await {
+        Ok(response) => assert_eq!(response.status(), 413),
+        // The balancer may close the connection before the client finished sending.
+        Err(err) => {
+            let reset = std::error::Error::source(&err)
+                .and_then(|source| source.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    )
+                });
+            assert!(
+                err.is_canceled() || err.is_closed() || err.is_incomplete_message() || reset,
+                "{err}"
+            )
+        }
+    }
+
+    // Within limits, everything still works, through the same balancer.
+    let ok = balancer
+        .client
+        .post(balancer.url("/upload"))
+        .body(vec![b'x'; 512 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ok: Value = ok.json().await.unwrap();
+    assert_eq!(ok["received"], 512 << 10);
+    assert_eq!(balancer.get("/health").await.status(), 200);
+    assert_eq!(
+        balancer
+            .client
+            .get(balancer.admin_url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(worker);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cache
+
+#[tokio::test]
+async fn cache_hits_expires_and_respects_no_store() {
+    let echo = EchoBackend::start("files").await;
+    let balancer = TestBalancer::start(Config {
+        cache_ttl: Duration::from_millis(400),
+        ..support::static_config(&[echo.address])
+    })
+    .await;
+    let get = |path: &'static str| {
+        let client = balancer.client.clone();
+        let url = balancer.url(path);
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            let cache = response
+                .headers()
+                .get("x-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let backend = backend_of(&response);
+            (
+                cache.unwrap_or_default(),
+                backend,
+                response.text().await.unwrap(),
+            )
+        }
+    };
+
+    // A static file: MISS, then HIT with the same body, without reaching the backend.
+    let (cache, backend, first) = get("/static/app.css").await;
+    assert_eq!(
+        (cache.as_str(), backend.as_str()),
+        ("MISS", echo.address.to_string().as_str())
+    );
+    let hit_path = "/static/app.css";
+    wait_for("the entry to be stored", Duration::from_secs(5), || async {
+        get(hit_path).await.0 == "HIT"
+    })
+    .await;
+    let (cache, backend, again) = get("/static/app.css").await;
+    assert_eq!(cache, "HIT");
+    assert_eq!(again, first);
+    assert_eq!(
+        backend,
+        echo.address.to_string(),
+        "a hit names who produced it"
+    );
+    let fetched = echo.hits("/static/app.css");
+
+    // Expiry after CACHE_TTL: the backend is asked again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (cache, _, fresh) = get("/static/app.css").await;
+    assert_eq!(cache, "MISS");
+    assert_ne!(fresh, first, "a new answer after expiry");
+    assert_eq!(echo.hits("/static/app.css"), fetched + 1);
+
+    // Never stored: no-store, private, Set-Cookie; never served for Authorization.
+    for path in [
+        "/static/a.css?cc=no-store",
+        "/static/b.css?cc=private",
+        "/static/c.css?cookie=1",
+    ] {
+        let url = balancer.url(path);
+        for _ in 0..3 {
+            let response = balancer.client.get(&url).send().await.unwrap();
+            assert_eq!(response.headers()["x-cache"], "MISS", "{path}");
+        }
+    }
+    assert_eq!(echo.hits("/static/a.css"), 3);
+    assert_eq!(echo.hits("/static/b.css"), 3);
+    assert_eq!(echo.hits("/static/c.css"), 3);
+    let with_auth = balancer
+        .client
+        .get(balancer.url("/static/app.css"))
+        .header("authorization", "Bearer x")
+        .send()
+        .await
+        .unwrap();
+    assert!(with_auth.headers().get("x-cache").is_none());
+
+    // A dynamic path is cached only when the backend allows it.
+    let (cache, _, _) = get("/static/page?cc=public%2C%20max-age%3D60").await;
+    assert_eq!(cache, "MISS");
+    wait_for(
+        "the public page to be cached",
+        Duration::from_secs(5),
+        || async { get("/static/page?cc=public%2C%20max-age%3D60").await.0 == "HIT" },
+    )
+    .await;
+    let (cache, _, _) = get("/static/page").await;
+    assert_eq!(cache, "MISS");
+    let (cache, _, _) = get("/static/page").await;
+    assert_eq!(cache, "MISS", "no cache headers, no extension: not cached");
+    assert!(
+        balancer
+            .metrics()
+            .await
+            .contains("balancer_cache_requests_total{result=\"hit\"}")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin, process, configuration
+
+#[tokio::test]
+async fn admin_api_shows_health_readiness_backends_and_metrics() {
+    let worker = TestWorker::start("admin-w").await;
+    let agent = WsAgent::start(vec![item(
+        "admin-w",
+        worker.address,
+        64.0,
+        Category::Medium,
+    )])
+    .await;
+    let balancer = TestBalancer::start(support::agent_config(&agent.url(), None)).await;
+    balancer.wait_ready().await;
+    let health = balancer
+        .client
+        .get(balancer.admin_url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.text().await.unwrap(), "OK");
+    for _ in 0..5 {
+        assert_eq!(balancer.get("/health").await.status(), 200);
+    }
+    let view = balancer.backends().await;
+    assert_eq!(view["source"], "agent");
+    assert_eq!(view["policy"], "p2c-ewma");
+    let backend = &view["backends"][0];
+    assert_eq!(backend["dns_name"], "admin-w");
+    assert_eq!(backend["weight"], 64.0);
+    assert_eq!(backend["category"], "MU");
+    assert_eq!(backend["completed"], 5);
+    assert_eq!(
+        backend["connections_opened"], 1,
+        "sequential requests reuse one connection"
+    );
+    assert!(backend["latency_ewma_ms"].as_f64().unwrap() > 0.0);
+    let metrics = balancer.metrics().await;
+    for needle in [
+        "balancer_requests_total{backend=\"admin-w\",status=\"200\"} 5",
+        "balancer_request_duration_seconds_bucket",
+        "balancer_retries_total{reason=\"reset\"} 0",
+        "balancer_cache_requests_total{result=\"hit\"} 0",
+        "balancer_queue_depth 0",
+        "balancer_backend_in_flight{backend=\"admin-w\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    let missing = balancer
+        .client
+        .get(balancer.admin_url("/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(missing).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let worker = TestWorker::start("drain").await;
+    let mut balancer = BalancerProcess::spawn(&["--backends", &worker.address.to_string()]);
+    let client = reqwest::Client::new();
+    let slow = tokio::spawn({
+        let request = client
+            .post(balancer.url("/submit"))
+            .json(&json!({"operation": "sleep", "data": {"seconds": 1.0}}));
+        async move { request.send().await.unwrap() }
+    });
+    let stats_url = format!("http://{}/stats", worker.address);
+    wait_for("the job to run", Duration::from_secs(5), || async {
+        let stats: Value = client
+            .get(&stats_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["in_flight"] == 1
+    })
+    .await;
+    balancer.signal("TERM");
+    let response = slow.await.unwrap();
+    assert_eq!(response.status(), 200, "the in-flight request finished");
+    let status = tokio::task::spawn_blocking(move || balancer.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_naming_the_variable() {
+    for (env, value) in [
+        ("BALANCER_POLICY", "fastest"),
+        ("REQUEST_TIMEOUT", "soon"),
+        ("CACHE_CAPACITY", "many"),
+        ("BACKENDS", "host:port"),
+        ("HOST_PORT_HTTP_BALANCER", "99999"),
+    ] {
+        let output = std::process::Command::new(support::balancer_binary())
+            .env(env, value)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{env}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(env), "{env}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn healthcheck_subcommand_probes_the_admin_port() {
+    let worker = TestWorker::start("hc").await;
+    let balancer = BalancerProcess::spawn(&["--backends", &worker.address.to_string()]);
+    let port = balancer.admin.port().to_string();
+    let run = |port: String| {
+        std::process::Command::new(support::balancer_binary())
+            .args(["--host", "127.0.0.1", "--admin-port", &port, "healthcheck"])
+            .output()
+            .unwrap()
+    };
+    let healthy = tokio::task::spawn_blocking({
+        let port = port.clone();
+        move || run(port)
+    })
+    .await
+    .unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let nobody = support::free_port().to_string();
+    let unhealthy = tokio::task::spawn_blocking(move || run(nobody))
+        .await
+        .unwrap();
+    assert!(!unhealthy.status.success());
+    drop(balancer);
+}
