@@ -512,6 +512,8 @@ async fn drive(
     shutdown: &CancellationToken,
     out: &mut (dyn Write + Send),
 ) -> Result<(), Error> {
+    // Fail before sending anything when the results cannot be written.
+    std::fs::File::create(&output.out).map_err(|err| Error::io(&output.out, err))?;
     let client = engine::client(options.concurrency)?;
     let stop_agent = CancellationToken::new();
     let recorder = output.agent.clone().map(|url| {

@@ -659,6 +659,26 @@ fn a_malformed_trace_is_an_error_naming_its_line() {
         );
     }
     assert!(!dir.join("results.csv").exists(), "nothing was sent");
+
+    // An unwritable results file stops the command before it sends anything.
+    std::fs::write(dir.join("good.csv"), "arrival_s\n0\n").unwrap();
+    let output = loadgen(
+        &dir,
+        &[
+            "replay",
+            "good.csv",
+            "--target",
+            "http://127.0.0.1:9",
+            "--out",
+            "no/such/dir/r.csv",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no/such/dir/r.csv"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
