@@ -65,7 +65,7 @@ RustyBalancer ($environment) is up.
   balancer:   $balancer             (admin: $admin/backends, $admin/metrics)
   agent API:  $agent/status         ($agent/stats, $agent/graph, $agent/events)
   queue:      $ws                   (WebSocket, pushed on every change)
-  dashboard:  $agent/
+  dashboard:  $([ "$environment" = slim ] && echo "off in the slim stack" || echo "$agent/")
   a job:      curl -X POST $balancer/submit -H 'Content-Type: application/json' \\
                 -d '{"operation":"monte_carlo_pi","data":{"iterations":1000000}}'
   stop:       jobs/reset.sh
