@@ -154,6 +154,19 @@ pub struct SendArgs {
     /// Ignore due times and keep --concurrency requests in flight (measures capacity).
     #[arg(long = "closed-loop")]
     pub closed_loop: bool,
+    /// `post` (a JSON body) or `get` (none; idempotent, so a balancer may retry it).
+    #[arg(long, value_enum, default_value = "post")]
+    pub method: crate::engine::Method,
+    /// A fixed JSON body for every POST instead of `{"intensity": n}`, e.g. a /submit job:
+    /// `{"operation":"monte_carlo_pi","data":{"iterations":20000000}}`.
+    #[arg(long, value_name = "JSON", value_parser = parse_json_body)]
+    pub body: Option<String>,
+}
+
+fn parse_json_body(text: &str) -> Result<String, String> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|_| text.to_owned())
+        .map_err(|err| format!("not JSON: {err}"))
 }
 
 /// Where results go.
@@ -501,6 +514,8 @@ fn engine_options(
         duration_limit,
         progress: !output.quiet,
         expected,
+        method: send.method,
+        body: send.body.as_ref().map(|body| body.clone().into_bytes()),
     }
 }
 

@@ -54,6 +54,19 @@ pub struct EngineOptions {
     pub progress: bool,
     /// Number of requests, for the progress bar.
     pub expected: Option<u64>,
+    /// GET sends no body; POST sends `body`, or `{"intensity": n}` when it is `None`.
+    pub method: Method,
+    /// A fixed JSON body for every POST (e.g. a `/submit` job).
+    pub body: Option<Vec<u8>>,
+}
+
+/// The HTTP method of every request of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Method {
+    /// Idempotent: a balancer may retry it on another worker.
+    Get,
+    #[default]
+    Post,
 }
 
 /// What a run produced.
@@ -148,7 +161,12 @@ pub async fn execute(
         let exchange = Exchange {
             client: client.clone(),
             url: format!("{target}{}", request.path),
-            body: body(request.intensity, request.size_bytes),
+            method: options.method,
+            body: match (&options.body, options.method) {
+                (_, Method::Get) => Vec::new(),
+                (Some(fixed), Method::Post) => fixed.clone(),
+                (None, Method::Post) => body(request.intensity, request.size_bytes),
+            },
             timeout: options.timeout,
         };
         let bar = bar.clone();
@@ -239,6 +257,7 @@ fn progress_bar(options: &EngineOptions) -> ProgressBar {
 struct Exchange {
     client: reqwest::Client,
     url: String,
+    method: Method,
     body: Vec<u8>,
     timeout: Duration,
 }
@@ -254,13 +273,15 @@ impl Exchange {
     async fn send(self) -> Answer {
         let timeout = self.timeout;
         let exchange = async {
-            let response = self
-                .client
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(self.body)
-                .send()
-                .await?;
+            let request = match self.method {
+                Method::Get => self.client.get(&self.url),
+                Method::Post => self
+                    .client
+                    .post(&self.url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(self.body),
+            };
+            let response = request.send().await?;
             let status = response.status();
             let header = response
                 .headers()

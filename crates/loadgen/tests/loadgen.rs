@@ -182,6 +182,8 @@ async fn replay_sends_on_time_at_200_per_second() {
         duration_limit: None,
         progress: false,
         expected: Some(600),
+        method: engine::Method::Post,
+        body: None,
     };
     let client = engine::client(64).unwrap();
     let outcome = engine::execute(requests, &options, &client, &CancellationToken::new())
@@ -223,6 +225,8 @@ async fn an_interrupt_stops_sending_and_keeps_what_was_sent() {
         duration_limit: None,
         progress: false,
         expected: Some(200),
+        method: engine::Method::Post,
+        body: None,
     };
     let client = engine::client(16).unwrap();
     let shutdown = CancellationToken::new();
@@ -263,6 +267,8 @@ async fn a_slow_server_does_not_hold_requests_back() {
         duration_limit: None,
         progress: false,
         expected: Some(50),
+        method: engine::Method::Post,
+        body: None,
     };
     let client = engine::client(64).unwrap();
     let outcome = engine::execute(requests, &options, &client, &CancellationToken::new())
@@ -767,4 +773,81 @@ fn commands_parse_as_documented() {
         ("http://b:8000".into(), Some("/work".into()))
     );
     assert!(cli::split_target("b:8000").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_sends_submit_jobs_and_idempotent_gets() {
+    let mut cleanup = Cleanup::default();
+    let dir = temp_dir(&mut cleanup, "methods");
+    let worker = support::start_worker("jobs").await;
+
+    let jobs = dir.join("jobs.csv");
+    execute(&[
+        "run",
+        "--target",
+        &worker.url(),
+        "--path",
+        "/submit",
+        "--body",
+        r#"{"operation":"primes","data":{"limit":1000}}"#,
+        "--rate",
+        "50",
+        "--duration",
+        "400ms",
+        "--quiet",
+        "--out",
+        path(&jobs),
+    ])
+    .await
+    .unwrap();
+    let records = results::read_file(&jobs).unwrap();
+    assert_eq!(records.len(), 20);
+    assert!(
+        records.iter().all(|r| r.ok() && r.path == "/submit"),
+        "{records:?}"
+    );
+
+    let gets = dir.join("gets.csv");
+    execute(&[
+        "run",
+        "--target",
+        &worker.url(),
+        "--method",
+        "get",
+        "--path",
+        "/consume_cpu/1",
+        "--rate",
+        "50",
+        "--duration",
+        "400ms",
+        "--quiet",
+        "--out",
+        path(&gets),
+    ])
+    .await
+    .unwrap();
+    let records = results::read_file(&gets).unwrap();
+    assert_eq!(records.len(), 20);
+    assert!(
+        records.iter().all(|r| r.ok() && r.backend == "jobs"),
+        "{records:?}"
+    );
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            "--target",
+            &worker.url(),
+            "--body",
+            "{not json",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "a body that is not JSON is refused"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--body"));
 }
