@@ -64,6 +64,14 @@ impl Drop for Cleanup {
     }
 }
 
+/// A loopback port free at the time of the call (for servers that must be told a port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free loopback port")
+}
+
 /// A name part unique to this process and moment.
 pub fn unique() -> String {
     let nanos = SystemTime::now()

@@ -24,13 +24,7 @@ pub fn balancer_binary() -> &'static str {
     env!("CARGO_BIN_EXE_balancer")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use common::testing::free_port;
 
 /// A URL on loopback where nothing listens: load reports sent there fail quietly, and no test
 /// ever reaches a real agent on this machine.

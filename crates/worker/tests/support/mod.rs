@@ -21,13 +21,7 @@ pub fn worker_binary() -> &'static str {
     env!("CARGO_BIN_EXE_worker")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use common::testing::free_port;
 
 /// A worker served by `worker::run` inside the test process.
 pub struct TestWorker {
