@@ -23,7 +23,14 @@ cargo clippy --release --workspace --all-targets --locked -- -D warnings
 build_binaries
 
 log "cargo test"
-cargo test --release --workspace --locked
+cargo test --release --workspace --locked --exclude e2e
+
+# Last, alone on the machine: the whole stack through jobs/run.sh and jobs/reset.sh. It prints
+# the cold-start and scale-out figures and where the chart of the run is.
+log "end-to-end test: the dev stack on Docker (about 3 minutes)"
+cargo test --release -p e2e --locked -- --nocapture
 
 leftover="$(docker ps -aq --filter label=managed-by=rustybalancer-tests | wc -l)"
 [ "$leftover" -eq 0 ] || die "tests left $leftover container(s) behind"
+leftover="$(docker ps -a --format '{{.Names}}' | grep -c '^rbe2e-' || true)"
+[ "$leftover" -eq 0 ] || die "the end-to-end test left $leftover container(s) behind"

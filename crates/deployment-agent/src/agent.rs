@@ -260,20 +260,34 @@ impl Agent {
         queued_without_backend: u64,
         in_flight: HashMap<String, u64>,
     ) {
-        let demand = {
+        let target = self.shared.config.scaling().target_concurrency;
+        let (demand, over_target) = {
             let mut world = self.world();
+            let now = Instant::now();
             world.balancers.insert(
                 balancer_id.to_owned(),
                 BalancerReport {
-                    at: Instant::now(),
+                    at: now,
                     queued_without_backend,
                     in_flight,
                 },
             );
-            world.queued_demand(Instant::now())
+            let views = world.views(now);
+            let active = views
+                .iter()
+                .filter(|view| view.category != Category::Sundown)
+                .count()
+                + world.launching.len();
+            let in_flight: u64 = views.iter().map(|view| view.in_flight).sum();
+            (
+                world.queued_demand(now),
+                target > 0.0 && in_flight as f64 > target * active as f64,
+            )
         };
         self.shared.metrics.queued_demand.set(demand as i64);
-        if queued_without_backend > 0 {
+        // Queued requests or more in flight than the containers are meant to carry: decide now
+        // rather than at the next period (the cooldowns still hold the decision back).
+        if queued_without_backend > 0 || over_target {
             self.wake();
         }
     }

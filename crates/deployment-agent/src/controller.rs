@@ -583,7 +583,7 @@ fn became_ready(
     agent.event(
         EventKind::Ready,
         Some(id),
-        format!("healthy {} ms after start", after.as_millis()),
+        format!("healthy {} ms after the create call", after.as_millis()),
     );
     agent.wake();
 }

@@ -1,0 +1,555 @@
+//! The harness of the end-to-end test: the real stack started the way users start it
+//! (`jobs/run.sh -e dev`, with the binaries `jobs/test.sh` already built), a WebSocket recorder
+//! of the agent's queue that survives agent restarts, the `loadgen` binary, and a teardown
+//! through `jobs/reset.sh` that also runs when the test fails.
+//!
+//! Every stack gets its own compose project, worker label, network, image tag and host ports,
+//! so it never meets a stack a user is running on the same machine.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{
+    queue::{Category, QueueItem, QueueSnapshot},
+    testing::{binary_dir, free_port, repo_root, unique},
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+/// The services with an image in `deploy/` (`run.sh` builds them all).
+const SERVICES: [&str; 4] = ["balancer", "deployment-agent", "loadgen", "worker"];
+
+/// One running stack; torn down (containers, workers, network, volumes, images) on drop.
+pub struct Stack {
+    /// Compose project name.
+    pub project: String,
+    /// `APP_IDENTIFIER`: the workers' `application` label and the network's name.
+    pub app: String,
+    /// Image tag of this stack's images.
+    pub tag: String,
+    /// `http://127.0.0.1:<port>` of the balancer's traffic port.
+    pub balancer: String,
+    /// The balancer's admin port.
+    pub admin: String,
+    /// The agent's HTTP API.
+    pub agent: String,
+    /// The agent's queue WebSocket.
+    pub ws: String,
+    env: Vec<(String, String)>,
+    torn_down: bool,
+}
+
+impl Stack {
+    /// Starts the dev stack with `jobs/run.sh -e dev` (no build: `SKIP_BUILD=1`), with the
+    /// agent settings in `settings` on top of the dev defaults.
+    pub fn up(settings: &[(&str, &str)]) -> Self {
+        let id = unique();
+        let project = format!("rbe2e-{id}");
+        let tag = format!("e2e-{id}");
+        let [balancer, admin, agent, ws, grpc] = [(); 5].map(|()| free_port());
+        let target_dir = binary_dir()
+            .parent()
+            .and_then(Path::parent)
+            .expect("the binaries are not under <target>/<triple>/release")
+            .to_path_buf();
+        let mut env: Vec<(String, String)> = [
+            ("SKIP_BUILD", "1".to_owned()),
+            (
+                "CARGO_TARGET_DIR",
+                target_dir.to_string_lossy().into_owned(),
+            ),
+            ("COMPOSE_PROJECT_NAME", project.clone()),
+            ("APP_IDENTIFIER", project.clone()),
+            ("IMAGE_TAG", tag.clone()),
+            ("DOCKER_IMAGE", format!("rustybalancer/worker:{tag}")),
+            ("HOST_PORT_HTTP_BALANCER", balancer.to_string()),
+            ("HOST_PORT_ADMIN_BALANCER", admin.to_string()),
+            ("HOST_PORT_HTTP_DEPLOYMENT_AGENT", agent.to_string()),
+            ("HOST_PORT_WS_DEPLOYMENT_AGENT", ws.to_string()),
+            ("HOST_PORT_GRPC_DEPLOYMENT_AGENT", grpc.to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        env.extend(
+            settings
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+        );
+        let stack = Self {
+            app: project.clone(),
+            project,
+            tag,
+            balancer: format!("http://127.0.0.1:{balancer}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            agent: format!("http://127.0.0.1:{agent}"),
+            ws: format!("ws://127.0.0.1:{ws}/ws"),
+            env,
+            torn_down: false,
+        };
+        let output = stack.script("run.sh", &["-e", "dev"]);
+        if !output.status.success() {
+            // Keep what run.sh said; the drop tears down whatever it started.
+            stack.dump_logs();
+            panic!(
+                "jobs/run.sh -e dev failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        stack
+    }
+
+    /// Runs `jobs/<name>` with this stack's environment.
+    fn script(&self, name: &str, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(repo_root().join("jobs").join(name))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run jobs/{name}: {err}"))
+    }
+
+    /// The id of the container of a compose service.
+    pub fn service_container(&self, service: &str) -> String {
+        let id = common::testing::docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]);
+        assert!(
+            !id.is_empty() && !id.contains('\n'),
+            "expected one {service} container, got {id:?}"
+        );
+        id
+    }
+
+    /// The worker containers the agent made (running or not), by the stack's label.
+    pub fn worker_containers(&self) -> BTreeSet<String> {
+        list(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=application={}", self.app),
+        ])
+    }
+
+    /// `jobs/reset.sh`, then checks that no container, network or volume of the stack is left.
+    pub fn tear_down(&mut self) {
+        let output = self.script("reset.sh", &[]);
+        self.torn_down = true;
+        self.remove_images();
+        assert!(
+            output.status.success(),
+            "jobs/reset.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let by_project = format!("label=com.docker.compose.project={}", self.project);
+        let left = [
+            (
+                "stack containers",
+                list(&["ps", "-aq", "--filter", &by_project]),
+            ),
+            ("workers", self.worker_containers()),
+            (
+                "volumes",
+                list(&["volume", "ls", "-q", "--filter", &by_project]),
+            ),
+            (
+                "networks",
+                list(&["network", "ls", "--format", "{{.Name}}"])
+                    .into_iter()
+                    .filter(|name| *name == self.app)
+                    .collect(),
+            ),
+        ];
+        for (what, ids) in left {
+            assert!(ids.is_empty(), "jobs/reset.sh left {what} behind: {ids:?}");
+        }
+    }
+
+    fn remove_images(&self) {
+        let mut images: Vec<String> = SERVICES
+            .iter()
+            .map(|service| format!("rustybalancer/{service}:{}", self.tag))
+            .collect();
+        images.push(format!("rustybalancer/redis:{}", self.tag));
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f"])
+            .args(&images)
+            .output();
+    }
+
+    /// Prints the last lines of the agent's and the balancer's logs (for a failed run).
+    pub fn dump_logs(&self) {
+        for service in ["deployment-agent", "balancer"] {
+            let ids = list(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--filter",
+                &format!("label=com.docker.compose.service={service}"),
+            ]);
+            for id in ids {
+                if let Ok(output) = Command::new("docker")
+                    .args(["logs", "--tail", "80", &id])
+                    .output()
+                {
+                    eprintln!(
+                        "----- {service} log (last 80 lines) -----\n{}{}",
+                        String::from_utf8_lossy(&output.stdout),
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let _ = self.script("reset.sh", &[]);
+        self.remove_images();
+    }
+}
+
+/// `docker ARGS` as a set of its output lines; empty when docker fails.
+fn list(args: &[&str]) -> BTreeSet<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every snapshot of the agent's queue seen on its WebSocket, reconnecting whenever the agent
+/// goes away (it is restarted during the test).
+pub struct QueueRecorder {
+    seen: Arc<Mutex<Vec<(Instant, QueueSnapshot)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl QueueRecorder {
+    /// Connects to `url` and keeps recording until dropped.
+    pub async fn start(url: &str) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let url = url.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(Ok((socket, _))) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio_tungstenite::connect_async(url.as_str()),
+                )
+                .await
+                {
+                    let (_, mut read) = socket.split();
+                    while let Some(Ok(message)) = read.next().await {
+                        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                            let snapshot: QueueSnapshot = serde_json::from_str(&text)
+                                .unwrap_or_else(|err| panic!("bad snapshot {text}: {err}"));
+                            sink.lock().unwrap().push((Instant::now(), snapshot));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let recorder = Self { seen, task };
+        recorder
+            .wait_until("a first queue snapshot", Duration::from_secs(20), |_| true)
+            .await;
+        recorder
+    }
+
+    /// The latest snapshot, if any.
+    pub fn latest(&self) -> Option<QueueSnapshot> {
+        self.seen.lock().unwrap().last().map(|(_, s)| s.clone())
+    }
+
+    /// Waits until the latest snapshot satisfies `check`; returns it.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&QueueSnapshot) -> bool,
+    ) -> QueueSnapshot {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(snapshot) = self.latest() {
+                if check(&snapshot) {
+                    return snapshot;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last snapshot: {:#?}",
+                self.latest()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The categories each container went through since `since`, in order, repeats folded.
+    pub fn journeys(&self, since: Instant) -> BTreeMap<String, Vec<Category>> {
+        let mut journeys: BTreeMap<String, Vec<Category>> = BTreeMap::new();
+        for (at, snapshot) in self.seen.lock().unwrap().iter() {
+            if *at < since {
+                continue;
+            }
+            for item in &snapshot.items {
+                let journey = journeys.entry(item.id.clone()).or_default();
+                if journey.last() != Some(&item.utilization_category) {
+                    journey.push(item.utilization_category);
+                }
+            }
+        }
+        journeys
+    }
+
+    /// The most containers not SUNDOWN at once since `since`.
+    pub fn peak_active(&self, since: Instant) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, snapshot)| active(snapshot).len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for QueueRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The containers of a snapshot that are not SUNDOWN.
+pub fn active(snapshot: &QueueSnapshot) -> Vec<&QueueItem> {
+    snapshot
+        .items
+        .iter()
+        .filter(|item| item.utilization_category != Category::Sundown)
+        .collect()
+}
+
+/// The containers of a snapshot that take new requests (neither INIT nor SUNDOWN).
+pub fn serving(snapshot: &QueueSnapshot) -> Vec<&QueueItem> {
+    snapshot
+        .items
+        .iter()
+        .filter(|item| item.utilization_category.accepts_new_requests())
+        .collect()
+}
+
+/// Whether `journey` passes through `steps` in that order (other categories may come between).
+pub fn passes_through(journey: &[Category], steps: &[&[Category]]) -> bool {
+    let mut rest = journey.iter();
+    steps
+        .iter()
+        .all(|step| rest.by_ref().any(|category| step.contains(category)))
+}
+
+/// A `loadgen` run in the background.
+pub struct Loadgen {
+    child: tokio::process::Child,
+    args: Vec<String>,
+    /// Its results CSV.
+    pub results: PathBuf,
+    /// Its summary JSON.
+    pub summary: PathBuf,
+}
+
+/// What `loadgen --summary-json` wrote (the part the test reads).
+#[derive(Debug, Deserialize)]
+pub struct Summary {
+    pub requests: usize,
+    pub ok: usize,
+    pub errors: usize,
+}
+
+/// One row of a results CSV (the columns the test reads).
+#[derive(Debug, Deserialize)]
+pub struct ResultRow {
+    pub due_s: f64,
+    pub latency_ms: f64,
+    pub status: u16,
+    pub backend: String,
+    pub error: String,
+}
+
+impl Loadgen {
+    /// Starts `loadgen run ARGS --out <dir>/<name>.csv --summary-json <dir>/<name>.json --quiet`.
+    pub fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
+        let results = dir.join(format!("{name}.csv"));
+        let summary = dir.join(format!("{name}.json"));
+        let mut all: Vec<String> = vec!["run".into()];
+        all.extend(args.iter().map(|arg| (*arg).to_owned()));
+        all.extend([
+            "--quiet".into(),
+            "--out".into(),
+            results.to_string_lossy().into_owned(),
+            "--summary-json".into(),
+            summary.to_string_lossy().into_owned(),
+        ]);
+        let child = tokio::process::Command::new(common::testing::workspace_binary("loadgen"))
+            .args(&all)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cannot start loadgen");
+        Self {
+            child,
+            args: all,
+            results,
+            summary,
+        }
+    }
+
+    /// Waits for the run to end (at most `timeout`) and reads its summary and rows.
+    pub async fn finish(self, timeout: Duration) -> (Summary, Vec<ResultRow>) {
+        let output = tokio::time::timeout(timeout, self.child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("loadgen {:?} ran past {timeout:?}", self.args))
+            .expect("loadgen did not run");
+        assert!(
+            output.status.success(),
+            "loadgen {:?} failed: {}",
+            self.args,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary: Summary = serde_json::from_slice(
+            &std::fs::read(&self.summary).expect("loadgen wrote no summary"),
+        )
+        .expect("the summary does not parse");
+        let rows = csv::Reader::from_path(&self.results)
+            .expect("loadgen wrote no results")
+            .deserialize()
+            .collect::<Result<Vec<ResultRow>, _>>()
+            .expect("the results do not parse");
+        (summary, rows)
+    }
+}
+
+/// The failed rows of a run, for an assertion message.
+pub fn failures(rows: &[ResultRow]) -> Vec<String> {
+    rows.iter()
+        .filter(|row| !(200..300).contains(&row.status) || !row.error.is_empty())
+        .take(10)
+        .map(|row| {
+            format!(
+                "at {:.2}s: status {} from {:?}: {}",
+                row.due_s, row.status, row.backend, row.error
+            )
+        })
+        .collect()
+}
+
+/// One entry of the agent's `GET /events`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: String,
+    pub container: Option<String>,
+    pub message: String,
+}
+
+/// The agent's recent events, oldest first.
+pub async fn events(client: &reqwest::Client, agent: &str) -> Vec<Event> {
+    #[derive(Deserialize)]
+    struct Events {
+        events: Vec<Event>,
+    }
+    let answer: Events = client
+        .get(format!("{agent}/events?limit=1000"))
+        .send()
+        .await
+        .expect("GET /events failed")
+        .json()
+        .await
+        .expect("GET /events does not parse");
+    let mut events = answer.events;
+    events.sort_by_key(|event| event.at_ms);
+    events
+}
+
+/// Cold start of every worker in `events`, ms: from the agent's create call to the worker's
+/// first healthy answer (the `ready` event's "healthy N ms after the create call").
+pub fn cold_starts(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|event| event.kind == "ready")
+        .filter_map(|event| number_before(&event.message, " ms after the create call"))
+        .collect()
+}
+
+/// The integer just before the last `suffix` in `text`.
+fn number_before(text: &str, suffix: &str) -> Option<u64> {
+    let head = &text[..text.rfind(suffix)?];
+    let digits = head.rsplit(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, container: &str, message: &str) -> Event {
+        Event {
+            at_ms: 0,
+            kind: kind.into(),
+            container: Some(container.into()),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn cold_start_is_read_from_ready_events() {
+        let events = [
+            event("created", "a", "created w-1 at w-1:8080 in 120 ms"),
+            event("ready", "a", "healthy 150 ms after the create call"),
+            event("ready", "b", "healthy 95 ms after the create call"),
+            event("adopted", "c", "adopted a running container"),
+        ];
+        assert_eq!(cold_starts(&events), vec![150, 95]);
+    }
+
+    #[test]
+    fn journeys_are_matched_in_order() {
+        use Category::*;
+        let journey = [Init, Low, High, Sundown];
+        assert!(passes_through(
+            &journey,
+            &[&[Init], &[Low], &[Medium, High]]
+        ));
+        assert!(!passes_through(&journey, &[&[High], &[Low]]));
+        assert!(!passes_through(&[Init, High], &[&[Init], &[Low], &[High]]));
+    }
+}
