@@ -1038,6 +1038,67 @@ async fn cache_hits_expires_and_respects_no_store() {
 // ---------------------------------------------------------------------------------------
 // Admin, process, configuration
 
+/// Sends one `GET /health` on `stream` and reads until the head of the answer, or `timeout`.
+/// `None` when nothing came back in time.
+async fn health_on(stream: &mut tokio::net::TcpStream, timeout: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            _ => break,
+        }
+    }
+    (!answer.is_empty()).then(|| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let worker = TestWorker::start("cap-w").await;
+    let balancer = TestBalancer::start(Config {
+        max_connections: 2,
+        ..support::static_config(&[worker.address])
+    })
+    .await;
+    balancer.wait_ready().await;
+    let connect = || tokio::net::TcpStream::connect(balancer.address);
+    let (mut first, mut second) = (connect().await.unwrap(), connect().await.unwrap());
+    for stream in [&mut first, &mut second] {
+        let answer = health_on(stream, Duration::from_secs(5)).await;
+        assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+    }
+    // The kernel completes the third handshake, but the balancer does not take the connection
+    // while two are open.
+    let mut third = connect().await.unwrap();
+    assert_eq!(
+        health_on(&mut third, Duration::from_millis(700)).await,
+        None,
+        "a third connection was served past MAX_CONNECTIONS=2"
+    );
+    // Both held connections still work.
+    let answer = health_on(&mut second, Duration::from_secs(5)).await;
+    assert!(answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")));
+    drop(first);
+    // Its slot goes to the waiting connection, whose request was waiting in the socket.
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+        .await
+        .expect("the waiting connection was not served after a slot freed")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+}
+
 #[tokio::test]
 async fn admin_api_shows_health_readiness_backends_and_metrics() {
     let worker = TestWorker::start("admin-w").await;
