@@ -50,7 +50,22 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
     events.abort();
     stop_observing(&agent);
     if agent.config().stop_workers_on_exit {
-        let ids: Vec<String> = agent.world().members.keys().cloned().collect();
+        let standbys: Vec<String> = agent
+            .world()
+            .standby
+            .drain(..)
+            .map(|standby| standby.id)
+            .collect();
+        for id in &standbys {
+            let _ = agent.shared().runtime.resume(id).await;
+        }
+        let ids: Vec<String> = agent
+            .world()
+            .members
+            .keys()
+            .cloned()
+            .chain(standbys)
+            .collect();
         let grace = agent.config().stop_grace;
         let stops = ids.iter().map(|id| agent.shared().runtime.stop(id, grace));
         futures_util::future::join_all(stops).await;
@@ -132,10 +147,19 @@ async fn reconcile(agent: &Agent) {
             if world
                 .launching
                 .iter()
+                .chain(&world.preparing)
                 .any(|spec| spec.name == instance.name)
             {
                 continue; // its launch is still returning
             }
+            if instance.paused {
+                if !world.standby.iter().any(|s| s.id == instance.id) {
+                    world.standby.push(instance.clone()); // a warm standby from before
+                }
+                continue;
+            }
+            // Thawed by hand, or a standby whose thaw was cut short: it serves now.
+            world.standby.retain(|s| s.id != instance.id);
             adopted.push(instance.id.clone());
             let member = new_member(agent, instance.clone());
             world.members.insert(instance.id.clone(), member);
@@ -150,6 +174,9 @@ async fn reconcile(agent: &Agent) {
                 vanished.push(id.clone());
             }
         }
+        world
+            .standby
+            .retain(|standby| running.contains(&standby.id.as_str()));
     }
     for instance in instances.iter().filter(|i| !i.running) {
         let runtime = agent.shared().runtime.clone();
@@ -192,6 +219,7 @@ async fn reconcile(agent: &Agent) {
         agent.publish();
         agent.wake();
     }
+    refill(agent);
 }
 
 /// Follows the engine's events: a death the agent did not cause leaves the queue at once and
@@ -200,6 +228,18 @@ async fn watch_engine(agent: Agent) {
     let mut events = agent.shared().runtime.events();
     while let Some(RuntimeEvent::Exited { id, reason }) = events.next().await {
         let known = agent.world().members.get(&id).map(|member| member.phase);
+        let standby = {
+            let mut world = agent.world();
+            let before = world.standby.len();
+            world.standby.retain(|standby| standby.id != id);
+            world.standby.len() != before
+        };
+        if standby {
+            tracing::warn!(container = %id, %reason, "a warm standby left; preparing another");
+            discard(&agent, id);
+            refill(&agent);
+            continue;
+        }
         match known {
             Some(Phase::Stopping) | None => {}
             Some(_) => {
@@ -380,17 +420,48 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
     let agent = agent.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        let result = agent.shared().runtime.launch(&spec).await;
+        // A warm standby if there is one. Its launch entry takes the standby's name, so that
+        // reconcile does not adopt it while it thaws.
+        let standby = {
+            let mut world = agent.world();
+            let standby = world.standby.pop();
+            if let Some(standby) = &standby {
+                rename_launch(&mut world.launching, &spec.name, &standby.name);
+            }
+            standby
+        };
+        let runtime = agent.shared().runtime.clone();
+        let (result, thawed, name) = match standby {
+            Some(instance) => match runtime.resume(&instance.id).await {
+                Ok(()) => {
+                    let name = instance.name.clone();
+                    let thawed = Instance {
+                        paused: false,
+                        ..instance
+                    };
+                    (Ok(thawed), true, name)
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, container = %instance.id, "cannot thaw a warm standby; creating a worker instead");
+                    rename_launch(&mut agent.world().launching, &instance.name, &spec.name);
+                    discard(&agent, instance.id);
+                    (runtime.launch(&spec).await, false, spec.name.clone())
+                }
+            },
+            None => (runtime.launch(&spec).await, false, spec.name.clone()),
+        };
         {
             let mut world = agent.world();
-            world.launching.retain(|s| s.name != spec.name);
+            world.launching.retain(|s| s.name != name);
             match &result {
                 Ok(instance) => {
                     world.launch_failures = 0;
                     world.launch_blocked_until = None;
                     let mut member = new_member(&agent, instance.clone());
-                    // Cold start is measured from the create call to the first healthy answer.
+                    // Cold start is measured from the create (or thaw) call to the first
+                    // healthy answer.
                     member.created = started;
+                    member.thawed = thawed;
                     world.members.insert(instance.id.clone(), member);
                 }
                 Err(_) => {
@@ -410,7 +481,12 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                     EventKind::Created,
                     Some(&instance.id),
                     format!(
-                        "created {} at {} in {} ms",
+                        "{} {} at {} in {} ms",
+                        if thawed {
+                            "thawed warm standby"
+                        } else {
+                            "created"
+                        },
                         instance.name,
                         instance.address,
                         started.elapsed().as_millis()
@@ -427,6 +503,93 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
             }
         }
         agent.publish();
+        refill(&agent);
+    });
+}
+
+fn rename_launch(launching: &mut [LaunchSpec], from: &str, to: &str) {
+    if let Some(entry) = launching.iter_mut().find(|spec| spec.name == from) {
+        entry.name = to.to_owned();
+    }
+}
+
+/// Starts warm standbys until `WARM_POOL` are ready or on their way; real launches first.
+fn refill(agent: &Agent) {
+    let config = agent.config();
+    if config.warm_pool == 0 {
+        return;
+    }
+    let specs = {
+        let mut world = agent.world();
+        let blocked = world
+            .launch_blocked_until
+            .is_some_and(|until| Instant::now() < until);
+        if blocked || !world.launching.is_empty() {
+            return;
+        }
+        let have = world.standby.len() + world.preparing.len();
+        let mut specs = Vec::new();
+        for _ in have..config.warm_pool {
+            let spec = LaunchSpec {
+                name: world.next_name(&config.app),
+                core_id: None,
+            };
+            world.preparing.push(spec.clone());
+            specs.push(spec);
+        }
+        specs
+    };
+    for spec in specs {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let outcome = prepare(&agent, &spec).await;
+            let mut world = agent.world();
+            world.preparing.retain(|s| s.name != spec.name);
+            match outcome {
+                Ok(instance) => {
+                    tracing::info!(container = %instance.id, name = %instance.name, "warm standby ready (paused)");
+                    world.standby.push(instance);
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, name = %spec.name, "could not prepare a warm standby");
+                }
+            }
+        });
+    }
+}
+
+/// Creates a standby, waits until it answers /health, then pauses it.
+async fn prepare(agent: &Agent, spec: &LaunchSpec) -> Result<Instance, String> {
+    let runtime = agent.shared().runtime.clone();
+    let instance = runtime.launch(spec).await.map_err(|err| err.to_string())?;
+    let prober = agent.shared().prober.clone();
+    let timeout = agent.config().startup_timeout;
+    let deadline = Instant::now() + timeout;
+    while prober.health(&instance.address).await.is_none() {
+        if Instant::now() > deadline {
+            discard(agent, instance.id);
+            return Err(format!("not healthy within {timeout:?}"));
+        }
+        tokio::time::sleep(STARTING_PROBE).await;
+    }
+    if let Err(err) = runtime.pause(&instance.id).await {
+        discard(agent, instance.id);
+        return Err(format!("cannot pause it: {err}"));
+    }
+    Ok(Instance {
+        paused: true,
+        ..instance
+    })
+}
+
+/// Removes a container the agent does not serve with (a standby), thawing it first.
+fn discard(agent: &Agent, id: String) {
+    let runtime = agent.shared().runtime.clone();
+    tokio::spawn(async move {
+        let _ = runtime.resume(&id).await;
+        if let Err(err) = runtime.stop(&id, Duration::from_secs(1)).await {
+            tracing::warn!(cause = %err, container = %id, "cannot remove a standby; reconcile will retry");
+        }
     });
 }
 
@@ -570,20 +733,28 @@ fn became_ready(
     in_flight: Option<u64>,
     after: Duration,
 ) {
-    {
+    let thawed = {
         let mut world = agent.world();
-        if let Some(member) = world.members.get_mut(id) {
-            if matches!(member.phase, Phase::Starting { .. }) {
-                member.phase = Phase::Ready;
+        match world.members.get_mut(id) {
+            Some(member) => {
+                if matches!(member.phase, Phase::Starting { .. }) {
+                    member.phase = Phase::Ready;
+                }
+                member.thawed
             }
+            None => false,
         }
-    }
+    };
     record_probe(agent, id, latency, in_flight);
     agent.persist_member(id);
     agent.event(
         EventKind::Ready,
         Some(id),
-        format!("healthy {} ms after the create call", after.as_millis()),
+        format!(
+            "healthy {} ms after the {} call",
+            after.as_millis(),
+            if thawed { "thaw" } else { "create" }
+        ),
     );
     agent.wake();
 }

@@ -124,11 +124,20 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
             })
         })
         .collect();
+    let standby = {
+        let world = agent.world();
+        json!({
+            "ready": world.standby.iter().map(|standby| standby.name.as_str()).collect::<Vec<_>>(),
+            "preparing": world.preparing.len(),
+            "target": agent.config().warm_pool,
+        })
+    };
     Json(json!({
         "status": "running",
         "worker_count": workers.len(),
         "workers": workers,
         "bounds": agent.bounds(),
+        "warm_standby": standby,
     }))
 }
 

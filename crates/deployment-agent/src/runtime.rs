@@ -27,6 +27,8 @@ pub struct Instance {
     pub core_id: Option<u32>,
     pub created_at_ms: u64,
     pub running: bool,
+    /// Frozen (`docker pause`, SIGSTOP): a warm standby, not serving.
+    pub paused: bool,
     /// Its CPU limit in cores, the 100% of its CPU score.
     pub cpu_limit_cores: f64,
 }
@@ -87,6 +89,22 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.launch(spec).await,
             Self::Process(process) => process.launch(spec).await,
+        }
+    }
+
+    /// Freezes a running instance (a warm standby keeps its memory and uses no CPU).
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        match self {
+            Self::Docker(docker) => docker.pause(id).await,
+            Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGSTOP),
+        }
+    }
+
+    /// Thaws a paused instance; it carries on where it was frozen.
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        match self {
+            Self::Docker(docker) => docker.resume(id).await,
+            Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGCONT),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Member {
     pub classification: Classification,
     pub sundown_since_ms: Option<u64>,
     pub created: Instant,
+    /// It came from the warm pool (thawed) rather than being created.
+    pub thawed: bool,
     /// The observer tasks (stats stream, probes); aborted when the member goes.
     pub observers: Vec<tokio::task::AbortHandle>,
 }
@@ -77,6 +79,7 @@ impl Member {
             },
             sundown_since_ms: None,
             created: now,
+            thawed: false,
             observers: Vec::new(),
         }
     }
@@ -131,6 +134,10 @@ pub struct World {
     pub balancers: HashMap<String, BalancerReport>,
     /// Launches under way, counted as members so the scaler does not launch twice.
     pub launching: Vec<LaunchSpec>,
+    /// Warm standbys (WARM_POOL): healthy, then paused; not in the queue, not counted.
+    pub standby: Vec<Instance>,
+    /// Standbys being started, until they are healthy and paused.
+    pub preparing: Vec<LaunchSpec>,
     /// Consecutive failed launches, and no launch before this instant.
     pub launch_failures: u32,
     pub launch_blocked_until: Option<Instant>,
@@ -225,6 +232,8 @@ impl World {
             .values()
             .map(|member| member.instance.name.as_str())
             .chain(self.launching.iter().map(|spec| spec.name.as_str()))
+            .chain(self.standby.iter().map(|instance| instance.name.as_str()))
+            .chain(self.preparing.iter().map(|spec| spec.name.as_str()))
             .filter_map(|name| name.strip_prefix(&prefix)?.parse().ok())
             .collect();
         let n = (1..).find(|n| !used.contains(n)).unwrap_or(1);

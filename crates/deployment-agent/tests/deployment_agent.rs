@@ -586,6 +586,104 @@ async fn grpc_api_and_scale_from_zero_on_queued_demand() {
     assert!(client.drain(request).await.unwrap().into_inner().draining);
 }
 
+/// Ids of `env`'s containers in one Docker state (`paused`, `running`).
+fn containers_in(env: &DockerEnv, status: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=application={}", env.app),
+        "--filter",
+        &format!("status={status}"),
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_standby_is_thawed_on_scale_out_refilled_and_kept_across_restarts() {
+    let env = DockerEnv::new();
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Docker;
+    config.image = env.image.clone();
+    config.app = env.app.clone();
+    config.network = Some(env.network.clone());
+    config.default_container = Some(1);
+    config.min_containers = 1;
+    config.warm_pool = 1;
+    let mut agent = TestAgent::start(config.clone()).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    watcher
+        .wait_until("one worker", STARTUP, |s| serving(s).len() == 1)
+        .await;
+
+    // One standby: paused on the engine, healthy before it was paused, not in the queue.
+    let standby = common::testing::wait_for("a paused standby", STARTUP, || {
+        let paused = containers_in(&env, "paused");
+        (paused.len() == 1).then(|| paused[0].clone())
+    });
+    assert_eq!(containers_in(&env, "running").len(), 1);
+    let queue = watcher.latest().unwrap();
+    assert!(!queue.items.iter().any(|item| item.id == standby));
+    let status = agent.get_json("/status").await;
+    assert_eq!(status["worker_count"], 1);
+    assert_eq!(status["warm_standby"]["ready"].as_array().unwrap().len(), 1);
+
+    // Scale out: the standby itself is thawed and serves.
+    let accepted = agent
+        .client
+        .post(agent.url("/scale"))
+        .json(&json!({"replicas": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let (_, two) = watcher
+        .wait_until("two serving workers", STARTUP, |s| serving(s).len() == 2)
+        .await;
+    assert!(
+        two.items.iter().any(|item| item.id == standby),
+        "the standby was not the one thawed: {two:#?}"
+    );
+    let events = agent.get_json("/events?limit=100").await;
+    let said = |kind: &str, text: &str| {
+        events["events"].as_array().unwrap().iter().any(|event| {
+            event["kind"] == kind
+                && event["container"] == standby.as_str()
+                && event["message"].as_str().unwrap().contains(text)
+        })
+    };
+    assert!(said("created", "thawed warm standby"), "{events:#}");
+    assert!(said("ready", "after the thaw call"), "{events:#}");
+
+    // The pool is refilled with a new standby.
+    let refill = common::testing::wait_for("a new standby", STARTUP, || {
+        let paused = containers_in(&env, "paused");
+        (paused.len() == 1 && paused[0] != standby).then(|| paused[0].clone())
+    });
+
+    // A restarted agent keeps the standby as a standby: nothing thawed, nothing duplicated.
+    agent.stop().await;
+    config.default_container = Some(2);
+    config.min_containers = 2;
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    watcher
+        .wait_until("two serving workers again", STARTUP, |s| {
+            serving(s).len() == 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(containers_in(&env, "paused"), [refill]);
+    assert_eq!(containers_in(&env, "running").len(), 2);
+    assert_eq!(env.containers().len(), 3, "duplicates after the restart");
+    let status = agent.get_json("/status").await;
+    assert_eq!(status["worker_count"], 2);
+    assert_eq!(status["warm_standby"]["ready"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cpu_pinning_gives_each_worker_its_own_core_and_never_more_workers_than_cores() {
     let env = DockerEnv::new();
@@ -643,6 +741,7 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
         ("WORKER_MEMORY", "12q"),
         ("WORKER_CPUSET", "3-1"),
         ("MAX_CONTAINERS", "-1"),
+        ("WARM_POOL", "17"),
     ] {
         let output = std::process::Command::new(&binary)
             .env(variable, value)
@@ -664,6 +763,16 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("LOW_LOAD_THRESHOLD"), "{stderr}");
+    let output = std::process::Command::new(&binary)
+        .envs([("WARM_POOL", "1"), ("WORKER_CPUSET", "0-1")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("WARM_POOL") && stderr.contains("WORKER_CPUSET"),
+        "{stderr}"
+    );
     let help = std::process::Command::new(&binary)
         .arg("--help")
         .output()

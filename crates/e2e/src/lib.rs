@@ -132,14 +132,17 @@ impl Stack {
         id
     }
 
-    /// The worker containers the agent made (running or not), by the stack's label.
-    pub fn worker_containers(&self) -> BTreeSet<String> {
+    /// The agent's worker containers in one Docker state: `running` (serving; paused ones
+    /// are not running) or `paused` (warm standbys).
+    pub fn worker_containers(&self, status: &str) -> BTreeSet<String> {
         list(&[
             "ps",
-            "-aq",
+            "-q",
             "--no-trunc",
             "--filter",
             &format!("label=application={}", self.app),
+            "--filter",
+            &format!("status={status}"),
         ])
     }
 
@@ -159,7 +162,15 @@ impl Stack {
                 "stack containers",
                 list(&["ps", "-aq", "--filter", &by_project]),
             ),
-            ("workers", self.worker_containers()),
+            (
+                "workers",
+                list(&[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=application={}", self.app),
+                ]),
+            ),
             (
                 "volumes",
                 list(&["volume", "ls", "-q", "--filter", &by_project]),
@@ -500,14 +511,19 @@ pub async fn events(client: &reqwest::Client, agent: &str) -> Vec<Event> {
     events
 }
 
-/// Cold start of every worker in `events`, ms: from the agent's create call to the worker's
-/// first healthy answer (the `ready` event's "healthy N ms after the create call").
-pub fn cold_starts(events: &[Event]) -> Vec<u64> {
-    events
-        .iter()
-        .filter(|event| event.kind == "ready")
-        .filter_map(|event| number_before(&event.message, " ms after the create call"))
-        .collect()
+/// How long each new worker took from the agent's call to its first healthy answer, ms, by
+/// the agent's `ready` events: (created from scratch, thawed from the warm pool).
+pub fn cold_starts(events: &[Event]) -> (Vec<u64>, Vec<u64>) {
+    let after = |call: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|event| event.kind == "ready")
+            .filter_map(|event| {
+                number_before(&event.message, &format!(" ms after the {call} call"))
+            })
+            .collect()
+    };
+    (after("create"), after("thaw"))
 }
 
 /// The integer just before the last `suffix` in `text`.
@@ -536,9 +552,10 @@ mod tests {
             event("created", "a", "created w-1 at w-1:8080 in 120 ms"),
             event("ready", "a", "healthy 150 ms after the create call"),
             event("ready", "b", "healthy 95 ms after the create call"),
+            event("ready", "d", "healthy 12 ms after the thaw call"),
             event("adopted", "c", "adopted a running container"),
         ];
-        assert_eq!(cold_starts(&events), vec![150, 95]);
+        assert_eq!(cold_starts(&events), (vec![150, 95], vec![12]));
     }
 
     #[test]

@@ -170,6 +170,14 @@ impl DockerRuntime {
         Ok(self.instance(&inspect))
     }
 
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        Ok(self.docker.pause_container(id).await?)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        Ok(self.docker.unpause_container(id).await?)
+    }
+
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let options = StopContainerOptionsBuilder::new()
             .t(grace.as_secs().clamp(1, 3600) as i32)
@@ -308,6 +316,7 @@ impl DockerRuntime {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or_else(super::now_ms, |d| d.as_millis() as u64),
             running: state.and_then(|state| state.running).unwrap_or(false),
+            paused: state.and_then(|state| state.paused).unwrap_or(false),
             cpu_limit_cores,
         }
     }

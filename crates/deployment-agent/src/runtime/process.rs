@@ -133,8 +133,16 @@ impl ProcessRuntime {
             core_id: spec.core_id,
             created_at_ms: super::now_ms(),
             running: true,
+            paused: false,
             cpu_limit_cores: host_cores(),
         })
+    }
+
+    /// Sends `signal` to a worker process (SIGSTOP / SIGCONT for pause and resume).
+    pub fn signal(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
+        let pid = pid_of(id).ok_or_else(|| RuntimeError::Other(format!("no process {id}")))?;
+        kill(Pid::from_raw(pid as i32), signal)
+            .map_err(|err| RuntimeError::Other(format!("{signal} to {pid}: {err}")))
     }
 
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -144,6 +152,8 @@ impl ProcessRuntime {
         if kill(target, Signal::SIGTERM).is_err() {
             return Ok(()); // already gone
         }
+        // A paused (SIGSTOP) standby only sees the SIGTERM once it runs again.
+        let _ = kill(target, Signal::SIGCONT);
         let deadline = Instant::now() + grace;
         while alive(pid) {
             if Instant::now() >= deadline {
@@ -242,6 +252,14 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// Whether `pid` is stopped (SIGSTOP): state `T` in /proc.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
+}
+
 /// Processes whose environment marks them as this agent's workers.
 fn scan_proc(app: &str, owner: &str) -> Vec<Instance> {
     let app_mark = format!("{APP_VAR}={app}");
@@ -290,6 +308,7 @@ fn scan_proc(app: &str, owner: &str) -> Vec<Instance> {
             core_id: None,
             created_at_ms: super::now_ms(),
             running: true,
+            paused: stopped(pid),
             cpu_limit_cores: host_cores(),
         });
     }
