@@ -27,8 +27,8 @@ cargo test --release --workspace --locked --exclude e2e
 
 # Last, alone on the machine: the whole stack through jobs/run.sh and jobs/reset.sh. It prints
 # the cold-start and scale-out figures and where the chart of the run is.
-log "end-to-end test: the dev stack on Docker (about 3 minutes)"
-cargo test --release -p e2e --locked -- --nocapture
+log "end-to-end tests: the prod, slim and dev stacks on Docker (about 4 minutes)"
+cargo test --release -p e2e --locked -- --nocapture --test-threads=1
 
 leftover="$(docker ps -aq --filter label=managed-by=rustybalancer-tests | wc -l)"
 [ "$leftover" -eq 0 ] || die "tests left $leftover container(s) behind"

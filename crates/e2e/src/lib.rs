@@ -1,5 +1,5 @@
-//! The harness of the end-to-end test: the real stack started the way users start it
-//! (`jobs/run.sh -e dev`, with the binaries `jobs/test.sh` already built), a WebSocket recorder
+//! The harness of the end-to-end tests: the real stack started the way users start it
+//! (`jobs/run.sh -e prod|dev|slim`, with the binaries `jobs/test.sh` already built), a WebSocket recorder
 //! of the agent's queue that survives agent restarts, the `loadgen` binary, and a teardown
 //! through `jobs/reset.sh` that also runs when the test fails.
 //!
@@ -45,9 +45,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts the dev stack with `jobs/run.sh -e dev` (no build: `SKIP_BUILD=1`), with the
-    /// agent settings in `settings` on top of the dev defaults.
-    pub fn up(settings: &[(&str, &str)]) -> Self {
+    /// Starts a stack with `jobs/run.sh -e <environment>` (`prod`, `dev` or `slim`; no build:
+    /// `SKIP_BUILD=1`), with `settings` on top of that environment's defaults.
+    pub fn up(environment: &str, settings: &[(&str, &str)]) -> Self {
         let id = unique();
         let project = format!("rbe2e-{id}");
         let tag = format!("e2e-{id}");
@@ -92,12 +92,12 @@ impl Stack {
             env,
             torn_down: false,
         };
-        let output = stack.script("run.sh", &["-e", "dev"]);
+        let output = stack.script("run.sh", &["-e", environment]);
         if !output.status.success() {
             // Keep what run.sh said; the drop tears down whatever it started.
             stack.dump_logs();
             panic!(
-                "jobs/run.sh -e dev failed:\n{}{}",
+                "jobs/run.sh -e {environment} failed:\n{}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );

@@ -1,7 +1,7 @@
 //! The whole product as users run it: `jobs/run.sh -e dev` brings up Redis, the deployment
 //! agent and the balancer with compose on the real Docker engine, `loadgen` drives HTTP
 //! through the balancer, a WebSocket client watches the queue, and `jobs/reset.sh` removes it
-//! all. One test, in phases that share the stack:
+//! all. The main test, in phases that share the stack:
 //!
 //! 1. a step of CPU-heavy `/submit` jobs: scale-out by at least two workers, the categories
 //!    move (INIT → LU → MU/HU), then SUNDOWN and removal back to the minimum; no failed request;
@@ -11,7 +11,9 @@
 //! 4. `jobs/reset.sh`: no container, network or volume left.
 //!
 //! It saves the load chart under `target/e2e/` and prints the worker cold start and the
-//! scale-out reaction it measured.
+//! scale-out reaction it measured. A second test brings up `-e prod` (Redis) and `-e slim`
+//! (memory store, no dashboard) in turn, sends each a job and tears it down. The stacks run one
+//! at a time (`--test-threads=1` in `jobs/test.sh`).
 
 use std::{
     collections::BTreeSet,
@@ -52,7 +54,7 @@ const KILL_AFTER: Duration = Duration::from_secs(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_scales_heals_and_keeps_serving() {
-    let mut stack = tokio::task::spawn_blocking(|| Stack::up(&SETTINGS))
+    let mut stack = tokio::task::spawn_blocking(|| Stack::up("dev", &SETTINGS))
         .await
         .expect("starting the stack panicked");
     let artifacts = binary_dir()
@@ -290,6 +292,68 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         reaction * 1e3,
         artifacts.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for (environment, store, dashboard) in [("prod", "redis", true), ("slim", "memory", false)] {
+        let mut stack = tokio::task::spawn_blocking(move || Stack::up(environment, &[]))
+            .await
+            .expect("starting the stack panicked");
+        // run.sh's printed curl: a job through the balancer.
+        let answer = client
+            .post(format!("{}/submit", stack.balancer))
+            .json(&serde_json::json!({"operation": "monte_carlo_pi", "data": {"iterations": 1_000_000}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            200,
+            "{environment}: {:?}",
+            answer.text().await
+        );
+        let backend = answer.headers()["x-backend"].to_str().unwrap().to_owned();
+        assert!(
+            backend.starts_with(&format!("{}-worker-", stack.app)),
+            "{environment}: X-Backend {backend}"
+        );
+        let job: serde_json::Value = answer.json().await.unwrap();
+        let pi = job["result"].as_f64().unwrap();
+        assert!(
+            (pi - std::f64::consts::PI).abs() < 0.01,
+            "{environment}: {job}"
+        );
+        let stats: serde_json::Value = client
+            .get(format!("{}/stats", stack.agent))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["store"]["backend"], store, "{environment}: {stats}");
+        if store == "redis" {
+            assert_eq!(stats["store"]["connected"], true, "{environment}: {stats}");
+        }
+        let page = client
+            .get(format!("{}/", stack.agent))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            page.status().is_success(),
+            dashboard,
+            "{environment}: dashboard"
+        );
+        tokio::task::spawn_blocking(move || stack.tear_down())
+            .await
+            .expect("teardown panicked");
+    }
 }
 
 /// Steady idempotent GETs (a short CPU job) through the balancer for 25 s.
