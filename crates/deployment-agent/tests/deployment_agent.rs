@@ -685,6 +685,54 @@ async fn warm_standby_is_thawed_on_scale_out_refilled_and_kept_across_restarts()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_runtime_warm_standby_is_a_stopped_process_thawed_on_scale_out() {
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rbprocpool{}", std::process::id());
+    config.worker_binary = Some(common::testing::workspace_binary("worker"));
+    config.stop_workers_on_exit = false;
+    config.default_container = Some(1);
+    config.min_containers = 1;
+    config.warm_pool = 1;
+    let marker = format!("--worker-id {}-worker-", config.app);
+    let _cleanup = KillOnDrop(marker.clone());
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    watcher
+        .wait_until("one worker", STARTUP, |s| serving(s).len() == 1)
+        .await;
+    // The standby: one of this test's worker processes in state T (SIGSTOP), not in the queue.
+    let standby = common::testing::wait_for("a stopped standby", STARTUP, || {
+        let processes = std::fs::read_dir("/proc").ok()?;
+        processes.flatten().find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let stopped = stat.rsplit_once(") ")?.1.starts_with('T');
+            (stopped && cmdline.contains(&marker)).then(|| format!("pid-{pid}"))
+        })
+    });
+    let queue = watcher.latest().unwrap();
+    assert!(!queue.items.iter().any(|item| item.id == standby));
+    let accepted = agent
+        .client
+        .post(agent.url("/scale"))
+        .json(&json!({"replicas": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let (_, two) = watcher
+        .wait_until("two serving workers", STARTUP, |s| serving(s).len() == 2)
+        .await;
+    assert!(
+        two.items.iter().any(|item| item.id == standby),
+        "the stopped standby was not the one thawed: {two:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cpu_pinning_gives_each_worker_its_own_core_and_never_more_workers_than_cores() {
     let env = DockerEnv::new();
     let mut config = fast_config();
