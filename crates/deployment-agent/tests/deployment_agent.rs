@@ -23,11 +23,7 @@ fn cpu_job() -> Value {
 async fn docker_lifecycle_scaling_recovery_restart_and_redis_outage() {
     let env = DockerEnv::new();
     let mut redis = RedisServer::start();
-    let mut config = fast_config();
-    config.runtime = RuntimeKind::Docker;
-    config.image = env.image.clone();
-    config.app = env.app.clone();
-    config.network = Some(env.network.clone());
+    let mut config = env.config();
     config.worker_cpus = Some(0.5);
     config.redis_url = Some(redis.url.clone());
     config.token = Some("s3cret".into());
@@ -602,14 +598,24 @@ fn containers_in(env: &DockerEnv, status: &str) -> Vec<String> {
     .collect()
 }
 
+/// `standby` is not in the queue; scaling from one worker to two thaws it, and it serves.
+async fn thawed_on_scale_out(agent: &TestAgent, watcher: &QueueWatcher, standby: &str) {
+    let queue = watcher.latest().unwrap();
+    assert!(!queue.items.iter().any(|item| item.id == standby));
+    agent.request_replicas(2).await;
+    let (_, two) = watcher
+        .wait_until("two serving workers", STARTUP, |s| serving(s).len() == 2)
+        .await;
+    assert!(
+        two.items.iter().any(|item| item.id == standby),
+        "the standby was not the one thawed: {two:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warm_standby_is_thawed_on_scale_out_refilled_and_kept_across_restarts() {
     let env = DockerEnv::new();
-    let mut config = fast_config();
-    config.runtime = RuntimeKind::Docker;
-    config.image = env.image.clone();
-    config.app = env.app.clone();
-    config.network = Some(env.network.clone());
+    let mut config = env.config();
     config.default_container = Some(1);
     config.min_containers = 1;
     config.warm_pool = 1;
@@ -625,28 +631,10 @@ async fn warm_standby_is_thawed_on_scale_out_refilled_and_kept_across_restarts()
         (paused.len() == 1).then(|| paused[0].clone())
     });
     assert_eq!(containers_in(&env, "running").len(), 1);
-    let queue = watcher.latest().unwrap();
-    assert!(!queue.items.iter().any(|item| item.id == standby));
     let status = agent.get_json("/status").await;
     assert_eq!(status["worker_count"], 1);
     assert_eq!(status["warm_standby"]["ready"].as_array().unwrap().len(), 1);
-
-    // Scale out: the standby itself is thawed and serves.
-    let accepted = agent
-        .client
-        .post(agent.url("/scale"))
-        .json(&json!({"replicas": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 202);
-    let (_, two) = watcher
-        .wait_until("two serving workers", STARTUP, |s| serving(s).len() == 2)
-        .await;
-    assert!(
-        two.items.iter().any(|item| item.id == standby),
-        "the standby was not the one thawed: {two:#?}"
-    );
+    thawed_on_scale_out(&agent, &watcher, &standby).await;
     let events = agent.get_json("/events?limit=100").await;
     let said = |kind: &str, text: &str| {
         events["events"].as_array().unwrap().iter().any(|event| {
@@ -713,33 +701,13 @@ async fn process_runtime_warm_standby_is_a_stopped_process_thawed_on_scale_out()
             (stopped && cmdline.contains(&marker)).then(|| format!("pid-{pid}"))
         })
     });
-    let queue = watcher.latest().unwrap();
-    assert!(!queue.items.iter().any(|item| item.id == standby));
-    let accepted = agent
-        .client
-        .post(agent.url("/scale"))
-        .json(&json!({"replicas": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 202);
-    let (_, two) = watcher
-        .wait_until("two serving workers", STARTUP, |s| serving(s).len() == 2)
-        .await;
-    assert!(
-        two.items.iter().any(|item| item.id == standby),
-        "the stopped standby was not the one thawed: {two:#?}"
-    );
+    thawed_on_scale_out(&agent, &watcher, &standby).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cpu_pinning_gives_each_worker_its_own_core_and_never_more_workers_than_cores() {
     let env = DockerEnv::new();
-    let mut config = fast_config();
-    config.runtime = RuntimeKind::Docker;
-    config.image = env.image.clone();
-    config.app = env.app.clone();
-    config.network = Some(env.network.clone());
+    let mut config = env.config();
     config.worker_cpuset = Some(deployment_agent::config::parse_cpuset("0-1").unwrap());
     config.default_container = Some(1);
     config.min_containers = 1;
@@ -748,14 +716,7 @@ async fn cpu_pinning_gives_each_worker_its_own_core_and_never_more_workers_than_
     watcher
         .wait_until("one worker", STARTUP, |s| serving(s).len() == 1)
         .await;
-    let accepted = agent
-        .client
-        .post(agent.url("/scale"))
-        .json(&json!({"replicas": 4}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 202);
+    agent.request_replicas(4).await;
     watcher
         .wait_until("two pinned workers", STARTUP, |s| serving(s).len() == 2)
         .await;

@@ -115,21 +115,27 @@ impl Stack {
             .unwrap_or_else(|err| panic!("cannot run jobs/{name}: {err}"))
     }
 
-    /// The id of the container of a compose service.
-    pub fn service_container(&self, service: &str) -> String {
-        let id = common::testing::docker(&[
+    /// The ids of the containers of a compose service (running or not).
+    fn service_containers(&self, service: &str) -> BTreeSet<String> {
+        list(&[
             "ps",
             "-aq",
             "--filter",
             &format!("label=com.docker.compose.project={}", self.project),
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
-        ]);
-        assert!(
-            !id.is_empty() && !id.contains('\n'),
-            "expected one {service} container, got {id:?}"
+        ])
+    }
+
+    /// The id of the one container of a compose service.
+    pub fn service_container(&self, service: &str) -> String {
+        let ids = self.service_containers(service);
+        assert_eq!(
+            ids.len(),
+            1,
+            "expected one {service} container, got {ids:?}"
         );
-        id
+        ids.into_iter().next().unwrap_or_default()
     }
 
     /// The agent's worker containers in one Docker state: `running` (serving; paused ones
@@ -203,15 +209,7 @@ impl Stack {
     /// Prints the last lines of the agent's and the balancer's logs (for a failed run).
     pub fn dump_logs(&self) {
         for service in ["deployment-agent", "balancer"] {
-            let ids = list(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.compose.project={}", self.project),
-                "--filter",
-                &format!("label=com.docker.compose.service={service}"),
-            ]);
-            for id in ids {
+            for id in self.service_containers(service) {
                 if let Ok(output) = Command::new("docker")
                     .args(["logs", "--tail", "80", &id])
                     .output()
@@ -467,6 +465,18 @@ impl Loadgen {
             .expect("the results do not parse");
         (summary, rows)
     }
+}
+
+/// `GET url` as JSON; panics on a failed request or a body that is not JSON.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
+        .json()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: not JSON: {err}"))
 }
 
 /// The failed rows of a run, for an assertion message.

@@ -24,7 +24,9 @@ use common::{
     queue::Category::{High, Init, Low, Medium, Sundown},
     testing::{binary_dir, docker, eventually, workspace_binary},
 };
-use e2e::{Loadgen, QueueRecorder, Stack, cold_starts, events, failures, passes_through, serving};
+use e2e::{
+    Loadgen, QueueRecorder, Stack, cold_starts, events, failures, get_json, passes_through, serving,
+};
 
 /// The agent's settings for the run, on top of the dev stack's: one worker to start from and to
 /// come back to, half a CPU per worker so the machine's two cores hold four of them, and short
@@ -261,14 +263,7 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         1,
         "the warm standby was lost or doubled"
     );
-    let config: serde_json::Value = client
-        .get(format!("{}/config", stack.agent))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = get_json(&client, &format!("{}/config", stack.agent)).await;
     assert_eq!(
         (&config["min_replicas"], &config["max_replicas"]),
         (&serde_json::json!(2), &serde_json::json!(3)),
@@ -328,14 +323,7 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
             (pi - std::f64::consts::PI).abs() < 0.01,
             "{environment}: {job}"
         );
-        let stats: serde_json::Value = client
-            .get(format!("{}/stats", stack.agent))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = get_json(&client, &format!("{}/stats", stack.agent)).await;
         assert_eq!(stats["store"]["backend"], store, "{environment}: {stats}");
         if store == "redis" {
             assert_eq!(stats["store"]["connected"], true, "{environment}: {stats}");

@@ -74,6 +74,18 @@ impl TestAgent {
         response.json().await.unwrap()
     }
 
+    /// `POST /scale {"replicas": n}` (no token), which must be accepted.
+    pub async fn request_replicas(&self, replicas: usize) {
+        let response = self
+            .client
+            .post(self.url("/scale"))
+            .json(&serde_json::json!({ "replicas": replicas }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "POST /scale {replicas}");
+    }
+
     /// Stops the agent (as on SIGTERM) and waits for it to finish.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
@@ -273,6 +285,16 @@ impl DockerEnv {
             network,
             cleanup,
         }
+    }
+
+    /// [`fast_config`] on the Docker runtime with this env's image, labels and network.
+    pub fn config(&self) -> Config {
+        let mut config = fast_config();
+        config.runtime = deployment_agent::RuntimeKind::Docker;
+        config.image = self.image.clone();
+        config.app = self.app.clone();
+        config.network = Some(self.network.clone());
+        config
     }
 
     /// Ids of this test's containers on the engine (running or not).
