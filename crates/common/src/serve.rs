@@ -150,3 +150,42 @@ where
         () = abort.cancelled() => Stopped::Aborted,
     }
 }
+
+/// The `healthcheck` subcommand of every service: `GET /health` on this host's `port` (the
+/// loopback address when `host` is unspecified); `Ok` when it answers 2xx within `timeout`.
+pub async fn probe_health(
+    host: std::net::IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
+    let host = if host.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        host
+    };
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|err| format!("connect to {host}:{port}: {err}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| format!("handshake: {err}"))?;
+        tokio::spawn(connection);
+        let request = Request::get("/health")
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|err| err.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| format!("request: {err}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("/health answered {}", response.status()))
+        }
+    };
+    tokio::time::timeout(timeout, probe)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}

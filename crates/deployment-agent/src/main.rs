@@ -70,23 +70,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn healthcheck(port: u16) -> ExitCode {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
-        Ok(Some(true)) => ExitCode::SUCCESS,
-        _ => {
-            eprintln!("unhealthy: no 200 from /health on port {port}");
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    match common::serve::probe_health(localhost, port, std::time::Duration::from_secs(2)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("unhealthy: {err}");
             ExitCode::FAILURE
         }
     }

@@ -17,9 +17,6 @@ use common::{
     CancellationToken,
     serve::{ServeOptions, Stopped},
 };
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -54,34 +51,5 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationTo
 
 /// Probes `GET /health` on the local worker; `Ok` when it answers `200`.
 pub async fn healthcheck(config: &Config, timeout: Duration) -> Result<(), String> {
-    let host = if config.host.is_unspecified() {
-        std::net::IpAddr::from([127, 0, 0, 1])
-    } else {
-        config.host
-    };
-    let probe = async {
-        let stream = tokio::net::TcpStream::connect((host, config.port))
-            .await
-            .map_err(|err| format!("connect to {host}:{}: {err}", config.port))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| format!("handshake: {err}"))?;
-        tokio::spawn(connection);
-        let request = hyper::Request::get("/health")
-            .header(hyper::header::HOST, "localhost")
-            .body(Empty::<Bytes>::new())
-            .map_err(|err| err.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|err| format!("request: {err}"))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("/health answered {}", response.status()))
-        }
-    };
-    tokio::time::timeout(timeout, probe)
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+    common::serve::probe_health(config.host, config.port, timeout).await
 }
