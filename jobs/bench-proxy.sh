@@ -5,6 +5,12 @@
 #
 #   jobs/bench-proxy.sh            # 3 rounds x 10 s, 64 connections, 2 wrk threads
 #   ROUNDS=5 DURATION=20s CONNECTIONS=128 jobs/bench-proxy.sh
+#   INSTRUCTIONS=0 jobs/bench-proxy.sh   # skip the instruction count
+#
+# Then, unless INSTRUCTIONS=0, each proxy runs once more under valgrind's callgrind (one
+# traffic thread / one nginx worker, 8 connections) and the script prints the user-space
+# instructions each spends per proxied request: a figure that, unlike req/s on a shared
+# 2-core machine, does not move from run to run.
 #
 # Installs nginx and wrk with apt-get when they are missing; builds the release binaries.
 # Everything listens on 127.0.0.1 ports picked at run time and is stopped on exit.
@@ -22,6 +28,8 @@ BENCH_PATH="${BENCH_PATH:-/health}"
 ensure_rust
 need_cmd nginx nginx
 need_cmd wrk wrk
+INSTRUCTIONS="${INSTRUCTIONS:-1}"
+if [ "$INSTRUCTIONS" != 0 ]; then need_cmd valgrind valgrind; fi
 
 log "building worker and balancer (release)"
 cargo build --release -p worker -p balancer --bins
@@ -160,3 +168,42 @@ awk -v cores="$(nproc)" -v conns="$CONNECTIONS" -v rounds="$ROUNDS" -v dur="$DUR
     printf "%-10s %14.0f %12.3f %8d\n", "nginx", n_rps, n_p99, err["nginx"]
     printf "ratio balancer/nginx: throughput %.2f, p99 %.2f\n", b_rps / n_rps, b_p99 / n_p99
   }' "$WORK/results"
+
+[ "$INSTRUCTIONS" != 0 ] || exit 0
+
+# instructions NAME PORT PID_TO_STOP OUT : requests through PORT for 8 s; appends
+# "NAME instructions/request" from the callgrind profile OUT to $WORK/instructions.
+instructions() {
+  local name="$1" port="$2" pid="$3" out="$4" requests total
+  wait_port "$port"
+  requests="$(wrk -t1 -c8 -d"${INSTRUCTIONS_DURATION:-8s}" "http://127.0.0.1:$port$BENCH_PATH" | awk '/requests in/ {print $1}')"
+  kill -INT "$pid"
+  wait "$pid" 2>/dev/null || true
+  total="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')"
+  [ -n "$total" ] && [ "${requests:-0}" -gt 0 ] || die "no instruction count for $name"
+  echo "$name $((total / requests)) $requests" >>"$WORK/instructions"
+  printf '  %-9s %8d instructions/request (%d requests)\n' "$name" "$((total / requests))" "$requests" >&2
+}
+
+log "user-space instructions per request (valgrind callgrind, 8 connections, GET $BENCH_PATH)"
+: >"$WORK/instructions"
+CG_BALANCER_PORT="$(free_port)"
+RUST_LOG=warn BALANCER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$WORK/balancer.cg" \
+  "$BIN/balancer" --host 127.0.0.1 --port "$CG_BALANCER_PORT" --admin-port "$(free_port)" \
+  --backends "127.0.0.1:$WORKER_PORT" >"$WORK/balancer-cg.log" 2>&1 &
+PIDS+=($!)
+instructions balancer "$CG_BALANCER_PORT" "${PIDS[-1]}" "$WORK/balancer.cg"
+
+CG_NGINX_PORT="$(free_port)"
+sed -e "s/^worker_processes auto;/worker_processes 1;\nmaster_process off;/" \
+  -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$CG_NGINX_PORT;/" \
+  -e "s|^pid .*|pid $WORK/nginx/nginx-cg.pid;|" \
+  "$WORK/nginx/nginx.conf" >"$WORK/nginx/nginx-cg.conf"
+valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.cg" \
+  nginx -c "$WORK/nginx/nginx-cg.conf" -p "$WORK/nginx" -e "$WORK/nginx/error.log" >"$WORK/nginx-cg.log" 2>&1 &
+PIDS+=($!)
+instructions nginx "$CG_NGINX_PORT" "${PIDS[-1]}" "$WORK/nginx.cg"
+
+awk '{ n[$1] = $2 } END {
+  printf "\nuser-space instructions per request: balancer %d, nginx %d, ratio balancer/nginx %.2f\n", n["balancer"], n["nginx"], n["balancer"] / n["nginx"]
+}' "$WORK/instructions"

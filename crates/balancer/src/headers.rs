@@ -73,6 +73,8 @@ pub fn add_forwarded(
     peer: Option<HeaderValue>,
     host: Option<&HeaderValue>,
 ) {
+    // Room for these three and `Host` in one step, not a reallocation per insert.
+    headers.reserve(4);
     if let Some(peer) = peer {
         let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
             Some(earlier) if !earlier.trim_ascii().is_empty() => {

@@ -21,6 +21,7 @@ mod policy;
 mod proxy;
 mod retry;
 mod serve;
+mod timer;
 mod upstream;
 
 use std::{

@@ -29,6 +29,7 @@ use crate::{
     metrics::{Metrics, RetryReason},
     policy::{Picker, Tried},
     retry::RetryBudget,
+    timer,
     upstream::{BodyFault, BodySource, Lease, SendError},
 };
 
@@ -90,10 +91,9 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let shard = self.shard;
-        let peer = self.peer.clone();
-        Box::pin(async move { Ok(shared.handle(request, shard, peer).await) })
+        // The request's future boxed as it is: a wrapping `async` block would be moved (a few
+        // kilobytes) once more per request.
+        Box::pin(Arc::clone(&self.shared).handle(request, self.shard, self.peer.clone()))
     }
 }
 
@@ -135,11 +135,11 @@ impl Shared {
         request: Request<Incoming>,
         shard: usize,
         peer: Option<HeaderValue>,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, Infallible> {
         let started = Instant::now();
         let method = request.method().clone();
         if let Some(preflight) = self.settings.cors.preflight(&method, request.headers()) {
-            return preflight.map(|()| ResponseBody::empty());
+            return Ok(preflight.map(|()| ResponseBody::empty()));
         }
         let origin = match self.settings.cors {
             crate::cors::Cors::Off => None,
@@ -184,7 +184,7 @@ impl Shared {
                 .decorate(origin.as_ref(), response.headers_mut());
         }
         self.metrics.latency.observe(started.elapsed());
-        response
+        Ok(response)
     }
 
     async fn proxy(
@@ -344,8 +344,7 @@ impl Shared {
 
             let in_flight = InFlight::start(Arc::clone(&backend));
             let sent = Instant::now();
-            let outcome =
-                tokio::time::timeout_at(deadline, backend.pool(shard).send(request)).await;
+            let outcome = timer::timeout_at(deadline, backend.pool(shard).send(request)).await;
             match outcome {
                 Err(_elapsed) => {
                     in_flight.failed();

@@ -8,15 +8,28 @@
 //! It keeps the behaviour of `common::serve`: a connection cap (the rest wait in the listen
 //! backlog), per-connection errors survived, a graceful drain with a deadline on shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{
+            AtomicBool,
+            Ordering::{Acquire, Release},
+        },
+    },
+    task::Context,
+    time::Duration,
+};
 
 use common::{
     CancellationToken,
     serve::{ServeOptions, Stopped},
 };
+use futures_util::task::AtomicWaker;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -24,7 +37,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::proxy::{Proxy, Shared};
+use crate::{
+    proxy::{Proxy, Shared},
+    timer::{self, PooledTimer},
+};
 
 /// A connection on its way to a traffic thread.
 struct Accepted {
@@ -139,6 +155,31 @@ pub async fn serve(
     outcome
 }
 
+/// Asks one connection to finish its current request and close (hyper's graceful shutdown).
+/// Checking it costs the connection one atomic load per poll, where a shared watch channel
+/// would take its lock on every poll.
+#[derive(Debug, Default)]
+struct Drain {
+    requested: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Drain {
+    fn request(&self) {
+        self.requested.store(true, Release);
+        self.waker.wake();
+    }
+
+    /// `true` once a drain was requested; registers the task to be woken for it otherwise.
+    fn poll_requested(&self, cx: &Context<'_>) -> bool {
+        if self.requested.load(Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.requested.load(Acquire)
+    }
+}
+
 /// One traffic thread: serves the connections handed to it until shutdown, then drains them.
 async fn traffic_thread(
     mut incoming: mpsc::UnboundedReceiver<Accepted>,
@@ -147,13 +188,15 @@ async fn traffic_thread(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Stopped {
+    // Sleeps for the header read and request timeouts come from this thread's pool.
+    let _sleeps = timer::Pool::install();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(PooledTimer)
         .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    builder.http2().timer(PooledTimer);
+    let mut drains: Vec<Arc<Drain>> = Vec::new();
     let mut connections = JoinSet::new();
 
     loop {
@@ -175,9 +218,24 @@ async fn traffic_thread(
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
-                let connection = graceful.watch(connection);
+                // Forget the signals of closed connections now and then.
+                if drains.len() >= 64 && drains.len() >= 2 * connections.len() {
+                    drains.retain(|drain| Arc::strong_count(drain) > 1);
+                }
+                let drain = Arc::new(Drain::default());
+                drains.push(Arc::clone(&drain));
                 connections.spawn(async move {
-                    if let Err(err) = connection.await {
+                    let mut connection = std::pin::pin!(connection);
+                    let mut draining = false;
+                    let served = std::future::poll_fn(|cx| {
+                        if !draining && drain.poll_requested(cx) {
+                            draining = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        connection.as_mut().poll(cx)
+                    })
+                    .await;
+                    if let Err(err) = served {
                         tracing::debug!(cause = %err, %peer, "connection ended with an error");
                     }
                     drop(permit);
@@ -194,10 +252,10 @@ async fn traffic_thread(
     if open > 0 {
         tracing::info!(shard, open_connections = open, grace = ?options.grace, "draining connections");
     }
-    let drained = async move {
-        graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    };
+    for drain in &drains {
+        drain.request();
+    }
+    let drained = async move { while connections.join_next().await.is_some() {} };
     tokio::select! {
         () = drained => Stopped::Drained,
         () = tokio::time::sleep(options.grace) => {

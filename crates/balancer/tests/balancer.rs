@@ -1155,6 +1155,130 @@ async fn admin_api_shows_health_readiness_backends_and_metrics() {
     assert_eq!(balancer.stop().await, Stopped::Drained);
 }
 
+/// Reads until the peer closes the connection (or resets it); what came before, and when.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    timeout: Duration,
+) -> (String, Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(timeout, stream.read(&mut buffer)).await {
+            Err(_) => panic!(
+                "the connection was not closed within {timeout:?}; got {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        Instant::now(),
+    )
+}
+
+#[tokio::test]
+async fn a_head_that_never_completes_and_an_idle_connection_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let worker = TestWorker::start("slowhead").await;
+    let timeout = Duration::from_millis(800);
+    let balancer = TestBalancer::start(Config {
+        header_read_timeout: timeout,
+        ..support::static_config(&[worker.address])
+    })
+    .await;
+
+    // Half a request head, then silence.
+    let mut slow = tokio::net::TcpStream::connect(balancer.address)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: slow.example\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        closed - started >= timeout,
+        "cut off early: {:?}",
+        closed - started
+    );
+
+    // A keep-alive connection that served a request, then sends nothing more.
+    let mut idle = tokio::net::TcpStream::connect(balancer.address)
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: idle.example\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("x-backend: {}", worker.address)),
+        "{answer}"
+    );
+    assert!(
+        closed - sent >= timeout,
+        "closed early: {:?}",
+        closed - sent
+    );
+
+    // Meanwhile and after, the balancer serves.
+    let response = balancer.get("/health").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let worker = TestWorker::start("idle").await;
+    let balancer = TestBalancer::start(Config {
+        shutdown_grace: Duration::from_secs(60),
+        header_read_timeout: Duration::from_secs(60),
+        ..support::static_config(&[worker.address])
+    })
+    .await;
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(balancer.address)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: idle.example\r\n\r\n")
+            .await
+            .unwrap();
+        connections.push(stream);
+    }
+    // Each has its answer (and stays open, idle).
+    for stream in &mut connections {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    let stopping = Instant::now();
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "idle connections waited for the grace period: {:?}",
+        stopping.elapsed()
+    );
+    for stream in &mut connections {
+        let (rest, _) = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(rest.is_empty(), "{rest}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
     let worker = TestWorker::start("drain").await;
