@@ -1,9 +1,12 @@
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use balancer::{Config, Listeners};
-use clap::{Parser, Subcommand};
-use common::config::LogArgs;
+use clap::Parser;
+use common::{
+    cli::{self, Command},
+    config::LogArgs,
+};
 
 /// RustyBalancer balancer: a streaming reverse proxy over the worker containers.
 #[derive(Debug, Parser)]
@@ -17,47 +20,22 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Probe GET /health on this host's admin port; exit 0 if healthy.
-    Healthcheck {
-        /// Give up after this long.
-        #[arg(long, default_value = "2s", value_parser = common::config::parse_duration)]
-        timeout: Duration,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The control plane (admin port, agent, reports) runs here; traffic gets its own threads
     // (BALANCER_THREADS), started by `balancer::run`.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli::runtime(
+        "balancer",
+        &mut tokio::runtime::Builder::new_current_thread(),
+    ) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("balancer: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Some(Command::Healthcheck { timeout }) = cli.command {
-        return match runtime.block_on(balancer::healthcheck(&cli.config, timeout)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("unhealthy: {err}");
-                ExitCode::FAILURE
-            }
-        };
+        return cli::health_exit(runtime.block_on(balancer::healthcheck(&cli.config, timeout)));
     }
     common::telemetry::init(&cli.log);
-    match runtime.block_on(serve(cli.config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(cause = format!("{err:#}"), "balancer failed");
-            ExitCode::FAILURE
-        }
-    }
+    cli::run_exit("balancer", runtime.block_on(serve(cli.config)))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

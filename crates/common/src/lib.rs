@@ -3,6 +3,7 @@
 //! drain, the CPU quota probe and the wire types of the live queue that the deployment agent
 //! publishes and the balancer consumes.
 
+pub mod cli;
 pub mod config;
 pub mod cpu;
 pub mod queue;

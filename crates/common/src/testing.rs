@@ -167,3 +167,85 @@ pub fn build_image(
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// A service binary run as a child process by a test, logging JSON to its stderr; killed
+/// (and reaped) when dropped.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    child: std::process::Child,
+    name: String,
+}
+
+impl ServiceProcess {
+    /// Spawns `command` (with `--log-format json` added) and waits up to `timeout` for the log
+    /// event whose message is `listening`, which is returned (it carries the addresses).
+    pub fn spawn(
+        mut command: Command,
+        listening: &str,
+        timeout: Duration,
+    ) -> (Self, serde_json::Value) {
+        use std::io::{BufRead, BufReader};
+        let name = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
+            .args(["--log-format", "json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let listening = listening.to_owned();
+        // Reads the log to its end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == listening.as_str() {
+                        let _ = tx.send(event);
+                    }
+                }
+            }
+        });
+        let process = Self { child, name };
+        let event = rx
+            .recv_timeout(timeout)
+            .unwrap_or_else(|_| panic!("{} did not log that it listens", process.name));
+        (process, event)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit by itself; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

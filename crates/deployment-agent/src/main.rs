@@ -1,8 +1,11 @@
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use common::config::LogArgs;
+use clap::Parser;
+use common::{
+    cli::{self, Command},
+    config::LogArgs,
+};
 use deployment_agent::{Config, Listeners};
 
 /// RustyBalancer deployment agent: scores, scales and publishes worker containers.
@@ -17,26 +20,19 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Probe GET /health on the configured HTTP port; exit 0 if healthy.
-    Healthcheck,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli::runtime(
+        "deployment-agent",
+        &mut tokio::runtime::Builder::new_multi_thread(),
+    ) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("deployment-agent: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    if let Some(Command::Healthcheck) = cli.command {
-        return runtime.block_on(healthcheck(cli.config.http_port));
+    if let Some(Command::Healthcheck { timeout }) = cli.command {
+        let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+        let probe = common::serve::probe_health(localhost, cli.config.http_port, timeout);
+        return cli::health_exit(runtime.block_on(probe));
     }
     let config = cli.config.normalized();
     if let Err(message) = config.validate() {
@@ -44,13 +40,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     common::telemetry::init(&cli.log);
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(cause = format!("{err:#}"), "deployment agent failed");
-            ExitCode::FAILURE
-        }
-    }
+    cli::run_exit("deployment-agent", runtime.block_on(serve(config)))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -67,15 +57,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let shutdown = common::shutdown::on_signal();
     deployment_agent::run(listeners, config, shutdown).await
-}
-
-async fn healthcheck(port: u16) -> ExitCode {
-    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
-    match common::serve::probe_health(localhost, port, std::time::Duration::from_secs(2)).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("unhealthy: {err}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -1,8 +1,12 @@
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use common::{config::LogArgs, serve::Stopped};
+use clap::Parser;
+use common::{
+    cli::{self, Command},
+    config::LogArgs,
+    serve::Stopped,
+};
 use worker::Config;
 
 /// RustyBalancer worker: CPU-bound jobs behind HTTP.
@@ -17,56 +21,27 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Probe GET /health of the worker on this host's configured port; exit 0 if healthy.
-    Healthcheck {
-        /// Give up after this long.
-        #[arg(long, default_value = "2s", value_parser = common::config::parse_duration)]
-        timeout: Duration,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cli::runtime("worker", &mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("worker: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Some(Command::Healthcheck { timeout }) = cli.command {
-        return match runtime.block_on(worker::healthcheck(&cli.config, timeout)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("unhealthy: {err}");
-                ExitCode::FAILURE
-            }
-        };
+        return cli::health_exit(runtime.block_on(worker::healthcheck(&cli.config, timeout)));
     }
     common::telemetry::init(&cli.log);
-    match runtime.block_on(serve(cli.config)) {
-        Ok(Stopped::Aborted) => {
-            tracing::error!("stopped answering (simulated crash)");
-            ExitCode::FAILURE
-        }
-        Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(cause = format!("{err:#}"), "worker failed");
-            ExitCode::FAILURE
-        }
-    }
+    cli::run_exit("worker", runtime.block_on(serve(cli.config)))
 }
 
-async fn serve(config: Config) -> anyhow::Result<Stopped> {
+async fn serve(config: Config) -> anyhow::Result<()> {
     let address = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} (TARGET_PORT / WORKER_HOST)"))?;
     let shutdown = common::shutdown::on_signal();
-    Ok(worker::run(listener, config, shutdown).await)
+    match worker::run(listener, config, shutdown).await {
+        Stopped::Aborted => anyhow::bail!("stopped answering (simulated crash)"),
+        Stopped::Drained | Stopped::GraceExpired => Ok(()),
+    }
 }

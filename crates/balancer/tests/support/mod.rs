@@ -8,15 +8,15 @@ pub mod agent;
 pub mod backend;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use balancer::{Config, Listeners};
-use common::{CancellationToken, queue::Category, queue::QueueItem, serve::Stopped};
+use common::{
+    CancellationToken, queue::Category, queue::QueueItem, serve::Stopped, testing::ServiceProcess,
+};
 use serde_json::Value;
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -316,62 +316,34 @@ pub async fn raw_exchange(address: SocketAddr, request: &[u8], timeout: Duration
 pub struct BalancerProcess {
     pub address: SocketAddr,
     pub admin: SocketAddr,
-    child: Child,
+    process: ServiceProcess,
 }
 
 impl BalancerProcess {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(balancer_binary())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--admin-port",
-                "0",
-                "--log-format",
-                "json",
-            ])
+        let mut command = Command::new(balancer_binary());
+        command
+            .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
             .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    if event["message"] == "balancer listening" {
-                        let _ = tx.send((
-                            event["address"].as_str().unwrap_or_default().to_owned(),
-                            event["admin_address"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .to_owned(),
-                        ));
-                    }
-                }
-            }
-        });
-        let (address, admin) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("balancer did not log its address");
+            .env_remove("RUST_LOG");
+        let (process, listening) =
+            ServiceProcess::spawn(command, "balancer listening", Duration::from_secs(20));
+        let address = |field: &str| {
+            listening[field]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .unwrap()
+        };
         Self {
-            address: address.parse().unwrap(),
-            admin: admin.parse().unwrap(),
-            child,
+            address: address("address"),
+            admin: address("admin_address"),
+            process,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Peak resident memory of the process in KiB (`VmHWM`).
@@ -383,33 +355,19 @@ impl BalancerProcess {
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("no VmHWM in /proc/<pid>/status")
     }
+}
 
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+/// `signal`, `wait`, `pid` of the process.
+impl std::ops::Deref for BalancerProcess {
+    type Target = ServiceProcess;
 
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "balancer did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
     }
 }
 
-impl Drop for BalancerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::DerefMut for BalancerProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
     }
 }

@@ -4,15 +4,9 @@
 
 pub mod docker;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
-use common::{CancellationToken, serve::Stopped};
+use common::{CancellationToken, serve::Stopped, testing::ServiceProcess};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use worker::Config;
@@ -81,68 +75,41 @@ impl Drop for TestWorker {
 /// The `worker` binary as a child process on a loopback port it picked itself.
 pub struct WorkerProcess {
     pub address: SocketAddr,
-    child: Child,
+    process: ServiceProcess,
 }
 
 impl WorkerProcess {
     pub fn spawn(extra: &[&str]) -> Self {
-        let mut child = Command::new(worker_binary())
-            .args(["--host", "127.0.0.1", "--port", "0", "--log-format", "json"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    if event["message"] == "worker listening" {
-                        let _ = tx.send(event["address"].as_str().unwrap_or_default().to_owned());
-                    }
-                }
-            }
-        });
-        let address = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("worker did not log its address")
+        let mut command = Command::new(worker_binary());
+        command
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(extra);
+        let (process, listening) =
+            ServiceProcess::spawn(command, "worker listening", Duration::from_secs(10));
+        let address = listening["address"]
+            .as_str()
+            .unwrap_or_default()
             .parse()
             .unwrap();
-        Self { address, child }
+        Self { address, process }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
+}
 
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+/// `signal`, `wait`, `pid` of the process.
+impl std::ops::Deref for WorkerProcess {
+    type Target = ServiceProcess;
 
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
     }
 }
 
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
     }
 }
