@@ -194,6 +194,8 @@ async fn traffic_thread(
     builder
         .http1()
         .timer(PooledTimer)
+        // As for the upstream connections: one buffer, one write (see `upstream`).
+        .writev(false)
         .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(PooledTimer);
     let mut drains: Vec<Arc<Drain>> = Vec::new();
