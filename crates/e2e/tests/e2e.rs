@@ -25,7 +25,8 @@ use common::{
     testing::{binary_dir, docker, eventually, workspace_binary},
 };
 use e2e::{
-    Loadgen, QueueRecorder, Stack, cold_starts, events, failures, get_json, passes_through, serving,
+    Loadgen, QueueRecorder, ResultRow, Stack, cold_starts, events, failures, get_json,
+    passes_through, serving,
 };
 
 /// The agent's settings for the run, on top of the dev stack's: one worker to start from and to
@@ -159,13 +160,21 @@ async fn the_stack_scales_heals_and_keeps_serving() {
             );
         }
     }
-    let first_new_answer = rows
+    // The reaction to the step: to the first answer from a worker that had not served before
+    // it (on a busy machine the light phase alone can add one; that one does not count).
+    let answered_at = |row: &ResultRow| row.due_s + row.latency_ms / 1e3;
+    let before_step: std::collections::HashSet<&str> = rows
         .iter()
-        .filter(|row| row.status == 200 && row.backend != first.dns_name)
-        .map(|row| row.due_s + row.latency_ms / 1e3)
+        .filter(|row| row.status == 200 && answered_at(row) < STEP_AT_S)
+        .map(|row| row.backend.as_str())
+        .collect();
+    let reaction = rows
+        .iter()
+        .filter(|row| row.status == 200 && !before_step.contains(row.backend.as_str()))
+        .map(answered_at)
         .reduce(f64::min)
-        .expect("no request was served by a new worker");
-    let reaction = first_new_answer - STEP_AT_S;
+        .expect("no request was served by a worker added after the step")
+        - STEP_AT_S;
     let (mut cold, mut thawed) = cold_starts(&events(&client, &stack.agent).await);
     cold.sort_unstable();
     thawed.sort_unstable();
@@ -280,11 +289,19 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         "\nend-to-end figures (target: cold start 0.5 s, scale-out reaction 1.5 s):\n  \
          worker cold start, create call to first healthy answer: {}\n  \
          worker from the warm pool, thaw call to first healthy answer: {}\n  \
-         scale-out reaction (load step to the first answer from a new worker): {:.0} ms\n  \
+         scale-out reaction (load step to the first answer from a new worker): {:.0} ms{}\n  \
          charts: {}\n",
         spread(&cold),
         spread(&thawed),
         reaction * 1e3,
+        if before_step.len() > 1 {
+            format!(
+                " ({} workers already served before the step)",
+                before_step.len()
+            )
+        } else {
+            String::new()
+        },
         artifacts.display()
     );
 }
