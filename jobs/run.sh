@@ -81,7 +81,8 @@ done
 token_file="$ROOT/.secrets/agent-token"
 [ "$PWD" = "$ROOT" ] && token_file=".secrets/agent-token"
 case "$AGENT_TOKEN_SOURCE" in
-  "$ROOT/.secrets/agent-token"*) bearer="\$(cat $token_file)"; token_from="$token_file${AGENT_TOKEN_SOURCE#"$ROOT/.secrets/agent-token"}" ;;
+  *"(new)") bearer="\$(cat $token_file)"; token_from="made just now in $token_file" ;;
+  "$ROOT/.secrets/agent-token") bearer="\$(cat $token_file)"; token_from="in $token_file" ;;
   environment) bearer='$AGENT_TOKEN'; token_from="AGENT_TOKEN from the environment" ;;
   *) bearer="<AGENT_TOKEN in $AGENT_TOKEN_SOURCE>"; token_from="AGENT_TOKEN in $AGENT_TOKEN_SOURCE" ;;
 esac
@@ -95,7 +96,7 @@ RustyBalancer ($environment) is up.
   dashboard:  $([ "$environment" = slim ] && echo "off in the slim stack" || echo "$agent/")
   a job:      curl -X POST $balancer/submit -H 'Content-Type: application/json' \\
                 -d '{"operation":"monte_carlo_pi","data":{"iterations":1000000}}'
-  token:      $token_from (scale, bounds and drain need it; the dashboard asks for it once)
+  token:      $token_from: scale, bounds and drain need it (the dashboard asks once)
               curl -H "Authorization: Bearer $bearer" -H 'Content-Type: application/json' \\
                 -X POST $agent/scale -d '{"replicas":2}'
   stop:       jobs/reset.sh
