@@ -389,8 +389,8 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
 /// socket's group besides; Redis its own non-root user), the agent, balancer and Redis have
 /// memory limits, and only the balancer's traffic port is published beyond loopback.
 fn assert_locked_down(stack: &Stack, environment: &str, worker: &str) {
-    let socket = std::env::var("DOCKER_SOCKET_VOLUME")
-        .unwrap_or_else(|_| "/var/run/docker.sock".to_owned());
+    let socket =
+        std::env::var("DOCKER_SOCKET_VOLUME").unwrap_or_else(|_| "/var/run/docker.sock".to_owned());
     let socket_gid = std::fs::metadata(&socket)
         .unwrap_or_else(|err| panic!("cannot stat the Docker socket {socket}: {err}"))
         .gid()
@@ -425,7 +425,7 @@ fn assert_locked_down(stack: &Stack, environment: &str, worker: &str) {
         if *service == "deployment-agent" {
             assert_eq!(
                 runs.group_add,
-                [socket_gid.clone()],
+                std::slice::from_ref(&socket_gid),
                 "{environment}: the agent does not get the Docker socket's group: {runs:?}"
             );
         }
@@ -478,8 +478,10 @@ fn run_sh_makes_a_private_agent_token_once() {
         let mut command = Command::new("bash");
         command
             .arg("-c")
-            .arg(r#"source "$0/jobs/lib.sh" && ensure_agent_token "$1" "$2" && printf '%s
-%s' "$AGENT_TOKEN" "$AGENT_TOKEN_SOURCE""#)
+            .arg(
+                r#"source "$0/jobs/lib.sh" && ensure_agent_token "$1" "$2" && printf '%s
+%s' "$AGENT_TOKEN" "$AGENT_TOKEN_SOURCE""#,
+            )
             .arg(repo_root())
             .arg(&env_file)
             .arg(&secrets)
@@ -495,7 +497,8 @@ fn run_sh_makes_a_private_agent_token_once() {
         let (token, source) = stdout.split_once('\n').expect("no token source printed");
         Ok((token.to_owned(), source.to_owned()))
     };
-    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
 
     let (token, source) = ensure(None).unwrap();
     assert!(source.ends_with("(new)"), "{source}");
@@ -508,12 +511,22 @@ fn run_sh_makes_a_private_agent_token_once() {
     assert_eq!(mode(&secrets), 0o700, "the secrets directory's mode");
 
     let (again, source) = ensure(None).unwrap();
-    assert_eq!((again.as_str(), source.as_str()), (token.as_str(), file.to_str().unwrap()));
+    assert_eq!(
+        (again.as_str(), source.as_str()),
+        (token.as_str(), file.to_str().unwrap())
+    );
 
-    assert_eq!(ensure(Some("from-the-environment")).unwrap().0, "from-the-environment");
+    assert_eq!(
+        ensure(Some("from-the-environment")).unwrap().0,
+        "from-the-environment"
+    );
     std::fs::write(&env_file, "RUST_LOG=info\nAGENT_TOKEN=\"from-dotenv\"\n").unwrap();
     assert_eq!(ensure(None).unwrap().0, "from-dotenv");
-    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token, "the file changed");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        token,
+        "the file changed"
+    );
 
     let refused = ensure(Some("two words")).unwrap_err();
     assert!(refused.contains("AGENT_TOKEN"), "{refused}");
