@@ -14,7 +14,7 @@
 //! scale-out reaction it measured. A second test brings up `-e prod` (Redis) and `-e slim`
 //! (memory store, no dashboard) in turn, sends each a job and tears it down. On every stack no
 //! service runs as root, only the balancer's traffic port is published beyond loopback, and
-//! (dev) changing the bounds needs the agent's token. The stacks run one at a time
+//! `POST /scale` needs the agent's token. The stacks run one at a time
 //! (`--test-threads=1` in `jobs/test.sh`). A last test checks the token run.sh makes without
 //! starting a stack.
 
@@ -192,29 +192,12 @@ async fn the_stack_scales_heals_and_keeps_serving() {
 
     // 2. Kill a worker under GET load; set the bounds the restart must keep on the way (with
     //    the token run.sh gave the agent: without it, or with another, the call is refused).
-    let scale = format!("{}/scale", stack.agent);
-    let body = serde_json::json!({"min_replicas": 2, "max_replicas": 3});
-    for token in [None, Some("not-the-token")] {
-        let mut request = client.post(&scale).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let refused = request.send().await.unwrap();
-        assert_eq!(
-            refused.status(),
-            401,
-            "POST /scale with token {token:?}: {:?}",
-            refused.text().await
-        );
-    }
-    let bounds = client
-        .post(&scale)
-        .bearer_auth(&stack.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bounds.status(), 202, "{:?}", bounds.text().await);
+    scale_with_token(
+        &client,
+        &stack,
+        serde_json::json!({"min_replicas": 2, "max_replicas": 3}),
+    )
+    .await;
     let two = queue
         .wait_until("two serving workers", Duration::from_secs(60), |s| {
             s.items.len() == 2 && serving(s).len() == 2
@@ -358,6 +341,8 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
             "{environment}: X-Backend {backend}"
         );
         assert_locked_down(&stack, environment, &backend);
+        // Both stacks start at least one worker: this changes nothing but needs the token.
+        scale_with_token(&client, &stack, serde_json::json!({"min_replicas": 1})).await;
         let job: serde_json::Value = answer.json().await.unwrap();
         let pi = job["result"].as_f64().unwrap();
         assert!(
@@ -383,6 +368,38 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
             .await
             .expect("teardown panicked");
     }
+}
+
+/// `POST /scale` with `body`: 401 without a token and with another one, then 202 with the
+/// token run.sh gave the agent.
+async fn scale_with_token(client: &reqwest::Client, stack: &Stack, body: serde_json::Value) {
+    let scale = format!("{}/scale", stack.agent);
+    for token in [None, Some("not-the-token")] {
+        let mut request = client.post(&scale).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(
+            refused.status(),
+            401,
+            "POST /scale {body} with token {token:?}: {:?}",
+            refused.text().await
+        );
+    }
+    let accepted = client
+        .post(&scale)
+        .bearer_auth(&stack.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted.status(),
+        202,
+        "POST /scale {body} with the token: {:?}",
+        accepted.text().await
+    );
 }
 
 /// No service of the stack runs as root (the images' user 10001, the agent with the Docker
