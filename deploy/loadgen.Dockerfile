@@ -1,5 +1,5 @@
 # loadgen: traces, load and reports, for driving a stack from inside its network.
 FROM scratch
 COPY loadgen /loadgen
-USER 65534:65534
+USER 10001:10001
 ENTRYPOINT ["/loadgen"]

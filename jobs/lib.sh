@@ -9,6 +9,7 @@ IMAGE_TAG="${IMAGE_TAG:-dev}"
 export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 as_root() {
@@ -128,4 +129,57 @@ ensure_redis_image() {
     REDIS_IMAGE="$local_tag"
   fi
   export REDIS_IMAGE
+}
+
+# ensure_agent_token ENV_FILE SECRETS_DIR : exports AGENT_TOKEN, the bearer token the agent
+# requires on mutating calls and the balancer sends with its gRPC calls. Taken from, in order:
+# the environment, an `AGENT_TOKEN=` line of ENV_FILE (compose's `.env`), SECRETS_DIR/agent-token,
+# else 32 new random bytes (64 hex digits) written to SECRETS_DIR/agent-token. The directory is
+# kept mode 700 and the file 600. Sets AGENT_TOKEN_SOURCE to where the token came from.
+ensure_agent_token() {
+  local env_file="$1" dir="$2" file="$2/agent-token" from_file=""
+  if [ -n "${AGENT_TOKEN:-}" ]; then
+    AGENT_TOKEN_SOURCE="environment"
+  elif [ -f "$env_file" ] \
+      && from_file="$(sed -n 's/^[[:space:]]*AGENT_TOKEN=//p' "$env_file" | tail -n 1 | tr -d '[:space:]')" \
+      && from_file="${from_file#[\"\']}" && from_file="${from_file%[\"\']}" && [ -n "$from_file" ]; then
+    AGENT_TOKEN="$from_file"
+    AGENT_TOKEN_SOURCE="$env_file"
+  else
+    (umask 077 && mkdir -p "$dir") || die "cannot create $dir for the agent token"
+    chmod 700 "$dir"
+    if [ -s "$file" ]; then
+      AGENT_TOKEN_SOURCE="$file"
+    else
+      # od is in coreutils, so this needs nothing beyond a Linux base system.
+      (umask 077 && head -c 32 /dev/urandom | od -An -vtx1 | tr -d ' \n' >"$file.tmp" \
+        && echo >>"$file.tmp" && mv "$file.tmp" "$file") || die "cannot write $file"
+      AGENT_TOKEN_SOURCE="$file (new)"
+    fi
+    chmod 600 "$file"
+    AGENT_TOKEN="$(tr -d '[:space:]' <"$file")"
+    [ -n "$AGENT_TOKEN" ] || die "$file is empty; delete it and run again to make a new token"
+  fi
+  case "$AGENT_TOKEN" in
+    *[![:graph:]]*) die "AGENT_TOKEN (from $AGENT_TOKEN_SOURCE) must be printable ASCII without spaces" ;;
+  esac
+  export AGENT_TOKEN
+}
+
+# ensure_docker_gid : exports DOCKER_GID (unless set), the group owning the Docker socket that
+# compose mounts into the agent (DOCKER_SOCKET_VOLUME), so the agent, an unprivileged user, can
+# reach it through `group_add`.
+ensure_docker_gid() {
+  local socket="${DOCKER_SOCKET_VOLUME:-/var/run/docker.sock}" mode
+  if [ -z "${DOCKER_GID:-}" ]; then
+    DOCKER_GID="$(stat -L -c %g "$socket" 2>/dev/null)" \
+      || die "cannot read the group of the Docker socket $socket (DOCKER_SOCKET_VOLUME); set DOCKER_GID to the group id that may use it"
+  fi
+  case "$DOCKER_GID" in
+    ''|*[!0-9]*) die "DOCKER_GID must be a numeric group id, got '$DOCKER_GID'" ;;
+  esac
+  mode="$(stat -L -c %a "$socket" 2>/dev/null || echo 660)"
+  [ $((8#$mode & 8#060)) -eq $((8#060)) ] \
+    || warn "the Docker socket $socket (mode $mode) is not read-write for its group $DOCKER_GID: the agent, which runs as user 10001 in that group, will not reach it"
+  export DOCKER_GID
 }

@@ -6,6 +6,7 @@
 #
 # Environment: anything from docker-compose.yaml (ports, thresholds, ...), and
 # REDIS_IMAGE (default redis:7-alpine; built from Debian's redis-server when absent).
+# AGENT_TOKEN: from the environment or .env, else .secrets/agent-token (made on first run).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -13,7 +14,7 @@ environment=""
 while getopts "e:h" opt; do
   case "$opt" in
     e) environment="$OPTARG" ;;
-    *) sed -n '2,8p' "$0"; exit 2 ;;
+    *) sed -n '2,9p' "$0"; exit 2 ;;
   esac
 done
 files=(-f "$ROOT/docker-compose.yaml")
@@ -28,6 +29,18 @@ stack() { compose -p "$project" --project-directory "$ROOT" "${files[@]}" "$@"; 
 
 ensure_docker
 need_cmd curl curl
+# The agent runs as user 10001 and reaches the Docker socket through the socket's group.
+ensure_docker_gid
+# Mutating calls to the agent need the token; the balancer sends it on its gRPC calls.
+ensure_agent_token "$ROOT/.env" "$ROOT/.secrets"
+# The dev `loadgen` service writes its results into target/loadgen: as the calling user, or as
+# 10001 owning that directory when the caller is root (no service runs as root).
+mkdir -p "$ROOT/target/loadgen"
+if [ -z "${LOADGEN_USER:-}" ] && [ "$(id -u)" -eq 0 ]; then
+  LOADGEN_USER=10001:10001
+  chown "$LOADGEN_USER" "$ROOT/target/loadgen"
+fi
+export LOADGEN_USER="${LOADGEN_USER:-$(id -u):$(id -g)}"
 # SKIP_BUILD=1 reuses binaries already built (the end-to-end test does, inside cargo test).
 [ "${SKIP_BUILD:-0}" = 1 ] || build_binaries
 for service in $(services); do build_image "$service"; done
@@ -49,15 +62,30 @@ while :; do
   sleep 1
 done
 
+# The agent's ports and the balancer's admin port listen on BIND_ADDRESS only.
+case "${BIND_ADDRESS:-127.0.0.1}" in
+  0.0.0.0|::|'[::]'|127.0.0.1) private=localhost ;;
+  *:*) private="[${BIND_ADDRESS#[}"; private="${private%]}]" ;;
+  *) private="$BIND_ADDRESS" ;;
+esac
 balancer="http://localhost:${HOST_PORT_HTTP_BALANCER:-8000}"
-admin="http://localhost:${HOST_PORT_ADMIN_BALANCER:-8001}"
-agent="http://localhost:${HOST_PORT_HTTP_DEPLOYMENT_AGENT:-9000}"
-ws="ws://localhost:${HOST_PORT_WS_DEPLOYMENT_AGENT:-9001}/ws"
+admin="http://$private:${HOST_PORT_ADMIN_BALANCER:-8001}"
+agent="http://$private:${HOST_PORT_HTTP_DEPLOYMENT_AGENT:-9000}"
+ws="ws://$private:${HOST_PORT_WS_DEPLOYMENT_AGENT:-9001}/ws"
 log "waiting until the balancer has a worker"
 until curl -fsS "$admin/ready" >/dev/null 2>&1; do
   [ "$SECONDS" -lt "$deadline" ] || die "the balancer has no worker yet; see: docker logs ${project}_deployment-agent_1"
   sleep 1
 done
+
+token_file="$ROOT/.secrets/agent-token"
+[ "$PWD" = "$ROOT" ] && token_file=".secrets/agent-token"
+case "$AGENT_TOKEN_SOURCE" in
+  *"(new)") bearer="\$(cat $token_file)"; token_from="made just now in $token_file" ;;
+  "$ROOT/.secrets/agent-token") bearer="\$(cat $token_file)"; token_from="in $token_file" ;;
+  environment) bearer='$AGENT_TOKEN'; token_from="AGENT_TOKEN from the environment" ;;
+  *) bearer="<AGENT_TOKEN in $AGENT_TOKEN_SOURCE>"; token_from="AGENT_TOKEN in $AGENT_TOKEN_SOURCE" ;;
+esac
 
 cat <<MSG
 
@@ -68,5 +96,8 @@ RustyBalancer ($environment) is up.
   dashboard:  $([ "$environment" = slim ] && echo "off in the slim stack" || echo "$agent/")
   a job:      curl -X POST $balancer/submit -H 'Content-Type: application/json' \\
                 -d '{"operation":"monte_carlo_pi","data":{"iterations":1000000}}'
+  token:      $token_from: scale, bounds and drain need it (the dashboard asks once)
+              curl -H "Authorization: Bearer $bearer" -H 'Content-Type: application/json' \\
+                -X POST $agent/scale -d '{"replicas":2}'
   stop:       jobs/reset.sh
 MSG

@@ -3,8 +3,8 @@
 //! of the agent's queue that survives agent restarts, the `loadgen` binary, and a teardown
 //! through `jobs/reset.sh` that also runs when the test fails.
 //!
-//! Every stack gets its own compose project, worker label, network, image tag and host ports,
-//! so it never meets a stack a user is running on the same machine.
+//! Every stack gets its own compose project, worker label, network, image tag, host ports and
+//! agent token, so it never meets a stack a user is running on the same machine.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -40,6 +40,8 @@ pub struct Stack {
     pub agent: String,
     /// The agent's queue WebSocket.
     pub ws: String,
+    /// The bearer token the agent requires on mutating calls (`AGENT_TOKEN`, given to run.sh).
+    pub token: String,
     env: Vec<(String, String)>,
     torn_down: bool,
 }
@@ -52,6 +54,7 @@ impl Stack {
         let project = format!("rbe2e-{id}");
         let tag = format!("e2e-{id}");
         let [balancer, admin, agent, ws, grpc] = [(); 5].map(|()| free_port());
+        let token = random_token();
         let target_dir = binary_dir()
             .parent()
             .and_then(Path::parent)
@@ -72,6 +75,7 @@ impl Stack {
             ("HOST_PORT_HTTP_DEPLOYMENT_AGENT", agent.to_string()),
             ("HOST_PORT_WS_DEPLOYMENT_AGENT", ws.to_string()),
             ("HOST_PORT_GRPC_DEPLOYMENT_AGENT", grpc.to_string()),
+            ("AGENT_TOKEN", token.clone()),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
@@ -89,6 +93,7 @@ impl Stack {
             admin: format!("http://127.0.0.1:{admin}"),
             agent: format!("http://127.0.0.1:{agent}"),
             ws: format!("ws://127.0.0.1:{ws}/ws"),
+            token,
             env,
             torn_down: false,
         };
@@ -236,6 +241,75 @@ impl Drop for Stack {
         let _ = self.script("reset.sh", &[]);
         self.remove_images();
     }
+}
+
+/// A fresh agent token: 32 random bytes as hex.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .expect("cannot read /dev/urandom");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// How a container runs: the user its configuration names (`docker inspect`, `Config.User`),
+/// the extra groups it gets (`HostConfig.GroupAdd`) and the host uids of its processes
+/// (`docker top`).
+#[derive(Debug)]
+pub struct RunsAs {
+    pub user: String,
+    pub group_add: Vec<String>,
+    pub uids: Vec<u32>,
+}
+
+/// How the container `id` runs; see [`RunsAs`].
+pub fn runs_as(id: &str) -> RunsAs {
+    let user = common::testing::docker(&["inspect", "-f", "{{.Config.User}}", id]);
+    let group_add = common::testing::docker(&[
+        "inspect",
+        "-f",
+        "{{range .HostConfig.GroupAdd}}{{.}} {{end}}",
+        id,
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect();
+    // `docker top` runs ps on the host and keeps the container's processes: numeric uids.
+    let top = common::testing::docker(&["top", id, "-eo", "pid,uid"]);
+    let uids = top
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    RunsAs {
+        user,
+        group_add,
+        uids,
+    }
+}
+
+/// The host addresses each container port of `id` is published on (`docker port`), e.g.
+/// `8000 -> ["0.0.0.0", "::"]`.
+pub fn published_on(id: &str) -> BTreeMap<u16, BTreeSet<String>> {
+    let mut ports: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    // Lines like `9000/tcp -> 127.0.0.1:49153` or `8000/tcp -> :::49154`.
+    for line in common::testing::docker(&["port", id]).lines() {
+        let Some((port, host)) = line.split_once(" -> ") else {
+            continue;
+        };
+        let Some(port) = port.split('/').next().and_then(|p| p.trim().parse().ok()) else {
+            continue;
+        };
+        let address = host.rsplit_once(':').map_or(host, |(address, _)| address);
+        ports.entry(port).or_default().insert(
+            address
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        );
+    }
+    ports
 }
 
 /// `docker ARGS` as a set of its output lines; empty when docker fails.

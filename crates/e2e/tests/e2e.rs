@@ -12,21 +12,26 @@
 //!
 //! It saves the load chart under `target/e2e/` and prints the worker cold start and the
 //! scale-out reaction it measured. A second test brings up `-e prod` (Redis) and `-e slim`
-//! (memory store, no dashboard) in turn, sends each a job and tears it down. The stacks run one
-//! at a time (`--test-threads=1` in `jobs/test.sh`).
+//! (memory store, no dashboard) in turn, sends each a job and tears it down. On every stack no
+//! service runs as root, only the balancer's traffic port is published beyond loopback, and
+//! `POST /scale` needs the agent's token. The stacks run one at a time
+//! (`--test-threads=1` in `jobs/test.sh`). A last test checks the token run.sh makes without
+//! starting a stack.
 
 use std::{
     collections::BTreeSet,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use common::{
     queue::Category::{High, Init, Low, Medium, Sundown},
-    testing::{binary_dir, docker, eventually, workspace_binary},
+    testing::{Cleanup, binary_dir, docker, eventually, repo_root, unique, workspace_binary},
 };
 use e2e::{
     Loadgen, QueueRecorder, ResultRow, Stack, cold_starts, events, failures, get_json,
-    passes_through, serving,
+    passes_through, published_on, runs_as, serving,
 };
 
 /// The agent's settings for the run, on top of the dev stack's: one worker to start from and to
@@ -79,6 +84,7 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         })
         .await;
     let first = idle.items[0].clone();
+    assert_locked_down(&stack, "dev", &first.id);
     eventually("a paused warm standby", Duration::from_secs(60), || {
         let standby = stack.worker_containers("paused");
         async move { (standby.len() == 1).then_some(()) }
@@ -184,14 +190,14 @@ async fn the_stack_scales_heals_and_keeps_serving() {
     );
     plot(&artifacts);
 
-    // 2. Kill a worker under GET load; set the bounds the restart must keep on the way.
-    let bounds = client
-        .post(format!("{}/scale", stack.agent))
-        .json(&serde_json::json!({"min_replicas": 2, "max_replicas": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bounds.status(), 202, "{:?}", bounds.text().await);
+    // 2. Kill a worker under GET load; set the bounds the restart must keep on the way (with
+    //    the token run.sh gave the agent: without it, or with another, the call is refused).
+    scale_with_token(
+        &client,
+        &stack,
+        serde_json::json!({"min_replicas": 2, "max_replicas": 3}),
+    )
+    .await;
     let two = queue
         .wait_until("two serving workers", Duration::from_secs(60), |s| {
             s.items.len() == 2 && serving(s).len() == 2
@@ -334,6 +340,9 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
             backend.starts_with(&format!("{}-worker-", stack.app)),
             "{environment}: X-Backend {backend}"
         );
+        assert_locked_down(&stack, environment, &backend);
+        // Both stacks start at least one worker: this changes nothing but needs the token.
+        scale_with_token(&client, &stack, serde_json::json!({"min_replicas": 1})).await;
         let job: serde_json::Value = answer.json().await.unwrap();
         let pi = job["result"].as_f64().unwrap();
         assert!(
@@ -359,6 +368,185 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
             .await
             .expect("teardown panicked");
     }
+}
+
+/// `POST /scale` with `body`: 401 without a token and with another one, then 202 with the
+/// token run.sh gave the agent.
+async fn scale_with_token(client: &reqwest::Client, stack: &Stack, body: serde_json::Value) {
+    let scale = format!("{}/scale", stack.agent);
+    for token in [None, Some("not-the-token")] {
+        let mut request = client.post(&scale).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(
+            refused.status(),
+            401,
+            "POST /scale {body} with token {token:?}: {:?}",
+            refused.text().await
+        );
+    }
+    let accepted = client
+        .post(&scale)
+        .bearer_auth(&stack.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted.status(),
+        202,
+        "POST /scale {body} with the token: {:?}",
+        accepted.text().await
+    );
+}
+
+/// No service of the stack runs as root (the images' user 10001, the agent with the Docker
+/// socket's group besides; Redis its own non-root user), the agent, balancer and Redis have
+/// memory limits, and only the balancer's traffic port is published beyond loopback.
+fn assert_locked_down(stack: &Stack, environment: &str, worker: &str) {
+    let socket =
+        std::env::var("DOCKER_SOCKET_VOLUME").unwrap_or_else(|_| "/var/run/docker.sock".to_owned());
+    let socket_gid = std::fs::metadata(&socket)
+        .unwrap_or_else(|err| panic!("cannot stat the Docker socket {socket}: {err}"))
+        .gid()
+        .to_string();
+    let agent = stack.service_container("deployment-agent");
+    let balancer = stack.service_container("balancer");
+    let mut containers = vec![
+        ("deployment-agent", agent.clone()),
+        ("balancer", balancer.clone()),
+        ("worker", worker.to_owned()),
+    ];
+    if environment != "slim" {
+        containers.push(("redis", stack.service_container("redis")));
+    }
+    for (service, id) in &containers {
+        let runs = runs_as(id);
+        assert!(
+            !runs.uids.is_empty() && !runs.uids.contains(&0),
+            "{environment}: a {service} process runs as root: {runs:?}"
+        );
+        if *service != "redis" {
+            // (Redis may be the official image, which starts as root and drops to its user.)
+            assert_eq!(
+                runs.user, "10001:10001",
+                "{environment}: {service} user: {runs:?}"
+            );
+            assert!(
+                runs.uids.iter().all(|uid| *uid == 10001),
+                "{environment}: {service} processes: {runs:?}"
+            );
+        }
+        if *service == "deployment-agent" {
+            assert_eq!(
+                runs.group_add,
+                std::slice::from_ref(&socket_gid),
+                "{environment}: the agent does not get the Docker socket's group: {runs:?}"
+            );
+        }
+        if *service != "worker" {
+            let limit = docker(&["inspect", "-f", "{{.HostConfig.Memory}}", id]);
+            assert!(
+                limit.parse::<u64>().is_ok_and(|bytes| bytes > 0),
+                "{environment}: {service} has no memory limit ({limit})"
+            );
+        }
+    }
+    let loopback = BTreeSet::from(["127.0.0.1".to_owned()]);
+    let agent_ports = published_on(&agent);
+    for port in [9000, 9001, 9002] {
+        assert_eq!(
+            agent_ports.get(&port),
+            Some(&loopback),
+            "{environment}: agent port {port}: {agent_ports:?}"
+        );
+    }
+    let balancer_ports = published_on(&balancer);
+    assert_eq!(
+        balancer_ports.get(&8001),
+        Some(&loopback),
+        "{environment}: balancer admin port: {balancer_ports:?}"
+    );
+    assert!(
+        balancer_ports
+            .get(&8000)
+            .is_some_and(|addresses| addresses.iter().any(|a| a == "0.0.0.0" || a == "::")),
+        "{environment}: the balancer's traffic port is not on every interface: {balancer_ports:?}"
+    );
+}
+
+/// `jobs/run.sh`'s token (`ensure_agent_token` in `jobs/lib.sh`, run with a scratch `.env` and
+/// secrets directory): made once from 32 random bytes into a file only the user can read,
+/// reused after; the environment and `.env` come first; a token that cannot be a header value
+/// is refused.
+#[test]
+fn run_sh_makes_a_private_agent_token_once() {
+    let mut cleanup = Cleanup::default();
+    let dir = std::env::temp_dir().join(format!("rbe2e-token-{}", unique()));
+    cleanup.dirs.push(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let env_file = dir.join(".env");
+    let secrets = dir.join(".secrets");
+    let file = secrets.join("agent-token");
+    // (token, where it came from) or the failure's stderr.
+    let ensure = |env_token: Option<&str>| -> Result<(String, String), String> {
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(
+                r#"source "$0/jobs/lib.sh" && ensure_agent_token "$1" "$2" && printf '%s
+%s' "$AGENT_TOKEN" "$AGENT_TOKEN_SOURCE""#,
+            )
+            .arg(repo_root())
+            .arg(&env_file)
+            .arg(&secrets)
+            .env_remove("AGENT_TOKEN");
+        if let Some(token) = env_token {
+            command.env("AGENT_TOKEN", token);
+        }
+        let output = command.output().expect("cannot run bash");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        let (token, source) = stdout.split_once('\n').expect("no token source printed");
+        Ok((token.to_owned(), source.to_owned()))
+    };
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    let (token, source) = ensure(None).unwrap();
+    assert!(source.ends_with("(new)"), "{source}");
+    assert!(
+        token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "not 32 random bytes in hex: {token}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    assert_eq!(mode(&file), 0o600, "the token file's mode");
+    assert_eq!(mode(&secrets), 0o700, "the secrets directory's mode");
+
+    let (again, source) = ensure(None).unwrap();
+    assert_eq!(
+        (again.as_str(), source.as_str()),
+        (token.as_str(), file.to_str().unwrap())
+    );
+
+    assert_eq!(
+        ensure(Some("from-the-environment")).unwrap().0,
+        "from-the-environment"
+    );
+    std::fs::write(&env_file, "RUST_LOG=info\nAGENT_TOKEN=\"from-dotenv\"\n").unwrap();
+    assert_eq!(ensure(None).unwrap().0, "from-dotenv");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        token,
+        "the file changed"
+    );
+
+    let refused = ensure(Some("two words")).unwrap_err();
+    assert!(refused.contains("AGENT_TOKEN"), "{refused}");
 }
 
 /// Steady idempotent GETs (a short CPU job) through the balancer for 25 s.
