@@ -336,10 +336,16 @@ pub struct BalancerProcess {
 
 impl BalancerProcess {
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    /// With settings given as environment variables, as a container gets them.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(balancer_binary());
         command
             .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG");
         let (process, listening) =
             ServiceProcess::spawn(command, "balancer listening", Duration::from_secs(20));
@@ -382,6 +388,52 @@ impl std::ops::Deref for BalancerProcess {
 }
 
 impl std::ops::DerefMut for BalancerProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
+    }
+}
+
+/// The real `worker` binary as a child process on a loopback port it picked itself, its
+/// settings given as environment variables (`cargo build --release --bins` first).
+pub struct WorkerProcess {
+    pub address: SocketAddr,
+    /// The chaos port, with `WORKER_CHAOS=true`.
+    pub chaos: Option<SocketAddr>,
+    process: ServiceProcess,
+}
+
+impl WorkerProcess {
+    pub fn spawn(env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(common::testing::workspace_binary("worker"));
+        command
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG");
+        let (process, listening) =
+            ServiceProcess::spawn(command, "worker listening", Duration::from_secs(10));
+        let address = |field: &str| {
+            listening[field]
+                .as_str()
+                .map(|address| address.parse().unwrap())
+        };
+        Self {
+            address: address("address").expect("the worker logs its address"),
+            chaos: address("chaos_address"),
+            process,
+        }
+    }
+}
+
+/// `signal`, `wait`, `pid` of the process.
+impl std::ops::Deref for WorkerProcess {
+    type Target = ServiceProcess;
+
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
     fn deref_mut(&mut self) -> &mut ServiceProcess {
         &mut self.process
     }
