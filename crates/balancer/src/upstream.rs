@@ -58,6 +58,8 @@ pub struct Conn {
     driver: Driver,
     /// The driver finished (the connection closed or was upgraded).
     done: bool,
+    /// Set by its [`Io`] when the backend stopped reading: never reused.
+    write_closed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -90,13 +92,16 @@ impl Conn {
 struct Io {
     inner: TokioIo<TcpStream>,
     write_closed: bool,
+    /// The same, seen by the pool.
+    shared: Arc<AtomicBool>,
 }
 
 impl Io {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, shared: Arc<AtomicBool>) -> Self {
         Self {
             inner: TokioIo::new(stream),
             write_closed: false,
+            shared,
         }
     }
 
@@ -113,6 +118,7 @@ impl Io {
             {
                 tracing::debug!(cause = %err, "backend stopped reading the request; reading on for its answer");
                 self.write_closed = true;
+                self.shared.store(true, Relaxed);
                 Ok(len)
             }
             other => other,
@@ -261,7 +267,7 @@ impl Pool {
 
     /// Returns a connection whose last answer was read to its end.
     fn checkin(&self, conn: Conn) {
-        if conn.done || conn.sender.is_closed() {
+        if conn.done || conn.sender.is_closed() || conn.write_closed.load(Relaxed) {
             return;
         }
         let mut idle = self.idle();
@@ -301,12 +307,13 @@ impl Pool {
         })?
         .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
+        let write_closed = Arc::new(AtomicBool::new(false));
         // One buffer and a plain write per request, not a `writev` of head and body parts:
         // fewer instructions for the small messages that dominate (bounded all the same by
         // hyper's maximum buffer size for large bodies).
         let (sender, connection) = http1::Builder::new()
             .writev(false)
-            .handshake(Io::new(stream))
+            .handshake(Io::new(stream, Arc::clone(&write_closed)))
             .await
             .map_err(SendError::Request)?;
         self.opened.fetch_add(1, Relaxed);
@@ -314,6 +321,7 @@ impl Pool {
             sender,
             driver: Box::pin(connection.with_upgrades()),
             done: false,
+            write_closed,
         })
     }
 
