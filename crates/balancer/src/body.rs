@@ -20,7 +20,11 @@ use crate::{
     upstream::Lease,
 };
 
-/// Holds a backend's in-flight slot; releasing it counts the request as completed.
+/// Holds a backend's in-flight slot; releasing it counts the request as completed. Taken when
+/// the backend is chosen, before the request body is read, and released when the answer is
+/// finished (or the client leaves): an upload counts as in flight all along, for the policies,
+/// the load reports and the agent's drain. An answer that ends before the upload also ends
+/// the upload (its upstream connection is never reused, see `BodySource::ended`).
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,

@@ -18,6 +18,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 256 << 20;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 << 10;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 1024;
+pub const DEFAULT_RETRY_BUFFER_BYTES: u64 = 1 << 20;
 
 /// How a backend is chosen for each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -402,6 +403,32 @@ pub struct Config {
     #[arg(long = "cors-origins", env = "CORS_ORIGINS", value_name = "CORS_ORIGINS", default_value = "",
           value_parser = crate::cors::Cors::parse)]
     pub cors: crate::cors::Cors,
+
+    /// Path prefixes answered 404 without reaching a backend, comma-separated (`/stop,/admin`).
+    /// Whole segments of the normalised path match (`/stop` covers `/stop/x`, not `/stopwatch`;
+    /// `/%73top`, `//stop` and `/x/../stop` are `/stop` too).
+    #[arg(long = "deny-paths", env = "BALANCER_DENY_PATHS", value_name = "BALANCER_DENY_PATHS",
+          default_value = "", value_parser = crate::route::DenyPaths::parse)]
+    pub deny_paths: crate::route::DenyPaths,
+
+    /// Longest wait for the next bytes of a request body; then 408 (if nothing was answered yet),
+    /// the backend's request is aborted and the connection closed.
+    #[arg(long = "body-read-timeout", env = "BODY_READ_TIMEOUT", value_name = "BODY_READ_TIMEOUT",
+          default_value = "30s", value_parser = parse_positive_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Routes whose requests are safe to send again, `METHOD /prefix` comma-separated
+    /// (`POST /submit,POST /work`): retried on another backend like idempotent requests when
+    /// theirs fails before answering, within the retry budget.
+    #[arg(long = "retry-routes", env = "RETRY_ROUTES", value_name = "RETRY_ROUTES",
+          default_value = "", value_parser = crate::route::RetryRoutes::parse)]
+    pub retry_routes: crate::route::RetryRoutes,
+
+    /// Largest body of a RETRY_ROUTES request kept in memory for a replay; larger bodies are
+    /// streamed and never replayed.
+    #[arg(long = "retry-buffer-bytes", env = "RETRY_BUFFER_BYTES", value_name = "RETRY_BUFFER_BYTES",
+          default_value_t = DEFAULT_RETRY_BUFFER_BYTES)]
+    pub retry_buffer_bytes: u64,
 }
 
 impl Default for Config {
@@ -447,6 +474,10 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             cors: crate::cors::Cors::Off,
+            deny_paths: crate::route::DenyPaths::default(),
+            body_read_timeout: Duration::from_secs(30),
+            retry_routes: crate::route::RetryRoutes::default(),
+            retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum ProxyError {
     MethodNotAllowed(http::Method),
     #[error("the request body could not be read from the client")]
     ClientBody,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("not found")]
+    NotFound,
     #[error("no backend could be reached")]
     Connect,
     #[error("the backend failed to answer")]
@@ -41,6 +45,8 @@ impl ProxyError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest(_) | Self::ClientBody => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NotFound => StatusCode::NOT_FOUND,
             Self::Connect | Self::Upstream => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -74,7 +80,11 @@ impl ProxyError {
         }
         if matches!(
             self,
-            Self::BadRequest(_) | Self::HeadersTooLarge(_) | Self::BodyTooLarge(_)
+            Self::BadRequest(_)
+                | Self::HeadersTooLarge(_)
+                | Self::BodyTooLarge(_)
+                | Self::ClientBody
+                | Self::BodyTimeout
         ) {
             response
                 .headers_mut()

@@ -20,6 +20,7 @@ mod metrics;
 mod policy;
 mod proxy;
 mod retry;
+mod route;
 mod serve;
 mod timer;
 mod upstream;
@@ -119,6 +120,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
                 base: config.eject_base,
                 max: config.eject_max,
             },
+            deny_paths: config.deny_paths.clone(),
+            body_read_timeout: config.body_read_timeout,
+            retry_routes: config.retry_routes.clone(),
+            retry_buffer_bytes: config.retry_buffer_bytes,
         },
     });
 

@@ -14,7 +14,6 @@ use http::{
     HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
 };
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
@@ -29,12 +28,14 @@ use crate::{
     metrics::{Metrics, RetryReason},
     policy::{Picker, Tried},
     retry::RetryBudget,
+    route::{self, DenyPaths, RetryRoutes},
     timer,
-    upstream::{BodyFault, BodySource, Lease, SendError},
+    upstream::{BodyFault, BodySource, ClientBody, Lease, SendError},
 };
 
 /// Bodies up to this size with a known length are read before sending, so a retry can send
-/// them again; larger ones are streamed.
+/// them again; larger ones are streamed. `RETRY_ROUTES` requests use `RETRY_BUFFER_BYTES`
+/// instead, whether their length is known or not.
 const REPLAY_BODY_BYTES: u64 = 64 << 10;
 
 /// Attempts after connect failures, each on another backend.
@@ -50,6 +51,10 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub ewma_decay: Duration,
     pub ejection: Ejection,
+    pub deny_paths: DenyPaths,
+    pub body_read_timeout: Duration,
+    pub retry_routes: RetryRoutes,
+    pub retry_buffer_bytes: u64,
 }
 
 /// Everything the proxy path shares.
@@ -127,6 +132,8 @@ struct Origin {
     host: Option<HeaderValue>,
     path: PathAndQuery,
     on_upgrade: Option<OnUpgrade>,
+    /// An HTTP/1 client, whose connection can be asked to close after the answer.
+    http1: bool,
 }
 
 impl Shared {
@@ -199,6 +206,19 @@ impl Shared {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method).into());
         }
+        // Denied paths and retry routes match the normalised path, worked out once.
+        let settings = &self.settings;
+        let route_path = (!settings.deny_paths.is_empty() || !settings.retry_routes.is_empty())
+            .then(|| route::Path::new(parts.uri.path()));
+        if route_path
+            .as_ref()
+            .is_some_and(|path| settings.deny_paths.denies(path))
+        {
+            return Err(ProxyError::NotFound.into());
+        }
+        let replay_route = route_path
+            .as_ref()
+            .is_some_and(|path| settings.retry_routes.matches(&parts.method, path));
         let limit = self.settings.max_header_bytes;
         if headers::head_size(&parts.uri, &parts.method, &parts.headers) > limit {
             return Err(ProxyError::HeadersTooLarge(limit).into());
@@ -254,17 +274,29 @@ impl Shared {
             }
         }
 
-        // The body: none, small and replayable, or streamed.
-        let body = if upgrade.is_some() || body.is_end_stream() {
+        // The body: none, small and replayable (read once a backend is chosen), or streamed.
+        let mut body = if upgrade.is_some() || body.is_end_stream() {
             BodySource::Empty
-        } else if declared.is_some_and(|n| n <= REPLAY_BODY_BYTES) {
-            let limit = usize::try_from(REPLAY_BODY_BYTES).unwrap_or(usize::MAX);
-            match Box::pin(Limited::new(body, limit).collect()).await {
-                Ok(collected) => BodySource::Full(collected.to_bytes()),
-                Err(_) => return Err(ProxyError::ClientBody.into()),
-            }
         } else {
-            BodySource::stream(body, max_body)
+            let body = ClientBody::new(body, settings.body_read_timeout);
+            let buffer = if replay_route {
+                settings.retry_buffer_bytes
+            } else {
+                REPLAY_BODY_BYTES
+            };
+            let fits = match declared {
+                Some(len) => len <= buffer,
+                // A chunked body is buffered for a retry route up to the bound, then streamed.
+                None => replay_route && buffer > 0,
+            };
+            if fits {
+                BodySource::Buffer {
+                    body,
+                    limit: buffer,
+                }
+            } else {
+                BodySource::stream(body, max_body)
+            }
         };
 
         // The request head as the backend sees it.
@@ -282,13 +314,17 @@ impl Shared {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        let idempotent =
-            parts.method.is_idempotent() || parts.headers.contains_key(IDEMPOTENCY_KEY);
+        // Safe to send again: by method, by the client's Idempotency-Key, or by the operator's
+        // RETRY_ROUTES.
+        let idempotent = parts.method.is_idempotent()
+            || parts.headers.contains_key(IDEMPOTENCY_KEY)
+            || replay_route;
         let origin = Origin {
             lookup,
             host,
             path,
             on_upgrade: if upgrade.is_some() { on_upgrade } else { None },
+            http1: parts.version <= Version::HTTP_11,
         };
         let method = parts.method;
         let mut template = Some(parts.headers);
@@ -319,6 +355,18 @@ impl Shared {
                 }
                 None => return Err(last_error.into()),
             };
+            // In flight on its backend from here, while its body is still arriving, until the
+            // answer is finished: a drain waits for the upload too.
+            let in_flight = InFlight::start(Arc::clone(&backend));
+            if body.needs_buffering() {
+                let read = std::mem::replace(&mut body, BodySource::Empty).buffer(max_body);
+                // Boxed, like the other rare steps: keeps the request's future small.
+                body = match timer::timeout_at(deadline, Box::pin(read)).await {
+                    Ok(Ok(read)) => read,
+                    Ok(Err(fault)) => return Err(body_error(fault, max_body).into()),
+                    Err(_elapsed) => return Err(ProxyError::BodyTimeout.into()),
+                };
+            }
             let (Some(request_body), Some(headers)) = (
                 body.attempt(),
                 if others {
@@ -342,7 +390,6 @@ impl Shared {
                     .insert(header::HOST, backend.host_header.clone());
             }
 
-            let in_flight = InFlight::start(Arc::clone(&backend));
             let sent = Instant::now();
             let outcome = timer::timeout_at(deadline, backend.pool(shard).send(request)).await;
             match outcome {
@@ -352,12 +399,9 @@ impl Shared {
                     return Err(ProxyError::Timeout(self.settings.request_timeout).on(&backend));
                 }
                 Ok(Err(err)) => {
-                    match body.fault() {
-                        BodyFault::TooLarge => {
-                            return Err(ProxyError::BodyTooLarge(max_body).into());
-                        }
-                        BodyFault::Client => return Err(ProxyError::ClientBody.into()),
-                        BodyFault::None => {}
+                    let fault = body.fault();
+                    if fault != BodyFault::None {
+                        return Err(body_error(fault, max_body).into());
                     }
                     in_flight.failed();
                     drop(in_flight);
@@ -428,7 +472,10 @@ impl Shared {
                     if status.is_server_error() {
                         in_flight.failed();
                     }
-                    return Ok(self.respond(response, lease, in_flight, origin));
+                    // An answer before the whole body arrived: relayed, then the client's
+                    // connection closes (its body is read a little longer, see `StreamBody`).
+                    let close = !body.ended() && origin.http1;
+                    return Ok(self.respond(response, lease, in_flight, origin, close));
                 }
             }
         }
@@ -442,6 +489,7 @@ impl Shared {
         lease: Lease,
         in_flight: InFlight,
         origin: Origin,
+        close: bool,
     ) -> Response<ResponseBody> {
         let backend_header = in_flight.backend().header.clone();
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -467,6 +515,11 @@ impl Shared {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_BACKEND, backend_header);
+        if close {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let mut tee = None;
         if let (Some(cache), Lookup::Use { static_path } | Lookup::Refresh { static_path }) =
             (&self.cache, origin.lookup)
@@ -495,6 +548,15 @@ impl Shared {
             parts.headers.insert(X_CACHE, cache::miss());
         }
         Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight, tee))
+    }
+}
+
+/// The answer to a request whose body failed on the client's side.
+fn body_error(fault: BodyFault, max_body: u64) -> ProxyError {
+    match fault {
+        BodyFault::TooLarge => ProxyError::BodyTooLarge(max_body),
+        BodyFault::Timeout => ProxyError::BodyTimeout,
+        BodyFault::Client | BodyFault::None => ProxyError::ClientBody,
     }
 }
 

@@ -18,9 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    BalancerProcess, TestBalancer, TestWorker,
+    BalancerProcess, TestBalancer, TestWorker, WorkerProcess,
     agent::{GrpcAgent, WsAgent},
-    backend::{EchoBackend, Generated},
+    backend::{EARLY_ANSWER, EchoBackend, Generated, Misbehaviour, RawBackend},
     backend_of, item, raw_exchange, wait_for,
 };
 use tokio_tungstenite::tungstenite::Message;
@@ -1359,4 +1359,500 @@ async fn healthcheck_subcommand_probes_the_admin_port() {
         .unwrap();
     assert!(!unhealthy.status.success());
     drop(balancer);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile clients and sick workers
+
+/// A raw HTTP/1.1 request for `path` with no body.
+fn raw_get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: balancer\r\nconnection: close\r\n\r\n").into_bytes()
+}
+
+/// The status code of a raw answer.
+fn raw_status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+#[tokio::test]
+async fn denied_paths_get_404_in_every_spelling_and_never_reach_a_backend() {
+    let echo = EchoBackend::start("echo-deny").await;
+    let balancer = BalancerProcess::spawn_env(
+        &["--backends", &echo.address.to_string()],
+        &[("BALANCER_DENY_PATHS", "/admin,/stop")],
+    );
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/admin"),
+        ("POST", "/admin/x"),
+        ("GET", "/stop"),
+        ("POST", "/stop"),
+    ] {
+        let response = client
+            .request(method.parse().unwrap(), balancer.url(path))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.headers().get("x-backend").is_none(),
+            "{method} {path} reached a backend"
+        );
+        let (status, error) = json_error(response).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert!(!error.is_empty());
+    }
+    // Spellings a backend may take for /admin: escapes, doubled slashes, dot segments.
+    for path in [
+        "/%61dmin",
+        "/%2561dmin",
+        "//admin",
+        "/./admin/",
+        "/x/../admin",
+        "/adm%69n/users?x=1",
+        "/admin;x",
+        "/%2Fadmin",
+    ] {
+        let answer = raw_exchange(balancer.address, &raw_get(path), Duration::from_secs(5)).await;
+        assert_eq!(raw_status(&answer), 404, "{path}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("application/json"),
+            "{answer}"
+        );
+    }
+    assert_eq!(echo.total_hits(), 0, "a denied request reached the backend");
+
+    // Whole segments only: these pass.
+    for path in ["/administrator", "/adminx", "/x/admin", "/stopwatch"] {
+        let response = client.get(balancer.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    assert_eq!(echo.total_hits(), 4);
+}
+
+#[tokio::test]
+async fn post_stop_through_the_balancer_never_stops_a_worker() {
+    // The real worker binary in chaos mode: its traffic port, the only one the balancer
+    // forwards to, refuses POST /stop.
+    let worker = WorkerProcess::spawn(&[("WORKER_CHAOS", "true"), ("WORKER_CHAOS_PORT", "0")]);
+    assert!(worker.chaos.is_some());
+    let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
+    for _ in 0..3 {
+        let response = balancer
+            .client
+            .post(balancer.url("/stop"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(backend_of(&response), worker.address.to_string());
+        let (status, _) = json_error(response).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let job = balancer
+        .post_json(
+            "/submit",
+            &json!({"operation": "primes", "data": {"limit": 10}}),
+        )
+        .await;
+    assert_eq!(job.status(), 200, "the worker still serves");
+}
+
+/// Sends `body` as a POST to `path` on a new connection and reads the whole answer; the
+/// connection is then dropped, whatever of the body is left unsent.
+async fn upload<B>(address: SocketAddr, path: &str, body: B) -> (u16, http::HeaderMap, Vec<u8>)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header("host", "balancer")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), sender.send_request(request))
+        .await
+        .expect("no answer within 20 s")
+        .unwrap_or_else(|err| panic!("the upload got no answer: {err:?}"));
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .expect("the answer's body did not end")
+        .unwrap()
+        .to_bytes();
+    connection.abort();
+    (parts.status.as_u16(), parts.headers, body.to_vec())
+}
+
+#[tokio::test]
+async fn the_real_workers_early_413_reaches_the_client_every_time() {
+    let worker = WorkerProcess::spawn(&[("WORKER_MAX_BODY_BYTES", "65536")]);
+    let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
+    for round in 0..20 {
+        // 200 MB with Content-Length, streamed: the worker answers 413 after 64 KiB.
+        let body = Generated::new("{\"pad\":\"", "\"}", 200 << 20, 256 << 10, true);
+        let (status, headers, body) = upload(balancer.address, "/submit", body).await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 413, "round {round}: {text}");
+        assert_eq!(headers["x-backend"], worker.address.to_string());
+        assert_eq!(headers["connection"], "close", "round {round}");
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("65536"),
+            "round {round}: {text}"
+        );
+    }
+    // Chunked (no Content-Length) too.
+    for round in 0..5 {
+        let body = Generated::new("{\"pad\":\"", "\"}", 200 << 20, 256 << 10, false);
+        let (status, _, body) = upload(balancer.address, "/submit", body).await;
+        assert_eq!(
+            status,
+            413,
+            "chunked round {round}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let job = balancer
+        .post_json(
+            "/submit",
+            &json!({"operation": "primes", "data": {"limit": 10}}),
+        )
+        .await;
+    assert_eq!(job.status(), 200);
+}
+
+#[tokio::test]
+async fn a_backend_that_answers_while_the_client_still_sends_is_relayed() {
+    for behaviour in [Misbehaviour::AnswerAndClose, Misbehaviour::AnswerAndWait] {
+        let backend = RawBackend::start(behaviour).await;
+        let balancer = TestBalancer::start(support::static_config(&[backend.address])).await;
+        for round in 0..10 {
+            let body = Generated::new("", "", 200 << 20, 64 << 10, round % 2 == 0);
+            let (status, headers, body) = upload(balancer.address, "/upload", body).await;
+            assert_eq!(
+                (status, String::from_utf8_lossy(&body).as_ref()),
+                (403, EARLY_ANSWER),
+                "{behaviour:?}, round {round}"
+            );
+            assert_eq!(headers["connection"], "close");
+        }
+        assert_eq!(backend.seen(), 10);
+    }
+}
+
+#[tokio::test]
+async fn expect_100_continue_uploads_get_the_early_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let worker = WorkerProcess::spawn(&[("WORKER_MAX_BODY_BYTES", "65536")]);
+    let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
+    for round in 0..5 {
+        let stream = tokio::net::TcpStream::connect(balancer.address)
+            .await
+            .unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        writer
+            .write_all(
+                format!(
+                    "POST /submit HTTP/1.1\r\nhost: balancer\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+                    200u64 << 20
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // The body goes out once `100 Continue` came, until the final answer is in.
+        let (go, went) = tokio::sync::oneshot::channel::<()>();
+        let (done, stop) = tokio::sync::oneshot::channel::<()>();
+        let sending = tokio::spawn(async move {
+            if went.await.is_err() {
+                return writer;
+            }
+            let chunk = vec![b' '; 64 << 10];
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    written = writer.write_all(&chunk) => if written.is_err() { break },
+                }
+            }
+            writer
+        });
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let mut go = Some(go);
+        let mut done = Some(done);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let final_head = loop {
+            let n = tokio::time::timeout_at(deadline, reader.read(&mut buffer))
+                .await
+                .expect("no answer")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed without an answer: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            if let Some(rest) = text.strip_prefix("HTTP/1.1 100 Continue\r\n\r\n") {
+                if let Some(go) = go.take() {
+                    let _ = go.send(());
+                }
+                if rest.contains("\r\n\r\n") && rest.contains("}") {
+                    break rest.to_owned();
+                }
+            } else if text.contains("\r\n\r\n") && text.contains("}") {
+                break text;
+            }
+        };
+        assert!(
+            final_head.starts_with("HTTP/1.1 413"),
+            "round {round}: {final_head}"
+        );
+        assert!(
+            final_head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{final_head}"
+        );
+        assert!(final_head.contains("65536"), "{final_head}");
+        // The client stops sending; the balancer closes the connection.
+        if let Some(done) = done.take() {
+            let _ = done.send(());
+        }
+        let mut writer = sending.await.unwrap();
+        let _ = writer.shutdown().await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match reader.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "round {round}: the connection stayed open");
+    }
+}
+
+/// Opens a connection, sends a POST head announcing `length` bytes, then `first` bytes at
+/// once; the rest is up to the caller.
+async fn start_slow_upload(
+    address: SocketAddr,
+    length: usize,
+    first: usize,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nhost: balancer\r\ncontent-length: {length}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'a'; first]).await.unwrap();
+    stream
+}
+
+/// Sends one byte every `every` until the server answers; returns the answer (up to its
+/// head) and whether the server closed the connection after it.
+async fn trickle(mut stream: tokio::net::TcpStream, every: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return (String::from_utf8_lossy(&answer).into_owned(), true),
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            },
+            _ = ticks.tick() => {
+                // The server may have closed its side already.
+                let _ = stream.write_all(b"a").await;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return (String::from_utf8_lossy(&answer).into_owned(), false);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_body_is_cut_off_with_408() {
+    let echo = EchoBackend::start("echo-slow").await;
+    let balancer = BalancerProcess::spawn_env(
+        &["--backends", &echo.address.to_string()],
+        &[("BODY_READ_TIMEOUT", "1s")],
+    );
+    let started = Instant::now();
+    // 40 clients announce 1000 bytes and send one every 2 s; one announces 1 MB (streamed to
+    // the backend rather than read first) and does the same after 100 kB.
+    let mut clients = Vec::new();
+    for i in 0..41 {
+        let (length, first) = if i == 40 {
+            (1 << 20, 100_000)
+        } else {
+            (1000, 1)
+        };
+        let stream = start_slow_upload(balancer.address, length, first).await;
+        clients.push(tokio::spawn(trickle(stream, Duration::from_secs(2))));
+    }
+    for (i, client) in clients.into_iter().enumerate() {
+        let (answer, closed) = client.await.unwrap();
+        assert_eq!(raw_status(&answer), 408, "client {i}: {answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+        assert!(
+            closed,
+            "client {i}: the connection stayed open after the 408"
+        );
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "cut off after {took:?}");
+    // Serving goes on.
+    let response = reqwest::Client::new()
+        .post(balancer.url("/echo"))
+        .body("fine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_slow_upload_counts_as_in_flight_until_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = EchoBackend::start("echo-in-flight").await;
+    let balancer = TestBalancer::start(Config {
+        body_read_timeout: Duration::from_secs(5),
+        ..support::static_config(&[echo.address])
+    })
+    .await;
+    let in_flight = || async {
+        balancer.backends().await["backends"][0]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    // A small body (read before it is sent) and a large one (streamed), each sent slowly
+    // but within the timeout.
+    for (length, first) in [(1000, 10), (1 << 20, (1 << 20) - 10)] {
+        let mut stream = start_slow_upload(balancer.address, length, first).await;
+        let mut sent = first;
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(in_flight().await, 1, "{length} bytes, {sent} sent");
+            stream.write_all(b"a").await.unwrap();
+            sent += 1;
+        }
+        stream.write_all(&vec![b'a'; length - sent]).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("received") {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            answer.extend_from_slice(&buffer[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(raw_status(&answer), 200, "{answer}");
+        assert!(
+            answer.contains(&format!("\"received\":{length}")),
+            "{answer}"
+        );
+        wait_for("the request to end", Duration::from_secs(5), || async {
+            in_flight().await == 0
+        })
+        .await;
+    }
+}
+
+/// Sends `jobs` POST /submit jobs one after the other; counts the answers by status.
+async fn submit_jobs(url: &str, jobs: usize, padding: usize, chunked: bool) -> HashMap<u16, usize> {
+    let mut statuses = HashMap::new();
+    let address: SocketAddr = url.parse().unwrap();
+    for _ in 0..jobs {
+        let job = json!({"operation": "primes", "data": {"limit": 10}, "pad": "x".repeat(padding)})
+            .to_string();
+        let len = job.len() as u64;
+        let (status, _, _) = if chunked {
+            let body = Generated::new(&job, "", len, 1024, false);
+            upload(address, "/submit", body).await
+        } else {
+            let body = http_body_util::Full::new(bytes::Bytes::from(job));
+            upload(address, "/submit", body).await
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn retry_routes_replay_jobs_whose_backend_died_before_answering() {
+    let worker = TestWorker::start("survivor").await;
+    let dropper = RawBackend::start(Misbehaviour::Drop).await;
+    let backends = format!("{},{}", worker.address, dropper.address);
+    let args = ["--backends", backends.as_str(), "--policy", "round-robin"];
+    // With round-robin and retries nearly every job goes to the dropping backend first; the
+    // budget's floor is raised so that the test sees the replay, not the budget.
+    let declared = BalancerProcess::spawn_env(
+        &args,
+        &[
+            ("RETRY_ROUTES", "POST /submit,POST /work"),
+            ("RETRY_BUFFER_BYTES", "4096"),
+            ("RETRY_BUDGET_MIN_PER_SEC", "100"),
+        ],
+    );
+    let address = declared.address.to_string();
+
+    // Within the buffer, by Content-Length or chunked: every job is answered by the survivor.
+    for chunked in [false, true] {
+        let before = dropper.seen();
+        let statuses = submit_jobs(&address, 20, 100, chunked).await;
+        assert_eq!(statuses, HashMap::from([(200, 20)]), "chunked: {chunked}");
+        assert!(
+            dropper.seen() > before,
+            "the dropping backend got none of them"
+        );
+    }
+
+    // Larger than RETRY_BUFFER_BYTES: streamed, never replayed, so those sent to the dropping
+    // backend fail.
+    let before = dropper.seen();
+    let statuses = submit_jobs(&address, 20, 8192, false).await;
+    let dropped = usize::try_from(dropper.seen() - before).unwrap();
+    assert!(dropped > 0);
+    assert_eq!(
+        statuses.get(&502).copied().unwrap_or(0),
+        dropped,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.get(&200).copied().unwrap_or(0),
+        20 - dropped,
+        "{statuses:?}"
+    );
+    drop(declared);
+
+    // Without the route, the jobs sent to the dropping backend fail as before.
+    let undeclared = BalancerProcess::spawn(&args);
+    let before = dropper.seen();
+    let statuses = submit_jobs(&undeclared.address.to_string(), 20, 100, false).await;
+    let dropped = usize::try_from(dropper.seen() - before).unwrap();
+    assert!(dropped > 0);
+    assert_eq!(
+        statuses.get(&502).copied().unwrap_or(0),
+        dropped,
+        "{statuses:?}"
+    );
 }

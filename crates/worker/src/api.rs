@@ -15,7 +15,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use common::{CancellationToken, ErrorBody};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -85,11 +85,20 @@ pub fn router(state: AppState) -> Router {
         .route("/consume_memory/{intensity}", get(consume_memory))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
-        .route("/stop", post(stop))
+        .route("/stop", any(stop_elsewhere))
         .route("/simulate", post(simulate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// The chaos port's routes: `POST /stop` alone (only served with `WORKER_CHAOS=true`).
+pub fn chaos_router(state: AppState) -> Router {
+    Router::new()
+        .route("/stop", post(stop))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -242,13 +251,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn stop(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if !state.0.config.chaos {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "POST /stop is disabled; start the worker with WORKER_CHAOS=true to simulate crashes",
-        ));
-    }
+/// `/stop` on the traffic port: never served there, whatever the method.
+async fn stop_elsewhere() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "POST /stop is not served on this port; with WORKER_CHAOS=true it is on WORKER_CHAOS_PORT",
+    )
+}
+
+/// `POST /stop` on the chaos port: answers, then drops every connection as a crash would.
+async fn stop(State(state): State<AppState>) -> Json<Value> {
     tracing::warn!(worker_id = %state.0.worker_id, "chaos: simulating a crash");
     let crash = state.0.crash.clone();
     tokio::spawn(async move {
@@ -256,9 +268,7 @@ async fn stop(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         crash.cancel();
     });
-    Ok(Json(
-        json!({ "stopped": true, "worker_id": state.0.worker_id }),
-    ))
+    Json(json!({ "stopped": true, "worker_id": state.0.worker_id }))
 }
 
 /// The answer of `POST /simulate`: which worker simulated, the summary and every request.

@@ -13,6 +13,7 @@ pub const DEFAULT_MAX_INTENSITY: u32 = 10;
 pub const DEFAULT_WORK_UNIT: u64 = 5_000_000;
 pub const DEFAULT_MEMORY_UNIT_MB: u64 = 16;
 pub const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
+pub const DEFAULT_CHAOS_PORT: u16 = 8081;
 
 /// Worker settings. Flags win over environment variables; every one has a default.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,7 +81,8 @@ pub struct Config {
           default_value_t = DEFAULT_MEMORY_UNIT_MB, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub memory_unit_mb: u64,
 
-    /// Enable `POST /stop`, which makes the worker stop answering as a crashed container would.
+    /// Enable `POST /stop` on the chaos port (WORKER_CHAOS_PORT, never on the traffic port),
+    /// which makes the worker stop answering as a crashed container would.
     #[arg(long, env = "WORKER_CHAOS", value_name = "WORKER_CHAOS", default_value_t = false,
           action = clap::ArgAction::Set)]
     pub chaos: bool,
@@ -94,6 +96,12 @@ pub struct Config {
     #[arg(long = "retry-after", env = "WORKER_RETRY_AFTER", value_name = "WORKER_RETRY_AFTER",
           default_value_t = DEFAULT_RETRY_AFTER_SECS)]
     pub retry_after_secs: u64,
+
+    /// Port of the chaos endpoint `POST /stop` when WORKER_CHAOS is on (0: any free port). The
+    /// balancer only forwards to TARGET_PORT, so clients never reach it.
+    #[arg(long = "chaos-port", env = "WORKER_CHAOS_PORT", value_name = "WORKER_CHAOS_PORT",
+          default_value_t = DEFAULT_CHAOS_PORT)]
+    pub chaos_port: u16,
 }
 
 impl Default for Config {
@@ -114,6 +122,7 @@ impl Default for Config {
             chaos: false,
             shutdown_grace: Duration::from_secs(30),
             retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+            chaos_port: DEFAULT_CHAOS_PORT,
         }
     }
 }

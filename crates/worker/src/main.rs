@@ -7,7 +7,7 @@ use common::{
     config::LogArgs,
     serve::Stopped,
 };
-use worker::Config;
+use worker::{Config, Listeners};
 
 /// RustyBalancer worker: CPU-bound jobs behind HTTP.
 #[derive(Debug, Parser)]
@@ -36,11 +36,23 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let address = SocketAddr::new(config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(address)
+    let traffic = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} (TARGET_PORT / WORKER_HOST)"))?;
+    let chaos = if config.chaos {
+        let address = SocketAddr::new(config.host, config.chaos_port);
+        Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {address} (WORKER_CHAOS_PORT / WORKER_HOST)")
+                })?,
+        )
+    } else {
+        None
+    };
     let shutdown = common::shutdown::on_signal();
-    match worker::run(listener, config, shutdown).await {
+    match worker::serve(Listeners { traffic, chaos }, config, shutdown).await {
         Stopped::Aborted => anyhow::bail!("stopped answering (simulated crash)"),
         Stopped::Drained | Stopped::GraceExpired => Ok(()),
     }

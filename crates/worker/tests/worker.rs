@@ -332,13 +332,84 @@ async fn chaos_stop_makes_the_worker_stop_answering() {
         ..config()
     })
     .await;
-    let response = worker.post("/stop", json!({})).await;
+    let (status, error) = error_of(worker.post("/stop", json!({})).await).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the traffic port never stops"
+    );
+    assert!(error.contains("WORKER_CHAOS_PORT"), "{error}");
+    assert_eq!(worker.get("/health").await.status(), StatusCode::OK);
+
+    let chaos = worker.chaos.expect("a chaos port");
+    let response = worker
+        .client
+        .post(format!("http://{chaos}/stop"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap()["stopped"], true);
     assert_eq!(worker.stopped().await, Stopped::Aborted);
     let fresh = reqwest::Client::new();
     assert!(
         fresh.get(worker.url("/health")).send().await.is_err(),
+        "still answering after /stop"
+    );
+}
+
+/// The real binary with chaos on: `POST /stop` on the traffic port (the one the balancer
+/// forwards to) is a 404 and the worker serves on; on the chaos port it stops the worker.
+#[tokio::test]
+async fn chaos_stop_is_served_only_on_the_chaos_port() {
+    let mut process = WorkerProcess::spawn(&["--chaos", "true", "--chaos-port", "0"]);
+    let chaos = process.chaos.expect("the log names the chaos port");
+    assert_ne!(chaos, process.address);
+    let client = reqwest::Client::new();
+
+    for method in [reqwest::Method::POST, reqwest::Method::GET] {
+        let refused = client
+            .request(method.clone(), process.url("/stop"))
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = error_of(refused).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} /stop");
+        assert!(error.contains("WORKER_CHAOS_PORT"), "{error}");
+    }
+    let job = client
+        .post(process.url("/submit"))
+        .json(&json!({"operation": "primes", "data": {"limit": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job.status(), StatusCode::OK, "the worker still serves");
+
+    // The chaos port serves nothing but POST /stop.
+    let other = client
+        .get(format!("http://{chaos}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    let stopped = client
+        .post(format!("http://{chaos}/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status(), StatusCode::OK);
+    assert_eq!(stopped.json::<Value>().await.unwrap()["stopped"], true);
+    let status = process.wait(Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "a simulated crash exits non-zero: {status}"
+    );
+    assert!(
+        reqwest::Client::new()
+            .get(process.url("/health"))
+            .send()
+            .await
+            .is_err(),
         "still answering after /stop"
     );
 }
@@ -406,6 +477,7 @@ fn a_bad_setting_exits_non_zero_naming_the_variable() {
         ("WORKER_THREADS", "0"),
         ("WORKER_MAX_SLEEP", "forever"),
         ("WORKER_CHAOS", "maybe"),
+        ("WORKER_CHAOS_PORT", "eighty-one"),
         ("SHUTDOWN_GRACE", "-5"),
     ] {
         let output = std::process::Command::new(support::worker_binary())
@@ -434,6 +506,7 @@ fn help_lists_every_setting() {
         "WORKER_ID",
         "WORKER_THREADS",
         "WORKER_CHAOS",
+        "WORKER_CHAOS_PORT",
         "SHUTDOWN_GRACE",
     ] {
         assert!(help.contains(variable), "--help lacks {variable}");

@@ -51,6 +51,10 @@ fn bad_values_name_the_variable() {
         (&["--cache-capacity=-1"][..], "CACHE_CAPACITY"),
         (&["--agent-ws-url", "http://agent:9001"][..], "AGENT_WS_URL"),
         (&["--retry-budget-ratio", "lots"][..], "RETRY_BUDGET_RATIO"),
+        (&["--deny-paths", "stop"][..], "BALANCER_DENY_PATHS"),
+        (&["--body-read-timeout", "0s"][..], "BODY_READ_TIMEOUT"),
+        (&["--retry-routes", "/submit"][..], "RETRY_ROUTES"),
+        (&["--retry-buffer-bytes", "1MB"][..], "RETRY_BUFFER_BYTES"),
     ] {
         let err = parse(args).unwrap_err().to_string();
         assert!(err.contains(variable), "{args:?}: {err}");

@@ -133,6 +133,11 @@ impl EchoBackend {
     pub fn hits(&self, path: &str) -> u64 {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
+
+    /// How many requests came here, whatever their path.
+    pub fn total_hits(&self) -> u64 {
+        self.hits.lock().unwrap().values().sum()
+    }
 }
 
 impl Drop for EchoBackend {
@@ -295,4 +300,84 @@ fn websocket(request: &mut Request<Incoming>) -> Response<BoxBody> {
         HeaderValue::from_str(&accept).unwrap(),
     );
     response
+}
+
+/// What a [`RawBackend`] does with each request once it has read its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// Closes the connection without a byte of answer (a worker that died mid-request).
+    Drop,
+    /// Answers `403 {"error":"early"}` at once, without reading the body, and closes (with the
+    /// body unread, the close resets the connection).
+    AnswerAndClose,
+    /// Answers `403 {"error":"early"}` at once, without reading the body, and keeps the
+    /// connection open.
+    AnswerAndWait,
+}
+
+/// A backend over plain TCP that misbehaves as told, counting the requests it saw.
+pub struct RawBackend {
+    pub address: SocketAddr,
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub const EARLY_ANSWER: &str = r#"{"error":"early"}"#;
+
+impl RawBackend {
+    pub async fn start(behaviour: Misbehaviour) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn({
+            let seen = Arc::clone(&seen);
+            async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let seen = Arc::clone(&seen);
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buffer = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        seen.fetch_add(1, Relaxed);
+                        if behaviour == Misbehaviour::Drop {
+                            return;
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{EARLY_ANSWER}",
+                            EARLY_ANSWER.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if behaviour == Misbehaviour::AnswerAndWait {
+                            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            address,
+            seen,
+            task,
+        }
+    }
+
+    /// Requests whose head arrived here.
+    pub fn seen(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

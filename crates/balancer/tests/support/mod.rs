@@ -89,6 +89,8 @@ pub fn item(name: &str, address: SocketAddr, score: f64, category: Category) -> 
 pub struct TestWorker {
     pub address: SocketAddr,
     pub id: String,
+    /// The chaos port (`POST /stop`), open when the config has `chaos: true`.
+    pub chaos: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Stopped>>,
 }
@@ -106,25 +108,38 @@ impl TestWorker {
     pub async fn start_with(config: worker::Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let chaos = if config.chaos {
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let chaos_address = chaos.as_ref().map(|l| l.local_addr().unwrap());
         let id = config.worker_id.clone().unwrap_or_default();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(worker::run(listener, config, shutdown.clone()));
+        let listeners = worker::Listeners {
+            traffic: listener,
+            chaos,
+        };
+        let task = tokio::spawn(worker::serve(listeners, config, shutdown.clone()));
         Self {
             address,
             id,
+            chaos: chaos_address,
             shutdown,
             task: Some(task),
         }
     }
 
-    /// Simulates a crash (`POST /stop` in chaos mode): every connection drops, the port closes.
+    /// Simulates a crash (`POST /stop` on the chaos port): every connection drops, the port
+    /// closes.
     pub async fn crash(&mut self) {
+        let chaos = self.chaos.expect("start the worker with chaos: true");
         let response = reqwest::Client::new()
-            .post(format!("http://{}/stop", self.address))
+            .post(format!("http://{chaos}/stop"))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "start the worker with chaos: true");
+        assert_eq!(response.status(), 200);
         let task = self.task.take().unwrap();
         let stopped = tokio::time::timeout(Duration::from_secs(10), task)
             .await
@@ -321,10 +336,16 @@ pub struct BalancerProcess {
 
 impl BalancerProcess {
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    /// With settings given as environment variables, as a container gets them.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(balancer_binary());
         command
             .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG");
         let (process, listening) =
             ServiceProcess::spawn(command, "balancer listening", Duration::from_secs(20));
@@ -367,6 +388,52 @@ impl std::ops::Deref for BalancerProcess {
 }
 
 impl std::ops::DerefMut for BalancerProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
+    }
+}
+
+/// The real `worker` binary as a child process on a loopback port it picked itself, its
+/// settings given as environment variables (`cargo build --release --bins` first).
+pub struct WorkerProcess {
+    pub address: SocketAddr,
+    /// The chaos port, with `WORKER_CHAOS=true`.
+    pub chaos: Option<SocketAddr>,
+    process: ServiceProcess,
+}
+
+impl WorkerProcess {
+    pub fn spawn(env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(common::testing::workspace_binary("worker"));
+        command
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG");
+        let (process, listening) =
+            ServiceProcess::spawn(command, "worker listening", Duration::from_secs(10));
+        let address = |field: &str| {
+            listening[field]
+                .as_str()
+                .map(|address| address.parse().unwrap())
+        };
+        Self {
+            address: address("address").expect("the worker logs its address"),
+            chaos: address("chaos_address"),
+            process,
+        }
+    }
+}
+
+/// `signal`, `wait`, `pid` of the process.
+impl std::ops::Deref for WorkerProcess {
+    type Target = ServiceProcess;
+
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
     fn deref_mut(&mut self) -> &mut ServiceProcess {
         &mut self.process
     }

@@ -20,6 +20,8 @@ pub use common::testing::free_port;
 /// A worker served by `worker::run` inside the test process.
 pub struct TestWorker {
     pub address: SocketAddr,
+    /// The chaos port, open when the config has `chaos: true`.
+    pub chaos: Option<SocketAddr>,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Stopped>>,
@@ -29,10 +31,21 @@ impl TestWorker {
     pub async fn start(config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
+        let chaos = if config.chaos {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let chaos_address = chaos.as_ref().map(|l| l.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(worker::run(listener, config, shutdown.clone()));
+        let listeners = worker::Listeners {
+            traffic: listener,
+            chaos,
+        };
+        let task = tokio::spawn(worker::serve(listeners, config, shutdown.clone()));
         Self {
             address,
+            chaos: chaos_address,
             client: reqwest::Client::new(),
             shutdown,
             task: Some(task),
@@ -75,6 +88,8 @@ impl Drop for TestWorker {
 /// The `worker` binary as a child process on a loopback port it picked itself.
 pub struct WorkerProcess {
     pub address: SocketAddr,
+    /// The chaos port, when started with `--chaos true`.
+    pub chaos: Option<SocketAddr>,
     process: ServiceProcess,
 }
 
@@ -91,7 +106,14 @@ impl WorkerProcess {
             .unwrap_or_default()
             .parse()
             .unwrap();
-        Self { address, process }
+        let chaos = listening["chaos_address"]
+            .as_str()
+            .map(|address| address.parse().unwrap());
+        Self {
+            address,
+            chaos,
+            process,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
