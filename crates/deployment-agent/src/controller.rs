@@ -453,7 +453,14 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
             standby
         };
         let runtime = agent.shared().runtime.clone();
-        let (result, thawed, name) = match standby {
+        let (
+            Named {
+                result,
+                name,
+                taken,
+            },
+            thawed,
+        ) = match standby {
             Some(instance) => match runtime.resume(&instance.id).await {
                 Ok(()) => {
                     let name = instance.name.clone();
@@ -461,20 +468,27 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                         paused: false,
                         ..instance
                     };
-                    (Ok(thawed), true, name)
+                    let named = Named {
+                        result: Ok(thawed),
+                        name,
+                        taken: Vec::new(),
+                    };
+                    (named, true)
                 }
                 Err(err) => {
                     tracing::warn!(cause = %err, container = %instance.id, "cannot thaw a warm standby; creating a worker instead");
                     rename_launch(&mut agent.world().launching, &instance.name, &spec.name);
                     discard(&agent, instance.id);
-                    let (result, name) = launch_named(&agent, Slot::Launching, spec.clone()).await;
-                    (result, false, name)
+                    (
+                        launch_named(&agent, Slot::Launching, spec.clone()).await,
+                        false,
+                    )
                 }
             },
-            None => {
-                let (result, name) = launch_named(&agent, Slot::Launching, spec.clone()).await;
-                (result, false, name)
-            }
+            None => (
+                launch_named(&agent, Slot::Launching, spec.clone()).await,
+                false,
+            ),
         };
         let cancelled = {
             let mut world = agent.world();
@@ -532,7 +546,7 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                     EventKind::Created,
                     Some(&instance.id),
                     format!(
-                        "{} {} at {} in {} ms",
+                        "{} {} at {} in {} ms{}",
                         if thawed {
                             "thawed warm standby"
                         } else {
@@ -540,7 +554,12 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                         },
                         instance.name,
                         instance.address,
-                        started.elapsed().as_millis()
+                        started.elapsed().as_millis(),
+                        if taken.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({} already existed)", taken.join(", "))
+                        }
                     ),
                 );
             }
@@ -573,20 +592,25 @@ enum Slot {
     Preparing,
 }
 
+/// What [`launch_named`] did.
+struct Named {
+    result: Result<Instance, RuntimeError>,
+    /// The name last tried (the instance's on success).
+    name: String,
+    /// Names found taken on the way (409 on create).
+    taken: Vec<String>,
+}
+
 /// Launches `spec`. When the engine already holds a container of that name (one the last
 /// listing did not show), the name is recorded as taken and the launch retried with the next
-/// free one, its reservation renamed. The result and the name last tried.
-async fn launch_named(
-    agent: &Agent,
-    slot: Slot,
-    mut spec: LaunchSpec,
-) -> (Result<Instance, RuntimeError>, String) {
+/// free one, its reservation renamed.
+async fn launch_named(agent: &Agent, slot: Slot, mut spec: LaunchSpec) -> Named {
     let runtime = agent.shared().runtime.clone();
-    let mut retries = 0;
+    let mut taken_names = Vec::new();
     loop {
         match runtime.launch(&spec).await {
-            Err(RuntimeError::NameTaken(taken)) if retries < NAME_RETRIES => {
-                retries += 1;
+            Err(RuntimeError::NameTaken(taken)) if taken_names.len() < NAME_RETRIES => {
+                taken_names.push(taken.clone());
                 let next = {
                     let mut world = agent.world();
                     world.taken_names.insert(taken.clone());
@@ -606,7 +630,13 @@ async fn launch_named(
                 tracing::warn!(taken = %taken, next = %next, "a container of that name exists; launching under the next free name");
                 spec.name = next;
             }
-            result => return (result, spec.name),
+            result => {
+                return Named {
+                    result,
+                    name: spec.name,
+                    taken: taken_names,
+                };
+            }
         }
     }
 }
@@ -659,8 +689,8 @@ fn refill(agent: &Agent) {
 /// Creates a standby, waits until it answers /health, then pauses it. The outcome and the
 /// name the standby got.
 async fn prepare(agent: &Agent, spec: LaunchSpec) -> (Result<Instance, String>, String) {
-    let (launched, name) = launch_named(agent, Slot::Preparing, spec).await;
-    let outcome = match launched {
+    let Named { result, name, .. } = launch_named(agent, Slot::Preparing, spec).await;
+    let outcome = match result {
         Ok(instance) => ready_and_pause(agent, instance).await,
         Err(err) => Err(err.to_string()),
     };

@@ -401,6 +401,10 @@ pub struct MemberStatus {
     pub core_id: Option<u32>,
     pub category: Category,
     pub healthy: bool,
+    /// Ready before and now failing its probes: out of the queue (published INIT).
+    pub unhealthy: bool,
+    /// It has served requests (the scale-down order keeps serving containers last).
+    pub served: bool,
     pub in_flight: u64,
     pub cpu_util: f64,
     pub utilization: f64,
@@ -428,6 +432,8 @@ impl World {
                 core_id: member.instance.core_id,
                 category: member.category(),
                 healthy: member.healthy,
+                unhealthy: matches!(member.phase, Phase::Unhealthy { .. }),
+                served: member.served,
                 in_flight: self.in_flight(member, now),
                 cpu_util: member.cpu_util(),
                 utilization: member.classification.utilization,
