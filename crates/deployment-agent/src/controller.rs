@@ -4,6 +4,13 @@
 //! probes) plus one task on the engine's event stream; they update the world and publish at
 //! once. The loop itself wakes every SCALE_CHECK_PERIOD, or sooner when something asks
 //! (demand from a balancer, a death, an API call), runs the pure `decide`, and acts.
+//!
+//! A container is stopped only once it is out of the balancers' candidate set: a SUNDOWN one
+//! when the decision says it is drained (nothing in flight) or past DRAIN_TIMEOUT; one that
+//! never was routable (not healthy within STARTUP_TIMEOUT, or its launch cancelled by a
+//! scale-down); an unhealthy one (published INIT since its UNHEALTHY_THRESHOLD-th failed
+//! probe) after UNHEALTHY_TIMEOUT, whatever is stalled on it; and every one on exit with
+//! STOP_WORKERS_ON_EXIT.
 
 use std::time::{Duration, Instant};
 
