@@ -964,27 +964,33 @@ async fn docker_a_paused_worker_leaves_every_policys_routing_set_then_recovers_o
             "{}: requests sent after the worker was marked unhealthy went to it or failed: {wrong:#?}",
             balancer.policy
         );
-        let stalled = run
-            .iter()
-            .filter(to_sick)
-            .filter(|s| s.at_ms >= paused_ms)
-            .count();
-        let in_allowance = run
-            .iter()
-            .filter(to_sick)
-            .filter(|s| s.at_ms >= unhealthy_ms)
-            .count();
+        let to_sick_between = |from: u64, to: u64| {
+            run.iter()
+                .filter(to_sick)
+                .filter(|s| s.at_ms >= from && s.at_ms < to)
+                .count()
+        };
+        let stalled = to_sick_between(paused_ms, unhealthy_ms);
+        let in_allowance = to_sick_between(unhealthy_ms, unhealthy_ms + PUBLISH_ALLOWANCE_MS);
+        let after_recovery = to_sick_between(recovered_ms + PUBLISH_ALLOWANCE_MS, u64::MAX);
+        if balancer.policy == "round-robin" {
+            assert!(
+                after_recovery > 0,
+                "round-robin: the recovered worker gets no request"
+            );
+        }
         let latencies: Vec<Duration> = run.iter().map(|s| s.latency).collect();
         println!(
-            "{:>15}: {} requests, {} to the worker before the pause, {} to it after (stalled until \
-             the thaw; {} of them within the publish allowance), {} sent while it was out (none to \
-             it); p50 {:?}, p99 {:?}, max {:?}",
+            "{:>15}: {} requests; to the paused worker: {} before the pause, {} between the pause \
+             and the unhealthy mark (stalled until the thaw), {} within the publish allowance, 0 \
+             of the {} sent while it was out, {} after it recovered; p50 {:?}, p99 {:?}, max {:?}",
             balancer.policy,
             run.len(),
             before,
             stalled,
             in_allowance,
             window.len(),
+            after_recovery,
             support::quantile(&latencies, 0.5),
             support::quantile(&latencies, 0.99),
             support::quantile(&latencies, 1.0),
