@@ -18,7 +18,7 @@ use crate::{
     runtime::{Runtime, now_ms},
     score::{Thresholds, Weights},
     state::{BalancerReport, MemberStatus, World},
-    store::{EventKind, ScalingEvent, Store},
+    store::{ConfigOverrides, EventKind, ScalingEvent, Store},
 };
 
 #[derive(Clone)]
@@ -126,6 +126,11 @@ impl Agent {
     /// The scaling settings with the API's overrides applied.
     pub fn scaling(&self) -> ScalingConfig {
         let overrides = self.world().overrides.clone();
+        self.scaling_with(&overrides)
+    }
+
+    /// The scaling settings with `overrides` applied (for callers holding the world lock).
+    pub(crate) fn scaling_with(&self, overrides: &ConfigOverrides) -> ScalingConfig {
         let mut scaling = self.shared.config.scaling();
         if let Some(min) = overrides.min_replicas {
             scaling.min_replicas = min;
@@ -137,19 +142,9 @@ impl Agent {
     }
 
     pub fn bounds(&self) -> Bounds {
-        let scaling = self.scaling();
         let world = self.world();
-        let active = world
-            .members
-            .values()
-            .filter(|m| {
-                !matches!(
-                    m.phase,
-                    crate::state::Phase::Sundown { .. } | crate::state::Phase::Stopping
-                )
-            })
-            .count()
-            + world.launching.len();
+        let scaling = self.scaling_with(&world.overrides);
+        let active = world.active_count();
         Bounds {
             min_replicas: scaling.min_replicas,
             max_replicas: scaling.max_replicas,
@@ -172,11 +167,17 @@ impl Agent {
         }
     }
 
-    /// Asks for `replicas` containers now (clamped to the bounds); returns the target.
+    /// Asks for `replicas` containers now (clamped to the bounds); returns the target. The
+    /// next decision, woken at once, applies it; a later request replaces an earlier one not
+    /// yet applied.
     pub fn request_replicas(&self, replicas: usize) -> usize {
-        let scaling = self.scaling();
-        let target = replicas.clamp(scaling.min_replicas, scaling.max_replicas);
-        self.world().requested = Some(target);
+        let target = {
+            let mut world = self.world();
+            let scaling = self.scaling_with(&world.overrides);
+            let target = replicas.clamp(scaling.min_replicas, scaling.max_replicas);
+            world.requested = Some(target);
+            target
+        };
         self.event(
             EventKind::ConfigChanged,
             None,
@@ -209,13 +210,13 @@ impl Agent {
                 ));
             }
         }
-        let overrides = {
+        {
             let mut world = self.world();
             world.overrides.min_replicas = Some(min);
             world.overrides.max_replicas = Some(max);
-            world.overrides.clone()
-        };
-        self.shared.store.set_overrides(overrides);
+            // Under the world lock, so the store gets the overrides in the order they changed.
+            self.shared.store.set_overrides(world.overrides.clone());
+        }
         self.event(
             EventKind::ConfigChanged,
             None,
@@ -231,10 +232,7 @@ impl Agent {
             let mut world = self.world();
             let id = world.find(key)?.to_owned();
             let member = world.members.get_mut(&id)?;
-            if !matches!(
-                member.phase,
-                crate::state::Phase::Sundown { .. } | crate::state::Phase::Stopping
-            ) {
+            if member.is_active() {
                 member.phase = crate::state::Phase::Sundown {
                     since: Instant::now(),
                 };
@@ -273,11 +271,7 @@ impl Agent {
                 },
             );
             let views = world.views(now);
-            let active = views
-                .iter()
-                .filter(|view| view.category != Category::Sundown)
-                .count()
-                + world.launching.len();
+            let active = world.active_count();
             let in_flight: u64 = views.iter().map(|view| view.in_flight).sum();
             (
                 world.queued_demand(now),
@@ -410,5 +404,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Removed => "removed",
         EventKind::ConfigChanged => "config_changed",
         EventKind::Started => "started",
+        EventKind::Unhealthy => "unhealthy",
+        EventKind::Recovered => "recovered",
     }
 }

@@ -171,6 +171,14 @@ pub struct Config {
     /// Timeout of one probe.
     #[arg(long = "probe-timeout", env = "PROBE_TIMEOUT", value_name = "PROBE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
+    /// Consecutive failed probes after which a ready container is unhealthy: out of the
+    /// queue (published INIT, no new requests) until a probe succeeds again.
+    #[arg(long = "unhealthy-threshold", env = "UNHEALTHY_THRESHOLD", value_name = "UNHEALTHY_THRESHOLD",
+          default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unhealthy_threshold: u32,
+    /// An unhealthy container that has not recovered within this is stopped and replaced.
+    #[arg(long = "unhealthy-timeout", env = "UNHEALTHY_TIMEOUT", value_name = "UNHEALTHY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub unhealthy_timeout: Duration,
 
     /// Redis URL (`redis://host:6379/0`); overrides REDIS_HOST/REDIS_PORT.
     #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]

@@ -4,6 +4,13 @@
 //! probes) plus one task on the engine's event stream; they update the world and publish at
 //! once. The loop itself wakes every SCALE_CHECK_PERIOD, or sooner when something asks
 //! (demand from a balancer, a death, an API call), runs the pure `decide`, and acts.
+//!
+//! A container is stopped only once it is out of the balancers' candidate set: a SUNDOWN one
+//! when the decision says it is drained (nothing in flight) or past DRAIN_TIMEOUT; one that
+//! never was routable (not healthy within STARTUP_TIMEOUT, or its launch cancelled by a
+//! scale-down); an unhealthy one (published INIT since its UNHEALTHY_THRESHOLD-th failed
+//! probe) after UNHEALTHY_TIMEOUT, whatever is stalled on it; and every one on exit with
+//! STOP_WORKERS_ON_EXIT.
 
 use std::time::{Duration, Instant};
 
@@ -12,10 +19,11 @@ use futures_util::StreamExt;
 
 use crate::{
     agent::Agent,
-    decide::{self, ContainerView, Observation},
-    runtime::{Instance, LaunchSpec, RuntimeEvent, now_ms},
+    decide::{self, Observation},
+    probe::WorkerLoad,
+    runtime::{Instance, LaunchSpec, RuntimeError, RuntimeEvent, now_ms},
     score::{self, Availability},
-    state::{Member, Phase},
+    state::{HealthPolicy, LAUNCHING_PREFIX, Launch, Member, Phase, ProbeVerdict, worker_prefix},
     store::{EventKind, MetricPoint},
 };
 
@@ -29,6 +37,9 @@ const STARTING_PROBE: Duration = Duration::from_millis(50);
 /// After a failed launch, wait this long (doubling per failure, capped) before the next.
 const LAUNCH_BACKOFF_BASE: Duration = Duration::from_millis(500);
 const LAUNCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A launch whose name turns out to be taken on the engine (409) retries with the next free
+/// name this many times.
+const NAME_RETRIES: usize = 8;
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(agent: Agent, shutdown: CancellationToken) {
@@ -128,11 +139,19 @@ async fn start(agent: &Agent) {
 /// Lists the engine: adopts labelled containers the agent does not know, forgets members
 /// that are gone, removes exited leftovers and stale registry entries.
 async fn reconcile(agent: &Agent) {
-    let instances = match agent.shared().runtime.list().await {
+    let runtime = &agent.shared().runtime;
+    let instances = match runtime.list().await {
         Ok(instances) => instances,
         Err(err) => {
             tracing::warn!(cause = %err, "cannot list workers; keeping the current view");
             return;
+        }
+    };
+    let taken = match runtime.names(&worker_prefix(&agent.config().app)).await {
+        Ok(names) => Some(names),
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot list container names; keeping the known ones");
+            None
         }
     };
     let grace = agent.config().stop_grace;
@@ -140,6 +159,9 @@ async fn reconcile(agent: &Agent) {
     let mut vanished = Vec::new();
     {
         let mut world = agent.world();
+        if let Some(taken) = taken {
+            world.taken_names = taken.into_iter().collect();
+        }
         for instance in &instances {
             if !instance.running || world.members.contains_key(&instance.id) {
                 continue;
@@ -147,6 +169,7 @@ async fn reconcile(agent: &Agent) {
             if world
                 .launching
                 .iter()
+                .map(|launch| &launch.spec)
                 .chain(&world.preparing)
                 .any(|spec| spec.name == instance.name)
             {
@@ -210,7 +233,7 @@ async fn reconcile(agent: &Agent) {
                 .world()
                 .launching
                 .iter()
-                .any(|s| s.name == record.name)
+                .any(|launch| launch.spec.name == record.name)
         {
             agent.store().remove_container(&record.id);
         }
@@ -263,13 +286,10 @@ fn lost(agent: &Agent, id: &str, reason: &str) {
         for observer in &member.observers {
             observer.abort();
         }
-        let was_serving = !matches!(member.phase, Phase::Sundown { .. } | Phase::Stopping);
-        let active = world
-            .members
-            .values()
-            .filter(|m| !matches!(m.phase, Phase::Sundown { .. } | Phase::Stopping))
-            .count()
-            + world.launching.len();
+        // Its container may linger (exited) until it is removed: keep its name out of use.
+        world.taken_names.insert(member.instance.name.clone());
+        let was_serving = member.is_active();
+        let active = world.active_count();
         if was_serving {
             let target = world.requested.unwrap_or(0).max(active + 1);
             world.requested = Some(target);
@@ -291,22 +311,13 @@ fn lost(agent: &Agent, id: &str, reason: &str) {
 /// One decision and its actions.
 fn step(agent: &Agent) {
     let now = Instant::now();
-    let scaling = agent.scaling();
     let config = agent.config();
-    let (decision, launches, sundowns, stops) = {
+    // One critical section: the bounds the decision uses, the decision, the phases it changes
+    // and the overrides it writes cannot interleave with `set_bounds` or `request_replicas`.
+    let (decision, launches, sundowns, cancelled, stops) = {
         let mut world = agent.world();
+        let scaling = agent.scaling_with(&world.overrides);
         let mut views = world.views(now);
-        for spec in &world.launching {
-            views.push(ContainerView {
-                id: format!("launching:{}", spec.name),
-                category: common::queue::Category::Init,
-                utilization: 0.0,
-                cpu_util: 0.0,
-                critical: false,
-                in_flight: 0,
-                sundown_since: None,
-            });
-        }
         // Give balancers time to see a SUNDOWN push before its container may be stopped.
         for view in &mut views {
             if let Some(since) = view.sundown_since {
@@ -330,9 +341,14 @@ fn step(agent: &Agent) {
             decision.create = 0;
         }
         let mut sundowns = Vec::new();
+        let mut cancelled = Vec::new();
         for id in &decision.sundown {
-            if let Some(member) = world.members.get_mut(id) {
-                if !matches!(member.phase, Phase::Sundown { .. } | Phase::Stopping) {
+            if let Some(name) = id.strip_prefix(LAUNCHING_PREFIX) {
+                if world.cancel_launch(name) {
+                    cancelled.push(name.to_owned());
+                }
+            } else if let Some(member) = world.members.get_mut(id) {
+                if member.is_active() {
                     member.phase = Phase::Sundown { since: now };
                     member.sundown_since_ms = Some(now_ms());
                     sundowns.push(id.clone());
@@ -366,10 +382,19 @@ fn step(agent: &Agent) {
                 name: world.next_name(&config.app),
                 core_id,
             };
-            world.launching.push(spec.clone());
+            world.launching.push(Launch {
+                spec: spec.clone(),
+                cancelled: false,
+            });
             launches.push(spec);
         }
-        (decision, launches, sundowns, stops)
+        if !launches.is_empty() || !sundowns.is_empty() || !cancelled.is_empty() {
+            world.overrides.default_containers = Some(world.active_count());
+            // Sent under the world lock, so the store gets the overrides in the order they
+            // were changed.
+            agent.store().set_overrides(world.overrides.clone());
+        }
+        (decision, launches, sundowns, cancelled, stops)
     };
 
     if !launches.is_empty() {
@@ -385,11 +410,15 @@ fn step(agent: &Agent) {
             format!("{} (+{})", decision.reason, launches.len()),
         );
     }
-    if !sundowns.is_empty() {
+    if !sundowns.is_empty() || !cancelled.is_empty() {
         agent.event(
             EventKind::ScaleDown,
             None,
-            format!("{} (-{})", decision.reason, sundowns.len()),
+            format!(
+                "{} (-{})",
+                decision.reason,
+                sundowns.len() + cancelled.len()
+            ),
         );
         for id in &sundowns {
             agent.persist_member(id);
@@ -399,16 +428,16 @@ fn step(agent: &Agent) {
                 "draining: no new requests".into(),
             );
         }
-    }
-    if !launches.is_empty() || !sundowns.is_empty() {
-        let active = agent.bounds().desired_replicas;
-        let mut overrides = agent.world().overrides.clone();
-        overrides.default_containers = Some(active);
-        agent.world().overrides = overrides.clone();
-        agent.store().set_overrides(overrides);
+        for name in &cancelled {
+            agent.event(
+                EventKind::Sundown,
+                None,
+                format!("{name}: launch cancelled; it is stopped once its launch returns"),
+            );
+        }
     }
     for id in stops {
-        spawn_stop(agent, id);
+        spawn_stop(agent, id, "drained and stopped");
     }
     for spec in launches {
         spawn_launch(agent, spec);
@@ -431,7 +460,14 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
             standby
         };
         let runtime = agent.shared().runtime.clone();
-        let (result, thawed, name) = match standby {
+        let (
+            Named {
+                result,
+                name,
+                taken,
+            },
+            thawed,
+        ) = match standby {
             Some(instance) => match runtime.resume(&instance.id).await {
                 Ok(()) => {
                     let name = instance.name.clone();
@@ -439,20 +475,35 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                         paused: false,
                         ..instance
                     };
-                    (Ok(thawed), true, name)
+                    let named = Named {
+                        result: Ok(thawed),
+                        name,
+                        taken: Vec::new(),
+                    };
+                    (named, true)
                 }
                 Err(err) => {
                     tracing::warn!(cause = %err, container = %instance.id, "cannot thaw a warm standby; creating a worker instead");
                     rename_launch(&mut agent.world().launching, &instance.name, &spec.name);
                     discard(&agent, instance.id);
-                    (runtime.launch(&spec).await, false, spec.name.clone())
+                    (
+                        launch_named(&agent, Slot::Launching, spec.clone()).await,
+                        false,
+                    )
                 }
             },
-            None => (runtime.launch(&spec).await, false, spec.name.clone()),
+            None => (
+                launch_named(&agent, Slot::Launching, spec.clone()).await,
+                false,
+            ),
         };
-        {
+        let cancelled = {
             let mut world = agent.world();
-            world.launching.retain(|s| s.name != name);
+            let cancelled = world
+                .launching
+                .iter()
+                .any(|launch| launch.spec.name == name && launch.cancelled);
+            world.launching.retain(|launch| launch.spec.name != name);
             match &result {
                 Ok(instance) => {
                     world.launch_failures = 0;
@@ -462,6 +513,10 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                     // healthy answer.
                     member.created = started;
                     member.thawed = thawed;
+                    if cancelled {
+                        // Never published: it goes straight to its stop.
+                        member.phase = Phase::Stopping;
+                    }
                     world.members.insert(instance.id.clone(), member);
                 }
                 Err(_) => {
@@ -472,8 +527,25 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                         Some(Instant::now() + delay.min(LAUNCH_BACKOFF_MAX));
                 }
             }
-        }
+            cancelled
+        };
         match result {
+            Ok(instance) if cancelled => {
+                agent.event(
+                    EventKind::Created,
+                    Some(&instance.id),
+                    format!(
+                        "{} {}, whose launch a scale-down cancelled: stopping it unused",
+                        if thawed { "thawed" } else { "created" },
+                        instance.name
+                    ),
+                );
+                spawn_stop(
+                    &agent,
+                    instance.id,
+                    "stopped before it served: its launch was cancelled",
+                );
+            }
             Ok(instance) => {
                 observe(&agent, &instance.id);
                 agent.persist_member(&instance.id);
@@ -481,7 +553,7 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                     EventKind::Created,
                     Some(&instance.id),
                     format!(
-                        "{} {} at {} in {} ms",
+                        "{} {} at {} in {} ms{}",
                         if thawed {
                             "thawed warm standby"
                         } else {
@@ -489,16 +561,21 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                         },
                         instance.name,
                         instance.address,
-                        started.elapsed().as_millis()
+                        started.elapsed().as_millis(),
+                        if taken.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({} already existed)", taken.join(", "))
+                        }
                     ),
                 );
             }
             Err(err) => {
-                tracing::error!(cause = %err, worker = %spec.name, "could not start a worker");
+                tracing::error!(cause = %err, worker = %name, "could not start a worker");
                 agent.event(
                     EventKind::Died,
                     None,
-                    format!("could not start {}: {err}", spec.name),
+                    format!("could not start {name}: {err}"),
                 );
             }
         }
@@ -507,9 +584,67 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
     });
 }
 
-fn rename_launch(launching: &mut [LaunchSpec], from: &str, to: &str) {
-    if let Some(entry) = launching.iter_mut().find(|spec| spec.name == from) {
-        entry.name = to.to_owned();
+fn rename_launch(launching: &mut [Launch], from: &str, to: &str) {
+    if let Some(entry) = launching.iter_mut().find(|launch| launch.spec.name == from) {
+        entry.spec.name = to.to_owned();
+    }
+}
+
+/// Where a launch's name is reserved while it runs.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// `World::launching`: a worker for the pool.
+    Launching,
+    /// `World::preparing`: a warm standby.
+    Preparing,
+}
+
+/// What [`launch_named`] did.
+struct Named {
+    result: Result<Instance, RuntimeError>,
+    /// The name last tried (the instance's on success).
+    name: String,
+    /// Names found taken on the way (409 on create).
+    taken: Vec<String>,
+}
+
+/// Launches `spec`. When the engine already holds a container of that name (one the last
+/// listing did not show), the name is recorded as taken and the launch retried with the next
+/// free one, its reservation renamed.
+async fn launch_named(agent: &Agent, slot: Slot, mut spec: LaunchSpec) -> Named {
+    let runtime = agent.shared().runtime.clone();
+    let mut taken_names = Vec::new();
+    loop {
+        match runtime.launch(&spec).await {
+            Err(RuntimeError::NameTaken(taken)) if taken_names.len() < NAME_RETRIES => {
+                taken_names.push(taken.clone());
+                let next = {
+                    let mut world = agent.world();
+                    world.taken_names.insert(taken.clone());
+                    let next = world.next_name(&agent.config().app);
+                    match slot {
+                        Slot::Launching => rename_launch(&mut world.launching, &spec.name, &next),
+                        Slot::Preparing => {
+                            if let Some(entry) =
+                                world.preparing.iter_mut().find(|s| s.name == spec.name)
+                            {
+                                entry.name.clone_from(&next);
+                            }
+                        }
+                    }
+                    next
+                };
+                tracing::warn!(taken = %taken, next = %next, "a container of that name exists; launching under the next free name");
+                spec.name = next;
+            }
+            result => {
+                return Named {
+                    result,
+                    name: spec.name,
+                    taken: taken_names,
+                };
+            }
+        }
     }
 }
 
@@ -542,26 +677,35 @@ fn refill(agent: &Agent) {
     for spec in specs {
         let agent = agent.clone();
         tokio::spawn(async move {
-            let outcome = prepare(&agent, &spec).await;
+            let (outcome, name) = prepare(&agent, spec).await;
             let mut world = agent.world();
-            world.preparing.retain(|s| s.name != spec.name);
+            world.preparing.retain(|s| s.name != name);
             match outcome {
                 Ok(instance) => {
                     tracing::info!(container = %instance.id, name = %instance.name, "warm standby ready (paused)");
                     world.standby.push(instance);
                 }
                 Err(err) => {
-                    tracing::warn!(cause = %err, name = %spec.name, "could not prepare a warm standby");
+                    tracing::warn!(cause = %err, %name, "could not prepare a warm standby");
                 }
             }
         });
     }
 }
 
-/// Creates a standby, waits until it answers /health, then pauses it.
-async fn prepare(agent: &Agent, spec: &LaunchSpec) -> Result<Instance, String> {
+/// Creates a standby, waits until it answers /health, then pauses it. The outcome and the
+/// name the standby got.
+async fn prepare(agent: &Agent, spec: LaunchSpec) -> (Result<Instance, String>, String) {
+    let Named { result, name, .. } = launch_named(agent, Slot::Preparing, spec).await;
+    let outcome = match result {
+        Ok(instance) => ready_and_pause(agent, instance).await,
+        Err(err) => Err(err.to_string()),
+    };
+    (outcome, name)
+}
+
+async fn ready_and_pause(agent: &Agent, instance: Instance) -> Result<Instance, String> {
     let runtime = agent.shared().runtime.clone();
-    let instance = runtime.launch(spec).await.map_err(|err| err.to_string())?;
     let prober = agent.shared().prober.clone();
     let timeout = agent.config().startup_timeout;
     let deadline = Instant::now() + timeout;
@@ -593,7 +737,8 @@ fn discard(agent: &Agent, id: String) {
     });
 }
 
-fn spawn_stop(agent: &Agent, id: String) {
+/// Stops and removes a member already marked `Stopping`; `done` is the event's message.
+fn spawn_stop(agent: &Agent, id: String, done: &'static str) {
     let agent = agent.clone();
     tokio::spawn(async move {
         let grace = agent.config().stop_grace;
@@ -606,7 +751,7 @@ fn spawn_stop(agent: &Agent, id: String) {
             }
         }
         agent.store().remove_container(&id);
-        agent.event(EventKind::Stopped, Some(&id), "drained and stopped".into());
+        agent.event(EventKind::Stopped, Some(&id), done.into());
         agent.publish();
         agent.wake();
     });
@@ -667,6 +812,10 @@ async fn follow_stats(agent: Agent, id: String) {
 
 async fn probe(agent: Agent, id: String) {
     let config = agent.config().clone();
+    let policy = HealthPolicy {
+        threshold: config.unhealthy_threshold,
+        timeout: config.unhealthy_timeout,
+    };
     loop {
         let Some((address, phase, created)) = agent.world().members.get(&id).map(|member| {
             (
@@ -679,15 +828,15 @@ async fn probe(agent: Agent, id: String) {
         };
         let prober = agent.shared().prober.clone();
         let latency = prober.health(&address).await;
-        let in_flight = match latency {
-            Some(_) => prober.in_flight(&address).await,
+        let load = match latency {
+            Some(_) => prober.load(&address).await,
             None => None,
         };
         let now = Instant::now();
         match phase {
             Phase::Starting { since } => {
                 if latency.is_some() {
-                    became_ready(&agent, &id, latency, in_flight, now.duration_since(created));
+                    became_ready(&agent, &id, latency, load, now.duration_since(created));
                     continue;
                 }
                 if now.duration_since(since) > config.startup_timeout {
@@ -711,26 +860,78 @@ async fn probe(agent: Agent, id: String) {
                         }
                     };
                     if marked {
-                        spawn_stop(&agent, id.clone());
+                        spawn_stop(&agent, id.clone(), "stopped: it never became healthy");
                     }
                     return;
                 }
                 tokio::time::sleep(STARTING_PROBE).await;
             }
             Phase::Stopping => return,
-            Phase::Ready | Phase::Sundown { .. } => {
-                record_probe(&agent, &id, latency, in_flight);
+            Phase::Ready | Phase::Unhealthy { .. } | Phase::Sundown { .. } => {
+                let verdict = record_probe(&agent, &id, latency, load, &policy);
+                if health_changed(&agent, &id, verdict, &policy) {
+                    return; // being replaced
+                }
                 tokio::time::sleep(config.probe_period).await;
             }
         }
     }
 }
 
+/// Acts on a probe's transition: events, the store, the scaler; starts the stop of a member
+/// given up. True when the member is being replaced (its probes end).
+fn health_changed(agent: &Agent, id: &str, verdict: ProbeVerdict, policy: &HealthPolicy) -> bool {
+    match verdict {
+        ProbeVerdict::Same => return false,
+        ProbeVerdict::Unhealthy { failures } => {
+            agent.persist_member(id);
+            agent.event(
+                EventKind::Unhealthy,
+                Some(id),
+                format!(
+                    "{failures} probes failed in a row: out of the queue until it answers; \
+                     replaced after {:?}",
+                    policy.timeout
+                ),
+            );
+        }
+        ProbeVerdict::Recovered { after } => {
+            agent.persist_member(id);
+            agent.event(
+                EventKind::Recovered,
+                Some(id),
+                format!(
+                    "answered again after {} ms unhealthy: back in the queue",
+                    after.as_millis()
+                ),
+            );
+        }
+        ProbeVerdict::Replace { after } => {
+            agent.event(
+                EventKind::Died,
+                Some(id),
+                format!(
+                    "unhealthy for {} ms (UNHEALTHY_TIMEOUT {:?}): replacing it",
+                    after.as_millis(),
+                    policy.timeout
+                ),
+            );
+            spawn_stop(
+                agent,
+                id.to_owned(),
+                "stopped and removed: it stayed unhealthy",
+            );
+        }
+    }
+    agent.wake();
+    matches!(verdict, ProbeVerdict::Replace { .. })
+}
+
 fn became_ready(
     agent: &Agent,
     id: &str,
     latency: Option<Duration>,
-    in_flight: Option<u64>,
+    load: Option<WorkerLoad>,
     after: Duration,
 ) {
     let thawed = {
@@ -745,7 +946,12 @@ fn became_ready(
             None => false,
         }
     };
-    record_probe(agent, id, latency, in_flight);
+    let policy = HealthPolicy {
+        threshold: agent.config().unhealthy_threshold,
+        timeout: agent.config().unhealthy_timeout,
+    };
+    // It answered: no transition but Starting -> Ready can come of it.
+    let _ = record_probe(agent, id, latency, load, &policy);
     agent.persist_member(id);
     agent.event(
         EventKind::Ready,
@@ -759,23 +965,37 @@ fn became_ready(
     agent.wake();
 }
 
-fn record_probe(agent: &Agent, id: &str, latency: Option<Duration>, in_flight: Option<u64>) {
-    let point = {
+/// Records one probe (scores, in-flight, served, health) in one critical section and applies
+/// its health transition; a member given up is marked Stopping and a replacement requested.
+fn record_probe(
+    agent: &Agent,
+    id: &str,
+    latency: Option<Duration>,
+    load: Option<WorkerLoad>,
+    policy: &HealthPolicy,
+) -> ProbeVerdict {
+    let (point, verdict) = {
         let shared = agent.shared();
         let mut world = agent.world();
         let now = Instant::now();
         let Some(member) = world.members.get_mut(id) else {
-            return;
+            return ProbeVerdict::Same;
         };
         member.availability.record(latency);
-        member.healthy = latency.is_some();
-        if let Some(in_flight) = in_flight {
-            member.worker_in_flight = in_flight;
+        if let Some(load) = load {
+            member.worker_in_flight = load.in_flight;
+            member.served |= load.served;
         }
+        let verdict = member.probed(latency.is_some(), now, policy);
         member.rescore(&shared.weights, &shared.thresholds);
+        if let ProbeVerdict::Replace { .. } = verdict {
+            // Like a death: keep the count with a new container.
+            let target = world.active_count() + 1;
+            world.requested = Some(world.requested.unwrap_or(0).max(target));
+        }
         let in_flight = world.in_flight(&world.members[id], now);
         let member = &world.members[id];
-        MetricPoint {
+        let point = MetricPoint {
             at_ms: now_ms(),
             cpu: member.scores.cpu,
             memory: member.scores.memory,
@@ -783,8 +1003,10 @@ fn record_probe(agent: &Agent, id: &str, latency: Option<Duration>, in_flight: O
             availability: member.scores.availability,
             overall: member.overall,
             in_flight,
-        }
+        };
+        (point, verdict)
     };
     agent.store().record_metric(id, point);
     agent.publish();
+    verdict
 }

@@ -6,15 +6,18 @@
 //! # Rules
 //!
 //! **Active** containers are all those not SUNDOWN (INIT ones count: they are coming up).
-//! **Ready** containers are the active ones that are not INIT. The utilisation signals (mean
-//! utilisation, critical, CPU) use ready containers only; the concurrency signal sums the
-//! in-flight requests of all active containers. "Mean utilisation" below is the mean of the
-//! ready containers' utilisation (100 − overall score).
+//! **Ready** containers are the active ones that are neither INIT nor unhealthy. An
+//! **unhealthy** container (ready before, now failing its probes; the controller publishes it
+//! as INIT) keeps its place in the active count, so a short stall does not start a container,
+//! but it is no capacity: the utilisation signals use ready containers only, the concurrency
+//! signal sums the in-flight requests of the other active containers and asks for one more
+//! container per unhealthy one, and queued demand is not covered by it. The controller
+//! replaces it after `UNHEALTHY_TIMEOUT` or puts it back when it recovers. "Mean utilisation"
+//! below is the mean of the ready containers' utilisation (100 − overall score).
 //!
 //! 1. **Drain**: a SUNDOWN container is stopped once it has no request in flight or its
 //!    `DRAIN_TIMEOUT` has passed since it was sundowned (one with no sundown time waits for
-//!    zero in-flight). Only SUNDOWN containers are ever stopped, and only ready ones are ever
-//!    sundowned.
+//!    zero in-flight). The decision stops only SUNDOWN containers.
 //! 2. **Bounds**: fewer active containers than `MIN_CONTAINERS` → create the difference at
 //!    once, cooldown or not. More than `MAX_CONTAINERS` → sundown the excess at once (least
 //!    busy first). Autoscaling never goes past `MAX_CONTAINERS` nor below `MIN_CONTAINERS`.
@@ -22,9 +25,11 @@
 //!    (`queued_demand` > 0) → at least ready + max(1, ⌈queued / `TARGET_CONCURRENCY`⌉)
 //!    containers (`SCALE_STEP` instead of the quotient when `TARGET_CONCURRENCY` is 0), at once,
 //!    cooldown or not. Containers still starting count toward it, so a queue that persists
-//!    while they boot does not create more on every tick. No scale-down while demand is queued.
+//!    while they boot does not create more on every tick; unhealthy ones do not. No scale-down
+//!    while demand is queued.
 //! 4. **Requested** (`POST /scale`): the requested count, clamped to the bounds (and raised to
-//!    what queued demand needs), at once. Going down sundowns the least busy ready containers.
+//!    what queued demand needs), at once. Going down sundowns containers in the removal order
+//!    (below), INIT ones included, so the count is the requested one after this decision.
 //!    It starts the cooldowns like any scaling and overrides the load signals for that tick.
 //! 5. **Scale up on load**, once `COOLDOWN_PERIOD` has passed since the last scale-up. Each
 //!    signal proposes a count; the largest wins, clamped to `MAX_CONTAINERS`:
@@ -33,7 +38,7 @@
 //!      `SCALE_STEP`;
 //!    - every ready container (at least one) at CPU ≥ `PRESPAWN_THRESHOLD` → active +
 //!      `SCALE_STEP` (seed 002's proactive spawn);
-//!    - `TARGET_CONCURRENCY` > 0 → ⌈Σ in-flight / `TARGET_CONCURRENCY`⌉.
+//!    - `TARGET_CONCURRENCY` > 0 → ⌈Σ in-flight / `TARGET_CONCURRENCY`⌉ + unhealthy.
 //!
 //!    The three utilisation signals wait while a container is INIT: the capacity it brings is
 //!    not in the signals yet, and scaling again before it takes load would overshoot. (The
@@ -50,13 +55,19 @@
 //!    cannot flap back up. With n ready containers: the projected mean utilisation
 //!    mean × n / (n − k) stays < `HIGH_LOAD_THRESHOLD`, the projected mean CPU
 //!    mean CPU × n / (n − k) stays < `PRESPAWN_THRESHOLD`, and with `TARGET_CONCURRENCY` > 0 the
-//!    projected concurrency Σ in-flight / (active − k) stays ≤ `TARGET_CONCURRENCY`. Removing
+//!    projected concurrency Σ in-flight / (active − unhealthy − k) stays ≤ `TARGET_CONCURRENCY`.
+//!    Removing
 //!    every ready container (scale to zero, `MIN_CONTAINERS` = 0) needs zero requests in flight
 //!    and is projected with n − k taken as 1: the whole load on the one container that scaling
 //!    from zero would bring back must stay under the same limits.
 //!
-//!    The victims are the least busy ready containers: fewest in flight, then lowest
-//!    utilisation, then id. A scale-down restarts the stabilisation window.
+//!    The victims are ready containers, those that never served first, then the least busy:
+//!    fewest in flight, then lowest utilisation, then id. A scale-down restarts the
+//!    stabilisation window.
+//!
+//! **Removal order** (rules 2 and 4): unhealthy containers first, then INIT ones (starting or
+//! still being launched), then ready ones that never served, then the other ready ones; within
+//! each, fewest in flight, lowest utilisation, then id. A serving container goes last.
 //!
 //! Every creation except one for the minimum records the time of the last scale-up; every
 //! sundown records the last scale-down.
@@ -141,6 +152,10 @@ pub struct ContainerView {
     pub in_flight: u64,
     /// When the container was sundowned (SUNDOWN containers only).
     pub sundown_since: Option<Instant>,
+    /// It has served requests (a job ran on it, or a balancer had a request in flight on it).
+    pub served: bool,
+    /// Ready before, now failing its probes (see the module docs).
+    pub unhealthy: bool,
 }
 
 impl ContainerView {
@@ -149,7 +164,32 @@ impl ContainerView {
     }
 
     fn is_ready(&self) -> bool {
-        self.is_active() && self.category != Category::Init
+        self.is_active() && self.category != Category::Init && !self.unhealthy
+    }
+
+    fn is_unhealthy(&self) -> bool {
+        self.is_active() && self.unhealthy
+    }
+
+    /// The removal order's group: unhealthy, starting, ready and never served, serving.
+    fn removal_rank(&self) -> u8 {
+        if self.unhealthy {
+            0
+        } else if !self.is_ready() {
+            1
+        } else if !self.served {
+            2
+        } else {
+            3
+        }
+    }
+
+    /// Least busy first: fewest in flight, lowest utilisation, then id.
+    fn by_load(a: &Self, b: &Self) -> std::cmp::Ordering {
+        a.in_flight
+            .cmp(&b.in_flight)
+            .then(a.utilization.total_cmp(&b.utilization))
+            .then_with(|| a.id.cmp(&b.id))
     }
 }
 
@@ -178,7 +218,8 @@ pub struct ScalerState {
 pub struct Decision {
     /// Containers to create.
     pub create: usize,
-    /// Ready containers to mark SUNDOWN (they drain, then a later decision stops them).
+    /// Active containers to mark SUNDOWN (they drain, then a later decision stops them); a
+    /// load-based scale-down picks ready ones only.
     pub sundown: Vec<String>,
     /// SUNDOWN containers to stop and remove: drained or past their drain timeout.
     pub stop: Vec<String>,
@@ -416,10 +457,15 @@ impl fmt::Display for Reason {
 /// The pool as the rules see it.
 struct Pool<'a> {
     active: usize,
+    /// Active, neither ready nor unhealthy (INIT).
     starting: usize,
-    /// Ready containers, least busy first (the victim order).
+    /// Active and failing their probes.
+    unhealthy: usize,
+    /// Ready containers in the load-based victim order: never served first, then least busy.
     ready: Vec<&'a ContainerView>,
-    /// Σ in-flight over active containers.
+    /// Active containers in the removal order (module docs).
+    removal: Vec<&'a ContainerView>,
+    /// Σ in-flight over active containers that are not unhealthy.
     in_flight: u64,
     mean_utilization: Option<f64>,
     mean_cpu: Option<f64>,
@@ -430,31 +476,45 @@ impl<'a> Pool<'a> {
         let active: Vec<_> = containers.iter().filter(|c| c.is_active()).collect();
         let mut ready: Vec<_> = active.iter().copied().filter(|c| c.is_ready()).collect();
         ready.sort_by(|a, b| {
-            a.in_flight
-                .cmp(&b.in_flight)
-                .then(a.utilization.total_cmp(&b.utilization))
-                .then_with(|| a.id.cmp(&b.id))
+            a.served
+                .cmp(&b.served)
+                .then_with(|| ContainerView::by_load(a, b))
         });
+        let mut removal = active.clone();
+        removal.sort_by(|a, b| {
+            a.removal_rank()
+                .cmp(&b.removal_rank())
+                .then_with(|| ContainerView::by_load(a, b))
+        });
+        let unhealthy = active.iter().filter(|c| c.is_unhealthy()).count();
         let mean = |value: fn(&ContainerView) -> f64| {
             let count = ready.len() as f64;
             (!ready.is_empty()).then(|| ready.iter().map(|c| value(c)).sum::<f64>() / count)
         };
         Self {
             active: active.len(),
-            starting: active.len() - ready.len(),
+            starting: active.len() - ready.len() - unhealthy,
+            unhealthy,
             in_flight: active
                 .iter()
+                .filter(|c| !c.is_unhealthy())
                 .map(|c| c.in_flight)
                 .fold(0, u64::saturating_add),
             mean_utilization: mean(|c| c.utilization),
             mean_cpu: mean(|c| c.cpu_util),
             ready,
+            removal,
         }
     }
 
-    /// The `k` least busy ready containers.
+    /// The first `k` ready containers of the load-based victim order.
     fn victims(&self, k: usize) -> Vec<String> {
         self.ready.iter().take(k).map(|c| c.id.clone()).collect()
+    }
+
+    /// The first `k` active containers of the removal order.
+    fn removals(&self, k: usize) -> Vec<String> {
+        self.removal.iter().take(k).map(|c| c.id.clone()).collect()
     }
 
     fn steady(&self) -> Reason {
@@ -531,14 +591,16 @@ impl<'a> Context<'a> {
         let pool = Pool::new(obs.containers);
         let max = config.max_replicas;
         let step = config.step.max(1);
-        // Ready + extra; the starting containers count toward it.
+        // Ready + unhealthy + extra: the starting containers count toward it, the unhealthy
+        // ones do not.
         let demand_wanted = (obs.queued_demand > 0).then(|| {
             let extra = if config.target_concurrency > 0.0 {
                 ceil_div(obs.queued_demand, config.target_concurrency).max(1)
             } else {
                 step
             };
-            pool.active.max(pool.ready.len().saturating_add(extra))
+            pool.active
+                .max(pool.ready.len() + pool.unhealthy.saturating_add(extra))
         });
         Self {
             now: obs.now,
@@ -563,7 +625,7 @@ impl<'a> Context<'a> {
             next.last_scale_up = Some(self.now);
             (wanted - active, Vec::new())
         } else {
-            let victims = self.pool.victims(active - wanted);
+            let victims = self.pool.removals(active - wanted);
             if !victims.is_empty() {
                 next.last_scale_down = Some(self.now);
             }
@@ -597,7 +659,7 @@ impl<'a> Context<'a> {
             next.low_since = None;
             return Plan {
                 create: 0,
-                sundown: self.pool.victims(active - self.max),
+                sundown: self.pool.removals(active - self.max),
                 reason: Reason::AboveMaximum {
                     active,
                     max: self.max,
@@ -668,7 +730,8 @@ impl<'a> Context<'a> {
             });
         }
         if config.target_concurrency > 0.0 {
-            let wanted = ceil_div(pool.in_flight, config.target_concurrency);
+            let wanted =
+                ceil_div(pool.in_flight, config.target_concurrency).saturating_add(pool.unhealthy);
             proposals.push(Proposal {
                 wanted,
                 reason: Reason::Concurrency {
@@ -817,7 +880,8 @@ impl<'a> Context<'a> {
             return Err(overload(Signal::Cpu, cpu, config.prespawn_cpu));
         }
         if config.target_concurrency > 0.0 {
-            let per_container = pool.in_flight as f64 / (pool.active - k).max(1) as f64;
+            let serving = pool.active - pool.unhealthy - k;
+            let per_container = pool.in_flight as f64 / serving.max(1) as f64;
             if per_container > config.target_concurrency {
                 return Err(overload(
                     Signal::Concurrency,

@@ -1,5 +1,5 @@
 //! HTTP probes of the workers: `/health` latency for the availability score and `/stats`
-//! for their in-flight count. One pooled keep-alive client for every probe.
+//! for their in-flight count and whether they served. One pooled keep-alive client for every probe.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,15 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+
+/// What a worker's `/stats` says about its load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLoad {
+    /// Jobs in flight and queued.
+    pub in_flight: u64,
+    /// It has had a job (done, failed, rejected or under way) since it started.
+    pub served: bool,
+}
 
 #[derive(Clone)]
 pub struct Prober {
@@ -35,21 +44,25 @@ impl Prober {
         (200..300).contains(&status).then(|| started.elapsed())
     }
 
-    /// `GET /stats`: the worker's `in_flight + queued`, when it has such an endpoint.
-    pub async fn in_flight(&self, address: &str) -> Option<u64> {
+    /// `GET /stats`: the worker's load, when it has such an endpoint.
+    pub async fn load(&self, address: &str) -> Option<WorkerLoad> {
         let (status, body) = self.get(address, "/stats").await?;
         if status != 200 {
             return None;
         }
         let stats: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let in_flight = stats.get("in_flight")?.as_u64()?;
-        Some(
-            in_flight
-                + stats
-                    .get("queued")
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0),
-        )
+        let count = |field: &str| {
+            stats
+                .get(field)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let in_flight = stats.get("in_flight")?.as_u64()? + count("queued");
+        let handled = count("completed") + count("failed") + count("rejected");
+        Some(WorkerLoad {
+            in_flight,
+            served: in_flight + handled > 0,
+        })
     }
 
     async fn get(&self, address: &str, path: &str) -> Option<(u16, Bytes)> {

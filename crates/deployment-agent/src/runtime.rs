@@ -55,6 +55,9 @@ pub enum RuntimeError {
         "image {0} is not on this engine; build it with jobs/build-images.sh (nothing can be pulled)"
     )]
     ImageMissing(String),
+    /// The engine already holds a container of this name (Docker's 409 on create).
+    #[error("a container named {0} already exists")]
+    NameTaken(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -84,7 +87,22 @@ impl Runtime {
         }
     }
 
-    /// Creates and starts one instance.
+    /// The names starting with `prefix` of every instance on the engine, whatever its state
+    /// and labels (so a new name never collides with a leftover).
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>, RuntimeError> {
+        match self {
+            Self::Docker(docker) => docker.names(prefix).await,
+            Self::Process(process) => Ok(process
+                .list()
+                .await?
+                .into_iter()
+                .map(|instance| instance.name)
+                .filter(|name| name.starts_with(prefix))
+                .collect()),
+        }
+    }
+
+    /// Creates and starts one instance; `NameTaken` when the name is in use.
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, RuntimeError> {
         match self {
             Self::Docker(docker) => docker.launch(spec).await,

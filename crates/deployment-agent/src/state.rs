@@ -3,7 +3,7 @@
 //! `Agent` handle; every critical section is short and never spans an `.await`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -27,6 +27,9 @@ pub enum Phase {
     Starting { since: Instant },
     /// Serving.
     Ready,
+    /// Was ready, then failed `UNHEALTHY_THRESHOLD` probes in a row: published INIT (no new
+    /// requests) until a probe answers again, replaced after `UNHEALTHY_TIMEOUT`.
+    Unhealthy { since: Instant },
     /// Chosen for removal: no new requests; stopped once idle or after the drain timeout.
     Sundown { since: Instant },
     /// Being stopped and removed; no longer published.
@@ -43,7 +46,11 @@ pub struct Member {
     pub resources: Option<ResourceScores>,
     /// In flight + queued, from the worker's own /stats.
     pub worker_in_flight: u64,
+    /// It has served: the worker ran a job, or a balancer had a request in flight on it.
+    pub served: bool,
     pub healthy: bool,
+    /// Failed probes in a row.
+    pub probe_failures: u32,
     pub scores: Scores,
     pub overall: f64,
     pub classification: Classification,
@@ -64,7 +71,9 @@ impl Member {
             last_stats: None,
             resources: None,
             worker_in_flight: 0,
+            served: false,
             healthy: false,
+            probe_failures: 0,
             scores: Scores {
                 cpu: 100.0,
                 memory: 100.0,
@@ -87,7 +96,7 @@ impl Member {
     /// The category published for this member.
     pub fn category(&self) -> Category {
         match self.phase {
-            Phase::Starting { .. } => Category::Init,
+            Phase::Starting { .. } | Phase::Unhealthy { .. } => Category::Init,
             Phase::Sundown { .. } | Phase::Stopping => Category::Sundown,
             Phase::Ready => self.classification.category,
         }
@@ -110,6 +119,75 @@ impl Member {
     pub fn cpu_util(&self) -> f64 {
         self.resources.as_ref().map_or(0.0, |r| r.cpu_util)
     }
+
+    /// Counted in the desired replicas: not SUNDOWN, not stopping (unhealthy ones hold their
+    /// place until they recover or are replaced).
+    pub fn is_active(&self) -> bool {
+        !matches!(self.phase, Phase::Sundown { .. } | Phase::Stopping)
+    }
+
+    /// Applies one probe of a ready or unhealthy member (`answered`: /health answered 2xx in
+    /// time) at `now`, and says which transition it made. Other phases only count failures.
+    pub fn probed(&mut self, answered: bool, now: Instant, policy: &HealthPolicy) -> ProbeVerdict {
+        self.healthy = answered;
+        self.probe_failures = if answered {
+            0
+        } else {
+            self.probe_failures.saturating_add(1)
+        };
+        match self.phase {
+            Phase::Ready if self.probe_failures >= policy.threshold => {
+                self.phase = Phase::Unhealthy { since: now };
+                ProbeVerdict::Unhealthy {
+                    failures: self.probe_failures,
+                }
+            }
+            Phase::Unhealthy { since } => {
+                let after = now.saturating_duration_since(since);
+                if answered {
+                    self.phase = Phase::Ready;
+                    ProbeVerdict::Recovered { after }
+                } else if after >= policy.timeout {
+                    self.phase = Phase::Stopping;
+                    ProbeVerdict::Replace { after }
+                } else {
+                    ProbeVerdict::Same
+                }
+            }
+            _ => ProbeVerdict::Same,
+        }
+    }
+}
+
+/// When a ready member is taken out of the queue and when it is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// `UNHEALTHY_THRESHOLD`: failed probes in a row (at least 1).
+    pub threshold: u32,
+    /// `UNHEALTHY_TIMEOUT`: how long an unhealthy member may take to recover.
+    pub timeout: Duration,
+}
+
+/// The transition one probe made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    /// No change of phase.
+    Same,
+    /// Ready -> Unhealthy after this many failures in a row: out of the queue.
+    Unhealthy { failures: u32 },
+    /// Unhealthy -> Ready: it answered again, after being unhealthy this long.
+    Recovered { after: Duration },
+    /// Unhealthy -> Stopping: down for `UNHEALTHY_TIMEOUT`; stop it and start another.
+    Replace { after: Duration },
+}
+
+/// A launch under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub spec: LaunchSpec,
+    /// A scale-down chose it before it was up: it is stopped as soon as its launch returns,
+    /// and no longer counted.
+    pub cancelled: bool,
 }
 
 /// A balancer's latest load report.
@@ -119,6 +197,14 @@ pub struct BalancerReport {
     pub queued_without_backend: u64,
     /// In flight per backend address.
     pub in_flight: HashMap<String, u64>,
+}
+
+/// The id prefix of a launch under way in the scaler's views.
+pub const LAUNCHING_PREFIX: &str = "launching:";
+
+/// The name prefix of an application's workers: `<app>-worker-`.
+pub fn worker_prefix(app: &str) -> String {
+    format!("{app}-worker-")
 }
 
 /// Reports older than this are ignored (the balancer is gone).
@@ -133,7 +219,7 @@ pub struct World {
     pub overrides: ConfigOverrides,
     pub balancers: HashMap<String, BalancerReport>,
     /// Launches under way, counted as members so the scaler does not launch twice.
-    pub launching: Vec<LaunchSpec>,
+    pub launching: Vec<Launch>,
     /// Warm standbys (WARM_POOL): healthy, then paused; not in the queue, not counted.
     pub standby: Vec<Instance>,
     /// Standbys being started, until they are healthy and paused.
@@ -141,6 +227,10 @@ pub struct World {
     /// Consecutive failed launches, and no launch before this instant.
     pub launch_failures: u32,
     pub launch_blocked_until: Option<Instant>,
+    /// Names of every container on the engine with the workers' name prefix, whatever its
+    /// state or labels (refreshed by each reconcile), plus names found taken since: a new
+    /// worker's name skips them.
+    pub taken_names: BTreeSet<String>,
     /// The items last published, to publish only on change.
     pub published: Vec<QueueItem>,
     pub seq: u64,
@@ -166,24 +256,68 @@ impl World {
             .sum()
     }
 
-    /// The members the scaler sees (everything but those already stopping).
+    /// The desired replicas: active members and launches not cancelled.
+    pub fn active_count(&self) -> usize {
+        self.members.values().filter(|m| m.is_active()).count()
+            + self.launching.iter().filter(|l| !l.cancelled).count()
+    }
+
+    /// The members the scaler sees (everything but those already stopping), and the launches
+    /// under way as INIT containers with the id `launching:<name>`.
     pub fn views(&self, now: Instant) -> Vec<ContainerView> {
-        self.members
+        let members = self
+            .members
             .values()
             .filter(|member| member.phase != Phase::Stopping)
-            .map(|member| ContainerView {
-                id: member.instance.id.clone(),
-                category: member.category(),
-                utilization: member.classification.utilization,
-                cpu_util: member.cpu_util(),
-                critical: member.phase == Phase::Ready && member.classification.critical,
-                in_flight: self.in_flight(member, now),
-                sundown_since: match member.phase {
-                    Phase::Sundown { since } => Some(since),
-                    _ => None,
-                },
-            })
-            .collect()
+            .map(|member| {
+                let in_flight = self.in_flight(member, now);
+                ContainerView {
+                    id: member.instance.id.clone(),
+                    category: member.category(),
+                    utilization: member.classification.utilization,
+                    cpu_util: member.cpu_util(),
+                    critical: member.phase == Phase::Ready && member.classification.critical,
+                    in_flight,
+                    sundown_since: match member.phase {
+                        Phase::Sundown { since } => Some(since),
+                        _ => None,
+                    },
+                    served: member.served || in_flight > 0,
+                    unhealthy: matches!(member.phase, Phase::Unhealthy { .. }),
+                }
+            });
+        let launches = self
+            .launching
+            .iter()
+            .filter(|launch| !launch.cancelled)
+            .map(|launch| ContainerView {
+                id: format!("{LAUNCHING_PREFIX}{}", launch.spec.name),
+                category: Category::Init,
+                utilization: 0.0,
+                cpu_util: 0.0,
+                critical: false,
+                in_flight: 0,
+                sundown_since: None,
+                served: false,
+                unhealthy: false,
+            });
+        members.chain(launches).collect()
+    }
+
+    /// Cancels the launch of `name` (a view id without its `launching:` prefix); false when
+    /// it is not under way.
+    pub fn cancel_launch(&mut self, name: &str) -> bool {
+        match self
+            .launching
+            .iter_mut()
+            .find(|launch| launch.spec.name == name && !launch.cancelled)
+        {
+            Some(launch) => {
+                launch.cancelled = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The queue as published: every member but those stopping, scores rounded to 0.1.
@@ -224,16 +358,18 @@ impl World {
         }
     }
 
-    /// The lowest `n` not used in a `<app>-worker-<n>` name.
+    /// The lowest `n` not used in a `<app>-worker-<n>` name by a member, a launch, a standby
+    /// or any container known on the engine (`taken_names`).
     pub fn next_name(&self, app: &str) -> String {
-        let prefix = format!("{app}-worker-");
-        let used: Vec<u32> = self
+        let prefix = worker_prefix(app);
+        let used: BTreeSet<u32> = self
             .members
             .values()
             .map(|member| member.instance.name.as_str())
-            .chain(self.launching.iter().map(|spec| spec.name.as_str()))
+            .chain(self.launching.iter().map(|l| l.spec.name.as_str()))
             .chain(self.standby.iter().map(|instance| instance.name.as_str()))
             .chain(self.preparing.iter().map(|spec| spec.name.as_str()))
+            .chain(self.taken_names.iter().map(String::as_str))
             .filter_map(|name| name.strip_prefix(&prefix)?.parse().ok())
             .collect();
         let n = (1..).find(|n| !used.contains(n)).unwrap_or(1);
@@ -246,7 +382,7 @@ impl World {
             !self
                 .launching
                 .iter()
-                .any(|spec| spec.core_id == Some(*core))
+                .any(|launch| launch.spec.core_id == Some(*core))
                 && !self
                     .members
                     .values()
@@ -265,6 +401,10 @@ pub struct MemberStatus {
     pub core_id: Option<u32>,
     pub category: Category,
     pub healthy: bool,
+    /// Ready before and now failing its probes: out of the queue (published INIT).
+    pub unhealthy: bool,
+    /// It has served requests (the scale-down order keeps serving containers last).
+    pub served: bool,
     pub in_flight: u64,
     pub cpu_util: f64,
     pub utilization: f64,
@@ -292,6 +432,8 @@ impl World {
                 core_id: member.instance.core_id,
                 category: member.category(),
                 healthy: member.healthy,
+                unhealthy: matches!(member.phase, Phase::Unhealthy { .. }),
+                served: member.served,
                 in_flight: self.in_flight(member, now),
                 cpu_util: member.cpu_util(),
                 utilization: member.classification.utilization,
@@ -310,5 +452,129 @@ impl World {
             .collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
         statuses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str) -> Member {
+        let instance = Instance {
+            id: format!("id-{name}"),
+            name: name.into(),
+            address: format!("{name}:8080"),
+            dns_name: name.into(),
+            core_id: None,
+            created_at_ms: 0,
+            running: true,
+            paused: false,
+            cpu_limit_cores: 1.0,
+        };
+        Member::new(instance, Availability::new(20, 10, 0.2), Instant::now())
+    }
+
+    const POLICY: HealthPolicy = HealthPolicy {
+        threshold: 2,
+        timeout: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn a_ready_member_leaves_the_queue_after_the_threshold_and_recovers_or_is_given_up() {
+        let t0 = Instant::now();
+        let mut m = member("w-1");
+        m.phase = Phase::Ready;
+        m.classification.category = Category::Low;
+        assert_eq!(m.probed(false, t0, &POLICY), ProbeVerdict::Same);
+        assert_eq!(m.category(), Category::Low, "one failure is tolerated");
+        // A success in between resets the count.
+        assert_eq!(m.probed(true, t0, &POLICY), ProbeVerdict::Same);
+        assert_eq!(m.probed(false, t0, &POLICY), ProbeVerdict::Same);
+        assert_eq!(
+            m.probed(false, t0, &POLICY),
+            ProbeVerdict::Unhealthy { failures: 2 }
+        );
+        assert_eq!(m.category(), Category::Init, "published as not routable");
+        assert!(m.is_active(), "it holds its place in the count");
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(m.probed(false, t1, &POLICY), ProbeVerdict::Same);
+        assert_eq!(
+            m.probed(true, t1, &POLICY),
+            ProbeVerdict::Recovered {
+                after: Duration::from_secs(5)
+            }
+        );
+        assert_eq!((m.phase, m.category()), (Phase::Ready, Category::Low));
+
+        // Down again, and for UNHEALTHY_TIMEOUT: given up.
+        m.probed(false, t1, &POLICY);
+        m.probed(false, t1, &POLICY);
+        let t2 = t1 + Duration::from_secs(29);
+        assert_eq!(m.probed(false, t2, &POLICY), ProbeVerdict::Same);
+        assert_eq!(
+            m.probed(false, t2 + Duration::from_secs(1), &POLICY),
+            ProbeVerdict::Replace {
+                after: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(m.phase, Phase::Stopping);
+        assert!(!m.is_active());
+    }
+
+    #[test]
+    fn starting_and_sundown_members_have_no_health_transition() {
+        let now = Instant::now();
+        let mut starting = member("w-1");
+        let mut sundown = member("w-2");
+        sundown.phase = Phase::Sundown { since: now };
+        for _ in 0..5 {
+            assert_eq!(starting.probed(false, now, &POLICY), ProbeVerdict::Same);
+            assert_eq!(sundown.probed(false, now, &POLICY), ProbeVerdict::Same);
+        }
+        assert!(matches!(starting.phase, Phase::Starting { .. }));
+        assert!(matches!(sundown.phase, Phase::Sundown { .. }));
+    }
+
+    #[test]
+    fn new_names_skip_every_name_in_use_or_taken_on_the_engine() {
+        let mut world = World::default();
+        let m = member("app-worker-1");
+        world.members.insert(m.instance.id.clone(), m);
+        world.launching.push(Launch {
+            spec: LaunchSpec {
+                name: "app-worker-2".into(),
+                core_id: None,
+            },
+            cancelled: false,
+        });
+        // An exited container and a stranger's container with the prefix.
+        world.taken_names.insert("app-worker-3".into());
+        world.taken_names.insert("app-worker-5".into());
+        world.taken_names.insert("other-worker-4".into());
+        assert_eq!(world.next_name("app"), "app-worker-4");
+        world.taken_names.insert("app-worker-4".into());
+        assert_eq!(world.next_name("app"), "app-worker-6");
+    }
+
+    #[test]
+    fn a_cancelled_launch_is_no_longer_counted_nor_seen_by_the_scaler() {
+        let mut world = World::default();
+        for name in ["w-1", "w-2"] {
+            world.launching.push(Launch {
+                spec: LaunchSpec {
+                    name: name.into(),
+                    core_id: None,
+                },
+                cancelled: false,
+            });
+        }
+        assert_eq!(world.active_count(), 2);
+        assert!(world.cancel_launch("w-1"));
+        assert!(!world.cancel_launch("w-1"), "cancelled once");
+        assert!(!world.cancel_launch("w-9"));
+        assert_eq!(world.active_count(), 1);
+        let views = world.views(Instant::now());
+        let ids: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["launching:w-2"]);
     }
 }

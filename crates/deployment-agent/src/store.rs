@@ -115,6 +115,10 @@ pub enum EventKind {
     Removed,
     ConfigChanged,
     Started,
+    /// A ready container failed UNHEALTHY_THRESHOLD probes in a row: out of the queue.
+    Unhealthy,
+    /// An unhealthy container answered again: back in the queue.
+    Recovered,
 }
 
 /// One scoring sample of a container.

@@ -1,6 +1,8 @@
 //! The agent against the real Docker engine and a real Redis server (and once on the process
 //! runtime): lifecycle, scoring categories on the live queue, scaling both ways, recovery from
-//! a killed container, an agent restart and a Redis outage, and the HTTP API.
+//! a killed container, an agent restart and a Redis outage, and the HTTP API; a paused worker
+//! under load through the real balancer with every routing policy, the last scale request,
+//! and worker names that meet leftover containers.
 
 mod support;
 
@@ -10,7 +12,10 @@ use common::queue::Category;
 use common::testing::docker;
 use deployment_agent::RuntimeKind;
 use serde_json::{Value, json};
-use support::{DockerEnv, Load, QueueWatcher, TestAgent, fast_config, redis::RedisServer, serving};
+use support::{
+    Balancer, DockerEnv, Load, OpenLoad, QueueWatcher, Sent, TestAgent, fast_config,
+    redis::RedisServer, serving,
+};
 
 const STARTUP: Duration = Duration::from_secs(60);
 const SCALING: Duration = Duration::from_secs(90);
@@ -796,5 +801,402 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
         "AGENT_TOKEN",
     ] {
         assert!(help.contains(variable), "--help lacks {variable}");
+    }
+}
+
+/// The agent's events as (kind, container, at_ms, message).
+async fn events(agent: &TestAgent) -> Vec<(String, Option<String>, u64, String)> {
+    let events = agent.get_json("/events?limit=1000").await;
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["kind"].as_str().unwrap_or_default().to_owned(),
+                event["container"].as_str().map(str::to_owned),
+                event["at_ms"].as_u64().unwrap_or(0),
+                event["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// How long after the agent records `unhealthy` a balancer may still send a new request to
+/// the worker. The agent publishes the queue before it records the event; this covers the
+/// WebSocket push to the balancer and its routing-table swap on a busy 2-core machine.
+const PUBLISH_ALLOWANCE_MS: u64 = 500;
+
+/// Issue 12, point 8: `docker pause` of a serving worker under load through four balancers,
+/// one per routing policy. It leaves the queue (published INIT) a few probes after the pause;
+/// no request sent after the agent's `unhealthy` event (+ the publish allowance) goes to it,
+/// whatever the policy; unpaused before UNHEALTHY_TIMEOUT it comes back (`recovered`); paused
+/// again for longer, it is stopped, removed and replaced. Prints each policy's p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_a_paused_worker_leaves_every_policys_routing_set_then_recovers_or_is_replaced() {
+    const TOKEN: &str = "unhealthy-test-token";
+    let env = DockerEnv::new();
+    let mut config = env.config();
+    config.default_container = Some(3);
+    config.min_containers = 3;
+    config.max_containers = 4;
+    config.target_concurrency = 0.0; // the requests stalled on the paused worker scale nothing
+    config.probe_timeout = Duration::from_millis(500);
+    config.unhealthy_threshold = 2;
+    config.unhealthy_timeout = Duration::from_secs(10);
+    config.token = Some(TOKEN.into());
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    let (_, ready) = watcher
+        .wait_until("three serving workers", STARTUP, |s| {
+            s.items.len() == 3 && serving(s).len() == 3
+        })
+        .await;
+
+    let policies = [
+        "round-robin",
+        "weighted-random",
+        "least-request",
+        "p2c-ewma",
+    ];
+    let balancers: Vec<Balancer> = policies
+        .iter()
+        .map(|policy| {
+            Balancer::start(
+                &agent,
+                TOKEN,
+                policy,
+                &[
+                    ("CACHE_CAPACITY", "0"),
+                    ("BALANCER_THREADS", "1"),
+                    // Longer than the pause: a stalled request ends when the worker thaws.
+                    ("REQUEST_TIMEOUT", "60s"),
+                ],
+            )
+        })
+        .collect();
+    for balancer in &balancers {
+        common::testing::eventually(
+            &format!("the {} balancer to route to 3 workers", balancer.policy),
+            Duration::from_secs(20),
+            || async { (balancer.candidates(&agent.client).await.len() == 3).then_some(()) },
+        )
+        .await;
+    }
+
+    let loads: Vec<OpenLoad> = balancers
+        .iter()
+        .map(|balancer| OpenLoad::start(balancer.url("/health"), 40))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sick = ready.items[0].clone();
+    let paused_ms = support::now_ms();
+    let paused = Instant::now();
+    docker(&["pause", &sick.id]);
+    let (left_at, _) = watcher
+        .wait_until(
+            "the paused worker out of the routing set",
+            Duration::from_secs(15),
+            |s| {
+                s.items
+                    .iter()
+                    .any(|i| i.id == sick.id && !i.utilization_category.accepts_new_requests())
+            },
+        )
+        .await;
+    println!(
+        "paused {}: out of the queue {} ms after the pause",
+        sick.dns_name,
+        left_at.saturating_duration_since(paused).as_millis()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    docker(&["unpause", &sick.id]);
+    watcher
+        .wait_until(
+            "the thawed worker back in the queue",
+            Duration::from_secs(15),
+            |s| serving(s).iter().any(|i| i.id == sick.id),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut runs = Vec::new();
+    for load in loads {
+        runs.push(load.stop().await);
+    }
+
+    let log = events(&agent).await;
+    let at = |kind: &str| {
+        log.iter()
+            .find(|(k, container, _, _)| k == kind && container.as_deref() == Some(&sick.id))
+            .map(|(_, _, at_ms, _)| *at_ms)
+            .unwrap_or_else(|| panic!("no {kind} event for the paused worker: {log:#?}"))
+    };
+    let (unhealthy_ms, recovered_ms) = (at("unhealthy"), at("recovered"));
+    assert!(paused_ms < unhealthy_ms && unhealthy_ms < recovered_ms);
+    for (balancer, run) in balancers.iter().zip(&runs) {
+        let to_sick = |sent: &&Sent| sent.backend.as_deref() == Some(sick.dns_name.as_str());
+        let before = run
+            .iter()
+            .filter(|s| s.at_ms < paused_ms)
+            .filter(to_sick)
+            .count();
+        assert!(
+            before > 0,
+            "{}: the worker took no request before the pause",
+            balancer.policy
+        );
+        let window: Vec<&Sent> = run
+            .iter()
+            .filter(|s| s.at_ms >= unhealthy_ms + PUBLISH_ALLOWANCE_MS && s.at_ms < recovered_ms)
+            .collect();
+        assert!(
+            window.len() >= 20,
+            "{}: only {} requests while the worker was out",
+            balancer.policy,
+            window.len()
+        );
+        let wrong: Vec<&&Sent> = window
+            .iter()
+            .filter(|s| to_sick(s) || s.status != 200)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{}: requests sent after the worker was marked unhealthy went to it or failed: {wrong:#?}",
+            balancer.policy
+        );
+        let to_sick_between = |from: u64, to: u64| {
+            run.iter()
+                .filter(to_sick)
+                .filter(|s| s.at_ms >= from && s.at_ms < to)
+                .count()
+        };
+        let stalled = to_sick_between(paused_ms, unhealthy_ms);
+        let in_allowance = to_sick_between(unhealthy_ms, unhealthy_ms + PUBLISH_ALLOWANCE_MS);
+        let after_recovery = to_sick_between(recovered_ms + PUBLISH_ALLOWANCE_MS, u64::MAX);
+        if balancer.policy == "round-robin" {
+            assert!(
+                after_recovery > 0,
+                "round-robin: the recovered worker gets no request"
+            );
+        }
+        let latencies: Vec<Duration> = run.iter().map(|s| s.latency).collect();
+        println!(
+            "{:>15}: {} requests; to the paused worker: {} before the pause, {} between the pause \
+             and the unhealthy mark (stalled until the thaw), {} within the publish allowance, 0 \
+             of the {} sent while it was out, {} after it recovered; p50 {:?}, p99 {:?}, max {:?}",
+            balancer.policy,
+            run.len(),
+            before,
+            stalled,
+            in_allowance,
+            window.len(),
+            after_recovery,
+            support::quantile(&latencies, 0.5),
+            support::quantile(&latencies, 0.99),
+            support::quantile(&latencies, 1.0),
+        );
+        assert!(
+            run.iter().all(|s| s.status == 200),
+            "{}: a request failed",
+            balancer.policy
+        );
+    }
+
+    // Paused for longer than UNHEALTHY_TIMEOUT: stopped, removed and replaced.
+    docker(&["pause", &sick.id]);
+    let (_, replaced) = watcher
+        .wait_until("the paused worker replaced", SCALING, |s| {
+            serving(s).len() == 3 && s.items.iter().all(|i| i.id != sick.id)
+        })
+        .await;
+    assert!(
+        replaced
+            .items
+            .iter()
+            .any(|i| ready.items.iter().all(|r| r.id != i.id)),
+        "no new worker: {replaced:#?}"
+    );
+    common::testing::eventually(
+        "the sick container removed from the engine",
+        Duration::from_secs(30),
+        || async {
+            let on_engine = env.containers();
+            (on_engine.len() == 3 && !on_engine.contains(&sick.id)).then_some(())
+        },
+    )
+    .await;
+    let log = events(&agent).await;
+    let said = |kind: &str, text: &str| {
+        log.iter().any(|(k, container, _, message)| {
+            k == kind && container.as_deref() == Some(&sick.id) && message.contains(text)
+        })
+    };
+    assert!(said("died", "unhealthy for"), "{log:#?}");
+    assert!(said("stopped", "stayed unhealthy"), "{log:#?}");
+}
+
+/// Issue 12, point 9: `POST /scale` 5 then, 150 ms later, 1: the target is 1 after one
+/// decision, the workers that never served go (still being created, starting or ready), the
+/// one that served stays. On Docker, where a container takes long enough to start that the
+/// second request meets them starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_the_last_scale_request_wins_and_the_serving_worker_stays() {
+    let env = DockerEnv::new();
+    let mut config = env.config();
+    config.default_container = Some(1);
+    config.min_containers = 1;
+    config.max_containers = 6;
+    // Only the requests may shrink the pool in this test, not the low load.
+    config.scale_down_stabilization = Duration::from_secs(300);
+    config.cooldown = Duration::from_secs(300);
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    let (_, one) = watcher
+        .wait_until("one worker", STARTUP, |s| serving(s).len() == 1)
+        .await;
+    let worker = one.items[0].clone();
+
+    // It serves a few jobs; the agent sees it has served.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = client
+            .post(format!("http://{}/submit", worker.address))
+            .json(&json!({"operation": "sleep", "data": {"seconds": 0.01}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    common::testing::eventually(
+        "the agent to see the worker served",
+        Duration::from_secs(10),
+        || async {
+            let stats = agent.get_json("/stats").await;
+            (stats["containers"][0]["served"] == true).then_some(())
+        },
+    )
+    .await;
+
+    agent.request_replicas(5).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    agent.request_replicas(1).await;
+    let asked = Instant::now();
+    let desired = || async {
+        agent.get_json("/stats").await["bounds"]["desired_replicas"]
+            .as_u64()
+            .unwrap()
+    };
+    common::testing::eventually("1 desired replica", Duration::from_secs(3), || async {
+        (desired().await == 1).then_some(())
+    })
+    .await;
+    println!(
+        "desired back to 1 {} ms after the second request",
+        asked.elapsed().as_millis()
+    );
+    let (_, settled) = watcher
+        .wait_until("only the serving worker left", STARTUP, |s| {
+            s.items.len() == 1 && serving(s).len() == 1
+        })
+        .await;
+    assert_eq!(
+        settled.items[0].id, worker.id,
+        "the serving worker was removed"
+    );
+    assert!(
+        !watcher.saw(&worker.id, Category::Sundown),
+        "the serving worker was drained"
+    );
+    common::testing::eventually(
+        "the engine to hold the serving worker only",
+        Duration::from_secs(30),
+        || async { (env.containers() == [worker.id.clone()]).then_some(()) },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(desired().await, 1, "the target moved again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = events(&agent).await;
+    let cancelled = log
+        .iter()
+        .filter(|(kind, _, _, message)| kind == "sundown" && message.contains("launch cancelled"))
+        .count();
+    println!("of the 4 new workers, {cancelled} were cancelled while being created");
+    assert!(
+        !log.iter()
+            .any(|(kind, _, _, message)| kind == "died" && message.contains("could not start")),
+        "{log:#?}"
+    );
+}
+
+/// Issue 12, point 13: leftover containers named like the next worker (stopped, not the
+/// agent's labels) are skipped, whether the agent listed them (created before it started) or
+/// meets them as a 409 on create (created after its last listing); no scale-up is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_new_worker_names_skip_leftover_containers_and_retry_a_conflict() {
+    let mut env = DockerEnv::new();
+    let blocker = |env: &mut DockerEnv, n: u32| {
+        let name = format!("{}-worker-{n}", env.app);
+        env.cleanup.containers.push(name.clone());
+        docker(&[
+            "create",
+            "--label",
+            common::testing::TEST_LABEL,
+            "--name",
+            &name,
+            &env.image,
+        ]);
+        name
+    };
+    let listed = blocker(&mut env, 2);
+    let mut config = env.config();
+    config.default_container = Some(1);
+    config.min_containers = 1;
+    config.max_containers = 4;
+    config.cooldown = Duration::from_secs(300);
+    config.scale_down_stabilization = Duration::from_secs(300);
+    let started = Instant::now();
+    let agent = TestAgent::start(config).await;
+    let watcher = QueueWatcher::connect(&agent.ws_url()).await;
+    watcher
+        .wait_until("one worker", STARTUP, |s| serving(s).len() == 1)
+        .await;
+
+    agent.request_replicas(2).await;
+    let (_, two) = watcher
+        .wait_until("two workers", STARTUP, |s| serving(s).len() == 2)
+        .await;
+    // Created after the agent's last listing: its create answers 409.
+    let unlisted = blocker(&mut env, 4);
+    agent.request_replicas(3).await;
+    // The agent lists the engine at start, then every 10 s.
+    let before_next_listing = started.elapsed() < Duration::from_secs(9);
+    let (_, three) = watcher
+        .wait_until("three workers", STARTUP, |s| serving(s).len() == 3)
+        .await;
+    let mut names: Vec<String> = three.items.iter().map(|i| i.dns_name.clone()).collect();
+    names.sort();
+    let expected: Vec<String> = [1, 3, 5]
+        .iter()
+        .map(|n| format!("{}-worker-{n}", env.app))
+        .collect();
+    assert_eq!(names, expected, "after two workers {:?}", two.items);
+    for leftover in [&listed, &unlisted] {
+        let state = docker(&["inspect", "-f", "{{.State.Status}}", leftover]);
+        assert_eq!(state, "created", "{leftover} was touched");
+    }
+    let log = events(&agent).await;
+    assert!(
+        !log.iter()
+            .any(|(kind, _, _, message)| kind == "died" && message.contains("could not start")),
+        "{log:#?}"
+    );
+    let conflict = log.iter().any(|(kind, _, _, message)| {
+        kind == "created" && message.contains(&format!("({unlisted} already existed)"))
+    });
+    println!("409 on {unlisted} retried with the next name: {conflict}");
+    if before_next_listing {
+        assert!(conflict, "no 409 retried: {log:#?}");
     }
 }

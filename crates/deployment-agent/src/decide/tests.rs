@@ -43,6 +43,26 @@ fn container(id: &str, category: Category, utilization: f64, in_flight: u64) -> 
         critical: utilization >= 90.0,
         in_flight,
         sundown_since: None,
+        // A ready container in these tests has served unless a test says otherwise.
+        served: category != Category::Init,
+        unhealthy: false,
+    }
+}
+
+/// A ready container that never served a request.
+fn fresh(id: &str, utilization: f64) -> ContainerView {
+    ContainerView {
+        served: false,
+        ..ready(id, utilization)
+    }
+}
+
+/// A container that was ready and now fails its probes (published INIT).
+fn unhealthy(id: &str, in_flight: u64) -> ContainerView {
+    ContainerView {
+        unhealthy: true,
+        served: true,
+        ..container(id, Category::Init, 0.0, in_flight)
     }
 }
 
@@ -134,8 +154,8 @@ fn above_maximum_sundowns_the_least_busy_excess() {
     ];
     let decision = decide(&observe(now, &pool), &config, &ScalerState::default());
     assert_eq!(decision.reason, Reason::AboveMaximum { active: 4, max: 2 });
-    // INIT containers are never sundowned: the two least busy ready ones go.
-    assert_eq!(ids(&decision.sundown), ["b", "c"]);
+    // The removal order: the INIT container first, then the least busy ready one.
+    assert_eq!(ids(&decision.sundown), ["d", "b"]);
     assert_eq!(decision.desired, 2);
 }
 
@@ -258,15 +278,15 @@ fn requested_replicas_apply_at_once_within_bounds() {
     // Clamped to MAX_CONTAINERS.
     assert_eq!(decide(&request(50), &config, &in_cooldown).desired, 6);
 
-    // Down to 3: the least busy ready container (c: 0 in flight, 10 %) goes, never INIT d.
+    // Down to 3: INIT d goes first (it never served).
     let down = decide(&request(3), &config, &in_cooldown);
-    assert_eq!(ids(&down.sundown), ["c"]);
+    assert_eq!(ids(&down.sundown), ["d"]);
     assert_eq!(down.desired, 3);
     assert_eq!(down.state.last_scale_down, Some(now));
 
-    // Clamped to MIN_CONTAINERS: 0 becomes 2; c then b go.
+    // Clamped to MIN_CONTAINERS: 0 becomes 2; d, then the least busy ready one, c.
     let floor = decide(&request(0), &config, &in_cooldown);
-    assert_eq!(ids(&floor.sundown), ["c", "b"]);
+    assert_eq!(ids(&floor.sundown), ["d", "c"]);
     assert_eq!(floor.desired, 2);
 
     // Queued demand overrides a request to shrink.
@@ -695,6 +715,176 @@ fn victims_are_the_least_busy_ready_containers() {
 }
 
 #[test]
+fn a_scale_down_removes_what_never_served_before_what_serves() {
+    let now = start();
+    let config = ScalingConfig {
+        min_replicas: 1,
+        ..config()
+    };
+    // One serving container (idle right now), one ready that never served, two starting (one
+    // still being launched), one unhealthy.
+    let pool = [
+        ready("serving", 5.0),
+        fresh("fresh", 1.0),
+        init("launching:app-worker-5"),
+        init("starting"),
+        unhealthy("sick", 3),
+    ];
+    let request = |requested| Observation {
+        requested_replicas: Some(requested),
+        ..observe(now, &pool)
+    };
+    // The removal order: unhealthy, starting (by id), never served, then serving.
+    let order = [
+        "sick",
+        "launching:app-worker-5",
+        "starting",
+        "fresh",
+        "serving",
+    ];
+    for keep in (1..=5).rev() {
+        let decision = decide(&request(keep), &config, &ScalerState::default());
+        assert_eq!(ids(&decision.sundown), order[..5 - keep], "down to {keep}");
+        assert_eq!(decision.desired, keep);
+    }
+
+    // Even when the serving one is the least busy, a container that never served goes first.
+    let pool = [ready("serving", 1.0), fresh("fresh", 40.0)];
+    let decision = decide(
+        &Observation {
+            requested_replicas: Some(1),
+            ..observe(now, &pool)
+        },
+        &config,
+        &ScalerState::default(),
+    );
+    assert_eq!(ids(&decision.sundown), ["fresh"]);
+
+    // So does a load-based scale-down (from ready containers only).
+    let pool = [
+        ready("serving", 10.0),
+        fresh("fresh", 20.0),
+        init("starting"),
+    ];
+    let decision = decide(&observe(now, &pool), &config, &low_for_long(now));
+    assert_eq!(decision.reason.kind(), "low_load");
+    assert_eq!(ids(&decision.sundown), ["fresh"]);
+}
+
+#[test]
+fn the_last_request_wins_within_one_decision() {
+    let now = start();
+    let config = ScalingConfig {
+        min_replicas: 1,
+        ..config()
+    };
+    let request = |pool, requested| Observation {
+        requested_replicas: Some(requested),
+        ..observe(now, pool)
+    };
+    // One serving container; 5 requested: 4 created.
+    let one = [ready("a", 10.0)];
+    let up = decide(&request(&one, 5), &config, &ScalerState::default());
+    assert_eq!((up.create, up.desired), (4, 5));
+    // 150 ms later, before any is ready, 1 requested: the four go, the serving one stays.
+    let booting = [
+        ready("a", 10.0),
+        init("launching:w-2"),
+        init("launching:w-3"),
+        init("b"),
+        init("c"),
+    ];
+    let down = decide(&request(&booting, 1), &config, &up.state);
+    assert_eq!(down.desired, 1);
+    assert_eq!(
+        ids(&down.sundown),
+        ["b", "c", "launching:w-2", "launching:w-3"]
+    );
+    // Two of them ready by then (never served): the same.
+    let partly = [
+        ready("a", 10.0),
+        fresh("b", 0.0),
+        fresh("c", 0.0),
+        init("launching:w-2"),
+        init("launching:w-3"),
+    ];
+    let down = decide(&request(&partly, 1), &config, &up.state);
+    assert_eq!(down.desired, 1);
+    assert!(
+        !down.sundown.contains(&"a".to_owned()),
+        "{:?}",
+        down.sundown
+    );
+}
+
+#[test]
+fn an_unhealthy_container_holds_its_place_but_is_no_capacity() {
+    let now = start();
+    let config = ScalingConfig {
+        min_replicas: 2,
+        target_concurrency: 2.0,
+        ..config()
+    };
+    // It counts toward the minimum: a stall does not start a container by itself.
+    let pool = [ready("a", 10.0), unhealthy("sick", 0)];
+    let decision = decide(&observe(now, &pool), &config, &ScalerState::default());
+    assert_eq!((decision.create, decision.desired), (0, 2));
+    assert!(decision.sundown.is_empty(), "{:?}", decision.sundown);
+
+    // Queued demand is not covered by it (a starting container would cover it).
+    let sick = [unhealthy("sick", 0)];
+    let demand = Observation {
+        queued_demand: 1,
+        ..observe(now, &sick)
+    };
+    let config_zero = ScalingConfig {
+        min_replicas: 0,
+        ..config.clone()
+    };
+    let decision = decide(&demand, &config_zero, &ScalerState::default());
+    assert_eq!((decision.create, decision.reason.kind()), (1, "demand"));
+    let starting = [init("starting")];
+    let covered = Observation {
+        queued_demand: 1,
+        ..observe(now, &starting)
+    };
+    assert_eq!(
+        decide(&covered, &config_zero, &ScalerState::default()).create,
+        0
+    );
+
+    // Its stalled requests are not load the others carry, and it asks for one more: 4 in
+    // flight on a at 2 per container -> 2 serving + 1 for the sick one.
+    let pool = [busy("a", 20.0, 4), unhealthy("sick", 9)];
+    let decision = decide(&observe(now, &pool), &config, &ScalerState::default());
+    assert_eq!(
+        decision.reason,
+        Reason::Concurrency {
+            in_flight: 4,
+            target: 2.0,
+            wanted: 3
+        }
+    );
+    assert_eq!(decision.create, 1);
+
+    // The utilisation signals use the ready containers and do not wait for it to recover.
+    let pool = [ready("a", 80.0), ready("b", 80.0), unhealthy("sick", 0)];
+    let decision = decide(&observe(now, &pool), &config, &ScalerState::default());
+    assert_eq!((decision.create, decision.reason.kind()), (1, "high_load"));
+
+    // A load-based scale-down takes ready containers only; the controller decides its fate.
+    let config = ScalingConfig {
+        min_replicas: 1,
+        target_concurrency: 0.0,
+        ..config
+    };
+    let pool = [ready("a", 5.0), ready("b", 5.0), unhealthy("sick", 0)];
+    let decision = decide(&observe(now, &pool), &config, &low_for_long(now));
+    assert_eq!(decision.reason.kind(), "low_load");
+    assert_eq!(ids(&decision.sundown), ["a"]);
+}
+
+#[test]
 fn sundown_containers_stop_when_drained_or_timed_out() {
     let t0 = start();
     let now = t0 + secs(100);
@@ -881,8 +1071,8 @@ fn category() -> impl Strategy<Value = Category> {
 }
 
 /// Containers described relative to `now`: (category, utilisation, cpu, in flight, sundown
-/// age in seconds).
-type Described = (Category, f64, f64, u64, u64);
+/// age in seconds, served, unhealthy). An unhealthy one is published INIT.
+type Described = (Category, f64, f64, u64, u64, bool, bool);
 
 fn described() -> impl Strategy<Value = Described> {
     (
@@ -891,6 +1081,8 @@ fn described() -> impl Strategy<Value = Described> {
         0.0_f64..=100.0,
         0_u64..20,
         0_u64..120,
+        any::<bool>(),
+        prop::bool::weighted(0.15),
     )
 }
 
@@ -899,14 +1091,19 @@ fn build(now: Instant, described: &[Described], config: &ScalingConfig) -> Vec<C
         .iter()
         .enumerate()
         .map(
-            |(i, &(category, utilization, cpu_util, in_flight, age))| ContainerView {
-                id: format!("c{i}"),
-                category,
-                utilization,
-                cpu_util,
-                critical: utilization >= config.critical,
-                in_flight,
-                sundown_since: (category == Category::Sundown).then(|| now - secs(age)),
+            |(i, &(category, utilization, cpu_util, in_flight, age, served, unhealthy))| {
+                let unhealthy = unhealthy && category != Category::Sundown;
+                ContainerView {
+                    id: format!("c{i}"),
+                    category: if unhealthy { Category::Init } else { category },
+                    utilization,
+                    cpu_util,
+                    critical: utilization >= config.critical,
+                    in_flight,
+                    sundown_since: (category == Category::Sundown).then(|| now - secs(age)),
+                    served,
+                    unhealthy,
+                }
             },
         )
         .collect()
@@ -917,7 +1114,9 @@ fn ago(now: Instant, age: Option<u64>) -> Option<Instant> {
 }
 
 proptest! {
-    /// The count stays within bounds; only SUNDOWN containers stop; only ready ones sundown.
+    /// The count stays within bounds; only SUNDOWN containers stop; only active ones sundown,
+    /// and only ready ones on low load; a serving container goes only after every container
+    /// that is unhealthy, starting or never served.
     #[test]
     fn decisions_respect_bounds_and_lifecycle(
         config in valid_config(),
@@ -958,12 +1157,28 @@ proptest! {
         for id in &decision.stop {
             prop_assert_eq!(category_of(id), Some(Category::Sundown));
         }
+        let view_of = |id: &str| containers.iter().find(|c| c.id == id);
+        let serving = |c: &ContainerView| c.is_ready() && c.served;
+        let low_load = matches!(decision.reason, Reason::LowLoad { .. });
         for id in &decision.sundown {
-            let category = category_of(id);
-            prop_assert!(
-                matches!(category, Some(Category::Low | Category::Medium | Category::High)),
-                "sundown {} of category {:?}", id, category
-            );
+            let view = view_of(id).unwrap();
+            prop_assert!(view.category != Category::Sundown, "sundown {} again", id);
+            if low_load {
+                prop_assert!(
+                    view.is_ready(),
+                    "low load sundowns {} of category {:?}", id, view.category
+                );
+            }
+            if serving(view) {
+                // Whatever may go before a serving container went first.
+                let spared = containers.iter().any(|c| {
+                    c.is_active()
+                        && !serving(c)
+                        && (c.is_ready() || !low_load)
+                        && !decision.sundown.contains(&c.id)
+                });
+                prop_assert!(!spared, "serving {} removed before an idle one", id);
+            }
         }
         let unique: HashSet<_> = decision.sundown.iter().chain(&decision.stop).collect();
         prop_assert_eq!(unique.len(), decision.sundown.len() + decision.stop.len());
@@ -1041,6 +1256,8 @@ proptest! {
                         critical: false,
                         in_flight: 0,
                         sundown_since: (*category == Category::Sundown).then_some(now),
+                        served: true,
+                        unhealthy: false,
                     };
                     if *category == Category::Medium {
                         let share = load / ready as f64;

@@ -115,6 +115,23 @@ impl DockerRuntime {
         Ok(instances)
     }
 
+    /// Names of all containers (running or not, any labels) that start with `prefix`.
+    pub async fn names(&self, prefix: &str) -> Result<Vec<String>, RuntimeError> {
+        // The engine's name filter matches anywhere in the name; the prefix is checked here.
+        let filters = HashMap::from([("name".to_owned(), vec![prefix.to_owned()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self.docker.list_containers(Some(options)).await?;
+        Ok(summaries
+            .into_iter()
+            .flat_map(|summary| summary.names.unwrap_or_default())
+            .map(|name| name.trim_start_matches('/').to_owned())
+            .filter(|name| name.starts_with(prefix))
+            .collect())
+    }
+
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, RuntimeError> {
         let s = &self.settings;
         let mut labels = HashMap::from([
@@ -156,6 +173,9 @@ impl DockerRuntime {
             Ok(created) => created,
             Err(err) if is_not_found(&err) => {
                 return Err(RuntimeError::ImageMissing(s.image.clone()));
+            }
+            Err(err) if is_conflict(&err) => {
+                return Err(RuntimeError::NameTaken(spec.name.clone()));
             }
             Err(err) => return Err(err.into()),
         };

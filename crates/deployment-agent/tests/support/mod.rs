@@ -326,3 +326,158 @@ pub fn fast_config() -> Config {
     config.shutdown_grace = Duration::from_secs(2);
     config
 }
+
+/// The `balancer` binary routing on `agent`'s queue (WebSocket) and reporting to its gRPC
+/// port, on loopback ports it picked itself; killed on drop.
+pub struct Balancer {
+    pub policy: String,
+    pub address: SocketAddr,
+    pub admin: SocketAddr,
+    _process: common::testing::ServiceProcess,
+}
+
+impl Balancer {
+    /// Starts it with `BALANCER_POLICY=policy`, `AGENT_TOKEN=token` and `settings` on top.
+    pub fn start(agent: &TestAgent, token: &str, policy: &str, settings: &[(&str, &str)]) -> Self {
+        let mut command = std::process::Command::new(workspace_binary("balancer"));
+        command
+            .env_clear()
+            .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
+            .env("AGENT_WS_URL", agent.ws_url())
+            .env("AGENT_GRPC_URL", format!("http://{}", agent.grpc))
+            .env("AGENT_TOKEN", token)
+            .env("BALANCER_POLICY", policy)
+            .envs(settings.iter().copied());
+        let (process, listening) = common::testing::ServiceProcess::spawn(
+            command,
+            "balancer listening",
+            Duration::from_secs(20),
+        );
+        let address = |field: &str| {
+            listening[field]
+                .as_str()
+                .and_then(|address| address.parse().ok())
+                .unwrap_or_else(|| panic!("no {field} in {listening}"))
+        };
+        Self {
+            policy: policy.to_owned(),
+            address: address("address"),
+            admin: address("admin_address"),
+            _process: process,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// The `dns_name`s of the backends that take new requests, from the admin port.
+    pub async fn candidates(&self, client: &reqwest::Client) -> Vec<String> {
+        let url = format!("http://{}/backends", self.admin);
+        let Ok(response) = client.get(url).send().await else {
+            return Vec::new();
+        };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|backend| backend["accepts_new_requests"] == true)
+            .filter_map(|backend| backend["dns_name"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// One request of an [`OpenLoad`].
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// When it was sent, Unix milliseconds (comparable with the agent's event times).
+    pub at_ms: u64,
+    pub latency: Duration,
+    /// 0 when no answer came.
+    pub status: u16,
+    /// `X-Backend` of the answer.
+    pub backend: Option<String>,
+}
+
+/// GET requests sent at a fixed rate whatever the answers (an open loop): a stalled backend
+/// does not slow the sending down, as with real clients.
+pub struct OpenLoad {
+    stop: CancellationToken,
+    task: JoinHandle<Vec<Sent>>,
+}
+
+impl OpenLoad {
+    pub fn start(url: String, per_second: u32) -> Self {
+        let stop = CancellationToken::new();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let period = Duration::from_secs(1) / per_second.max(1);
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut requests = tokio::task::JoinSet::new();
+            let mut sent = Vec::new();
+            loop {
+                tokio::select! {
+                    () = stopped.cancelled() => break,
+                    _ = tick.tick() => {
+                        let (client, url) = (client.clone(), url.clone());
+                        requests.spawn(async move {
+                            let at_ms = now_ms();
+                            let started = Instant::now();
+                            let (status, backend) = match client.get(&url).send().await {
+                                Ok(response) => {
+                                    let backend = response
+                                        .headers()
+                                        .get("x-backend")
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(str::to_owned);
+                                    let status = response.status().as_u16();
+                                    let _ = response.bytes().await;
+                                    (status, backend)
+                                }
+                                Err(_) => (0, None),
+                            };
+                            Sent { at_ms, latency: started.elapsed(), status, backend }
+                        });
+                    }
+                    Some(Ok(done)) = requests.join_next() => sent.push(done),
+                }
+            }
+            while let Some(done) = requests.join_next().await {
+                sent.extend(done.ok());
+            }
+            sent.sort_by_key(|s| s.at_ms);
+            sent
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sending, waits for the answers still due, and returns every request.
+    pub async fn stop(self) -> Vec<Sent> {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `q` quantile (0..=1) of `values` (nearest rank); zero when empty.
+pub fn quantile(values: &[Duration], q: f64) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
