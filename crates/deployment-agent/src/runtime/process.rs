@@ -111,6 +111,9 @@ impl ProcessRuntime {
             ])
             .env(APP_VAR, &self.shared.app)
             .env(OWNER_VAR, &self.shared.agent_name)
+            // Workers share the host's ports here: a chaos port (WORKER_CHAOS=true) of its own
+            // for each, unless WORKER_ENV names one.
+            .env("WORKER_CHAOS_PORT", "0")
             .envs(self.shared.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
