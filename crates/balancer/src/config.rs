@@ -121,6 +121,17 @@ impl FromStr for BackendAddr {
     }
 }
 
+/// A token fit for a header value (visible ASCII); empty (as compose passes an unset
+/// variable) means none. The message does not repeat the secret.
+fn parse_token(text: &str) -> Result<String, String> {
+    let token = text.trim();
+    if token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        Ok(token.to_owned())
+    } else {
+        Err("the token must be visible ASCII characters only (it is sent in a header)".into())
+    }
+}
+
 fn parse_backend(text: &str) -> Result<BackendAddr, String> {
     text.parse()
 }
@@ -402,6 +413,12 @@ pub struct Config {
     #[arg(long = "cors-origins", env = "CORS_ORIGINS", value_name = "CORS_ORIGINS", default_value = "",
           value_parser = crate::cors::Cors::parse)]
     pub cors: crate::cors::Cors,
+
+    /// The deployment agent's token, sent as `authorization: Bearer` metadata on every gRPC
+    /// call (load reports); the agent refuses the reports without it.
+    #[arg(long = "agent-token", env = "AGENT_TOKEN", value_name = "AGENT_TOKEN",
+          hide_env_values = true, value_parser = parse_token)]
+    pub agent_token: Option<String>,
 }
 
 impl Default for Config {
@@ -447,6 +464,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             cors: crate::cors::Cors::Off,
+            agent_token: None,
         }
     }
 }

@@ -464,12 +464,8 @@ async fn the_event_websocket_replays_recent_events_then_pushes_new_ones() {
         assert_eq!(&next().await, expected);
     }
     let response = agent
-        .client
-        .post(agent.url("/scale"))
-        .json(&json!({"min_replicas": 2, "max_replicas": 3}))
-        .send()
-        .await
-        .unwrap();
+        .post("/scale", &json!({"min_replicas": 2, "max_replicas": 3}))
+        .await;
     assert_eq!(response.status(), 202);
     let pushed = next().await;
     assert_eq!(pushed["kind"], "config_changed", "{pushed}");
@@ -653,6 +649,7 @@ impl Balancer {
             .env("AGENT_WS_URL", format!("ws://{}/ws", agent.ws))
             .env("AGENT_GRPC_URL", format!("http://{}", agent.grpc))
             .env("CORS_ORIGINS", format!("http://{}", agent.http))
+            .env("AGENT_TOKEN", agent.token.as_deref().unwrap_or_default())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
