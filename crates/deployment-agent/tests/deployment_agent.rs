@@ -1337,7 +1337,7 @@ async fn websocket_subscribers_are_capped_and_one_that_does_not_read_is_dropped(
         open.push(subscribe(url).await.expect("under the cap"));
     }
     for url in &urls {
-        let (status, body) = subscribe(url).await.err().expect("one over the cap");
+        let (status, body) = subscribe(url).await.expect_err("one over the cap");
         assert_eq!(status, 503, "{url}: {body}");
         let body: Value = serde_json::from_str(&body).expect("a JSON error");
         assert!(
