@@ -64,9 +64,16 @@ pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
+/// Shorter tokens get a warning at start-up (`jobs/run.sh` generates 32 random bytes).
+const MIN_TOKEN_LEN: usize = 16;
+
 /// Says at start-up who may change the agent, and how to set a token when nobody can.
 pub fn log_access(access: &Access) {
     match access {
+        Access::Token(token) if token.len() < MIN_TOKEN_LEN => tracing::warn!(
+            length = token.len(),
+            "AGENT_TOKEN is short enough to guess; use {MIN_TOKEN_LEN} or more random characters"
+        ),
         Access::Token(_) => tracing::info!("mutating calls need the agent's token (AGENT_TOKEN)"),
         Access::Locked => tracing::warn!(
             "no AGENT_TOKEN is set: every mutating call (HTTP POST /scale and \

@@ -536,7 +536,9 @@ impl Config {
     /// Treats empty strings (as compose passes unset variables) as unset.
     pub fn normalized(mut self) -> Self {
         let keep = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
-        self.token = keep(self.token);
+        // Surrounding whitespace (a token file's newline) is not part of the token: clients'
+        // `Bearer` values are trimmed too.
+        self.token = keep(self.token).map(|token| token.trim().to_owned());
         self.redis_url = keep(self.redis_url);
         self.redis_host = keep(self.redis_host);
         self.network = keep(self.network);

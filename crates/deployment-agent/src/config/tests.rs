@@ -89,6 +89,8 @@ fn security_defaults_and_the_container_ceiling() {
     assert_eq!(config.access(), Access::Open);
     config.token = Some("t".into());
     assert_eq!(config.access(), Access::Token("t".into()), "a token wins");
+    config.token = Some(" t\n".into());
+    assert_eq!(config.normalized().access(), Access::Token("t".into()));
 
     let mut config = Config::defaults();
     config.max_containers = 101;
