@@ -175,6 +175,39 @@ pub struct Reports {
     pub interval: Duration,
     pub reconnect_max: Duration,
     pub connect_timeout: Duration,
+    /// AGENT_TOKEN, sent as `authorization: Bearer` metadata on every call.
+    pub token: Option<String>,
+}
+
+/// Adds `authorization: Bearer <AGENT_TOKEN>` to every gRPC call to the agent.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Bearer {
+    /// `None` when `token` cannot be a header value (the config's parser prevents that).
+    pub fn new(token: Option<&str>) -> Option<Self> {
+        match token {
+            None => Some(Self(None)),
+            Some(token) => format!("Bearer {token}")
+                .parse()
+                .ok()
+                .map(|value| Self(Some(value))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// Sends a load report every interval over one long `ReportLoad` stream, reopened with
@@ -195,11 +228,16 @@ pub async fn report(
             return;
         }
     };
+    let Some(bearer) = Bearer::new(settings.token.as_deref()) else {
+        tracing::error!("AGENT_TOKEN cannot be sent in a header; no load reports");
+        return;
+    };
     let mut delays = backoff(settings.reconnect_max);
     let mut previous: HashMap<u64, (u64, u64)> = HashMap::new();
     let mut failures = 0u32;
     loop {
-        let client = DeploymentAgentClient::new(endpoint.connect_lazy());
+        let client =
+            DeploymentAgentClient::with_interceptor(endpoint.connect_lazy(), bearer.clone());
         let (sender, receiver) = tokio::sync::mpsc::channel::<LoadReport>(4);
         let mut call = tokio::spawn({
             let mut client = client.clone();

@@ -122,6 +122,17 @@ impl FromStr for BackendAddr {
     }
 }
 
+/// A token fit for a header value (visible ASCII); empty (as compose passes an unset
+/// variable) means none. The message does not repeat the secret.
+fn parse_token(text: &str) -> Result<String, String> {
+    let token = text.trim();
+    if token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        Ok(token.to_owned())
+    } else {
+        Err("the token must be visible ASCII characters only (it is sent in a header)".into())
+    }
+}
+
 fn parse_backend(text: &str) -> Result<BackendAddr, String> {
     text.parse()
 }
@@ -429,6 +440,11 @@ pub struct Config {
     #[arg(long = "retry-buffer-bytes", env = "RETRY_BUFFER_BYTES", value_name = "RETRY_BUFFER_BYTES",
           default_value_t = DEFAULT_RETRY_BUFFER_BYTES)]
     pub retry_buffer_bytes: u64,
+    /// The deployment agent's token, sent as `authorization: Bearer` metadata on every gRPC
+    /// call (load reports); the agent refuses the reports without it.
+    #[arg(long = "agent-token", env = "AGENT_TOKEN", value_name = "AGENT_TOKEN",
+          hide_env_values = true, value_parser = parse_token)]
+    pub agent_token: Option<String>,
 }
 
 impl Default for Config {
@@ -478,6 +494,7 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(30),
             retry_routes: crate::route::RetryRoutes::default(),
             retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+            agent_token: None,
         }
     }
 }

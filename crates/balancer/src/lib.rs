@@ -156,6 +156,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
                 interval: config.report_interval,
                 reconnect_max: config.agent_reconnect_max,
                 connect_timeout: config.connect_timeout,
+                token: config.agent_token.clone().filter(|token| !token.is_empty()),
             },
             backends.clone(),
             Arc::clone(&admission),

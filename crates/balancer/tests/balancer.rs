@@ -714,6 +714,48 @@ async fn agent_websocket_drop_keeps_routing_then_reconnects() {
     assert_eq!(balancer.backends().await["agent_connected"], true);
 }
 
+/// Load reports carry `authorization: Bearer <AGENT_TOKEN>`: an agent that requires the token
+/// gets them; with a wrong token or none, the agent refuses every report stream.
+#[tokio::test]
+async fn load_reports_carry_the_agent_token() {
+    let grpc = GrpcAgent::start().await;
+    let nowhere = format!("ws://127.0.0.1:{}/ws", support::free_port());
+    let reporting = |token: Option<&str>| Config {
+        report_interval: Duration::from_millis(100),
+        agent_token: token.map(str::to_owned),
+        ..support::agent_config(&nowhere, Some(grpc.url()))
+    };
+    let balancer = TestBalancer::start(reporting(Some(support::agent::AGENT_TOKEN))).await;
+    wait_for(
+        "reports with the token",
+        Duration::from_secs(10),
+        || async { grpc.reports().len() >= 3 },
+    )
+    .await;
+    assert_eq!(grpc.refused(), 0);
+    drop(balancer);
+    tokio::time::sleep(Duration::from_millis(500)).await; // its last report lands
+
+    for token in [None, Some("wrong")] {
+        let received = grpc.reports().len();
+        let refused = grpc.refused();
+        let balancer = TestBalancer::start(reporting(token)).await;
+        wait_for(
+            "a refused report stream",
+            Duration::from_secs(10),
+            || async { grpc.refused() > refused },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(balancer);
+        assert_eq!(
+            grpc.reports().len(),
+            received,
+            "{token:?}: a report got through"
+        );
+    }
+}
+
 #[tokio::test]
 async fn admission_queue_waits_for_a_backend_and_reports_the_demand() {
     let worker = TestWorker::start("late").await;

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     events: broadcast::Sender<ScalingEvent>,
     pub wake: Notify,
     shutdown: common::CancellationToken,
+    /// WS_MAX_SUBSCRIBERS places, one per connected WebSocket subscriber.
+    subscriber_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Events buffered per live event subscriber before it lags and skips ahead.
@@ -62,6 +64,7 @@ impl Agent {
     ) -> Self {
         let (queue, _) = watch::channel(Arc::new(QueueSnapshot::new(0, now_ms(), Vec::new())));
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let config_subscribers = config.ws_max_subscribers;
         Self {
             shared: Arc::new(Shared {
                 weights: config.weights(),
@@ -76,6 +79,9 @@ impl Agent {
                 events,
                 wake: Notify::new(),
                 shutdown,
+                subscriber_slots: Arc::new(tokio::sync::Semaphore::new(
+                    config_subscribers.min(tokio::sync::Semaphore::MAX_PERMITS),
+                )),
             }),
         }
     }
@@ -136,7 +142,9 @@ impl Agent {
             scaling.min_replicas = min;
         }
         if let Some(max) = overrides.max_replicas {
-            scaling.max_replicas = max;
+            // A bound stored before MAX_CONTAINERS_LIMIT existed is held to it too.
+            scaling.max_replicas = max.min(self.shared.config.max_containers_limit);
+            scaling.min_replicas = scaling.min_replicas.min(scaling.max_replicas);
         }
         scaling
     }
@@ -379,6 +387,25 @@ impl Agent {
             .redis_connected
             .set(i64::from(self.shared.store.status().connected));
         metrics.render()
+    }
+
+    /// Refuses a replica count or bound above MAX_CONTAINERS_LIMIT, naming the field.
+    pub fn check_limit(&self, field: &str, value: Option<usize>) -> Result<(), String> {
+        let limit = self.shared.config.max_containers_limit;
+        match value {
+            Some(value) if value > limit => Err(format!(
+                "{field} ({value}) is above MAX_CONTAINERS_LIMIT ({limit})"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A place for one more WebSocket subscriber, held while it is connected; `None` at
+    /// WS_MAX_SUBSCRIBERS.
+    pub fn subscriber_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.shared.subscriber_slots)
+            .try_acquire_owned()
+            .ok()
     }
 
     /// Cancelled when the agent shuts down.

@@ -267,6 +267,15 @@ pub struct Config {
         default_value_t = 10
     )]
     pub max_containers: usize,
+    /// Ceiling for MAX_CONTAINERS and for every bound or replica count asked through the API
+    /// (HTTP `POST /scale`, gRPC `Scale`): above it they are refused naming this variable.
+    #[arg(
+        long = "max-containers-limit",
+        env = "MAX_CONTAINERS_LIMIT",
+        value_name = "MAX_CONTAINERS_LIMIT",
+        default_value_t = 100
+    )]
+    pub max_containers_limit: usize,
     /// Fewest containers.
     #[arg(
         long = "min-containers",
@@ -376,7 +385,9 @@ pub struct Config {
     )]
     pub network_saturation: f64,
 
-    /// Bearer token required on mutating calls (HTTP and gRPC); none when unset.
+    /// Bearer token every mutating call needs (HTTP `POST`, gRPC `Scale`, `Drain`,
+    /// `ReportLoad`). Unset: those calls are refused (401 / UNAUTHENTICATED) unless
+    /// AGENT_INSECURE=true.
     #[arg(
         long = "token",
         env = "AGENT_TOKEN",
@@ -384,12 +395,19 @@ pub struct Config {
         hide_env_values = true
     )]
     pub token: Option<String>,
-    /// Origins allowed by CORS (`*` or a comma-separated list).
+    /// With no AGENT_TOKEN, leave the mutating calls open to anyone who reaches the agent's
+    /// ports (local experiments only; logged as a warning). Ignored when a token is set.
+    #[arg(long = "insecure", env = "AGENT_INSECURE", value_name = "AGENT_INSECURE",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub insecure: bool,
+    /// Other origins browsers may call the HTTP API from, comma-separated (default: none,
+    /// same origin only). `*` lets any page read, never change: a mutating call whose `Origin`
+    /// is neither the agent's own host nor listed here is refused with 403.
     #[arg(
         long = "cors-origins",
         env = "CORS_ORIGINS",
         value_name = "CORS_ORIGINS",
-        default_value = "*"
+        default_value = ""
     )]
     pub cors_origins: String,
     /// Serve the dashboard at `/` and `/dashboard` (404 when false).
@@ -403,6 +421,18 @@ pub struct Config {
         value_name = "DASHBOARD_BALANCER_URL"
     )]
     pub dashboard_balancer_url: Option<String>,
+    /// Most WebSocket subscribers at once, counted over `/ws` on both ports and `/ws/events`;
+    /// one more is answered 503.
+    #[arg(
+        long = "ws-max-subscribers",
+        env = "WS_MAX_SUBSCRIBERS",
+        value_name = "WS_MAX_SUBSCRIBERS",
+        default_value_t = 256
+    )]
+    pub ws_max_subscribers: usize,
+    /// A WebSocket subscriber that cannot take one message within this is dropped.
+    #[arg(long = "ws-send-timeout", env = "WS_SEND_TIMEOUT", value_name = "WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_send_timeout: Duration,
     /// WebSocket ping period.
     #[arg(long = "ws-ping", env = "WS_PING_PERIOD", value_name = "WS_PING_PERIOD", default_value = "15s", value_parser = parse_duration)]
     pub ws_ping: Duration,
@@ -455,6 +485,18 @@ impl Config {
         if self.network_saturation.is_nan() || self.network_saturation <= 0.0 {
             return Err("NETWORK_SATURATION must be positive".into());
         }
+        if self.max_containers > self.max_containers_limit {
+            return Err(format!(
+                "MAX_CONTAINERS ({}) is above MAX_CONTAINERS_LIMIT ({}); lower MAX_CONTAINERS or raise MAX_CONTAINERS_LIMIT",
+                self.max_containers, self.max_containers_limit
+            ));
+        }
+        if self.ws_max_subscribers == 0 {
+            return Err("WS_MAX_SUBSCRIBERS must be at least 1".into());
+        }
+        if self.ws_send_timeout.is_zero() {
+            return Err("WS_SEND_TIMEOUT must be positive".into());
+        }
         if self.start_count() > self.max_containers {
             return Err(format!(
                 "DEFAULT_CONTAINER ({}) is above MAX_CONTAINERS ({})",
@@ -502,7 +544,9 @@ impl Config {
     /// Treats empty strings (as compose passes unset variables) as unset.
     pub fn normalized(mut self) -> Self {
         let keep = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
-        self.token = keep(self.token);
+        // Surrounding whitespace (a token file's newline) is not part of the token: clients'
+        // `Bearer` values are trimmed too.
+        self.token = keep(self.token).map(|token| token.trim().to_owned());
         self.redis_url = keep(self.redis_url);
         self.redis_host = keep(self.redis_host);
         self.network = keep(self.network);
@@ -510,6 +554,15 @@ impl Config {
         self.worker_cpuset = self.worker_cpuset.filter(|pool| !pool.0.is_empty());
         self.dashboard_balancer_url = keep(self.dashboard_balancer_url);
         self
+    }
+
+    /// Who may make mutating calls: holders of the token, nobody, or (insecure) anyone.
+    pub fn access(&self) -> Access {
+        match (&self.token, self.insecure) {
+            (Some(token), _) => Access::Token(token.clone()),
+            (None, true) => Access::Open,
+            (None, false) => Access::Locked,
+        }
     }
 
     /// Containers to run at start: DEFAULT_CONTAINER, else INITIAL_WORKERS, else MIN_CONTAINERS.
@@ -567,6 +620,17 @@ impl Config {
                     .map(|host| format!("redis://{host}:{}/", self.redis_port))
             })
     }
+}
+
+/// Who may make the mutating calls (scale, drain, load reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Callers presenting `Authorization: Bearer <AGENT_TOKEN>`.
+    Token(String),
+    /// Nobody: no AGENT_TOKEN and AGENT_INSECURE is not set.
+    Locked,
+    /// Anyone (AGENT_INSECURE=true, no token).
+    Open,
 }
 
 /// A pool of CPU cores for pinning.

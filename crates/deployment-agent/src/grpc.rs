@@ -21,21 +21,15 @@ impl AgentService {
         DeploymentAgentServer::new(Self { agent })
     }
 
+    /// Mutating calls (`Scale`, `Drain`, `ReportLoad`) need `authorization: Bearer <AGENT_TOKEN>`
+    /// metadata; checked before anything of the call is read.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.agent.config().token else {
-            return Ok(());
-        };
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match given {
-            Some(given) if given.trim() == token => Ok(()),
-            _ => Err(Status::unauthenticated(
-                "this call needs `authorization: Bearer <AGENT_TOKEN>`",
-            )),
-        }
+            .and_then(|value| value.to_str().ok());
+        crate::auth::check(&self.agent.config().access(), given)
+            .map_err(|refusal| Status::unauthenticated(refusal.message()))
     }
 }
 
@@ -111,9 +105,11 @@ impl DeploymentAgent for AgentService {
         request: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleResponse>, Status> {
         self.authorize(&request)?;
-        let target = self
-            .agent
-            .request_replicas(request.into_inner().replicas as usize);
+        let replicas = request.into_inner().replicas as usize;
+        self.agent
+            .check_limit("replicas", Some(replicas))
+            .map_err(Status::invalid_argument)?;
+        let target = self.agent.request_replicas(replicas);
         Ok(Response::new(pb::ScaleResponse {
             desired_replicas: target as u32,
         }))
@@ -137,8 +133,19 @@ impl DeploymentAgent for AgentService {
         &self,
         request: Request<Streaming<pb::LoadReport>>,
     ) -> Result<Response<pb::ReportLoadResponse>, Status> {
+        self.authorize(&request)?;
+        let shutdown = self.agent.shutdown_token();
         let mut reports = request.into_inner();
-        while let Some(report) = reports.message().await? {
+        loop {
+            // The stream is endless while the balancer runs: it ends here on shutdown, else
+            // tonic's graceful stop would wait for it forever.
+            let report = tokio::select! {
+                () = shutdown.cancelled() => {
+                    return Err(Status::unavailable("the agent is shutting down"));
+                }
+                report = reports.message() => report?,
+            };
+            let Some(report) = report else { break };
             let in_flight: HashMap<String, u64> = report
                 .backends
                 .iter()

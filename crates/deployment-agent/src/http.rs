@@ -1,8 +1,13 @@
 //! The agent's HTTP API: health, per-container scores, the original prototypes' `/status`
-//! and `/graph` shapes, events, metrics, and the mutating calls (scale, drain) behind an
-//! optional bearer token. CORS origins are configurable for dashboards on other ports.
+//! and `/graph` shapes, events, metrics, and the mutating calls (scale, drain). A mutating
+//! call must come from the agent's own origin or a listed one (CORS_ORIGINS), carry
+//! `Content-Type: application/json` and the agent's bearer token (see `auth`). CORS lets the
+//! listed origins read and change, `*` read only.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     Json, Router,
@@ -16,14 +21,15 @@ use axum::{
 use common::{ErrorBody, queue::Category};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
 
-use crate::agent::Agent;
+use crate::{agent::Agent, config::Access};
 
 /// Largest body a mutating call accepts.
 const MAX_BODY: usize = 16 * 1024;
 
 pub fn router(agent: Agent) -> Router {
+    let origins = Arc::new(Origins::parse(&agent.config().cors_origins));
     Router::new()
         .route("/health", get(|| async { "OK" }))
         .route("/stats", get(stats))
@@ -44,56 +50,148 @@ pub fn router(agent: Agent) -> Router {
                 format!("no route for {} {}", request.method(), request.uri().path()),
             )
         })
-        .layer(middleware::from_fn_with_state(agent.clone(), authorize))
-        .layer(cors(&agent.config().cors_origins))
+        .layer(middleware::from_fn_with_state(
+            Guard {
+                agent: agent.clone(),
+                origins: Arc::clone(&origins),
+            },
+            guard,
+        ))
+        .layer(tower::util::option_layer(cors(&origins)))
         .with_state(agent)
 }
 
-fn cors(origins: &str) -> CorsLayer {
-    let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
-    if origins.trim() == "*" {
-        layer.allow_origin(Any)
-    } else {
-        let list: Vec<HeaderValue> = origins
-            .split(',')
-            .map(str::trim)
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
-        layer.allow_origin(AllowOrigin::list(list))
+/// CORS_ORIGINS: `*` (any page may read) and/or a list of origins (may read and change).
+#[derive(Debug, Default)]
+struct Origins {
+    any: bool,
+    listed: Vec<String>,
+}
+
+impl Origins {
+    fn parse(text: &str) -> Self {
+        let mut origins = Self::default();
+        for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if origin == "*" {
+                origins.any = true;
+            } else {
+                origins
+                    .listed
+                    .push(origin.trim_end_matches('/').to_ascii_lowercase());
+            }
+        }
+        origins
     }
+
+    fn lists(&self, origin: &str) -> bool {
+        self.listed.iter().any(|listed| listed == origin)
+    }
+}
+
+/// No CORS_ORIGINS: no CORS layer at all (same origin only). Listed origins may read and
+/// send mutating calls (their preflight is answered); `*` lets any page read (GET) only.
+fn cors(origins: &Origins) -> Option<CorsLayer> {
+    if origins.listed.is_empty() && !origins.any {
+        return None;
+    }
+    let listed: Vec<HeaderValue> = origins
+        .listed
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let any = origins.any;
+    let layer = CorsLayer::new()
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .allow_methods(AllowMethods::mirror_request())
+        .allow_origin(AllowOrigin::predicate(move |origin, request| {
+            let listed = listed
+                .iter()
+                .any(|l| l.as_bytes().eq_ignore_ascii_case(origin.as_bytes()));
+            let reads = request.method == Method::GET
+                || request
+                    .headers
+                    .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                    .is_some_and(|method| method == "GET");
+            listed || (any && reads)
+        }));
+    Some(layer)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody::new(message))).into_response()
 }
 
-/// Mutating calls need `Authorization: Bearer <AGENT_TOKEN>` when a token is configured.
-async fn authorize(State(agent): State<Agent>, request: Request, next: Next) -> Response {
-    if request.method() == Method::POST {
-        if let Some(token) = &agent.config().token {
-            if !bearer_matches(request.headers(), token) {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "this call needs Authorization: Bearer <AGENT_TOKEN>",
-                );
-            }
+/// The state of [`guard`].
+#[derive(Clone)]
+struct Guard {
+    agent: Agent,
+    origins: Arc<Origins>,
+}
+
+/// What a mutating call (any method but GET, HEAD, OPTIONS) must pass, in order: its
+/// `Origin`, when a browser sent one, is the agent's own or listed (403); it carries the
+/// token (401); its body is JSON (415).
+async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let listed = origin
+            .to_str()
+            .is_ok_and(|origin| guard.origins.lists(&origin.to_ascii_lowercase()));
+        if !listed && !same_origin(origin, &request) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "changes are accepted from the agent's own pages and the origins in CORS_ORIGINS only",
+            );
         }
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    if let Err(refusal) = crate::auth::check(&guard.agent.config().access(), authorization) {
+        let mut response = error(StatusCode::UNAUTHORIZED, refusal.message());
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    if !is_json(headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "changes need `Content-Type: application/json`",
+        );
     }
     next.run(request).await
 }
 
-pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+/// `Origin` is `scheme://` + the host the request was sent to (`Host`, or the URI's authority
+/// for HTTP/2).
+fn same_origin(origin: &HeaderValue, request: &Request) -> bool {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host);
+    matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// `application/json`, parameters (`; charset=utf-8`) allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn stats(State(agent): State<Agent>) -> Json<Value> {
@@ -202,6 +300,7 @@ async fn events(State(agent): State<Agent>, query: Query<EventsQuery>) -> Json<V
 async fn config(State(agent): State<Agent>) -> Json<Value> {
     let scaling = agent.scaling();
     let config = agent.config();
+    let access = config.access();
     Json(json!({
         "min_replicas": scaling.min_replicas,
         "max_replicas": scaling.max_replicas,
@@ -216,7 +315,8 @@ async fn config(State(agent): State<Agent>) -> Json<Value> {
         "cooldown_down_s": scaling.cooldown_down.as_secs_f64(),
         "image": config.image,
         "app": config.app,
-        "token_required": config.token.is_some(),
+        "token_required": !matches!(access, Access::Open),
+        "locked": matches!(access, Access::Locked),
         "dashboard": config.dashboard,
         "balancer_url": config.dashboard_balancer_url,
     }))
@@ -265,6 +365,15 @@ async fn scale(State(agent): State<Agent>, body: Bytes) -> Response {
             "give `replicas`, `min_replicas` or `max_replicas`",
         );
     }
+    for (field, value) in [
+        ("replicas", body.replicas),
+        ("min_replicas", body.min_replicas),
+        ("max_replicas", body.max_replicas),
+    ] {
+        if let Err(message) = agent.check_limit(field, value) {
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+    }
     if body.min_replicas.is_some() || body.max_replicas.is_some() {
         if let Err(message) = agent.set_bounds(body.min_replicas, body.max_replicas) {
             return error(StatusCode::BAD_REQUEST, message);
@@ -307,18 +416,5 @@ mod tests {
     fn timestamps_look_like_isoformat() {
         let at = UNIX_EPOCH + std::time::Duration::from_secs(1_704_110_400);
         assert_eq!(iso_timestamp(at), "2024-01-01T12:00:00");
-    }
-
-    #[test]
-    fn bearer_tokens_are_compared_exactly() {
-        let mut headers = HeaderMap::new();
-        assert!(!bearer_matches(&headers, "secret"));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer secret"),
-        );
-        assert!(bearer_matches(&headers, "secret"));
-        assert!(!bearer_matches(&headers, "secreT"));
-        assert!(!bearer_matches(&headers, "secret2"));
     }
 }

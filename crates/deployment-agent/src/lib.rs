@@ -8,6 +8,7 @@ pub mod score;
 pub mod store;
 
 mod agent;
+mod auth;
 mod controller;
 mod dashboard;
 mod grpc;
@@ -66,6 +67,8 @@ pub async fn run(
         "deployment agent starting"
     );
 
+    auth::log_access(&agent.config().access());
+
     let controller = tokio::spawn(controller::run(agent.clone(), shutdown.clone()));
     let options = ServeOptions {
         grace,
@@ -86,13 +89,28 @@ pub async fn run(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<proto::v1::deployment_agent_server::DeploymentAgentServer<grpc::AgentService>>().await;
     let grpc_shutdown = shutdown.clone();
-    let grpc = tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(grpc::AgentService::server(agent.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
             async move { grpc_shutdown.cancelled().await },
         );
+    // The agent ends its own streams on shutdown (WatchQueue, ReportLoad); whatever a client
+    // still holds open after SHUTDOWN_GRACE is not waited for.
+    let grpc_deadline = shutdown.clone();
+    let grpc = async move {
+        tokio::select! {
+            served = grpc_server => served,
+            () = async {
+                grpc_deadline.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace = ?grace, "gRPC calls still open after the grace period; leaving them");
+                Ok(())
+            }
+        }
+    };
     let (_, _, grpc, controller) = tokio::join!(http, ws, grpc, controller);
     grpc.context("gRPC server failed")?;
     controller.context("control loop panicked")?;

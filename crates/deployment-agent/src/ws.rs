@@ -5,17 +5,23 @@
 //! The live event log (`/ws/events`, HTTP port): the last [`RECENT_EVENTS`] events, oldest
 //! first, then each new one, one JSON `ScalingEvent` per text message. Subscribers read from a
 //! `broadcast` channel: one that falls behind skips the events it missed, never the agent.
+//!
+//! Both count against WS_MAX_SUBSCRIBERS (past it, 503) and drop a subscriber that does not
+//! take a message within WS_SEND_TIMEOUT. Subscribers only listen, so each connection keeps
+//! small buffers (see [`limits`]).
 
 use std::time::Duration;
 
 use axum::{
+    Json,
     extract::{
         State,
         ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
     },
-    response::Response,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
-use common::queue::QueueSnapshot;
+use common::ErrorBody;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -24,18 +30,61 @@ use crate::agent::Agent;
 /// Past events a new `/ws/events` subscriber gets first.
 pub const RECENT_EVENTS: usize = 50;
 
-/// A subscriber that cannot take one message within this is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer per subscriber: they send nothing but pongs and a close frame. (The default,
+/// 128 KiB allocated at once per connection, made 500 idle subscribers cost 64 MiB.)
+const READ_BUFFER: usize = 1024;
+/// Largest message or frame a subscriber may send.
+const MAX_INCOMING: usize = 64 * 1024;
+/// Most bytes queued for one subscriber; a snapshot of 100 containers is about 40 KiB.
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
+/// Small, bounded buffers for a connection that only listens; each message is written at once
+/// (no write batching: messages go out one at a time anyway).
+fn limits(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_INCOMING)
+        .max_frame_size(MAX_INCOMING)
+}
+
+/// The answer past WS_MAX_SUBSCRIBERS.
+fn full(agent: &Agent) -> Response {
+    let max = agent.config().ws_max_subscribers;
+    tracing::warn!(
+        max,
+        "WebSocket subscriber refused: WS_MAX_SUBSCRIBERS reached"
+    );
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody::new(format!(
+            "too many WebSocket subscribers (WS_MAX_SUBSCRIBERS={max}); try again later"
+        ))),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
 
 pub async fn upgrade(State(agent): State<Agent>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| subscriber(agent, socket))
+    let Some(slot) = agent.subscriber_slot() else {
+        return full(&agent);
+    };
+    limits(upgrade).on_upgrade(move |socket| async move {
+        subscriber(agent, socket).await;
+        drop(slot);
+    })
 }
 
 async fn subscriber(agent: Agent, mut socket: WebSocket) {
     let mut queue = agent.subscribe();
     let shutdown = agent.shutdown_token();
+    let timeout = agent.config().ws_send_timeout;
     let first = queue.borrow_and_update().clone();
-    if send(&mut socket, &first).await.is_err() {
+    if send_json(&mut socket, &*first, timeout).await.is_err() {
         return;
     }
     let mut ping = tokio::time::interval(agent.config().ws_ping);
@@ -43,7 +92,7 @@ async fn subscriber(agent: Agent, mut socket: WebSocket) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = socket.send(Message::Close(None)).await;
+                let _ = send_within(&mut socket, Message::Close(None), timeout).await;
                 break;
             }
             changed = queue.changed() => {
@@ -51,12 +100,12 @@ async fn subscriber(agent: Agent, mut socket: WebSocket) {
                     break;
                 }
                 let snapshot = queue.borrow_and_update().clone();
-                if send(&mut socket, &snapshot).await.is_err() {
+                if send_json(&mut socket, &*snapshot, timeout).await.is_err() {
                     break;
                 }
             }
             _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if send_within(&mut socket, Message::Ping(Default::default()), timeout).await.is_err() {
                     break;
                 }
             }
@@ -69,7 +118,13 @@ async fn subscriber(agent: Agent, mut socket: WebSocket) {
 }
 
 pub async fn upgrade_events(State(agent): State<Agent>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| event_subscriber(agent, socket))
+    let Some(slot) = agent.subscriber_slot() else {
+        return full(&agent);
+    };
+    limits(upgrade).on_upgrade(move |socket| async move {
+        event_subscriber(agent, socket).await;
+        drop(slot);
+    })
 }
 
 async fn event_subscriber(agent: Agent, mut socket: WebSocket) {
@@ -77,10 +132,11 @@ async fn event_subscriber(agent: Agent, mut socket: WebSocket) {
     // that gap is in both and is sent once.
     let mut events = agent.subscribe_events();
     let shutdown = agent.shutdown_token();
+    let timeout = agent.config().ws_send_timeout;
     let mut recent = agent.store().recent_events(RECENT_EVENTS);
     recent.reverse();
     for event in &recent {
-        if send_json(&mut socket, event).await.is_err() {
+        if send_json(&mut socket, event, timeout).await.is_err() {
             return;
         }
     }
@@ -90,7 +146,7 @@ async fn event_subscriber(agent: Agent, mut socket: WebSocket) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
-                let _ = socket.send(Message::Close(None)).await;
+                let _ = send_within(&mut socket, Message::Close(None), timeout).await;
                 break;
             }
             received = events.recv() => match received {
@@ -98,7 +154,7 @@ async fn event_subscriber(agent: Agent, mut socket: WebSocket) {
                     if event.at_ms <= last_at && recent.contains(&event) {
                         continue;
                     }
-                    if send_json(&mut socket, &event).await.is_err() {
+                    if send_json(&mut socket, &event, timeout).await.is_err() {
                         break;
                     }
                 }
@@ -108,7 +164,7 @@ async fn event_subscriber(agent: Agent, mut socket: WebSocket) {
                 Err(RecvError::Closed) => break,
             },
             _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                if send_within(&mut socket, Message::Ping(Default::default()), timeout).await.is_err() {
                     break;
                 }
             }
@@ -120,19 +176,27 @@ async fn event_subscriber(agent: Agent, mut socket: WebSocket) {
     }
 }
 
-async fn send(socket: &mut WebSocket, snapshot: &QueueSnapshot) -> Result<(), ()> {
-    send_json(socket, snapshot).await
+async fn send_json(
+    socket: &mut WebSocket,
+    message: &impl Serialize,
+    timeout: Duration,
+) -> Result<(), ()> {
+    let text = serde_json::to_string(message).map_err(|_| ())?;
+    send_within(socket, Message::Text(Utf8Bytes::from(text)), timeout).await
 }
 
-async fn send_json(socket: &mut WebSocket, message: &impl Serialize) -> Result<(), ()> {
-    let text = serde_json::to_string(message).map_err(|_| ())?;
-    match tokio::time::timeout(
-        SEND_TIMEOUT,
-        socket.send(Message::Text(Utf8Bytes::from(text))),
-    )
-    .await
-    {
+/// Sends one message; a subscriber that does not take it within `timeout` is dropped.
+async fn send_within(
+    socket: &mut WebSocket,
+    message: Message,
+    timeout: Duration,
+) -> Result<(), ()> {
+    match tokio::time::timeout(timeout, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            tracing::info!(timeout = ?timeout, "dropping a WebSocket subscriber that does not read (WS_SEND_TIMEOUT)");
+            Err(())
+        }
     }
 }

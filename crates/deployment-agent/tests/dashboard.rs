@@ -55,9 +55,12 @@ async fn the_dashboard_follows_the_live_stack_in_chromium() {
     let balancer = Balancer::start(&agent, balancer_port, admin_port, &logs);
     let browser = Browser::start(&chromium, &chromedriver, &logs).await;
 
-    let outcome = AssertUnwindSafe(scenario(&agent, &balancer, &browser.client))
-        .catch_unwind()
-        .await;
+    let outcome = AssertUnwindSafe(async {
+        scenario(&agent, &balancer, &browser.client).await;
+        locked_agent(&browser.client).await;
+    })
+    .catch_unwind()
+    .await;
     if outcome.is_err() {
         let path = logs.join("dashboard-failure.png");
         if let Ok(Ok(png)) =
@@ -421,6 +424,74 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
     );
 }
 
+/// An agent started without a token refuses every change: the page says it is locked and
+/// why, instead of asking for a token no one has.
+async fn locked_agent(client: &Client) {
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rblocked{}", std::process::id());
+    config.worker_binary = Some(workspace_binary("worker"));
+    config.min_containers = 0;
+    config.default_container = Some(0);
+    config.token = None;
+    let agent = TestAgent::start(config).await;
+    within(
+        Duration::from_secs(20),
+        client.goto(&agent.url("/")),
+        "load the locked agent's page",
+    )
+    .await;
+    poll("the page to say it is locked", STARTUP, async || {
+        let state = script(
+            client,
+            "return document.getElementById('token-state').textContent",
+        )
+        .await;
+        (state.as_str().is_some_and(|s| s.contains("locked"))).then_some(())
+    })
+    .await;
+    let replicas = within(
+        Duration::from_secs(10),
+        client.find(Locator::Css("#replicas")),
+        "find replicas",
+    )
+    .await;
+    within(Duration::from_secs(10), replicas.clear(), "clear").await;
+    within(Duration::from_secs(10), replicas.send_keys("2"), "type").await;
+    let scale = within(
+        Duration::from_secs(10),
+        client.find(Locator::Css("#replicas-form button[type=submit]")),
+        "find scale",
+    )
+    .await;
+    within(Duration::from_secs(10), scale.click(), "click scale").await;
+    let said = poll(
+        "the refusal on the page",
+        Duration::from_secs(10),
+        async || {
+            let text = script(
+                client,
+                "return document.getElementById('control-status').textContent",
+            )
+            .await;
+            let text = text.as_str().unwrap_or_default().to_owned();
+            (!text.is_empty()).then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        said.contains("no token") && said.contains("AGENT_TOKEN"),
+        "the page said: {said}"
+    );
+    let asked = script(
+        client,
+        "return document.getElementById('token-dialog').open",
+    )
+    .await;
+    assert_eq!(asked, json!(false), "the page asked for a token no one has");
+    assert_eq!(agent.get_json("/status").await["worker_count"], 0);
+}
+
 /// `/ws/events`, the page's event log: the recent events oldest first, then each new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_websocket_replays_recent_events_then_pushes_new_ones() {
@@ -464,12 +535,8 @@ async fn the_event_websocket_replays_recent_events_then_pushes_new_ones() {
         assert_eq!(&next().await, expected);
     }
     let response = agent
-        .client
-        .post(agent.url("/scale"))
-        .json(&json!({"min_replicas": 2, "max_replicas": 3}))
-        .send()
-        .await
-        .unwrap();
+        .post("/scale", &json!({"min_replicas": 2, "max_replicas": 3}))
+        .await;
     assert_eq!(response.status(), 202);
     let pushed = next().await;
     assert_eq!(pushed["kind"], "config_changed", "{pushed}");
@@ -653,6 +720,7 @@ impl Balancer {
             .env("AGENT_WS_URL", format!("ws://{}/ws", agent.ws))
             .env("AGENT_GRPC_URL", format!("http://{}", agent.grpc))
             .env("CORS_ORIGINS", format!("http://{}", agent.http))
+            .env("AGENT_TOKEN", agent.token.as_deref().unwrap_or_default())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

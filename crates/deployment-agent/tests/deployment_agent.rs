@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use common::queue::Category;
 use common::testing::docker;
 use deployment_agent::RuntimeKind;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{
-    Balancer, DockerEnv, Load, OpenLoad, QueueWatcher, Sent, TestAgent, fast_config,
+    AgentProcess, Balancer, DockerEnv, Load, OpenLoad, QueueWatcher, Sent, TestAgent, fast_config,
     redis::RedisServer, serving,
 };
 
@@ -336,6 +337,7 @@ async fn docker_lifecycle_scaling_recovery_restart_and_redis_outage() {
         .client
         .post(agent.url(&format!("/containers/{}/drain", &target[..12])))
         .bearer_auth("s3cret")
+        .header("content-type", "application/json")
         .send()
         .await
         .unwrap();
@@ -513,13 +515,69 @@ async fn grpc_api_and_scale_from_zero_on_queued_demand() {
         (0, 2, 0)
     );
 
+    // A forged report without the token (or with a wrong one) is refused before it is read,
+    // and changes nothing: no demand recorded, no container started.
+    for authorization in [None, Some("Bearer nope")] {
+        let (reports, rx) = tokio::sync::mpsc::channel(4);
+        reports
+            .send(pb::LoadReport {
+                balancer_id: "forger".into(),
+                timestamp_ms: 0,
+                backends: vec![],
+                queued_without_backend: 40,
+            })
+            .await
+            .unwrap();
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        let refused = tokio::time::timeout(Duration::from_secs(10), client.report_load(request))
+            .await
+            .expect("a refused ReportLoad must end at once")
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains("AGENT_TOKEN"), "{refused:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // four scaling periods
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.desired_replicas, 0,
+        "a refused report scaled the pool"
+    );
+    let metrics = agent
+        .client
+        .get(agent.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let demand = metrics
+        .lines()
+        .find(|line| line.contains("queued_demand") && !line.starts_with('#'))
+        .unwrap_or_else(|| panic!("no queued_demand in {metrics}"));
+    assert!(
+        demand.ends_with(" 0"),
+        "a refused report was recorded: {demand}"
+    );
+
     // A balancer holding requests with no backend: scale from zero at once.
     let (reports, rx) = tokio::sync::mpsc::channel(4);
     let mut reporting = client.clone();
     let stream = tokio::spawn(async move {
-        reporting
-            .report_load(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer tok".parse().unwrap());
+        reporting.report_load(request).await
     });
     reports
         .send(pb::LoadReport {
@@ -548,12 +606,29 @@ async fn grpc_api_and_scale_from_zero_on_queued_demand() {
     drop(reports);
     stream.await.unwrap().unwrap();
 
-    // Scale and drain need the token.
+    // Scale and drain need the token; a count above MAX_CONTAINERS_LIMIT is refused.
     let denied = client
         .scale(pb::ScaleRequest { replicas: 2 })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let denied = client
+        .drain(pb::DrainRequest {
+            container_id: ready.items[0].id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let mut request = Request::new(pb::ScaleRequest { replicas: 1000 });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
+    let over = client.scale(request).await.unwrap_err();
+    assert_eq!(over.code(), tonic::Code::InvalidArgument, "{over:?}");
+    assert!(
+        over.message().contains("MAX_CONTAINERS_LIMIT (100)"),
+        "{over:?}"
+    );
     let mut request = Request::new(pb::ScaleRequest { replicas: 5 });
     request
         .metadata_mut()
@@ -1198,5 +1273,592 @@ async fn docker_new_worker_names_skip_leftover_containers_and_retry_a_conflict()
     println!("409 on {unlisted} retried with the next name: {conflict}");
     if before_next_listing {
         assert!(conflict, "no 409 retried: {log:#?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Security: the token, cross-site requests, bounds; shutdown; WebSocket subscribers.
+
+/// An agent on the process runtime that starts no worker: tests of its API alone.
+fn idle_config(name: &str) -> deployment_agent::Config {
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rb{name}{}", std::process::id());
+    config.worker_binary = Some(common::testing::workspace_binary("worker"));
+    config.min_containers = 0;
+    config.default_container = Some(0);
+    config
+}
+
+/// A `POST` as any client may send it: content type, `Origin` and token each optional.
+async fn raw_post(
+    agent: &TestAgent,
+    path: &str,
+    content_type: &str,
+    origin: Option<&str>,
+    token: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut request = agent
+        .client
+        .post(agent.url(path))
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+/// The status and the `error` of a JSON error answer.
+async fn refusal(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{status} without a JSON body: {content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default().to_owned();
+    assert!(!error.is_empty(), "{status}: {body}");
+    (status, error)
+}
+
+/// `Access-Control-Allow-Origin` of a CORS preflight for `POST path` from `origin`.
+async fn preflight(agent: &TestAgent, path: &str, origin: &str, method: &str) -> Option<String> {
+    let response = agent
+        .client
+        .request(reqwest::Method::OPTIONS, agent.url(path))
+        .header("origin", origin)
+        .header("access-control-request-method", method)
+        .header(
+            "access-control-request-headers",
+            "content-type, authorization",
+        )
+        .send()
+        .await
+        .unwrap();
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// `Access-Control-Allow-Origin` of `GET path` from `origin`.
+async fn read_allowed(agent: &TestAgent, path: &str, origin: &str) -> Option<String> {
+    let response = agent
+        .client
+        .get(agent.url(path))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+const EVIL: &str = "http://evil.example";
+const FORGED: &str = r#"{"max_replicas":1000000}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_every_change_is_refused_and_no_other_site_is_allowed() {
+    use proto::v1::{self as pb, deployment_agent_client::DeploymentAgentClient};
+
+    let mut config = idle_config("locked");
+    config.token = None;
+    let agent = TestAgent::start(config).await;
+    let shown = agent.get_json("/config").await;
+    assert_eq!(shown["token_required"], true, "{shown}");
+    assert_eq!(shown["locked"], true, "{shown}");
+    let max_before = shown["max_replicas"].clone();
+
+    // The issue's request from another site, then the same well-formed, with or without a
+    // token: refused, saying how to set one.
+    let (status, _) =
+        refusal(raw_post(&agent, "/scale", "text/plain", Some(EVIL), None, FORGED).await).await;
+    assert_eq!(status, 403);
+    for token in [None, Some("anything")] {
+        for path in ["/scale", "/containers/x/drain"] {
+            let response = raw_post(&agent, path, "application/json", None, token, FORGED).await;
+            let (status, error) = refusal(response).await;
+            assert_eq!(status, 401, "{path} {token:?}: {error}");
+            assert!(
+                error.contains("AGENT_TOKEN") && error.contains("AGENT_INSECURE=true"),
+                "{error}"
+            );
+        }
+    }
+    // Same over gRPC.
+    let channel = common::testing::eventually("the gRPC port", Duration::from_secs(10), || async {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", agent.grpc))
+            .ok()?
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    let mut client = DeploymentAgentClient::new(channel);
+    let mut request = tonic::Request::new(pb::ScaleRequest { replicas: 3 });
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer anything".parse().unwrap());
+    let refused = client.scale(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("AGENT_INSECURE"), "{refused:?}");
+    let refused = client
+        .report_load(tokio_stream::iter([pb::LoadReport {
+            balancer_id: "forger".into(),
+            timestamp_ms: 0,
+            backends: vec![],
+            queued_without_backend: 40,
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let shown = agent.get_json("/config").await;
+    assert_eq!(shown["max_replicas"], max_before, "the bounds changed");
+    assert_eq!(agent.get_json("/status").await["worker_count"], 0);
+
+    // Default CORS_ORIGINS (empty): no other origin may read either.
+    assert_eq!(read_allowed(&agent, "/config", EVIL).await, None);
+    assert_eq!(preflight(&agent, "/scale", EVIL, "POST").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_need_the_token_json_and_an_allowed_origin_and_stay_within_the_limit() {
+    let mut config = idle_config("guarded");
+    config.cors_origins = "http://dash.example".into();
+    let agent = TestAgent::start(config).await;
+    let shown = agent.get_json("/config").await;
+    assert_eq!(
+        (&shown["token_required"], &shown["locked"]),
+        (&json!(true), &json!(false))
+    );
+    let max_before = shown["max_replicas"].clone();
+    let token = Some(support::TOKEN);
+    let own = format!("http://{}", agent.http);
+
+    // The issue's forged request, from another site, even with the token: refused.
+    for token in [None, token] {
+        let response = raw_post(&agent, "/scale", "text/plain", Some(EVIL), token, FORGED).await;
+        assert_eq!(refusal(response).await.0, 403);
+        let response = raw_post(
+            &agent,
+            "/scale",
+            "application/json",
+            Some(EVIL),
+            token,
+            FORGED,
+        )
+        .await;
+        assert_eq!(refusal(response).await.0, 403);
+    }
+    // No preflight passes for that origin.
+    assert_eq!(preflight(&agent, "/scale", EVIL, "POST").await, None);
+    assert_eq!(read_allowed(&agent, "/config", EVIL).await, None);
+    // Without a browser's Origin: the token, then JSON.
+    let (status, error) =
+        refusal(raw_post(&agent, "/scale", "application/json", None, None, FORGED).await).await;
+    assert_eq!(status, 401, "{error}");
+    assert!(error.contains("Bearer <AGENT_TOKEN>"), "{error}");
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, error) =
+            refusal(raw_post(&agent, "/scale", content_type, None, token, FORGED).await).await;
+        assert_eq!(status, 415, "{content_type}: {error}");
+        assert!(error.contains("application/json"), "{error}");
+    }
+    let (status, _) =
+        refusal(raw_post(&agent, "/containers/x/drain", "text/plain", None, token, "").await).await;
+    assert_eq!(status, 415);
+    assert_eq!(
+        agent.get_json("/config").await["max_replicas"],
+        max_before,
+        "bounds changed"
+    );
+
+    // MAX_CONTAINERS_LIMIT (100) bounds every count asked for.
+    for body in [
+        json!({"max_replicas": 1_000_000}),
+        json!({"max_replicas": 101}),
+        json!({"min_replicas": 101}),
+        json!({"replicas": 101}),
+    ] {
+        let (status, error) = refusal(agent.post("/scale", &body).await).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert!(
+            error.contains("MAX_CONTAINERS_LIMIT (100)"),
+            "{body}: {error}"
+        );
+    }
+    assert_eq!(
+        agent.get_json("/config").await["max_replicas"],
+        max_before,
+        "bounds changed"
+    );
+
+    // Allowed: no Origin (curl, balancers), the agent's own pages, a listed origin.
+    let body = r#"{"min_replicas": 0, "max_replicas": 100}"#;
+    for origin in [None, Some(own.as_str()), Some("http://dash.example")] {
+        let response = raw_post(
+            &agent,
+            "/scale",
+            "application/json; charset=utf-8",
+            origin,
+            token,
+            body,
+        )
+        .await;
+        assert_eq!(response.status(), 202, "{origin:?}");
+    }
+    assert_eq!(agent.get_json("/config").await["max_replicas"], 100);
+    assert_eq!(
+        preflight(&agent, "/scale", "http://dash.example", "POST")
+            .await
+            .as_deref(),
+        Some("http://dash.example")
+    );
+    assert_eq!(
+        read_allowed(&agent, "/config", "http://dash.example")
+            .await
+            .as_deref(),
+        Some("http://dash.example")
+    );
+
+    // CORS_ORIGINS=* lets any page read, never change.
+    let mut config = idle_config("anyorigin");
+    config.cors_origins = "*".into();
+    let open = TestAgent::start(config).await;
+    assert!(read_allowed(&open, "/config", EVIL).await.is_some());
+    assert_eq!(preflight(&open, "/scale", EVIL, "POST").await, None);
+    let response = raw_post(&open, "/scale", "application/json", Some(EVIL), token, body).await;
+    assert_eq!(refusal(response).await.0, 403);
+
+    // AGENT_INSECURE=true without a token: open, and the page is told so.
+    let mut config = idle_config("insecure");
+    config.token = None;
+    config.insecure = true;
+    let insecure = TestAgent::start(config).await;
+    let shown = insecure.get_json("/config").await;
+    assert_eq!(
+        (&shown["token_required"], &shown["locked"]),
+        (&json!(false), &json!(false))
+    );
+    let response = raw_post(&insecure, "/scale", "application/json", None, None, body).await;
+    assert_eq!(response.status(), 202);
+}
+
+/// The first WARN event of `agent` whose message contains every part of `parts`.
+async fn warning(agent: &AgentProcess, parts: &[&str]) -> Value {
+    common::testing::eventually("the start-up warning", Duration::from_secs(10), || async {
+        agent.logs().into_iter().find(|event| {
+            let message = event["message"].as_str().unwrap_or_default();
+            event["level"] == "WARN" && parts.iter().all(|part| message.contains(part))
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_says_at_start_how_to_set_a_token() {
+    let agent = AgentProcess::start(&[]).await;
+    let said = warning(
+        &agent,
+        &["no AGENT_TOKEN", "--token", "AGENT_INSECURE=true"],
+    )
+    .await;
+    eprintln!("locked: {}", said["message"]);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/scale", agent.http))
+        .json(&json!({"replicas": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let agent = AgentProcess::start(&[("AGENT_INSECURE", "true")]).await;
+    let said = warning(&agent, &["AGENT_INSECURE=true", "anyone"]).await;
+    eprintln!("insecure: {}", said["message"]);
+
+    // MAX_CONTAINERS above MAX_CONTAINERS_LIMIT is a configuration error naming both.
+    let output = std::process::Command::new(common::testing::workspace_binary("deployment-agent"))
+        .env_clear()
+        .envs([("MAX_CONTAINERS", "150"), ("MAX_CONTAINERS_LIMIT", "100")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("MAX_CONTAINERS (150)") && stderr.contains("MAX_CONTAINERS_LIMIT (100)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_ends_every_stream_and_the_agent_exits_within_its_grace() {
+    use proto::v1::{self as pb, deployment_agent_client::DeploymentAgentClient};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const GRACE: Duration = Duration::from_secs(5);
+    let mut agent = AgentProcess::start(&[
+        ("AGENT_TOKEN", "tok"),
+        ("SHUTDOWN_GRACE", "5s"),
+        ("WS_PING_PERIOD", "1s"),
+    ])
+    .await;
+
+    // What balancers and dashboards hold open: WatchQueue, ReportLoad, both WebSockets.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", agent.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = DeploymentAgentClient::new(channel);
+    let mut queue = client
+        .watch_queue(pb::WatchQueueRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    queue.message().await.unwrap().expect("a first snapshot");
+    let (reports, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
+    let mut reporting = client.clone();
+    let report_call = tokio::spawn(async move { reporting.report_load(request).await });
+    for _ in 0..3 {
+        reports
+            .send(pb::LoadReport {
+                balancer_id: "b1".into(),
+                timestamp_ms: 0,
+                backends: vec![],
+                queued_without_backend: 0,
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut sockets = Vec::new();
+    for url in [
+        format!("ws://{}/ws", agent.ws),
+        format!("ws://{}/ws", agent.http),
+        format!("ws://{}/ws/events", agent.http),
+    ] {
+        let (socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        sockets.push(socket);
+    }
+    let (mut queue_socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", agent.ws))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), queue_socket.next())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
+    assert!(
+        !report_call.is_finished(),
+        "the report stream ended early: {report_call:?}"
+    );
+
+    let asked = Instant::now();
+    agent.terminate();
+    let exited = agent.exited_within(GRACE + Duration::from_secs(2)).await;
+    let took = asked.elapsed();
+    eprintln!("SIGTERM -> exit {exited:?} in {took:?} (grace {GRACE:?})");
+    let status = exited.unwrap_or_else(|| {
+        panic!("the agent still runs {took:?} after SIGTERM (SHUTDOWN_GRACE {GRACE:?})")
+    });
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the agent took {took:?} to stop: it waited for its streams instead of ending them"
+    );
+    // The streams ended (the balancer's report call returned, the watch stream closed).
+    let ended = tokio::time::timeout(Duration::from_secs(5), report_call)
+        .await
+        .expect("the report call is still open")
+        .unwrap();
+    eprintln!("ReportLoad ended with {ended:?}");
+    let watched = tokio::time::timeout(Duration::from_secs(5), queue.message()).await;
+    assert!(
+        matches!(watched, Ok(Ok(None)) | Ok(Err(_))),
+        "WatchQueue still open: {watched:?}"
+    );
+    drop(reports);
+}
+
+/// A WebSocket subscriber; `Err(status, body)` when the upgrade is refused.
+async fn subscribe(
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    (u16, String),
+> {
+    use tokio_tungstenite::tungstenite::Error;
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(err) => panic!("WebSocket {url}: {err}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscribers_are_capped_and_one_that_does_not_read_is_dropped() {
+    let mut config = idle_config("wscap");
+    config.ws_max_subscribers = 3;
+    config.ws_send_timeout = Duration::from_secs(1);
+    let agent = TestAgent::start(config).await;
+    let urls = [
+        format!("ws://{}/ws", agent.ws),
+        format!("ws://{}/ws", agent.http),
+        format!("ws://{}/ws/events", agent.http),
+    ];
+    // The cap counts the three endpoints together.
+    let mut open = Vec::new();
+    for url in &urls {
+        open.push(subscribe(url).await.expect("under the cap"));
+    }
+    for url in &urls {
+        let (status, body) = subscribe(url).await.expect_err("one over the cap");
+        assert_eq!(status, 503, "{url}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("a JSON error");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("WS_MAX_SUBSCRIBERS=3"),
+            "{body}"
+        );
+    }
+    // One leaves: its place is free again.
+    let mut leaving = open.pop().unwrap();
+    leaving.close(None).await.unwrap();
+    drop(leaving);
+    let back = common::testing::eventually("a free place", Duration::from_secs(5), || async {
+        subscribe(&urls[2]).await.ok()
+    })
+    .await;
+    open.push(back);
+    drop(open);
+
+    // A subscriber that does not read: with a tiny receive window, the events pushed to it
+    // fill the sockets, the agent's send waits WS_SEND_TIMEOUT, and it is dropped (its place
+    // is then free: the cap is 1 here).
+    let mut config = idle_config("wsslow");
+    config.ws_max_subscribers = 1;
+    config.ws_send_timeout = Duration::from_secs(1);
+    let agent = TestAgent::start(config).await;
+    let url = format!("ws://{}/ws/events", agent.http);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(agent.http).await.unwrap();
+    let (stalled, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        subscribe(&url).await.err().map(|(status, _)| status),
+        Some(503)
+    );
+    let flood = tokio::spawn({
+        let (client, url, token) = (agent.client.clone(), agent.url("/scale"), support::TOKEN);
+        async move {
+            let mut sent = 0u64;
+            loop {
+                for max in [3, 4] {
+                    let _ = client
+                        .post(&url)
+                        .bearer_auth(token)
+                        .json(&json!({"min_replicas": 0, "max_replicas": max}))
+                        .send()
+                        .await;
+                    sent += 1;
+                    if sent % 10_000 == 0 {
+                        eprintln!("{sent} events pushed");
+                    }
+                }
+            }
+        }
+    });
+    let started = Instant::now();
+    let replaced = common::testing::eventually(
+        "the stalled subscriber to be dropped",
+        Duration::from_secs(90),
+        || async { subscribe(&url).await.ok() },
+    )
+    .await;
+    flood.abort();
+    eprintln!("stalled subscriber dropped after {:?}", started.elapsed());
+    drop((stalled, replaced));
+}
+
+/// Connects `count` subscribers (half to the queue, half to the event log), holds them a
+/// second, closes them; the agent's RSS with them connected.
+async fn subscribers_come_and_go(agent: &AgentProcess, count: usize) -> u64 {
+    let urls = [
+        format!("ws://{}/ws", agent.ws),
+        format!("ws://{}/ws/events", agent.http),
+    ];
+    let mut sockets = Vec::with_capacity(count);
+    for at in 0..count {
+        let mut socket = subscribe(&urls[at % 2]).await.expect("under the cap");
+        if at % 2 == 0 {
+            // The queue's first snapshot: the subscriber is fully set up.
+            let first = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+            assert!(matches!(first, Ok(Some(Ok(_)))), "{first:?}");
+        }
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peak = agent.rss_kib();
+    for mut socket in sockets {
+        let _ = socket.close(None).await;
+    }
+    peak
+}
+
+/// Subscribers come and go twice (as dashboards and balancers reconnect): after each time the
+/// agent's resident memory is back within 20 % of what it was before the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_returns_after_500_subscribers_leave() {
+    const SUBSCRIBERS: usize = 500;
+    let agent = AgentProcess::start(&[("AGENT_TOKEN", "tok"), ("WS_MAX_SUBSCRIBERS", "600")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = agent.rss_kib();
+    for round in 1..=2 {
+        let peak = subscribers_come_and_go(&agent, SUBSCRIBERS).await;
+        let mut end = agent.rss_kib();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while end as f64 > start as f64 * 1.2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            end = agent.rss_kib();
+        }
+        eprintln!(
+            "round {round}: agent RSS start {start} KiB, with {SUBSCRIBERS} subscribers {peak} KiB \
+             ({:.1} KiB each), after they left {end} KiB ({:+.1} %)",
+            (peak.saturating_sub(start)) as f64 / SUBSCRIBERS as f64,
+            (end as f64 / start as f64 - 1.0) * 100.0
+        );
+        assert!(
+            end as f64 <= start as f64 * 1.2,
+            "round {round}: RSS did not come back within 20 %: start {start} KiB, peak {peak} KiB, \
+             end {end} KiB"
+        );
     }
 }

@@ -147,16 +147,22 @@ async fn accept(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-/// The agent's gRPC API, recording every load report.
+/// The token the stand-in agent requires (and `support::agent_config` gives the balancer).
+pub const AGENT_TOKEN: &str = "balancer-test-token";
+
+/// The agent's gRPC API, recording every load report sent with `authorization: Bearer
+/// AGENT_TOKEN`, and counting the report streams refused without it (as the agent does).
 pub struct GrpcAgent {
     pub address: SocketAddr,
     reports: Arc<Mutex<Vec<LoadReport>>>,
+    refused: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
 
 #[derive(Clone)]
 struct Sink {
     reports: Arc<Mutex<Vec<LoadReport>>>,
+    refused: Arc<AtomicUsize>,
 }
 
 type SnapshotStream =
@@ -198,6 +204,14 @@ impl DeploymentAgent for Sink {
         &self,
         request: tonic::Request<tonic::Streaming<LoadReport>>,
     ) -> Result<tonic::Response<ReportLoadResponse>, tonic::Status> {
+        let expected = format!("Bearer {AGENT_TOKEN}");
+        let given = request.metadata().get("authorization");
+        if given.and_then(|value| value.to_str().ok()) != Some(expected.as_str()) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(tonic::Status::unauthenticated(
+                "stand-in: wrong or no token",
+            ));
+        }
         let mut stream = request.into_inner();
         while let Some(report) = stream.message().await? {
             self.reports.lock().unwrap().push(report);
@@ -211,9 +225,11 @@ impl GrpcAgent {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let reports = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
         let sink = Sink {
             reports: Arc::clone(&reports),
+            refused: Arc::clone(&refused),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -228,6 +244,7 @@ impl GrpcAgent {
         Self {
             address,
             reports,
+            refused,
             shutdown,
         }
     }
@@ -238,6 +255,11 @@ impl GrpcAgent {
 
     pub fn reports(&self) -> Vec<LoadReport> {
         self.reports.lock().unwrap().clone()
+    }
+
+    /// Report streams refused for a missing or wrong token.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 }
 

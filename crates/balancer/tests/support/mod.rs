@@ -65,6 +65,7 @@ pub fn agent_config(agent_url: &str, grpc_url: Option<String>) -> Config {
     Config {
         agent_ws_url: Some(agent_url.to_owned()),
         agent_grpc_url: Some(grpc_url.unwrap_or_else(dead_url)),
+        agent_token: Some(agent::AGENT_TOKEN.into()),
         ..config()
     }
 }

@@ -71,3 +71,41 @@ fn sizes_cores_and_env_lists_parse() {
     );
     assert!(parse_env_list("novalue").is_err());
 }
+
+#[test]
+fn security_defaults_and_the_container_ceiling() {
+    let config = Config::defaults();
+    assert_eq!(
+        config.access(),
+        Access::Locked,
+        "no token: nobody may change"
+    );
+    assert_eq!(config.cors_origins, "", "same origin only");
+    assert_eq!(config.max_containers_limit, 100);
+    assert_eq!(config.ws_max_subscribers, 256);
+    assert_eq!(config.ws_send_timeout, Duration::from_secs(10));
+    let mut config = Config::defaults();
+    config.insecure = true;
+    assert_eq!(config.access(), Access::Open);
+    config.token = Some("t".into());
+    assert_eq!(config.access(), Access::Token("t".into()), "a token wins");
+    config.token = Some(" t\n".into());
+    assert_eq!(config.normalized().access(), Access::Token("t".into()));
+
+    let mut config = Config::defaults();
+    config.max_containers = 101;
+    let message = config.validate().unwrap_err();
+    assert!(
+        message.contains("MAX_CONTAINERS (101)") && message.contains("MAX_CONTAINERS_LIMIT (100)"),
+        "{message}"
+    );
+    config.max_containers_limit = 101;
+    assert_eq!(config.validate(), Ok(()));
+    config.ws_max_subscribers = 0;
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .contains("WS_MAX_SUBSCRIBERS")
+    );
+}

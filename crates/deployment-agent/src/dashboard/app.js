@@ -147,15 +147,42 @@
     });
   }
 
+  const LOCKED =
+    "this agent has no token (AGENT_TOKEN is not set), so its controls are locked; " +
+    "restart it with AGENT_TOKEN, or AGENT_INSECURE=true for local experiments";
+
   function renderTokenState() {
+    const locked = state.config && state.config.locked;
     const required = state.config && state.config.token_required;
     const have = sessionStorage.getItem(TOKEN_KEY);
-    setText("token-state", required ? (have ? "token set for this tab" : "token required") : "");
+    setText(
+      "token-state",
+      locked
+        ? "locked: the agent has no token"
+        : required
+          ? have
+            ? "token set for this tab"
+            : "token required"
+          : "",
+    );
+  }
+
+  /** Reads /config once (no retries); false when the agent does not answer. */
+  async function refreshConfig() {
+    try {
+      const response = await fetch(apiUrl("config"), { cache: "no-store" });
+      if (!response.ok) return false;
+      applyConfig(await response.json());
+      return true;
+    } catch (_) {
+      return false;
+    }
   }
 
   /** POSTs JSON to the agent, asking for the token once when one is required. */
   async function post(path, body) {
     for (let attempt = 0; attempt < 2; attempt += 1) {
+      if (state.config && state.config.locked) throw new Error(LOCKED);
       if (state.config && state.config.token_required && !sessionStorage.getItem(TOKEN_KEY)) {
         const token = await askToken();
         renderTokenState();
@@ -170,6 +197,10 @@
         body: body === undefined ? "" : JSON.stringify(body),
       });
       if (response.status === 401) {
+        const refused = await response.json().catch(() => ({}));
+        // The agent may have restarted without a token: then no token can help.
+        await refreshConfig();
+        if (state.config && state.config.locked) throw new Error(refused.error || LOCKED);
         sessionStorage.removeItem(TOKEN_KEY);
         if (state.config) state.config.token_required = true;
         renderTokenState();

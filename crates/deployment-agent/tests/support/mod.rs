@@ -21,12 +21,17 @@ use deployment_agent::{Config, Listeners};
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
+/// The token [`fast_config`] gives the agent (tests about tokens set their own).
+pub const TOKEN: &str = "test-agent-token";
+
 /// The agent served by `deployment_agent::run` inside the test process.
 pub struct TestAgent {
     pub http: SocketAddr,
     pub ws: SocketAddr,
     pub grpc: SocketAddr,
     pub client: reqwest::Client,
+    /// The agent's AGENT_TOKEN, if any.
+    pub token: Option<String>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -45,6 +50,7 @@ impl TestAgent {
             listeners.grpc.local_addr().unwrap(),
         );
         let shutdown = CancellationToken::new();
+        let token = config.token.clone();
         let task = tokio::spawn(deployment_agent::run(listeners, config, shutdown.clone()));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -55,6 +61,7 @@ impl TestAgent {
             ws,
             grpc,
             client,
+            token,
             shutdown,
             task: Some(task),
         }
@@ -74,15 +81,20 @@ impl TestAgent {
         response.json().await.unwrap()
     }
 
-    /// `POST /scale {"replicas": n}` (no token), which must be accepted.
+    /// `POST path` with a JSON body and the agent's token (when it has one).
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `POST /scale {"replicas": n}` with the token, which must be accepted.
     pub async fn request_replicas(&self, replicas: usize) {
         let response = self
-            .client
-            .post(self.url("/scale"))
-            .json(&serde_json::json!({ "replicas": replicas }))
-            .send()
-            .await
-            .unwrap();
+            .post("/scale", &serde_json::json!({ "replicas": replicas }))
+            .await;
         assert_eq!(response.status(), 202, "POST /scale {replicas}");
     }
 
@@ -324,6 +336,7 @@ pub fn fast_config() -> Config {
     config.drain_timeout = Duration::from_secs(10);
     config.ws_ping = Duration::from_secs(2);
     config.shutdown_grace = Duration::from_secs(2);
+    config.token = Some(TOKEN.into());
     config
 }
 
@@ -480,4 +493,127 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// The `deployment-agent` binary as a child process on free loopback ports, on the process
+/// runtime with no worker (min 0), logging JSON; killed and reaped when dropped.
+pub struct AgentProcess {
+    pub http: SocketAddr,
+    pub ws: SocketAddr,
+    pub grpc: SocketAddr,
+    child: std::process::Child,
+    logs: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl AgentProcess {
+    /// Starts the binary with `env` on top of the idle defaults (no token unless given) and
+    /// waits until its HTTP port answers.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let port = || common::testing::free_port();
+        let (http, ws, grpc) = (port(), port(), port());
+        let app = format!("rbbin{}", unique().replace('-', ""));
+        let worker = workspace_binary("worker");
+        let mut command = std::process::Command::new(workspace_binary("deployment-agent"));
+        command
+            .env_clear()
+            .env("AGENT_HOST", "127.0.0.1")
+            .env("HOST_PORT_HTTP_DEPLOYMENT_AGENT", http.to_string())
+            .env("HOST_PORT_WS_DEPLOYMENT_AGENT", ws.to_string())
+            .env("HOST_PORT_GRPC_DEPLOYMENT_AGENT", grpc.to_string())
+            .env("AGENT_RUNTIME", "process")
+            .env("WORKER_BINARY", &worker)
+            .env("APP_IDENTIFIER", &app)
+            .env("AGENT_NAME", "rustybalancer-tests")
+            .env("MIN_CONTAINERS", "0")
+            .env("DEFAULT_CONTAINER", "0")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .args(["--log-format", "json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("cannot start deployment-agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        // Reads the log to its end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(event);
+                }
+            }
+        });
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let agent = Self {
+            http: loopback(http),
+            ws: loopback(ws),
+            grpc: loopback(grpc),
+            child,
+            logs,
+        };
+        let client = reqwest::Client::new();
+        let health = format!("http://{}/health", agent.http);
+        common::testing::eventually(
+            "the agent binary to answer",
+            Duration::from_secs(20),
+            || {
+                let request = client.get(&health).send();
+                async move { request.await.ok().filter(|r| r.status().is_success()) }
+            },
+        )
+        .await;
+        agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Log events so far (JSON, flattened).
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Resident memory now (`VmRSS` of /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("cannot read the agent's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("no VmRSS in /proc status")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", "TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s TERM failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
