@@ -19,7 +19,6 @@ mod runtime;
 mod state;
 mod ws;
 
-use anyhow::Context;
 use common::{CancellationToken, serve::ServeOptions};
 use tokio::net::TcpListener;
 
@@ -33,21 +32,39 @@ pub struct Listeners {
     pub grpc: TcpListener,
 }
 
+/// Why the agent could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting, or a relation between settings, is invalid; the message names the variables.
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot reach the Docker engine (DOCKER_HOST); is the socket mounted and readable?")]
+    Docker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot start the process runtime")]
+    Process(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
+    #[error("control loop panicked")]
+    Controller(#[source] tokio::task::JoinError),
+}
+
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(
     listeners: Listeners,
     config: Config,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let config = config.normalized();
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate().map_err(RunError::Config)?;
     let runtime = match config.runtime {
-        RuntimeKind::Docker => {
-            runtime::Runtime::Docker(runtime::DockerRuntime::connect(&config).await.context(
-                "cannot reach the Docker engine (DOCKER_HOST); is the socket mounted and readable?",
-            )?)
-        }
-        RuntimeKind::Process => runtime::Runtime::Process(runtime::ProcessRuntime::new(&config)?),
+        RuntimeKind::Docker => runtime::Runtime::Docker(
+            runtime::DockerRuntime::connect(&config)
+                .await
+                .map_err(|error| RunError::Docker(error.into()))?,
+        ),
+        RuntimeKind::Process => runtime::Runtime::Process(
+            runtime::ProcessRuntime::new(&config).map_err(|error| RunError::Process(error.into()))?,
+        ),
     };
     let store = store::Store::open(store::StoreConfig {
         redis_url: config.redis(),
@@ -112,7 +129,7 @@ pub async fn run(
         }
     };
     let (_, _, grpc, controller) = tokio::join!(http, ws, grpc, controller);
-    grpc.context("gRPC server failed")?;
-    controller.context("control loop panicked")?;
+    grpc.map_err(RunError::Grpc)?;
+    controller.map_err(RunError::Controller)?;
     Ok(())
 }

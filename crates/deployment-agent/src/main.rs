@@ -60,7 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         grpc: bind(config.grpc_port).await?,
     };
     let shutdown = common::shutdown::on_signal();
-    deployment_agent::run(listeners, config, shutdown).await
+    Ok(deployment_agent::run(listeners, config, shutdown).await?)
 }
 
 /// glibc's allocator keeps small freed chunks in per-thread caches (tcache) and fastbins, and

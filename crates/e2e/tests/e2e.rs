@@ -205,6 +205,9 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         .await;
     let victim = two.items[0].clone();
     let load = idempotent_load(&stack, &artifacts, "kill");
+    // Jobs too: the dev stack declares `POST /submit` in RETRY_ROUTES, so a job in flight on
+    // the killed worker is replayed on the other one instead of failing.
+    let jobs = job_load(&stack, &artifacts, "kill-jobs");
     tokio::time::sleep(KILL_AFTER).await;
     docker(&["kill", &victim.id]);
     let (summary, rows) = load.finish(Duration::from_secs(120)).await;
@@ -213,6 +216,18 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         0,
         "failed requests around the kill: {:?}",
         failures(&rows)
+    );
+    let (job_summary, job_rows) = jobs.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        job_summary.errors,
+        0,
+        "failed POST /submit jobs around the kill: {:?}",
+        failures(&job_rows)
+    );
+    let on_victim = |row: &&ResultRow| row.backend == victim.dns_name;
+    assert!(
+        job_rows.iter().filter(on_victim).count() > 0,
+        "no job ran on the killed worker before it died"
     );
     // (A replacement may take the victim's name: only answers from before the kill count.)
     assert!(
@@ -241,12 +256,28 @@ async fn the_stack_scales_heals_and_keeps_serving() {
     })
     .await;
 
-    // 3. Restart the agent under load.
+    // 3. Restart the agent under load: SIGTERM ends its streams and it exits 0 at once, and
+    //    its API is back within seconds (measured by polling /health).
     let load = idempotent_load(&stack, &artifacts, "restart");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let agent = stack.service_container("deployment-agent");
-    docker(&["restart", "-t", "15", &agent]);
+    let gap = ApiGap::watch(&client, &format!("{}/health", stack.agent));
+    let stopping = Instant::now();
+    docker(&["stop", "-t", "15", &agent]);
+    let stop_took = stopping.elapsed();
+    let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &agent]);
+    assert_eq!(
+        exit.trim(),
+        "0",
+        "the agent did not exit 0 on SIGTERM (took {stop_took:?})"
+    );
+    assert!(
+        stop_took < Duration::from_secs(12),
+        "the agent took {stop_took:?} to stop; its SHUTDOWN_GRACE is 10 s"
+    );
+    docker(&["start", &agent]);
     let restarted_ms = unix_ms();
+    let api_gap = gap.finish(Duration::from_secs(60)).await;
     let (summary, rows) = load.finish(Duration::from_secs(120)).await;
     assert_eq!(
         summary.errors,
@@ -296,6 +327,7 @@ async fn the_stack_scales_heals_and_keeps_serving() {
          worker cold start, create call to first healthy answer: {}\n  \
          worker from the warm pool, thaw call to first healthy answer: {}\n  \
          scale-out reaction (load step to the first answer from a new worker): {:.0} ms{}\n  \
+         agent restart (docker stop + start): stopped in {} ms, API unreachable for {} ms\n  \
          charts: {}\n",
         spread(&cold),
         spread(&thawed),
@@ -308,6 +340,8 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         } else {
             String::new()
         },
+        stop_took.as_millis(),
+        api_gap.as_millis(),
         artifacts.display()
     );
 }
@@ -567,6 +601,63 @@ fn idempotent_load(stack: &Stack, dir: &std::path::Path, name: &str) -> Loadgen 
             "60s",
         ],
     )
+}
+
+/// CPU jobs sent as `POST /submit` at 5/s for 25 s (a RETRY_ROUTES route in the stacks).
+fn job_load(stack: &Stack, dir: &std::path::Path, name: &str) -> Loadgen {
+    Loadgen::start(
+        dir,
+        name,
+        &[
+            "--target",
+            &format!("{}/submit", stack.balancer),
+            "--method",
+            "post",
+            "--body",
+            r#"{"operation":"monte_carlo_pi","data":{"iterations":5000000}}"#,
+            "--rate",
+            "5",
+            "--duration",
+            "25s",
+            "--timeout",
+            "60s",
+        ],
+    )
+}
+
+/// The longest time an HTTP endpoint did not answer, polled every 50 ms from `watch` until
+/// it answered again after its first outage.
+struct ApiGap {
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl ApiGap {
+    fn watch(client: &reqwest::Client, url: &str) -> Self {
+        let (client, url) = (client.clone(), url.to_owned());
+        let task = tokio::spawn(async move {
+            let mut down_since: Option<Instant> = None;
+            loop {
+                let up = matches!(
+                    client.get(&url).timeout(Duration::from_millis(500)).send().await,
+                    Ok(response) if response.status().is_success()
+                );
+                match (up, down_since) {
+                    (false, None) => down_since = Some(Instant::now()),
+                    (true, Some(since)) => return since.elapsed(),
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Self { task }
+    }
+
+    async fn finish(self, timeout: Duration) -> Duration {
+        tokio::time::timeout(timeout, self.task)
+            .await
+            .expect("the agent's API did not come back")
+            .expect("the API watcher panicked")
+    }
 }
 
 /// The chart of the step run (latency and container count over time) under `dir`.

@@ -33,7 +33,7 @@ pub struct TestAgent {
     /// The agent's AGENT_TOKEN, if any.
     pub token: Option<String>,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: Option<JoinHandle<Result<(), deployment_agent::RunError>>>,
 }
 
 impl TestAgent {
