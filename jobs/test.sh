@@ -6,6 +6,16 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+# stage NAME : ends the previous stage (printing how long it took) and starts NAME.
+suite_started=$SECONDS stage_name="" stage_started=$SECONDS
+stage() {
+  [ -z "$stage_name" ] || log "$stage_name: $((SECONDS - stage_started)) s"
+  stage_name="$1" stage_started=$SECONDS
+  [ -z "$stage_name" ] || log "$stage_name"
+}
+
+stage "tools"
+
 ensure_rust
 need_cmd ldd libc-bin
 need_cmd kill procps
@@ -14,23 +24,26 @@ need_cmd chromium chromium
 need_cmd chromedriver chromium-driver
 ensure_docker
 
-log "cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --all -- --check
 
-log "cargo clippy"
+stage "cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
+stage "release build"
 build_binaries
 
-log "cargo test"
+stage "cargo test (unit, HTTP, process, Docker)"
 cargo test --release --workspace --locked --exclude e2e
 
 # Last, alone on the machine: the whole stack through jobs/run.sh and jobs/reset.sh. It prints
 # the cold-start and scale-out figures and where the chart of the run is.
-log "end-to-end tests: the prod, slim and dev stacks on Docker (about 4 minutes)"
+stage "end-to-end tests: the prod, slim and dev stacks on Docker (about 5 minutes)"
 cargo test --release -p e2e --locked -- --nocapture --test-threads=1
 
 leftover="$(docker ps -aq --filter label=managed-by=rustybalancer-tests | wc -l)"
 [ "$leftover" -eq 0 ] || die "tests left $leftover container(s) behind"
 leftover="$(docker ps -a --format '{{.Names}}' | grep -c '^rbe2e-' || true)"
 [ "$leftover" -eq 0 ] || die "the end-to-end test left $leftover container(s) behind"
+stage ""
+log "all tests passed in $((SECONDS - suite_started)) s"
