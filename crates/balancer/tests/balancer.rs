@@ -1480,7 +1480,7 @@ async fn denied_paths_get_404_in_every_spelling_and_never_reach_a_backend() {
 async fn post_stop_through_the_balancer_never_stops_a_worker() {
     // The real worker binary in chaos mode: its traffic port, the only one the balancer
     // forwards to, refuses POST /stop.
-    let worker = WorkerProcess::spawn(&[("WORKER_CHAOS", "true"), ("WORKER_CHAOS_PORT", "0")]);
+    let worker = WorkerProcess::spawn(&[], &[("WORKER_CHAOS", "true"), ("WORKER_CHAOS_PORT", "0")]);
     assert!(worker.chaos.is_some());
     let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
     for _ in 0..3 {
@@ -1536,7 +1536,7 @@ where
 
 #[tokio::test]
 async fn the_real_workers_early_413_reaches_the_client_every_time() {
-    let worker = WorkerProcess::spawn(&[("WORKER_MAX_BODY_BYTES", "65536")]);
+    let worker = WorkerProcess::spawn(&[], &[("WORKER_MAX_BODY_BYTES", "65536")]);
     let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
     for round in 0..20 {
         // 200 MB with Content-Length, streamed: the worker answers 413 after 64 KiB.
@@ -1594,7 +1594,7 @@ async fn a_backend_that_answers_while_the_client_still_sends_is_relayed() {
 #[tokio::test]
 async fn expect_100_continue_uploads_get_the_early_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let worker = WorkerProcess::spawn(&[("WORKER_MAX_BODY_BYTES", "65536")]);
+    let worker = WorkerProcess::spawn(&[], &[("WORKER_MAX_BODY_BYTES", "65536")]);
     let balancer = TestBalancer::start(support::static_config(&[worker.address])).await;
     for round in 0..5 {
         let stream = tokio::net::TcpStream::connect(balancer.address)

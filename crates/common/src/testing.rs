@@ -249,3 +249,55 @@ impl Drop for ServiceProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The real `worker` binary as a child process on a loopback port it picked itself, with
+/// `args` and `env` on top (`cargo build --release --bins` first); killed when dropped.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    pub address: std::net::SocketAddr,
+    /// The chaos port, with `WORKER_CHAOS=true` (`--chaos true`).
+    pub chaos: Option<std::net::SocketAddr>,
+    process: ServiceProcess,
+}
+
+impl WorkerProcess {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(workspace_binary("worker"));
+        command
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG");
+        let (process, listening) =
+            ServiceProcess::spawn(command, "worker listening", Duration::from_secs(10));
+        let address = |field: &str| {
+            listening[field]
+                .as_str()
+                .map(|address| address.parse().expect("a socket address"))
+        };
+        Self {
+            address: address("address").expect("the worker logs its address"),
+            chaos: address("chaos_address"),
+            process,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+/// `signal`, `wait`, `pid` of the process.
+impl std::ops::Deref for WorkerProcess {
+    type Target = ServiceProcess;
+
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for WorkerProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
+    }
+}

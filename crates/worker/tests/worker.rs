@@ -362,7 +362,7 @@ async fn chaos_stop_makes_the_worker_stop_answering() {
 /// forwards to) is a 404 and the worker serves on; on the chaos port it stops the worker.
 #[tokio::test]
 async fn chaos_stop_is_served_only_on_the_chaos_port() {
-    let mut process = WorkerProcess::spawn(&["--chaos", "true", "--chaos-port", "0"]);
+    let mut process = WorkerProcess::spawn(&["--chaos", "true", "--chaos-port", "0"], &[]);
     let chaos = process.chaos.expect("the log names the chaos port");
     assert_ne!(chaos, process.address);
     let client = reqwest::Client::new();
@@ -416,7 +416,7 @@ async fn chaos_stop_is_served_only_on_the_chaos_port() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_work_and_exits_zero() {
-    let mut process = WorkerProcess::spawn(&[]);
+    let mut process = WorkerProcess::spawn(&[], &[]);
     let client = reqwest::Client::new();
     let url = process.url("/submit");
     let job = tokio::spawn(
@@ -452,7 +452,7 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
 
 #[tokio::test]
 async fn healthcheck_subcommand_reports_health() {
-    let process = WorkerProcess::spawn(&[]);
+    let process = WorkerProcess::spawn(&[], &[]);
     let port = process.address.port().to_string();
     let healthy = std::process::Command::new(support::worker_binary())
         .args(["--port", &port, "healthcheck"])

@@ -394,48 +394,4 @@ impl std::ops::DerefMut for BalancerProcess {
     }
 }
 
-/// The real `worker` binary as a child process on a loopback port it picked itself, its
-/// settings given as environment variables (`cargo build --release --bins` first).
-pub struct WorkerProcess {
-    pub address: SocketAddr,
-    /// The chaos port, with `WORKER_CHAOS=true`.
-    pub chaos: Option<SocketAddr>,
-    process: ServiceProcess,
-}
-
-impl WorkerProcess {
-    pub fn spawn(env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(common::testing::workspace_binary("worker"));
-        command
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .envs(env.iter().copied())
-            .env_remove("RUST_LOG");
-        let (process, listening) =
-            ServiceProcess::spawn(command, "worker listening", Duration::from_secs(10));
-        let address = |field: &str| {
-            listening[field]
-                .as_str()
-                .map(|address| address.parse().unwrap())
-        };
-        Self {
-            address: address("address").expect("the worker logs its address"),
-            chaos: address("chaos_address"),
-            process,
-        }
-    }
-}
-
-/// `signal`, `wait`, `pid` of the process.
-impl std::ops::Deref for WorkerProcess {
-    type Target = ServiceProcess;
-
-    fn deref(&self) -> &ServiceProcess {
-        &self.process
-    }
-}
-
-impl std::ops::DerefMut for WorkerProcess {
-    fn deref_mut(&mut self) -> &mut ServiceProcess {
-        &mut self.process
-    }
-}
+pub use common::testing::WorkerProcess;
