@@ -63,7 +63,8 @@ pub async fn run(
                 .map_err(|error| RunError::Docker(error.into()))?,
         ),
         RuntimeKind::Process => runtime::Runtime::Process(
-            runtime::ProcessRuntime::new(&config).map_err(|error| RunError::Process(error.into()))?,
+            runtime::ProcessRuntime::new(&config)
+                .map_err(|error| RunError::Process(error.into()))?,
         ),
     };
     let store = store::Store::open(store::StoreConfig {

@@ -1,5 +1,5 @@
 //! The store in memory-only mode and against a real `redis-server` per test
-//! (`tests/support/redis.rs`), each test under its own key prefix.
+//! (`tests/deployment_agent/support/redis.rs`), each test under its own key prefix.
 
 use std::time::{Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
@@ -7,7 +7,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::*;
 
-#[path = "../../tests/support/redis.rs"]
+#[path = "../../tests/deployment_agent/support/redis.rs"]
 mod redis_support;
 
 use redis_support::{RedisServer, free_port};

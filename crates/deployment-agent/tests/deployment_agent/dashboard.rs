@@ -8,7 +8,6 @@
 //! Screenshots: `target/dashboard.png` (laptop), `target/dashboard-phone.png` (375 px);
 //! with `DASHBOARD_SCREENSHOT_DOCS=1` the laptop one also replaces `docs/dashboard.png`.
 
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
@@ -18,12 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{TestAgent, fast_config};
 use common::testing::{repo_root, unique, workspace_binary};
 use deployment_agent::RuntimeKind;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use crate::support::{TestAgent, fast_config};
 
 const STARTUP: Duration = Duration::from_secs(60);
 /// The agent's token: the page asks for it at its first change.

@@ -4,9 +4,9 @@
 
 pub mod docker;
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use common::{CancellationToken, serve::Stopped, testing::ServiceProcess};
+use common::{CancellationToken, serve::Stopped};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use worker::Config;
