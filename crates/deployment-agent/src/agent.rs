@@ -17,7 +17,7 @@ use crate::{
     probe::Prober,
     runtime::{Runtime, now_ms},
     score::{Thresholds, Weights},
-    state::{BalancerReport, MemberStatus, World},
+    state::{BalancerReport, MemberStatus, PoolStatus, World},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
 };
 
@@ -123,6 +123,11 @@ impl Agent {
 
     pub fn snapshot(&self) -> Arc<QueueSnapshot> {
         self.shared.queue.borrow().clone()
+    }
+
+    /// Ready containers, and why there is none.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.world().pool_status(Instant::now())
     }
 
     pub fn statuses(&self) -> Vec<MemberStatus> {
@@ -433,5 +438,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Started => "started",
         EventKind::Unhealthy => "unhealthy",
         EventKind::Recovered => "recovered",
+        EventKind::CrashLoop => "crash_loop",
+        EventKind::ProbeError => "probe_error",
     }
 }
