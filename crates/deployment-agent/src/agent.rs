@@ -157,7 +157,11 @@ impl Agent {
     pub fn bounds(&self) -> Bounds {
         let world = self.world();
         let scaling = self.scaling_with(&world.overrides);
-        let active = world.active_count();
+        let mut active = world.active_count();
+        // Launches held by a back-off still count: the pool converges to this once it ends.
+        if world.launches_blocked(Instant::now()) {
+            active = active.max(world.requested.unwrap_or(0));
+        }
         Bounds {
             min_replicas: scaling.min_replicas,
             max_replicas: scaling.max_replicas,
