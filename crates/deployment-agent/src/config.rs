@@ -733,7 +733,9 @@ pub struct StatusRanges(pub Vec<(u16, u16)>);
 
 impl StatusRanges {
     pub fn contains(&self, status: u16) -> bool {
-        self.0.iter().any(|(from, to)| (*from..=*to).contains(&status))
+        self.0
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&status))
     }
 }
 
@@ -841,7 +843,9 @@ fn parse_user(text: &str) -> Result<String, String> {
     if ok {
         Ok(user.to_owned())
     } else {
-        Err(format!("`{text}` is not a user such as 10001:10001 or nobody"))
+        Err(format!(
+            "`{text}` is not a user such as 10001:10001 or nobody"
+        ))
     }
 }
 

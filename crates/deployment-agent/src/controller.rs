@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 
 use crate::{
     agent::Agent,
-    decide::{self, Observation},
     config::ProbeKind,
+    decide::{self, Observation},
     probe::{LoadProbe, ProbeSpec, WorkerLoad},
     runtime::{EngineHealth, Instance, LaunchSpec, RuntimeError, RuntimeEvent, now_ms},
     score::{self, Availability},
@@ -349,11 +349,26 @@ fn crash_loop(agent: &Agent, id: String, crash: Crash, member: bool) {
     let agent = agent.clone();
     tokio::spawn(async move {
         let runtime = agent.shared().runtime.clone();
+        let mut crash = crash;
+        if crash.code.is_none() {
+            // Exited before its exit was reported: the engine still knows the code.
+            if let Some(code) = runtime.exit_code(&id).await {
+                crash.code = Some(code);
+                crash.cause = format!("{} with code {code}", crash.cause);
+            }
+        }
         let logs = runtime.logs(&id).await;
         {
             let mut world = agent.world();
-            if let Some(last) = world.crash.last.as_mut().filter(|last| last.name == crash.name) {
+            if let Some(last) = world
+                .crash
+                .last
+                .as_mut()
+                .filter(|last| last.name == crash.name)
+            {
                 last.logs.clone_from(&logs);
+                last.code = crash.code;
+                last.cause.clone_from(&crash.cause);
             }
         }
         let code = crash
@@ -959,10 +974,12 @@ async fn check(
                     "the engine did not answer within {timeout:?}"
                 ))),
                 Ok(Err(err)) => Err(ProbeFailure::failed(format!("inspect failed: {err}"))),
-                Ok(Ok(EngineHealth::Healthy(took))) => Ok(took.unwrap_or_else(|| started.elapsed())),
-                Ok(Ok(EngineHealth::Starting)) => Err(ProbeFailure::failed(
-                    "HEALTHCHECK status: starting".into(),
-                )),
+                Ok(Ok(EngineHealth::Healthy(took))) => {
+                    Ok(took.unwrap_or_else(|| started.elapsed()))
+                }
+                Ok(Ok(EngineHealth::Starting)) => {
+                    Err(ProbeFailure::failed("HEALTHCHECK status: starting".into()))
+                }
                 Ok(Ok(EngineHealth::Unhealthy(output))) => Err(ProbeFailure::failed(format!(
                     "HEALTHCHECK status: unhealthy: {}",
                     output.lines().last().unwrap_or_default()

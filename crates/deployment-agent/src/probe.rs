@@ -149,7 +149,6 @@ fn parse_load(body: &[u8]) -> Option<WorkerLoad> {
 }
 
 impl Prober {
-
     async fn get(&self, address: &str, path: &str) -> Option<(u16, Bytes)> {
         let uri: hyper::Uri = format!("http://{address}{path}").parse().ok()?;
         let request = async {
@@ -209,8 +208,14 @@ mod tests {
         });
         let prober = Prober::new(Duration::from_secs(2));
         let default = crate::config::parse_status_ranges("200-399").unwrap();
-        let err = prober.http(&address, "/health", &default).await.unwrap_err();
-        assert!(err.contains("404") && err.contains("WORKER_PROBE_STATUS"), "{err}");
+        let err = prober
+            .http(&address, "/health", &default)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("404") && err.contains("WORKER_PROBE_STATUS"),
+            "{err}"
+        );
         let with_404 = crate::config::parse_status_ranges("200-299,404").unwrap();
         assert!(prober.http(&address, "/health", &with_404).await.is_ok());
         assert!(prober.tcp(&address).await.is_ok());

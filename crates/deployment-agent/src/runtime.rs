@@ -156,6 +156,15 @@ impl Runtime {
         }
     }
 
+    /// The exit code of an instance that has exited (Docker: from `inspect`; a process's is
+    /// reported with its exit event).
+    pub async fn exit_code(&self, id: &str) -> Option<i64> {
+        match self {
+            Self::Docker(docker) => docker.exit_code(id).await,
+            Self::Process(_) => None,
+        }
+    }
+
     /// The last log lines of an instance (its stdout and stderr for Docker, stderr for a
     /// process), at most `LOG_LINES` / `LOG_BYTES`; empty when none can be read.
     pub async fn logs(&self, id: &str) -> Vec<String> {

@@ -211,7 +211,13 @@ pub struct Crash {
 impl CrashLoop {
     /// Records a crash at `now`: the wait before the next launch, `initial` doubled per crash
     /// in a row before this one, capped at `max`.
-    pub fn crashed(&mut self, crash: Crash, initial: Duration, max: Duration, now: Instant) -> Duration {
+    pub fn crashed(
+        &mut self,
+        crash: Crash,
+        initial: Duration,
+        max: Duration,
+        now: Instant,
+    ) -> Duration {
         let factor = 2u32.saturating_pow(self.crashes.min(30));
         self.crashes = self.crashes.saturating_add(1);
         let wait = initial.saturating_mul(factor).min(max);
@@ -340,13 +346,22 @@ impl World {
         if let Some(crash) = &self.crash.last {
             let next = match self.crash.until {
                 Some(until) if until > now => {
-                    format!("next launch in {} s", until.duration_since(now).as_secs().max(1))
+                    format!(
+                        "next launch in {} s",
+                        until.duration_since(now).as_secs().max(1)
+                    )
                 }
                 _ => "launching again".into(),
             };
-            let log = crash
-                .logs
-                .last()
+            // The line most likely to say why (an error), else the last.
+            let telling = crash.logs.iter().rev().find(|line| {
+                let line = line.to_ascii_lowercase();
+                ["error", "fatal", "panic"]
+                    .iter()
+                    .any(|word| line.contains(word))
+            });
+            let log = telling
+                .or(crash.logs.last())
                 .map_or_else(String::new, |line| format!(": {line}"));
             return format!(
                 "crash loop ({} in a row): {} {}, {next}{log}",
@@ -361,10 +376,7 @@ impl World {
         if let Some(member) = starting {
             let age = now.saturating_duration_since(member.created).as_secs();
             return match &member.probe_error {
-                Some(error) => format!(
-                    "{} not ready after {age} s: {error}",
-                    member.instance.name
-                ),
+                Some(error) => format!("{} not ready after {age} s: {error}", member.instance.name),
                 None => format!("{} starting ({age} s)", member.instance.name),
             };
         }
@@ -737,13 +749,20 @@ mod tests {
         let (initial, max) = (Duration::from_secs(1), Duration::from_secs(5));
         let mut crash_loop = CrashLoop::default();
         let waits: Vec<u64> = (0..5)
-            .map(|_| crash_loop.crashed(crash("w-1", 2), initial, max, t0).as_secs())
+            .map(|_| {
+                crash_loop
+                    .crashed(crash("w-1", 2), initial, max, t0)
+                    .as_secs()
+            })
             .collect();
         assert_eq!(waits, [1, 2, 4, 5, 5]);
         assert!(crash_loop.blocks(t0 + Duration::from_secs(4)));
         assert!(!crash_loop.blocks(t0 + Duration::from_secs(5)));
         crash_loop.reset();
-        assert_eq!(crash_loop.crashed(crash("w-1", 2), initial, max, t0), initial);
+        assert_eq!(
+            crash_loop.crashed(crash("w-1", 2), initial, max, t0),
+            initial
+        );
     }
 
     #[test]
@@ -758,9 +777,17 @@ mod tests {
         starting.probe_error = Some("GET /health answered 404".into());
         world.members.insert(starting.instance.id.clone(), starting);
         let reason = world.pool_status(now).reason.unwrap();
-        assert!(reason.starts_with("app-worker-1 not ready after 0 s: GET /health answered 404"), "{reason}");
+        assert!(
+            reason.starts_with("app-worker-1 not ready after 0 s: GET /health answered 404"),
+            "{reason}"
+        );
 
-        world.crash.crashed(crash("app-worker-2", 3), Duration::from_secs(8), Duration::from_secs(60), now);
+        world.crash.crashed(
+            crash("app-worker-2", 3),
+            Duration::from_secs(8),
+            Duration::from_secs(60),
+            now,
+        );
         assert!(world.launches_blocked(now));
         let reason = world.pool_status(now).reason.unwrap();
         assert_eq!(
@@ -771,7 +798,13 @@ mod tests {
         let mut ready = member("app-worker-3");
         ready.phase = Phase::Ready;
         world.members.insert(ready.instance.id.clone(), ready);
-        assert_eq!(world.pool_status(now), PoolStatus { ready: 1, reason: None });
+        assert_eq!(
+            world.pool_status(now),
+            PoolStatus {
+                ready: 1,
+                reason: None
+            }
+        );
     }
 
     #[test]

@@ -128,24 +128,41 @@ fn probe_and_container_settings_parse_and_name_what_is_wrong() {
         assert!(parse_status_ranges(bad).is_err(), "{bad}");
     }
     assert_eq!(
-        parse_command(r#"["/bin/busybox", "httpd", "-f"]"#).unwrap().0,
+        parse_command(r#"["/bin/busybox", "httpd", "-f"]"#)
+            .unwrap()
+            .0,
         ["/bin/busybox", "httpd", "-f"]
     );
-    assert_eq!(parse_command("  httpd -f  -p 8080 ").unwrap().0, ["httpd", "-f", "-p", "8080"]);
+    assert_eq!(
+        parse_command("  httpd -f  -p 8080 ").unwrap().0,
+        ["httpd", "-f", "-p", "8080"]
+    );
     assert!(parse_command("[\"unterminated").is_err());
     assert!(parse_command("[1, 2]").is_err());
     assert_eq!(
         parse_tmpfs("/tmp, /run:size=16m").unwrap().0,
-        [("/tmp".into(), String::new()), ("/run".into(), "size=16m".into())]
+        [
+            ("/tmp".into(), String::new()),
+            ("/run".into(), "size=16m".into())
+        ]
     );
     for bad in ["tmp", "/", "/tmp,/tmp"] {
         assert!(parse_tmpfs(bad).is_err(), "{bad}");
     }
     assert_eq!(
         parse_labels("team=web, tier=front").unwrap().0,
-        [("team".into(), "web".into()), ("tier".into(), "front".into())]
+        [
+            ("team".into(), "web".into()),
+            ("tier".into(), "front".into())
+        ]
     );
-    for bad in ["team", "=x", "application=other", "managed-by=me", "rustybalancer.core=1"] {
+    for bad in [
+        "team",
+        "=x",
+        "application=other",
+        "managed-by=me",
+        "rustybalancer.core=1",
+    ] {
         assert!(parse_labels(bad).is_err(), "{bad}");
     }
     assert!(parse_user("10001:10001").is_ok() && parse_user("nobody").is_ok());

@@ -334,6 +334,20 @@ impl DockerRuntime {
         })
     }
 
+    /// The exit code of a container that is no longer running.
+    pub async fn exit_code(&self, id: &str) -> Option<i64> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        let state = inspect.state?;
+        if state.running == Some(true) {
+            return None;
+        }
+        state.exit_code
+    }
+
     /// The container's last log lines (stdout and stderr) through the engine's logs API.
     pub async fn logs(&self, id: &str) -> Vec<String> {
         let options = bollard::query_parameters::LogsOptionsBuilder::new()

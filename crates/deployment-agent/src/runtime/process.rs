@@ -279,7 +279,11 @@ impl ProcessRuntime {
 
 /// Keeps the last lines of a child's stderr (reading it all, so the child never blocks on a
 /// full pipe).
-async fn keep_stderr(shared: std::sync::Weak<Shared>, pid: u32, stderr: tokio::process::ChildStderr) {
+async fn keep_stderr(
+    shared: std::sync::Weak<Shared>,
+    pid: u32,
+    stderr: tokio::process::ChildStderr,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     loop {

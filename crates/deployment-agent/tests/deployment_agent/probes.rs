@@ -96,9 +96,12 @@ async fn process_runtime_probes_follow_the_users_path_statuses_and_kind() {
     config.default_container = Some(1);
     config.worker_probe_path = "/not-here".into();
     let mut agent = TestAgent::start(config.clone()).await;
-    let pool = pool_until(&agent, "a reason naming the 404", STARTUP, |ready, reason| {
-        ready == 0 && reason.contains("GET /not-here answered 404")
-    })
+    let pool = pool_until(
+        &agent,
+        "a reason naming the 404",
+        STARTUP,
+        |ready, reason| ready == 0 && reason.contains("GET /not-here answered 404"),
+    )
     .await;
     let reason = pool["reason"].as_str().unwrap();
     assert!(
@@ -121,22 +124,32 @@ async fn process_runtime_probes_follow_the_users_path_statuses_and_kind() {
     );
     agent.stop().await;
 
-    config.worker_probe_status = deployment_agent::config::parse_status_ranges("200-299,404").unwrap();
+    config.worker_probe_status =
+        deployment_agent::config::parse_status_ranges("200-299,404").unwrap();
     let mut agent = TestAgent::start(config.clone()).await;
-    let pool = pool_until(&agent, "one ready with 404 accepted", STARTUP, |ready, _| {
-        ready == 1
-    })
+    let pool = pool_until(
+        &agent,
+        "one ready with 404 accepted",
+        STARTUP,
+        |ready, _| ready == 1,
+    )
     .await;
     assert!(pool["reason"].is_null(), "{pool}");
     // The worker's own /stats counts its in-flight.
     let stats = agent.get_json("/stats").await;
-    assert_eq!(stats["containers"][0]["in_flight_source"], "worker", "{stats}");
+    assert_eq!(
+        stats["containers"][0]["in_flight_source"], "worker",
+        "{stats}"
+    );
     agent.stop().await;
 
     config.worker_probe = deployment_agent::config::ProbeKind::Tcp;
     config.worker_probe_status = deployment_agent::config::parse_status_ranges("200").unwrap();
     let mut agent = TestAgent::start(config).await;
-    pool_until(&agent, "one ready on the tcp probe", STARTUP, |ready, _| ready == 1).await;
+    pool_until(&agent, "one ready on the tcp probe", STARTUP, |ready, _| {
+        ready == 1
+    })
+    .await;
     assert_eq!(agent.get_json("/config").await["probe"]["kind"], "tcp");
     let events = events(&agent).await;
     assert!(
@@ -161,7 +174,9 @@ impl Crasher {
             path: dir.join("crasher.sh"),
             dir,
         };
-        crasher.write("echo \"starting with $*\" >&2\necho 'fatal: cannot read /etc/app.conf' >&2\nexit 3\n");
+        crasher.write(
+            "echo \"starting with $*\" >&2\necho 'fatal: cannot read /etc/app.conf' >&2\nexit 3\n",
+        );
         crasher
     }
 
@@ -187,7 +202,10 @@ impl Drop for Crasher {
 
 /// The gaps between consecutive events, in ms.
 fn gaps(events: &[Event]) -> Vec<u64> {
-    events.windows(2).map(|pair| pair[1].2 - pair[0].2).collect()
+    events
+        .windows(2)
+        .map(|pair| pair[1].2 - pair[0].2)
+        .collect()
 }
 
 /// A worker that exits at once: launches are spaced by the doubling back-off (each gap at
@@ -251,10 +269,16 @@ async fn process_runtime_crash_loop_backs_off_reports_and_converges_once_fixed()
 
     // Fixed: the held launch comes, the pool converges, the reason goes.
     crasher.fix(&workspace_binary("worker"));
-    let pool = pool_until(&agent, "one ready after the fix", STARTUP, |ready, _| ready == 1).await;
+    let pool = pool_until(&agent, "one ready after the fix", STARTUP, |ready, _| {
+        ready == 1
+    })
+    .await;
     assert!(pool["reason"].is_null(), "{pool}");
     agent.request_replicas(2).await;
-    pool_until(&agent, "the count converges to 2", STARTUP, |ready, _| ready == 2).await;
+    pool_until(&agent, "the count converges to 2", STARTUP, |ready, _| {
+        ready == 2
+    })
+    .await;
     agent.stop().await;
 }
 
@@ -305,21 +329,31 @@ async fn docker_crash_loop_container_settings_and_the_docker_probe() {
     .await;
     for (_, _, _, message) in &crashes {
         assert!(message.contains("exit code 2"), "{message}");
-        assert!(message.contains("--no-such-flag"), "the engine's log lines: {message}");
+        assert!(
+            message.contains("--no-such-flag"),
+            "the engine's log lines: {message}"
+        );
     }
     let gaps = gaps(&crashes[..3]);
-    assert!(gaps[0] + 100 >= 500 && gaps[1] + 100 >= 1000, "gaps {gaps:?}");
+    assert!(
+        gaps[0] + 100 >= 500 && gaps[1] + 100 >= 1000,
+        "gaps {gaps:?}"
+    );
     // No hot loop: crashed containers are removed, never more than one at a time.
     assert!(env.containers().len() <= 1, "{:?}", env.containers());
     let pool = pool_until(&agent, "a crash-loop reason", STARTUP, |ready, reason| {
         ready == 0 && reason.starts_with("crash loop") && reason.contains("code 2")
     })
     .await;
-    assert!(pool["reason"].as_str().unwrap().contains("--no-such-flag"), "{pool}");
+    assert!(
+        pool["reason"].as_str().unwrap().contains("--no-such-flag"),
+        "{pool}"
+    );
     agent.stop().await;
 
     // Fixed through a restart, with every container setting and the docker probe.
-    config.worker_args = deployment_agent::config::parse_command(r#"["--worker-id", "from-args"]"#).unwrap();
+    config.worker_args =
+        deployment_agent::config::parse_command(r#"["--worker-id", "from-args"]"#).unwrap();
     config.worker_command = deployment_agent::config::parse_command("/worker").unwrap();
     config.worker_user = "10002:10002".into();
     config.worker_read_only = true;
@@ -327,14 +361,23 @@ async fn docker_crash_loop_container_settings_and_the_docker_probe() {
     config.worker_labels = deployment_agent::config::parse_labels("team=web,tier=front").unwrap();
     config.worker_probe = deployment_agent::config::ProbeKind::Docker;
     let mut agent = TestAgent::start(config.clone()).await;
-    pool_until(&agent, "one ready on the docker probe", STARTUP, |ready, _| ready == 1).await;
+    pool_until(
+        &agent,
+        "one ready on the docker probe",
+        STARTUP,
+        |ready, _| ready == 1,
+    )
+    .await;
     let id = agent.get_json("/stats").await["containers"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let inspect: Value = serde_json::from_str(&docker(&["inspect", &id])).unwrap();
     let inspect = &inspect[0];
-    assert_eq!(inspect["Config"]["Entrypoint"], serde_json::json!(["/worker"]));
+    assert_eq!(
+        inspect["Config"]["Entrypoint"],
+        serde_json::json!(["/worker"])
+    );
     assert_eq!(
         inspect["Config"]["Cmd"],
         serde_json::json!(["--worker-id", "from-args"])
@@ -361,9 +404,14 @@ async fn docker_crash_loop_container_settings_and_the_docker_probe() {
     config.image = image_without_healthcheck(&mut env.cleanup, &env.id);
     config.stop_workers_on_exit = true;
     let mut agent = TestAgent::start(config).await;
-    pool_until(&agent, "a reason naming HEALTHCHECK", STARTUP, |ready, reason| {
-        ready == 0 && reason.contains("no HEALTHCHECK") && reason.contains("WORKER_PROBE")
-    })
+    pool_until(
+        &agent,
+        "a reason naming HEALTHCHECK",
+        STARTUP,
+        |ready, reason| {
+            ready == 0 && reason.contains("no HEALTHCHECK") && reason.contains("WORKER_PROBE")
+        },
+    )
     .await;
     let errors: Vec<Event> = events(&agent)
         .await
@@ -399,7 +447,11 @@ fn bad_probe_and_container_settings_stop_start_up_naming_the_variable() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{variable}={value}: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{variable}={value}: {stderr}"
+        );
         assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
     }
 }
