@@ -17,7 +17,7 @@ use crate::{
     probe::Prober,
     runtime::{Runtime, now_ms},
     score::{Thresholds, Weights},
-    state::{BalancerReport, MemberStatus, World},
+    state::{BalancerReport, MemberStatus, PoolStatus, World},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
 };
 
@@ -125,6 +125,11 @@ impl Agent {
         self.shared.queue.borrow().clone()
     }
 
+    /// Ready containers, and why there is none.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.world().pool_status(Instant::now())
+    }
+
     pub fn statuses(&self) -> Vec<MemberStatus> {
         self.world().statuses(Instant::now())
     }
@@ -152,7 +157,11 @@ impl Agent {
     pub fn bounds(&self) -> Bounds {
         let world = self.world();
         let scaling = self.scaling_with(&world.overrides);
-        let active = world.active_count();
+        let mut active = world.active_count();
+        // Launches held by a back-off still count: the pool converges to this once it ends.
+        if world.launches_blocked(Instant::now()) {
+            active = active.max(world.requested.unwrap_or(0));
+        }
         Bounds {
             min_replicas: scaling.min_replicas,
             max_replicas: scaling.max_replicas,
@@ -433,5 +442,7 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Started => "started",
         EventKind::Unhealthy => "unhealthy",
         EventKind::Recovered => "recovered",
+        EventKind::CrashLoop => "crash_loop",
+        EventKind::ProbeError => "probe_error",
     }
 }

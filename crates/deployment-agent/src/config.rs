@@ -179,6 +179,63 @@ pub struct Config {
     /// An unhealthy container that has not recovered within this is stopped and replaced.
     #[arg(long = "unhealthy-timeout", env = "UNHEALTHY_TIMEOUT", value_name = "UNHEALTHY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub unhealthy_timeout: Duration,
+    /// How the agent tells a worker is ready and alive (start-up, liveness and the
+    /// availability score's latency): `http` (GET WORKER_PROBE_PATH, a status in
+    /// WORKER_PROBE_STATUS), `tcp` (a connect to TARGET_PORT) or `docker` (the image's own
+    /// HEALTHCHECK status from the engine; Docker runtime only).
+    #[arg(
+        long = "worker-probe",
+        env = "WORKER_PROBE",
+        value_name = "WORKER_PROBE",
+        default_value = "http"
+    )]
+    pub worker_probe: ProbeKind,
+    /// Path of the `http` probe.
+    #[arg(long = "worker-probe-path", env = "WORKER_PROBE_PATH", value_name = "WORKER_PROBE_PATH",
+          default_value = "/health", value_parser = parse_probe_path)]
+    pub worker_probe_path: String,
+    /// Statuses the `http` probe counts as success: codes and ranges, comma-separated
+    /// (`200-299,404`).
+    #[arg(long = "worker-probe-status", env = "WORKER_PROBE_STATUS", value_name = "WORKER_PROBE_STATUS",
+          default_value = "200-399", value_parser = parse_status_ranges)]
+    pub worker_probe_status: StatusRanges,
+    /// Entrypoint override of worker containers: a JSON array of strings if it starts with
+    /// `[`, else split on whitespace; empty keeps the image's.
+    #[arg(long = "worker-command", env = "WORKER_COMMAND", value_name = "WORKER_COMMAND",
+          default_value = "", value_parser = parse_command)]
+    pub worker_command: CommandLine,
+    /// Arguments of worker containers (the image's CMD), in the same form as WORKER_COMMAND;
+    /// empty keeps the image's.
+    #[arg(long = "worker-args", env = "WORKER_ARGS", value_name = "WORKER_ARGS",
+          default_value = "", value_parser = parse_command)]
+    pub worker_args: CommandLine,
+    /// User worker containers run as (`10001:10001`, `nobody`); empty keeps the image's.
+    #[arg(long = "worker-user", env = "WORKER_USER", value_name = "WORKER_USER",
+          default_value = "", value_parser = parse_user)]
+    pub worker_user: String,
+    /// Run worker containers with a read-only root filesystem.
+    #[arg(long = "worker-read-only", env = "WORKER_READ_ONLY", value_name = "WORKER_READ_ONLY",
+          default_value_t = false, action = clap::ArgAction::Set)]
+    pub worker_read_only: bool,
+    /// tmpfs mounts of worker containers, comma-separated `path[:options]`
+    /// (`/tmp,/run:size=16m`).
+    #[arg(long = "worker-tmpfs", env = "WORKER_TMPFS", value_name = "WORKER_TMPFS",
+          default_value = "", value_parser = parse_tmpfs)]
+    pub worker_tmpfs: TmpfsList,
+    /// Extra labels of worker containers, comma-separated `key=value`; the agent's own
+    /// (`application`, `managed-by`, `rustybalancer.*`) cannot be set.
+    #[arg(long = "worker-labels", env = "WORKER_LABELS", value_name = "WORKER_LABELS",
+          default_value = "", value_parser = parse_labels)]
+    pub worker_labels: LabelList,
+    /// First wait after a crash (a launch whose container exits or never becomes ready);
+    /// each crash in a row doubles it, up to CRASH_BACKOFF_MAX; a ready container resets it.
+    #[arg(long = "crash-backoff-initial", env = "CRASH_BACKOFF_INITIAL", value_name = "CRASH_BACKOFF_INITIAL",
+          default_value = "1s", value_parser = parse_duration)]
+    pub crash_backoff_initial: Duration,
+    /// Longest wait between launches in a crash loop.
+    #[arg(long = "crash-backoff-max", env = "CRASH_BACKOFF_MAX", value_name = "CRASH_BACKOFF_MAX",
+          default_value = "60s", value_parser = parse_duration)]
+    pub crash_backoff_max: Duration,
 
     /// Redis URL (`redis://host:6379/0`); overrides REDIS_HOST/REDIS_PORT.
     #[arg(long = "redis-url", env = "REDIS_URL", value_name = "REDIS_URL")]
@@ -530,6 +587,21 @@ impl Config {
         if self.probe_period.is_zero() || self.scale_check_period.is_zero() {
             return Err("PROBE_PERIOD and SCALE_CHECK_PERIOD must be positive".into());
         }
+        if self.runtime == RuntimeKind::Process && self.worker_probe == ProbeKind::Docker {
+            return Err(
+                "WORKER_PROBE=docker needs the Docker runtime (AGENT_RUNTIME=docker); the process runtime supports http and tcp"
+                    .into(),
+            );
+        }
+        if self.crash_backoff_initial.is_zero() {
+            return Err("CRASH_BACKOFF_INITIAL must be positive".into());
+        }
+        if self.crash_backoff_max < self.crash_backoff_initial {
+            return Err(format!(
+                "CRASH_BACKOFF_MAX ({:?}) is below CRASH_BACKOFF_INITIAL ({:?})",
+                self.crash_backoff_max, self.crash_backoff_initial
+            ));
+        }
         if let Some(url) = &self.dashboard_balancer_url {
             let scheme = url.split_once("://").map(|(scheme, _)| scheme);
             if !matches!(scheme, Some("http" | "https")) {
@@ -631,6 +703,193 @@ pub enum Access {
     Locked,
     /// Anyone (AGENT_INSECURE=true, no token).
     Open,
+}
+
+/// How workers are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// `GET WORKER_PROBE_PATH`, a status in WORKER_PROBE_STATUS.
+    Http,
+    /// A TCP connect to TARGET_PORT.
+    Tcp,
+    /// The container's HEALTHCHECK status, read from the engine.
+    Docker,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+            Self::Docker => "docker",
+        }
+    }
+}
+
+/// HTTP statuses counted as success: inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&status))
+    }
+}
+
+impl std::fmt::Display for StatusRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(from, to)| {
+                if from == to {
+                    from.to_string()
+                } else {
+                    format!("{from}-{to}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A command line (entrypoint or arguments); empty = the image's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandLine(pub Vec<String>);
+
+/// tmpfs mounts: path and mount options (empty for the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TmpfsList(pub Vec<(String, String)>);
+
+/// Extra container labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelList(pub Vec<(String, String)>);
+
+/// The labels the agent sets itself (WORKER_LABELS may not set them).
+pub fn is_agent_label(key: &str) -> bool {
+    key == "application" || key == "managed-by" || key.starts_with("rustybalancer.")
+}
+
+fn parse_probe_path(text: &str) -> Result<String, String> {
+    let path = text.trim();
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{text}` is not a path such as /health"));
+    }
+    if path.parse::<hyper::Uri>().is_err() {
+        return Err(format!("`{text}` is not a valid request path"));
+    }
+    Ok(path.to_owned())
+}
+
+/// `200-399`, `200,204`, `200-299,404`.
+pub fn parse_status_ranges(text: &str) -> Result<StatusRanges, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("`{part}` is not an HTTP status or a range such as 200-399");
+        let code = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(bad)
+        };
+        let (from, to) = match part.split_once('-') {
+            Some((from, to)) => (code(from)?, code(to)?),
+            None => (code(part)?, code(part)?),
+        };
+        if from > to {
+            return Err(bad());
+        }
+        ranges.push((from, to));
+    }
+    if ranges.is_empty() {
+        return Err("no status given; use codes and ranges such as 200-399".into());
+    }
+    Ok(StatusRanges(ranges))
+}
+
+/// A JSON array of strings when it starts with `[`, else words split on whitespace.
+pub fn parse_command(text: &str) -> Result<CommandLine, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('[') {
+        let words: Vec<String> = serde_json::from_str(trimmed)
+            .map_err(|err| format!("`{text}` is not a JSON array of strings: {err}"))?;
+        if words.iter().any(|w| w.contains('\0')) {
+            return Err("an argument contains a NUL character".into());
+        }
+        return Ok(CommandLine(words));
+    }
+    Ok(CommandLine(
+        trimmed.split_whitespace().map(str::to_owned).collect(),
+    ))
+}
+
+/// `name`, `uid`, `uid:gid`, `name:group`; empty keeps the image's.
+fn parse_user(text: &str) -> Result<String, String> {
+    let user = text.trim();
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let ok = user.is_empty()
+        || match user.split_once(':') {
+            Some((name, group)) => part_ok(name) && part_ok(group),
+            None => part_ok(user),
+        };
+    if ok {
+        Ok(user.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a user such as 10001:10001 or nobody"
+        ))
+    }
+}
+
+/// `/tmp,/run:size=16m` (options after the first `:`, `,` inside options is not possible here:
+/// use `mode=1777` or `size=16m`, one option per mount).
+pub fn parse_tmpfs(text: &str) -> Result<TmpfsList, String> {
+    let mut mounts: Vec<(String, String)> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (path, options) = part.split_once(':').unwrap_or((part, ""));
+        if !path.starts_with('/') || path.chars().any(char::is_whitespace) || path == "/" {
+            return Err(format!(
+                "`{part}` is not an absolute path (with optional :options) such as /tmp:size=16m"
+            ));
+        }
+        if mounts.iter().any(|(known, _)| known == path) {
+            return Err(format!("`{path}` is given twice"));
+        }
+        mounts.push((path.to_owned(), options.to_owned()));
+    }
+    Ok(TmpfsList(mounts))
+}
+
+/// `team=web,tier=front`.
+pub fn parse_labels(text: &str) -> Result<LabelList, String> {
+    let mut labels: Vec<(String, String)> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(format!("`{part}` is not key=value"));
+        };
+        let key = key.trim();
+        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("`{part}` has no valid key"));
+        }
+        if is_agent_label(key) {
+            return Err(format!(
+                "`{key}` is one of the agent's own labels (application, managed-by, rustybalancer.*)"
+            ));
+        }
+        if labels.iter().any(|(known, _)| known == key) {
+            return Err(format!("`{key}` is given twice"));
+        }
+        labels.push((key.to_owned(), value.trim().to_owned()));
+    }
+    Ok(LabelList(labels))
 }
 
 /// A pool of CPU cores for pinning.

@@ -19,11 +19,14 @@ use futures_util::StreamExt;
 
 use crate::{
     agent::Agent,
+    config::ProbeKind,
     decide::{self, Observation},
-    probe::WorkerLoad,
-    runtime::{Instance, LaunchSpec, RuntimeError, RuntimeEvent, now_ms},
+    probe::{LoadProbe, ProbeSpec, WorkerLoad},
+    runtime::{EngineHealth, Instance, LaunchSpec, RuntimeError, RuntimeEvent, now_ms},
     score::{self, Availability},
-    state::{HealthPolicy, LAUNCHING_PREFIX, Launch, Member, Phase, ProbeVerdict, worker_prefix},
+    state::{
+        Crash, HealthPolicy, LAUNCHING_PREFIX, Launch, Member, Phase, ProbeVerdict, worker_prefix,
+    },
     store::{EventKind, MetricPoint},
 };
 
@@ -220,7 +223,7 @@ async fn reconcile(agent: &Agent) {
         );
     }
     for id in &vanished {
-        lost(agent, id, "gone from the engine");
+        lost(agent, id, "gone from the engine", None);
     }
     let known: Vec<String> = instances
         .iter()
@@ -249,7 +252,7 @@ async fn reconcile(agent: &Agent) {
 /// is replaced.
 async fn watch_engine(agent: Agent) {
     let mut events = agent.shared().runtime.events();
-    while let Some(RuntimeEvent::Exited { id, reason }) = events.next().await {
+    while let Some(RuntimeEvent::Exited { id, reason, code }) = events.next().await {
         let known = agent.world().members.get(&id).map(|member| member.phase);
         let standby = {
             let mut world = agent.world();
@@ -264,24 +267,29 @@ async fn watch_engine(agent: Agent) {
             continue;
         }
         match known {
-            Some(Phase::Stopping) | None => {}
+            Some(Phase::Stopping) => {}
+            // Perhaps a worker whose launch has not returned yet: its launch looks here.
+            None => agent.world().early_exit(id, code),
             Some(_) => {
-                lost(&agent, &id, &reason);
-                let runtime = agent.shared().runtime.clone();
-                tokio::spawn(async move {
-                    let _ = runtime.stop(&id, Duration::from_secs(1)).await;
-                });
+                if !lost(&agent, &id, &reason, code) {
+                    let runtime = agent.shared().runtime.clone();
+                    tokio::spawn(async move {
+                        let _ = runtime.stop(&id, Duration::from_secs(1)).await;
+                    });
+                }
             }
         }
     }
 }
 
-/// A member died or vanished: out of the queue now, and replaced to keep the count.
-fn lost(agent: &Agent, id: &str, reason: &str) {
-    let replace = {
+/// A member died or vanished: out of the queue now, and replaced to keep the count. One that
+/// was still starting crashed: the crash-loop back-off holds its replacement, and its removal
+/// is left to the crash report (true), which reads its logs first.
+fn lost(agent: &Agent, id: &str, reason: &str, code: Option<i64>) -> bool {
+    let (replace, crashed) = {
         let mut world = agent.world();
         let Some(member) = world.members.remove(id) else {
-            return;
+            return false;
         };
         for observer in &member.observers {
             observer.abort();
@@ -294,7 +302,16 @@ fn lost(agent: &Agent, id: &str, reason: &str) {
             let target = world.requested.unwrap_or(0).max(active + 1);
             world.requested = Some(target);
         }
-        was_serving
+        let crashed = matches!(member.phase, Phase::Starting { .. }).then(|| Crash {
+            name: member.instance.name.clone(),
+            code,
+            cause: match code {
+                Some(code) => format!("exited with code {code} during start"),
+                None => format!("left during start ({reason})"),
+            },
+            logs: Vec::new(),
+        });
+        (was_serving, crashed)
     };
     agent.store().remove_container(id);
     agent.event(
@@ -302,10 +319,86 @@ fn lost(agent: &Agent, id: &str, reason: &str) {
         Some(id),
         format!("container left: {reason}"),
     );
+    let is_crash = crashed.is_some();
+    if let Some(crash) = crashed {
+        crash_loop(agent, id.to_owned(), crash, false);
+    }
     agent.publish();
     if replace {
         agent.wake();
     }
+    is_crash
+}
+
+/// Records a crash: the back-off before the next launch grows; the container's last log
+/// lines are read, a `crash_loop` event tells the exit code and the lines, then the container
+/// is removed (`member`: it is still a member, marked Stopping, and leaves the world then).
+/// The launch held by the back-off runs when it ends.
+fn crash_loop(agent: &Agent, id: String, crash: Crash, member: bool) {
+    let config = agent.config();
+    let (wait, crashes) = {
+        let mut world = agent.world();
+        let wait = world.crash.crashed(
+            crash.clone(),
+            config.crash_backoff_initial,
+            config.crash_backoff_max,
+            Instant::now(),
+        );
+        (wait, world.crash.crashes)
+    };
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        let runtime = agent.shared().runtime.clone();
+        let mut crash = crash;
+        if crash.code.is_none() {
+            // Exited before its exit was reported: the engine still knows the code.
+            if let Some(code) = runtime.exit_code(&id).await {
+                crash.code = Some(code);
+                crash.cause = format!("{} with code {code}", crash.cause);
+            }
+        }
+        let logs = runtime.logs(&id).await;
+        {
+            let mut world = agent.world();
+            if let Some(last) = world
+                .crash
+                .last
+                .as_mut()
+                .filter(|last| last.name == crash.name)
+            {
+                last.logs.clone_from(&logs);
+                last.code = crash.code;
+                last.cause.clone_from(&crash.cause);
+            }
+        }
+        let code = crash
+            .code
+            .map_or_else(|| "none".to_owned(), |code| code.to_string());
+        let logs_text = if logs.is_empty() {
+            "(no log lines)".to_owned()
+        } else {
+            logs.join("\n")
+        };
+        agent.event(
+            EventKind::CrashLoop,
+            Some(&id),
+            format!(
+                "{} {} (exit code {code}); crash {crashes} in a row: next launch in {} ms; last log lines:\n{logs_text}",
+                crash.name,
+                crash.cause,
+                wait.as_millis()
+            ),
+        );
+        if member {
+            spawn_stop(&agent, id, "stopped: it crashed during start");
+        } else if let Err(err) = runtime.stop(&id, Duration::from_secs(1)).await {
+            tracing::warn!(cause = %err, container = %id, "cannot remove a crashed worker; reconcile will retry");
+        }
+        agent.publish();
+        // The launch the back-off held.
+        tokio::time::sleep(wait).await;
+        agent.wake();
+    });
 }
 
 /// One decision and its actions.
@@ -335,7 +428,7 @@ fn step(agent: &Agent) {
         };
         let mut decision = decide::decide(&observation, &scaling, &world.scaler);
         world.scaler = decision.state.clone();
-        let blocked = world.launch_blocked_until.is_some_and(|until| now < until);
+        let blocked = world.launches_blocked(now);
         if blocked && decision.create > 0 {
             world.requested = requested; // try again once the backoff has passed
             decision.create = 0;
@@ -497,29 +590,42 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                 false,
             ),
         };
-        let cancelled = {
+        let (cancelled, exited) = {
             let mut world = agent.world();
             let cancelled = world
                 .launching
                 .iter()
                 .any(|launch| launch.spec.name == name && launch.cancelled);
             world.launching.retain(|launch| launch.spec.name != name);
+            let mut exited_now = None;
             match &result {
                 Ok(instance) => {
                     world.launch_failures = 0;
                     world.launch_blocked_until = None;
+                    world.launch_error = None;
                     let mut member = new_member(&agent, instance.clone());
                     // Cold start is measured from the create (or thaw) call to the first
                     // healthy answer.
                     member.created = started;
                     member.thawed = thawed;
-                    if cancelled {
+                    // Exited already: before the engine was asked about it, or its exit
+                    // was reported before it was a member.
+                    let exited = if instance.running {
+                        world.take_early_exit(&instance.id)
+                    } else {
+                        Some(None)
+                    };
+                    if cancelled || exited.is_some() {
                         // Never published: it goes straight to its stop.
                         member.phase = Phase::Stopping;
                     }
                     world.members.insert(instance.id.clone(), member);
+                    if !cancelled {
+                        exited_now = exited;
+                    }
                 }
-                Err(_) => {
+                Err(err) => {
+                    world.launch_error = Some(err.to_string());
                     world.launch_failures = world.launch_failures.saturating_add(1);
                     let delay =
                         LAUNCH_BACKOFF_BASE * 2u32.saturating_pow(world.launch_failures.min(6));
@@ -527,7 +633,7 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                         Some(Instant::now() + delay.min(LAUNCH_BACKOFF_MAX));
                 }
             }
-            cancelled
+            (cancelled, exited_now)
         };
         match result {
             Ok(instance) if cancelled => {
@@ -545,6 +651,25 @@ fn spawn_launch(agent: &Agent, spec: LaunchSpec) {
                     instance.id,
                     "stopped before it served: its launch was cancelled",
                 );
+            }
+            Ok(instance) if exited.is_some() => {
+                // It exited at once: a crash.
+                let code = exited.flatten();
+                let crash = Crash {
+                    name: instance.name.clone(),
+                    code,
+                    cause: match code {
+                        Some(code) => format!("exited at once with code {code}"),
+                        None => "exited at once".into(),
+                    },
+                    logs: Vec::new(),
+                };
+                agent.event(
+                    EventKind::Created,
+                    Some(&instance.id),
+                    format!("created {}, which exited at once", instance.name),
+                );
+                crash_loop(&agent, instance.id, crash, true);
             }
             Ok(instance) => {
                 observe(&agent, &instance.id);
@@ -656,10 +781,7 @@ fn refill(agent: &Agent) {
     }
     let specs = {
         let mut world = agent.world();
-        let blocked = world
-            .launch_blocked_until
-            .is_some_and(|until| Instant::now() < until);
-        if blocked || !world.launching.is_empty() {
+        if world.launches_blocked(Instant::now()) || !world.launching.is_empty() {
             return;
         }
         let have = world.standby.len() + world.preparing.len();
@@ -706,13 +828,13 @@ async fn prepare(agent: &Agent, spec: LaunchSpec) -> (Result<Instance, String>, 
 
 async fn ready_and_pause(agent: &Agent, instance: Instance) -> Result<Instance, String> {
     let runtime = agent.shared().runtime.clone();
-    let prober = agent.shared().prober.clone();
+    let spec = ProbeSpec::from_config(agent.config());
     let timeout = agent.config().startup_timeout;
     let deadline = Instant::now() + timeout;
-    while prober.health(&instance.address).await.is_none() {
+    while let Err(failure) = check(agent, &spec, &instance.id, &instance.address).await {
         if Instant::now() > deadline {
             discard(agent, instance.id);
-            return Err(format!("not healthy within {timeout:?}"));
+            return Err(format!("not ready within {timeout:?}: {}", failure.message));
         }
         tokio::time::sleep(STARTING_PROBE).await;
     }
@@ -810,8 +932,121 @@ async fn follow_stats(agent: Agent, id: String) {
     }
 }
 
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProbeFailure {
+    message: String,
+    /// The probe cannot pass as configured (WORKER_PROBE=docker, no HEALTHCHECK).
+    misconfigured: bool,
+}
+
+impl ProbeFailure {
+    fn failed(message: String) -> Self {
+        Self {
+            message,
+            misconfigured: false,
+        }
+    }
+}
+
+/// Runs the configured probe (WORKER_PROBE) once against a worker: its latency, or why it
+/// failed. The `docker` kind reads the container's HEALTHCHECK status from the engine; its
+/// latency is the last check's run time (else the engine's answer time).
+async fn check(
+    agent: &Agent,
+    spec: &ProbeSpec,
+    id: &str,
+    address: &str,
+) -> Result<Duration, ProbeFailure> {
+    let prober = &agent.shared().prober;
+    match spec.kind {
+        ProbeKind::Http => prober
+            .http(address, &spec.path, &spec.status)
+            .await
+            .map_err(ProbeFailure::failed),
+        ProbeKind::Tcp => prober.tcp(address).await.map_err(ProbeFailure::failed),
+        ProbeKind::Docker => {
+            let started = Instant::now();
+            let timeout = agent.config().probe_timeout;
+            let health = tokio::time::timeout(timeout, agent.shared().runtime.health(id)).await;
+            match health {
+                Err(_) => Err(ProbeFailure::failed(format!(
+                    "the engine did not answer within {timeout:?}"
+                ))),
+                Ok(Err(err)) => Err(ProbeFailure::failed(format!("inspect failed: {err}"))),
+                Ok(Ok(EngineHealth::Healthy(took))) => {
+                    Ok(took.unwrap_or_else(|| started.elapsed()))
+                }
+                Ok(Ok(EngineHealth::Starting)) => {
+                    Err(ProbeFailure::failed("HEALTHCHECK status: starting".into()))
+                }
+                Ok(Ok(EngineHealth::Unhealthy(output))) => Err(ProbeFailure::failed(format!(
+                    "HEALTHCHECK status: unhealthy: {}",
+                    output.lines().last().unwrap_or_default()
+                ))),
+                Ok(Ok(EngineHealth::NoHealthcheck)) => Err(ProbeFailure {
+                    message: format!(
+                        "WORKER_PROBE=docker but image {} has no HEALTHCHECK; add one or set WORKER_PROBE to http or tcp",
+                        agent.config().image
+                    ),
+                    misconfigured: true,
+                }),
+            }
+        }
+    }
+}
+
+/// Notes a failed probe on a member; the first misconfiguration is an event.
+fn probe_failed(agent: &Agent, id: &str, failure: &ProbeFailure) {
+    let first = {
+        let mut world = agent.world();
+        let Some(member) = world.members.get_mut(id) else {
+            return;
+        };
+        let first = member.probe_error.as_deref() != Some(failure.message.as_str());
+        member.probe_error = Some(failure.message.clone());
+        first
+    };
+    if first && failure.misconfigured {
+        tracing::error!(container = %id, "{}", failure.message);
+        agent.event(EventKind::ProbeError, Some(id), failure.message.clone());
+    }
+}
+
+/// The worker's `/stats`, unless it is known not to have it; a member found without it
+/// counts its in-flight from the balancers' reports from then on.
+async fn load_of(agent: &Agent, id: &str, address: &str) -> Option<WorkerLoad> {
+    let known = agent
+        .world()
+        .members
+        .get(id)
+        .and_then(|member| member.worker_stats);
+    if known == Some(false) {
+        return None;
+    }
+    let probe = agent.shared().prober.load(address).await;
+    let verdict = match probe {
+        LoadProbe::Worker(_) => Some(true),
+        LoadProbe::NotWorker => Some(false),
+        LoadProbe::NoAnswer => None,
+    };
+    if verdict.is_some() && verdict != known {
+        if let Some(member) = agent.world().members.get_mut(id) {
+            member.worker_stats = verdict;
+        }
+        if verdict == Some(false) {
+            tracing::info!(container = %id, "no worker /stats: in-flight counts come from the balancers' reports");
+        }
+    }
+    match probe {
+        LoadProbe::Worker(load) => Some(load),
+        _ => None,
+    }
+}
+
 async fn probe(agent: Agent, id: String) {
     let config = agent.config().clone();
+    let spec = ProbeSpec::from_config(&config);
     let policy = HealthPolicy {
         threshold: config.unhealthy_threshold,
         timeout: config.unhealthy_timeout,
@@ -826,12 +1061,15 @@ async fn probe(agent: Agent, id: String) {
         }) else {
             return;
         };
-        let prober = agent.shared().prober.clone();
-        let latency = prober.health(&address).await;
+        let outcome = check(&agent, &spec, &id, &address).await;
+        let latency = outcome.as_ref().ok().copied();
         let load = match latency {
-            Some(_) => prober.load(&address).await,
+            Some(_) => load_of(&agent, &id, &address).await,
             None => None,
         };
+        if let Err(failure) = &outcome {
+            probe_failed(&agent, &id, failure);
+        }
         let now = Instant::now();
         match phase {
             Phase::Starting { since } => {
@@ -840,28 +1078,42 @@ async fn probe(agent: Agent, id: String) {
                     continue;
                 }
                 if now.duration_since(since) > config.startup_timeout {
+                    let failure = outcome.err().map(|f| f.message).unwrap_or_default();
                     agent.event(
                         EventKind::Died,
                         Some(&id),
                         format!(
-                            "not healthy within {:?}; replacing it",
-                            config.startup_timeout
+                            "not ready within STARTUP_TIMEOUT {:?} ({} {failure}); replacing it",
+                            config.startup_timeout,
+                            spec.describe()
                         ),
                     );
-                    let marked = {
+                    let crash = {
                         let mut world = agent.world();
+                        let active = world.active_count();
                         match world.members.get_mut(&id) {
                             Some(member) => {
                                 member.phase = Phase::Stopping;
-                                world.requested = Some(world.requested.unwrap_or(0).max(1));
-                                true
+                                let crash = Crash {
+                                    name: member.instance.name.clone(),
+                                    code: None,
+                                    cause: format!(
+                                        "was not ready within {:?}: {failure}",
+                                        config.startup_timeout
+                                    ),
+                                    logs: Vec::new(),
+                                };
+                                // Keep the count: its replacement waits for the back-off.
+                                world.requested = Some(world.requested.unwrap_or(0).max(active));
+                                Some(crash)
                             }
-                            None => false,
+                            None => None,
                         }
                     };
-                    if marked {
-                        spawn_stop(&agent, id.clone(), "stopped: it never became healthy");
+                    if let Some(crash) = crash {
+                        crash_loop(&agent, id.clone(), crash, true);
                     }
+                    agent.publish();
                     return;
                 }
                 tokio::time::sleep(STARTING_PROBE).await;
@@ -936,15 +1188,19 @@ fn became_ready(
 ) {
     let thawed = {
         let mut world = agent.world();
-        match world.members.get_mut(id) {
+        let thawed = match world.members.get_mut(id) {
             Some(member) => {
                 if matches!(member.phase, Phase::Starting { .. }) {
                     member.phase = Phase::Ready;
                 }
+                member.probe_error = None;
                 member.thawed
             }
             None => false,
-        }
+        };
+        // A ready container ends any crash loop.
+        world.crash.reset();
+        thawed
     };
     let policy = HealthPolicy {
         threshold: agent.config().unhealthy_threshold,
@@ -987,6 +1243,9 @@ fn record_probe(
             member.served |= load.served;
         }
         let verdict = member.probed(latency.is_some(), now, policy);
+        if latency.is_some() {
+            member.probe_error = None;
+        }
         member.rescore(&shared.weights, &shared.thresholds);
         if let ProbeVerdict::Replace { .. } = verdict {
             // Like a death: keep the count with a new container.

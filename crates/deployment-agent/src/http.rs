@@ -236,6 +236,7 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
         "workers": workers,
         "bounds": agent.bounds(),
         "warm_standby": standby,
+        "pool": agent.pool_status(),
     }))
 }
 
@@ -315,6 +316,19 @@ async fn config(State(agent): State<Agent>) -> Json<Value> {
         "cooldown_down_s": scaling.cooldown_down.as_secs_f64(),
         "image": config.image,
         "app": config.app,
+        "probe": {
+            "kind": config.worker_probe,
+            "path": config.worker_probe_path,
+            "status": config.worker_probe_status.to_string(),
+            "target_port": config.target_port,
+            "period_s": config.probe_period.as_secs_f64(),
+            "timeout_s": config.probe_timeout.as_secs_f64(),
+            "startup_timeout_s": config.startup_timeout.as_secs_f64(),
+            "unhealthy_threshold": config.unhealthy_threshold,
+            "unhealthy_timeout_s": config.unhealthy_timeout.as_secs_f64(),
+        },
+        "crash_backoff_initial_s": config.crash_backoff_initial.as_secs_f64(),
+        "crash_backoff_max_s": config.crash_backoff_max.as_secs_f64(),
         "token_required": !matches!(access, Access::Open),
         "locked": matches!(access, Access::Locked),
         "dashboard": config.dashboard,

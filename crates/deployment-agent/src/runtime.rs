@@ -43,8 +43,12 @@ pub struct LaunchSpec {
 /// Something happened to an instance that the agent did not ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
-    /// It died, was OOM-killed or was removed.
-    Exited { id: String, reason: String },
+    /// It died, was OOM-killed or was removed; its exit code when the engine said.
+    Exited {
+        id: String,
+        reason: String,
+        code: Option<i64>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,34 @@ impl Runtime {
         }
     }
 
+    /// The container's HEALTHCHECK status (Docker only: processes have none).
+    pub async fn health(&self, id: &str) -> Result<EngineHealth, RuntimeError> {
+        match self {
+            Self::Docker(docker) => docker.health(id).await,
+            Self::Process(_) => Err(RuntimeError::Other(
+                "the process runtime has no HEALTHCHECK; set WORKER_PROBE to http or tcp".into(),
+            )),
+        }
+    }
+
+    /// The exit code of an instance that has exited (Docker: from `inspect`; a process's is
+    /// reported with its exit event).
+    pub async fn exit_code(&self, id: &str) -> Option<i64> {
+        match self {
+            Self::Docker(docker) => docker.exit_code(id).await,
+            Self::Process(_) => None,
+        }
+    }
+
+    /// The last log lines of an instance (its stdout and stderr for Docker, stderr for a
+    /// process), at most `LOG_LINES` / `LOG_BYTES`; empty when none can be read.
+    pub async fn logs(&self, id: &str) -> Vec<String> {
+        match self {
+            Self::Docker(docker) => docker.logs(id).await,
+            Self::Process(process) => process.logs(id),
+        }
+    }
+
     /// One long-lived stream of resource samples for an instance; ends when it stops.
     pub fn stats(&self, id: &str) -> BoxStream<'static, StatsSample> {
         match self {
@@ -149,6 +181,50 @@ impl Runtime {
             Self::Process(process) => process.stats(id),
         }
     }
+}
+
+/// A container's own HEALTHCHECK status, as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineHealth {
+    /// The image has no HEALTHCHECK (and none was set at create).
+    NoHealthcheck,
+    Starting,
+    /// Healthy; the last check's run time when the engine recorded it.
+    Healthy(Option<Duration>),
+    /// Unhealthy, with the last check's output.
+    Unhealthy(String),
+}
+
+/// Most log lines and bytes kept for a crash report.
+pub const LOG_LINES: usize = 10;
+pub const LOG_BYTES: usize = 2048;
+
+/// The last `LOG_LINES` non-empty lines of `text`, at most `LOG_BYTES` in all (the oldest
+/// cut first).
+pub fn last_lines<'a>(lines: impl DoubleEndedIterator<Item = &'a str>) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for line in lines.rev() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if kept.len() == LOG_LINES || bytes + line.len() > LOG_BYTES {
+            if kept.is_empty() {
+                // One line alone over the limit: its end.
+                let mut start = line.len() - LOG_BYTES;
+                while !line.is_char_boundary(start) {
+                    start += 1;
+                }
+                kept.push(line[start..].to_owned());
+            }
+            break;
+        }
+        bytes += line.len();
+        kept.push(line.to_owned());
+    }
+    kept.reverse();
+    kept
 }
 
 pub(crate) fn now_ms() -> u64 {

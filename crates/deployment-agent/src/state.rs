@@ -60,6 +60,11 @@ pub struct Member {
     pub thawed: bool,
     /// The observer tasks (stats stream, probes); aborted when the member goes.
     pub observers: Vec<tokio::task::AbortHandle>,
+    /// Why its last probe failed (cleared when one passes).
+    pub probe_error: Option<String>,
+    /// Whether its `/stats` is the worker's: `None` until known. `Some(false)`: its in-flight
+    /// count comes from the balancers' reports only, and `/stats` is not asked again.
+    pub worker_stats: Option<bool>,
 }
 
 impl Member {
@@ -90,6 +95,8 @@ impl Member {
             created: now,
             thawed: false,
             observers: Vec::new(),
+            probe_error: None,
+            worker_stats: None,
         }
     }
 
@@ -181,6 +188,63 @@ pub enum ProbeVerdict {
     Replace { after: Duration },
 }
 
+/// Crash-loop back-off: crashes in a row (launches whose container exited or never became
+/// ready during start), and no launch before `until`. A ready container resets it.
+#[derive(Debug, Clone, Default)]
+pub struct CrashLoop {
+    pub crashes: u32,
+    pub until: Option<Instant>,
+    pub last: Option<Crash>,
+}
+
+/// One crash, as `/status` and the `crash_loop` event tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crash {
+    pub name: String,
+    pub code: Option<i64>,
+    /// `exited with code 3`, `was not ready within 60s: GET /health answered 404 ...`.
+    pub cause: String,
+    /// Its last log lines (filled once read from the engine).
+    pub logs: Vec<String>,
+}
+
+impl CrashLoop {
+    /// Records a crash at `now`: the wait before the next launch, `initial` doubled per crash
+    /// in a row before this one, capped at `max`.
+    pub fn crashed(
+        &mut self,
+        crash: Crash,
+        initial: Duration,
+        max: Duration,
+        now: Instant,
+    ) -> Duration {
+        let factor = 2u32.saturating_pow(self.crashes.min(30));
+        self.crashes = self.crashes.saturating_add(1);
+        let wait = initial.saturating_mul(factor).min(max);
+        self.until = Some(now + wait);
+        self.last = Some(crash);
+        wait
+    }
+
+    /// A container became ready: the loop is over.
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Launches are held until the back-off has passed.
+    pub fn blocks(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+}
+
+/// Whether the pool has a ready container, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    pub ready: usize,
+    /// Why no container is ready (`None` when one is).
+    pub reason: Option<String>,
+}
+
 /// A launch under way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
@@ -227,6 +291,12 @@ pub struct World {
     /// Consecutive failed launches, and no launch before this instant.
     pub launch_failures: u32,
     pub launch_blocked_until: Option<Instant>,
+    /// Why the last launch failed, while launches fail.
+    pub launch_error: Option<String>,
+    pub crash: CrashLoop,
+    /// Exits of instances that were not members (yet): a launch that returns one of these
+    /// ids crashed at once. The last `EARLY_EXITS_KEPT`, with their exit codes.
+    pub early_exits: std::collections::VecDeque<(String, Option<i64>)>,
     /// Names of every container on the engine with the workers' name prefix, whatever its
     /// state or labels (refreshed by each reconcile), plus names found taken since: a new
     /// worker's name skips them.
@@ -236,8 +306,105 @@ pub struct World {
     pub seq: u64,
 }
 
+/// Exits of unknown instances remembered for launches still returning.
+const EARLY_EXITS_KEPT: usize = 32;
+
 impl World {
-    /// In flight on a member: the larger of the worker's own count and the balancers' reports.
+    /// Remembers the exit of an instance that is not a member (yet).
+    pub fn early_exit(&mut self, id: String, code: Option<i64>) {
+        if self.early_exits.len() == EARLY_EXITS_KEPT {
+            self.early_exits.pop_front();
+        }
+        self.early_exits.push_back((id, code));
+    }
+
+    /// `Some(exit code)` when `id` exited before its launch returned.
+    pub fn take_early_exit(&mut self, id: &str) -> Option<Option<i64>> {
+        let at = self.early_exits.iter().position(|(known, _)| known == id)?;
+        self.early_exits.remove(at).map(|(_, code)| code)
+    }
+
+    /// Launches are held: after a failed launch, or during a crash-loop back-off.
+    pub fn launches_blocked(&self, now: Instant) -> bool {
+        self.launch_blocked_until.is_some_and(|until| now < until) || self.crash.blocks(now)
+    }
+
+    /// How many members are ready, and when none is, why.
+    pub fn pool_status(&self, now: Instant) -> PoolStatus {
+        let ready = self
+            .members
+            .values()
+            .filter(|member| member.phase == Phase::Ready)
+            .count();
+        PoolStatus {
+            ready,
+            reason: (ready == 0).then(|| self.no_ready_reason(now)),
+        }
+    }
+
+    fn no_ready_reason(&self, now: Instant) -> String {
+        if let Some(crash) = &self.crash.last {
+            let next = match self.crash.until {
+                Some(until) if until > now => {
+                    format!(
+                        "next launch in {} s",
+                        until.duration_since(now).as_secs().max(1)
+                    )
+                }
+                _ => "launching again".into(),
+            };
+            // The line most likely to say why (an error), else the last.
+            let telling = crash.logs.iter().rev().find(|line| {
+                let line = line.to_ascii_lowercase();
+                ["error", "fatal", "panic"]
+                    .iter()
+                    .any(|word| line.contains(word))
+            });
+            let log = telling
+                .or(crash.logs.last())
+                .map_or_else(String::new, |line| format!(": {line}"));
+            return format!(
+                "crash loop ({} in a row): {} {}, {next}{log}",
+                self.crash.crashes, crash.name, crash.cause
+            );
+        }
+        let starting = self
+            .members
+            .values()
+            .filter(|member| matches!(member.phase, Phase::Starting { .. }))
+            .min_by_key(|member| member.created);
+        if let Some(member) = starting {
+            let age = now.saturating_duration_since(member.created).as_secs();
+            return match &member.probe_error {
+                Some(error) => format!("{} not ready after {age} s: {error}", member.instance.name),
+                None => format!("{} starting ({age} s)", member.instance.name),
+            };
+        }
+        if let Some(error) = &self.launch_error {
+            return format!("cannot start a container: {error}");
+        }
+        if !self.launching.is_empty() {
+            return format!("{} container(s) being created", self.launching.len());
+        }
+        if let Some(member) = self
+            .members
+            .values()
+            .find(|member| matches!(member.phase, Phase::Unhealthy { .. }))
+        {
+            return format!(
+                "{} unhealthy: {}",
+                member.instance.name,
+                member.probe_error.as_deref().unwrap_or("its probes fail")
+            );
+        }
+        if self.members.is_empty() {
+            return "no container: the desired count is 0".into();
+        }
+        "every container is draining or stopping".into()
+    }
+
+    /// In flight on a member: the larger of the worker's own count and the balancers' reports
+    /// (only the latter when its `/stats` is not the worker's).
     pub fn in_flight(&self, member: &Member, now: Instant) -> u64 {
         let reported: u64 = self
             .balancers
@@ -416,6 +583,11 @@ pub struct MemberStatus {
     pub availability_score: f64,
     pub network_bytes_per_s: f64,
     pub uptime_s: f64,
+    /// Why its last probe failed, if it did.
+    pub probe_error: Option<String>,
+    /// Where its in-flight count comes from: `worker` (its `/stats` and the balancers'
+    /// reports) or `balancers` (the app has no worker `/stats`).
+    pub in_flight_source: &'static str,
 }
 
 impl World {
@@ -448,6 +620,12 @@ impl World {
                     .as_ref()
                     .map_or(0.0, |r| r.network_bytes_per_s),
                 uptime_s: now.duration_since(member.created).as_secs_f64(),
+                probe_error: member.probe_error.clone(),
+                in_flight_source: if member.worker_stats == Some(false) {
+                    "balancers"
+                } else {
+                    "worker"
+                },
             })
             .collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
@@ -554,6 +732,102 @@ mod tests {
         assert_eq!(world.next_name("app"), "app-worker-4");
         world.taken_names.insert("app-worker-4".into());
         assert_eq!(world.next_name("app"), "app-worker-6");
+    }
+
+    fn crash(name: &str, code: i64) -> Crash {
+        Crash {
+            name: name.into(),
+            code: Some(code),
+            cause: format!("exited with code {code}"),
+            logs: vec!["first".into(), "flag --bogus not known".into()],
+        }
+    }
+
+    #[test]
+    fn crash_waits_double_up_to_the_cap_and_a_ready_container_resets_them() {
+        let t0 = Instant::now();
+        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(5));
+        let mut crash_loop = CrashLoop::default();
+        let waits: Vec<u64> = (0..5)
+            .map(|_| {
+                crash_loop
+                    .crashed(crash("w-1", 2), initial, max, t0)
+                    .as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+        assert!(crash_loop.blocks(t0 + Duration::from_secs(4)));
+        assert!(!crash_loop.blocks(t0 + Duration::from_secs(5)));
+        crash_loop.reset();
+        assert_eq!(
+            crash_loop.crashed(crash("w-1", 2), initial, max, t0),
+            initial
+        );
+    }
+
+    #[test]
+    fn the_pool_says_why_no_container_is_ready() {
+        let now = Instant::now();
+        let mut world = World::default();
+        assert_eq!(
+            world.pool_status(now).reason.as_deref(),
+            Some("no container: the desired count is 0")
+        );
+        let mut starting = member("app-worker-1");
+        starting.probe_error = Some("GET /health answered 404".into());
+        world.members.insert(starting.instance.id.clone(), starting);
+        let reason = world.pool_status(now).reason.unwrap();
+        assert!(
+            reason.starts_with("app-worker-1 not ready after 0 s: GET /health answered 404"),
+            "{reason}"
+        );
+
+        world.crash.crashed(
+            crash("app-worker-2", 3),
+            Duration::from_secs(8),
+            Duration::from_secs(60),
+            now,
+        );
+        assert!(world.launches_blocked(now));
+        let reason = world.pool_status(now).reason.unwrap();
+        assert_eq!(
+            reason,
+            "crash loop (1 in a row): app-worker-2 exited with code 3, next launch in 8 s: flag --bogus not known"
+        );
+
+        let mut ready = member("app-worker-3");
+        ready.phase = Phase::Ready;
+        world.members.insert(ready.instance.id.clone(), ready);
+        assert_eq!(
+            world.pool_status(now),
+            PoolStatus {
+                ready: 1,
+                reason: None
+            }
+        );
+    }
+
+    #[test]
+    fn without_the_workers_stats_in_flight_comes_from_the_balancers() {
+        let now = Instant::now();
+        let mut world = World::default();
+        let mut m = member("app-worker-1");
+        m.worker_stats = Some(false);
+        let address = m.instance.address.clone();
+        world.members.insert(m.instance.id.clone(), m);
+        for (balancer, count) in [("b1", 3), ("b2", 4)] {
+            world.balancers.insert(
+                balancer.into(),
+                BalancerReport {
+                    at: now,
+                    queued_without_backend: 0,
+                    in_flight: HashMap::from([(address.clone(), count)]),
+                },
+            );
+        }
+        let views = world.views(now);
+        assert_eq!((views[0].in_flight, views[0].served), (7, true));
+        assert_eq!(world.statuses(now)[0].in_flight_source, "balancers");
     }
 
     #[test]

@@ -119,6 +119,12 @@ pub enum EventKind {
     Unhealthy,
     /// An unhealthy container answered again: back in the queue.
     Recovered,
+    /// A launch crashed (its container exited or never became ready during start): the next
+    /// launch waits, longer after each crash in a row.
+    CrashLoop,
+    /// The worker probe cannot work as configured (WORKER_PROBE=docker on an image without
+    /// HEALTHCHECK).
+    ProbeError,
 }
 
 /// One scoring sample of a container.

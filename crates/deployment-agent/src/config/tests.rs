@@ -109,3 +109,77 @@ fn security_defaults_and_the_container_ceiling() {
             .contains("WS_MAX_SUBSCRIBERS")
     );
 }
+
+#[test]
+fn probe_and_container_settings_parse_and_name_what_is_wrong() {
+    let config = Config::defaults();
+    assert_eq!(config.worker_probe, ProbeKind::Http);
+    assert_eq!(config.worker_probe_path, "/health");
+    assert_eq!(config.worker_probe_status.to_string(), "200-399");
+    assert!(config.worker_command.0.is_empty() && config.worker_args.0.is_empty());
+    assert_eq!(
+        (config.crash_backoff_initial, config.crash_backoff_max),
+        (Duration::from_secs(1), Duration::from_secs(60))
+    );
+
+    let ranges = parse_status_ranges("200-299, 404").unwrap();
+    assert!(ranges.contains(204) && ranges.contains(404) && !ranges.contains(302));
+    for bad in ["", "abc", "299-200", "99", "200-700"] {
+        assert!(parse_status_ranges(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        parse_command(r#"["/bin/busybox", "httpd", "-f"]"#)
+            .unwrap()
+            .0,
+        ["/bin/busybox", "httpd", "-f"]
+    );
+    assert_eq!(
+        parse_command("  httpd -f  -p 8080 ").unwrap().0,
+        ["httpd", "-f", "-p", "8080"]
+    );
+    assert!(parse_command("[\"unterminated").is_err());
+    assert!(parse_command("[1, 2]").is_err());
+    assert_eq!(
+        parse_tmpfs("/tmp, /run:size=16m").unwrap().0,
+        [
+            ("/tmp".into(), String::new()),
+            ("/run".into(), "size=16m".into())
+        ]
+    );
+    for bad in ["tmp", "/", "/tmp,/tmp"] {
+        assert!(parse_tmpfs(bad).is_err(), "{bad}");
+    }
+    assert_eq!(
+        parse_labels("team=web, tier=front").unwrap().0,
+        [
+            ("team".into(), "web".into()),
+            ("tier".into(), "front".into())
+        ]
+    );
+    for bad in [
+        "team",
+        "=x",
+        "application=other",
+        "managed-by=me",
+        "rustybalancer.core=1",
+    ] {
+        assert!(parse_labels(bad).is_err(), "{bad}");
+    }
+    assert!(parse_user("10001:10001").is_ok() && parse_user("nobody").is_ok());
+    assert!(parse_user("a b").is_err() && parse_user("1:").is_err());
+    assert!(parse_probe_path("health").is_err() && parse_probe_path("/ready?full=1").is_ok());
+}
+
+#[test]
+fn docker_probe_needs_the_docker_runtime_and_the_backoff_is_ordered() {
+    let mut config = Config::defaults();
+    config.runtime = RuntimeKind::Process;
+    config.worker_probe = ProbeKind::Docker;
+    let err = config.validate().unwrap_err();
+    assert!(err.contains("WORKER_PROBE"), "{err}");
+    config.worker_probe = ProbeKind::Tcp;
+    assert_eq!(config.validate(), Ok(()));
+    config.crash_backoff_max = Duration::from_millis(500);
+    let err = config.validate().unwrap_err();
+    assert!(err.contains("CRASH_BACKOFF_MAX"), "{err}");
+}

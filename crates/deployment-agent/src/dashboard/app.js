@@ -2,7 +2,8 @@
 //
 // Data comes in pushed, never polled: the live queue on `ws` and the event log on `ws/events`
 // (both on this page's origin, reconnecting with backoff). `config` is read at start and again
-// when a `config_changed` event arrives. Jobs go to the balancer (`balancer_url` in `config`,
+// when a `config_changed` event arrives. Only while no container serves is `status` read
+// (every 2 s and on each event), to show why the pool has no ready container. Jobs go to the balancer (`balancer_url` in `config`,
 // else this host on port 8000), which allows this origin through CORS and exposes X-Backend.
 //
 // Every piece of text from the network is inserted with `textContent` / text nodes, never as
@@ -301,6 +302,7 @@
     renderGraph();
     renderContainers();
     renderTimeline();
+    if (!serving.length || !$("pool-reason").hidden) refreshPool();
   }
 
   function onEvent(event) {
@@ -325,6 +327,29 @@
     $("events-empty").hidden = true;
     setText("events-count", `${state.events.length} shown`);
     if (event.kind === "config_changed") loadConfig();
+    refreshPool();
+  }
+
+  // ---------------------------------------------------------------- pool
+
+  /** While nothing serves: why, from /status `pool.reason` (hidden once a container is ready). */
+  async function refreshPool() {
+    const node = $("pool-reason");
+    const serving = state.items.some((i) => SERVING.has(i.utilization_category));
+    if (serving) {
+      node.hidden = true;
+      return;
+    }
+    try {
+      const response = await fetch(apiUrl("status"), { cache: "no-store" });
+      if (!response.ok) return;
+      const pool = (await response.json()).pool || {};
+      const reason = pool.ready === 0 && typeof pool.reason === "string" ? pool.reason : "";
+      node.textContent = reason ? `No ready container: ${reason}` : "";
+      node.hidden = !reason;
+    } catch (_) {
+      // The agent is away; the connection pills say so.
+    }
   }
 
   // ---------------------------------------------------------------- summary
@@ -829,6 +854,7 @@
     });
     // The time axis moves on even when nothing changes (drawing only, no requests).
     setInterval(renderTimeline, 1000);
+    setInterval(refreshPool, 2000);
 
     loadConfig().then(() => {
       live("ws", "conn-queue", onSnapshot);

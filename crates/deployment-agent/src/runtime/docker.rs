@@ -16,9 +16,9 @@ use bollard::{
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::{Instance, LaunchSpec, RuntimeError, RuntimeEvent};
+use super::{EngineHealth, Instance, LaunchSpec, RuntimeError, RuntimeEvent};
 use crate::{
-    config::{AddressMode, Config},
+    config::{AddressMode, Config, is_agent_label},
     score::StatsSample,
 };
 
@@ -43,6 +43,13 @@ struct Settings {
     pids_limit: i64,
     env: Vec<String>,
     host_cores: f64,
+    /// WORKER_COMMAND, WORKER_ARGS (`None`: the image's).
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    user: Option<String>,
+    read_only: bool,
+    tmpfs: HashMap<String, String>,
+    labels: HashMap<String, String>,
 }
 
 impl DockerRuntime {
@@ -78,6 +85,18 @@ impl DockerRuntime {
                 pids_limit: config.worker_pids_limit,
                 env,
                 host_cores: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+                entrypoint: Some(config.worker_command.0.clone()).filter(|c| !c.is_empty()),
+                cmd: Some(config.worker_args.0.clone()).filter(|c| !c.is_empty()),
+                user: Some(config.worker_user.clone()).filter(|u| !u.is_empty()),
+                read_only: config.worker_read_only,
+                tmpfs: config.worker_tmpfs.0.iter().cloned().collect(),
+                labels: config
+                    .worker_labels
+                    .0
+                    .iter()
+                    .filter(|(key, _)| !is_agent_label(key))
+                    .cloned()
+                    .collect(),
             }),
         })
     }
@@ -134,7 +153,8 @@ impl DockerRuntime {
 
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, RuntimeError> {
         let s = &self.settings;
-        let mut labels = HashMap::from([
+        let mut labels = s.labels.clone();
+        labels.extend([
             ("application".to_owned(), s.app.clone()),
             ("managed-by".to_owned(), s.agent_name.clone()),
         ]);
@@ -147,6 +167,8 @@ impl DockerRuntime {
             pids_limit: Some(s.pids_limit),
             cpuset_cpus: spec.core_id.map(|core| core.to_string()),
             network_mode: s.network.clone(),
+            readonly_rootfs: s.read_only.then_some(true),
+            tmpfs: Some(s.tmpfs.clone()).filter(|t| !t.is_empty()),
             ..HostConfig::default()
         };
         let networking_config = s.network.as_ref().map(|network| NetworkingConfig {
@@ -161,6 +183,9 @@ impl DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(s.image.clone()),
             env: Some(s.env.clone()),
+            entrypoint: s.entrypoint.clone(),
+            cmd: s.cmd.clone(),
+            user: s.user.clone(),
             labels: Some(labels),
             host_config: Some(host_config),
             networking_config,
@@ -247,12 +272,13 @@ impl DockerRuntime {
                                 .attributes
                                 .as_ref()
                                 .and_then(|a| a.get("exitCode"))
-                                .cloned();
+                                .and_then(|code| code.parse::<i64>().ok());
                             let reason = match code {
                                 Some(code) => format!("{action} (exit code {code})"),
                                 None => action,
                             };
-                            if tx.send(RuntimeEvent::Exited { id, reason }).await.is_err() {
+                            let event = RuntimeEvent::Exited { id, reason, code };
+                            if tx.send(event).await.is_err() {
                                 return;
                             }
                         }
@@ -270,6 +296,77 @@ impl DockerRuntime {
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
+    /// The container's HEALTHCHECK state from `inspect` (`State.Health`).
+    pub async fn health(&self, id: &str) -> Result<EngineHealth, RuntimeError> {
+        use bollard::models::HealthStatusEnum;
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?;
+        let health = inspect.state.and_then(|state| state.health);
+        let Some(health) = health else {
+            return Ok(EngineHealth::NoHealthcheck);
+        };
+        let last = health.log.as_ref().and_then(|log| log.last());
+        Ok(match health.status {
+            None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) => {
+                EngineHealth::NoHealthcheck
+            }
+            Some(HealthStatusEnum::STARTING) => EngineHealth::Starting,
+            Some(HealthStatusEnum::HEALTHY) => {
+                let took = last.and_then(|result| {
+                    let at = |date: &Option<bollard::models::BollardDate>| {
+                        date.as_ref()
+                            .and_then(|d| humantime::parse_rfc3339_weak(&d.to_string()).ok())
+                    };
+                    at(&result.end)?.duration_since(at(&result.start)?).ok()
+                });
+                EngineHealth::Healthy(took)
+            }
+            Some(HealthStatusEnum::UNHEALTHY) => EngineHealth::Unhealthy(
+                last.and_then(|result| result.output.clone())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            ),
+        })
+    }
+
+    /// The exit code of a container that is no longer running.
+    pub async fn exit_code(&self, id: &str) -> Option<i64> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        let state = inspect.state?;
+        if state.running == Some(true) {
+            return None;
+        }
+        state.exit_code
+    }
+
+    /// The container's last log lines (stdout and stderr) through the engine's logs API.
+    pub async fn logs(&self, id: &str) -> Vec<String> {
+        let options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&super::LOG_LINES.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut text = String::new();
+        let read = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+                if text.len() > 64 * 1024 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+        super::last_lines(text.lines())
     }
 
     pub fn stats(&self, id: &str) -> BoxStream<'static, StatsSample> {

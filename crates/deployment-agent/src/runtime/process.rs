@@ -3,7 +3,7 @@
 //! (the equivalent of container labels), so a restarted agent finds and adopts them in /proc.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -21,6 +21,8 @@ use crate::{config::Config, score::StatsSample};
 
 const APP_VAR: &str = "RUSTYBALANCER_APPLICATION";
 const OWNER_VAR: &str = "RUSTYBALANCER_MANAGED_BY";
+/// Processes whose stderr tail is kept.
+const LOGS_KEPT: usize = 64;
 /// Linux reports CPU times in clock ticks of 1/100 s.
 const NS_PER_TICK: u64 = 10_000_000;
 
@@ -37,6 +39,11 @@ struct Shared {
     /// Processes being watched for exit, and the ones the agent is stopping itself.
     watched: Mutex<HashSet<u32>>,
     stopping: Mutex<HashSet<u32>>,
+    /// Processes this agent started: their own task reports their exit, with its code.
+    children: Mutex<HashSet<u32>>,
+    /// The last stderr lines of the processes this agent started (at most `LOGS_KEPT`
+    /// processes, the oldest dropped first).
+    logs: Mutex<HashMap<u32, VecDeque<String>>>,
     events: tokio::sync::broadcast::Sender<RuntimeEvent>,
 }
 
@@ -73,6 +80,8 @@ impl ProcessRuntime {
                 env,
                 watched: Mutex::default(),
                 stopping: Mutex::default(),
+                children: Mutex::default(),
+                logs: Mutex::default(),
                 events,
             }),
         };
@@ -117,16 +126,44 @@ impl ProcessRuntime {
             .envs(self.shared.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(false);
         let mut child = command.spawn()?;
         let pid = child
             .id()
             .ok_or_else(|| RuntimeError::Other("worker exited at once".into()))?;
+        lock(&self.shared.children).insert(pid);
         lock(&self.shared.watched).insert(pid);
-        // Reap our own child so it does not linger as a zombie; the poller reports the exit.
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(keep_stderr(Arc::downgrade(&self.shared), pid, stderr));
+        }
+        // Reap our own child so it does not linger as a zombie, and report its exit code.
+        let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
-            let _ = child.wait().await;
+            let status = child.wait().await.ok();
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            lock(&shared.children).remove(&pid);
+            lock(&shared.watched).remove(&pid);
+            if !lock(&shared.stopping).remove(&pid) {
+                let code = status.and_then(|status| {
+                    use std::os::unix::process::ExitStatusExt;
+                    status
+                        .code()
+                        .or_else(|| status.signal().map(|signal| 128 + signal))
+                        .map(i64::from)
+                });
+                let reason = match code {
+                    Some(code) => format!("exited (exit code {code})"),
+                    None => "exited".into(),
+                };
+                let _ = shared.events.send(RuntimeEvent::Exited {
+                    id: id_of(pid),
+                    reason,
+                    code,
+                });
+            }
         });
         Ok(Instance {
             id: id_of(pid),
@@ -166,6 +203,17 @@ impl ProcessRuntime {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Ok(())
+    }
+
+    /// The last stderr lines of a process this agent started.
+    pub fn logs(&self, id: &str) -> Vec<String> {
+        let Some(pid) = pid_of(id) else {
+            return Vec::new();
+        };
+        let logs = lock(&self.shared.logs);
+        logs.get(&pid).map_or_else(Vec::new, |lines| {
+            super::last_lines(lines.iter().map(String::as_str))
+        })
     }
 
     pub fn events(&self) -> BoxStream<'static, RuntimeEvent> {
@@ -208,10 +256,11 @@ impl ProcessRuntime {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
+                let children = lock(&shared.children).clone();
                 let dead: Vec<u32> = lock(&shared.watched)
                     .iter()
                     .copied()
-                    .filter(|pid| !alive(*pid))
+                    .filter(|pid| !children.contains(pid) && !alive(*pid))
                     .collect();
                 for pid in dead {
                     lock(&shared.watched).remove(&pid);
@@ -219,11 +268,52 @@ impl ProcessRuntime {
                         let _ = shared.events.send(RuntimeEvent::Exited {
                             id: id_of(pid),
                             reason: "exited".into(),
+                            code: None,
                         });
                     }
                 }
             }
         });
+    }
+}
+
+/// Keeps the last lines of a child's stderr (reading it all, so the child never blocks on a
+/// full pipe).
+async fn keep_stderr(
+    shared: std::sync::Weak<Shared>,
+    pid: u32,
+    stderr: tokio::process::ChildStderr,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => return,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut logs = lock(&shared.logs);
+        if !logs.contains_key(&pid) && logs.len() >= LOGS_KEPT {
+            // Forget the process with the lowest pid (a cheap stand-in for the oldest).
+            if let Some(oldest) = logs.keys().min().copied() {
+                logs.remove(&oldest);
+            }
+        }
+        let kept = logs.entry(pid).or_default();
+        let mut line = line;
+        if line.len() > super::LOG_BYTES {
+            let mut cut = super::LOG_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        kept.push_back(line);
+        while kept.len() > super::LOG_LINES {
+            kept.pop_front();
+        }
     }
 }
 

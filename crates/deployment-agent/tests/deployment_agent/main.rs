@@ -5,6 +5,7 @@
 //! and worker names that meet leftover containers.
 
 mod dashboard;
+mod probes;
 mod support;
 
 use std::time::{Duration, Instant};
