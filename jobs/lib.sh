@@ -191,8 +191,8 @@ test_app_index() {
 }
 
 # build_busybox_httpd_image IMAGE [DOCKER_BUILD_OPTION...] : a FROM scratch image with Debian's
-# busybox-static binary serving /www on 8080 (`busybox httpd`; answers `/`, 404 on /health),
-# for the "bring your own app" tests. Options (e.g. --label) go to `docker build`. No pull.
+# busybox-static binary serving /www on 8080 (`busybox httpd`; answers `/`, 404 on /health,
+# `/cgi-bin/slow?S` after S seconds), for the "bring your own app" tests. Options (e.g. --label) go to `docker build`. No pull.
 build_busybox_httpd_image() {
   local image="$1" context output
   shift
@@ -200,6 +200,14 @@ build_busybox_httpd_image() {
   context="$(mktemp -d)"
   cp -L /bin/busybox "$context/busybox"
   test_app_index "$context" "busybox httpd"
+  # /cgi-bin/slow?S answers after S seconds (default 1): requests that stay in flight.
+  mkdir -p "$context/www/cgi-bin"
+  cat >"$context/www/cgi-bin/slow" <<'CGI'
+#!/bin/busybox sh
+/bin/busybox sleep "${QUERY_STRING:-1}"
+printf 'Content-Type: text/plain\r\n\r\nslow\n'
+CGI
+  chmod 755 "$context/www/cgi-bin/slow"
   if ! output="$(docker build --quiet "$@" -f "$ROOT/deploy/test-apps/busybox-httpd.Dockerfile" -t "$image" "$context" 2>&1)"; then
     rm -rf "$context"
     die "building the busybox httpd image failed: $output"
