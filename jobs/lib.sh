@@ -184,6 +184,15 @@ ensure_docker_gid() {
   export DOCKER_GID
 }
 
+# ensure_test_app_packages : the Debian packages the third-party test apps are built from
+# (busybox-static for busybox httpd, nginx-light for nginx), installed when missing.
+ensure_test_app_packages() {
+  apt_install busybox-static
+  command -v ldd >/dev/null || apt_install libc-bin
+  [ -x /usr/sbin/nginx ] || apt_install nginx-light
+  [ -x /usr/sbin/nginx ] || die "/usr/sbin/nginx is still missing after installing nginx-light"
+}
+
 # test_app_index CONTEXT NAME : the page the test apps serve, CONTEXT/www/index.html.
 test_app_index() {
   mkdir -p "$1/www"
@@ -196,7 +205,7 @@ test_app_index() {
 build_busybox_httpd_image() {
   local image="$1" context output
   shift
-  apt_install busybox-static
+  ensure_test_app_packages
   context="$(mktemp -d)"
   cp -L /bin/busybox "$context/busybox"
   test_app_index "$context" "busybox httpd"
@@ -221,9 +230,7 @@ CGI
 build_nginx_image() {
   local image="$1" context output lib
   shift
-  command -v ldd >/dev/null || apt_install libc-bin
-  [ -x /usr/sbin/nginx ] || apt_install nginx-light
-  [ -x /usr/sbin/nginx ] || die "/usr/sbin/nginx is still missing after installing nginx-light"
+  ensure_test_app_packages
   context="$(mktemp -d)"
   mkdir -p "$context/rootfs/usr/sbin" "$context/rootfs/etc/nginx" "$context/tmp"
   cp -L /usr/sbin/nginx "$context/rootfs/usr/sbin/"
