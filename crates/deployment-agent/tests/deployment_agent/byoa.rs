@@ -53,9 +53,9 @@ impl AppEnv {
     async fn agent(&self, settings: &[(&str, &str)]) -> AgentProcess {
         let mut env: Vec<(&str, &str)> = vec![
             ("AGENT_RUNTIME", "docker"),
-            ("DOCKER_IMAGE", &self.image),
-            ("APP_IDENTIFIER", &self.app),
-            ("AGENT_NETWORK", &self.network),
+            ("DOCKER_IMAGE", self.image.as_str()),
+            ("APP_IDENTIFIER", self.app.as_str()),
+            ("AGENT_NETWORK", self.network.as_str()),
             ("AGENT_TOKEN", TOKEN),
             ("TARGET_PORT", "8080"),
             ("DEFAULT_CONTAINER", "2"),
@@ -103,7 +103,6 @@ async fn get_json(client: &reqwest::Client, agent: &AgentProcess, path: &str) ->
 #[derive(Debug, Clone)]
 struct Event {
     kind: String,
-    container: Option<String>,
     at_ms: u64,
     message: String,
     raw: Value,
@@ -117,7 +116,6 @@ async fn events(client: &reqwest::Client, agent: &AgentProcess) -> Vec<Event> {
         .iter()
         .map(|event| Event {
             kind: event["kind"].as_str().unwrap_or_default().to_owned(),
-            container: event["container"].as_str().map(str::to_owned),
             at_ms: event["at_ms"].as_u64().unwrap_or(0),
             message: event["message"].as_str().unwrap_or_default().to_owned(),
             raw: event.clone(),
