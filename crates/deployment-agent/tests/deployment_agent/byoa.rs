@@ -198,7 +198,9 @@ async fn third_party_app_scales_up_and_down(probe: &[(&str, &str)]) {
     let client = reqwest::Client::new();
     let watcher = QueueWatcher::connect(&ws_url(&agent)).await;
     watcher
-        .wait_until("MIN_CONTAINERS (2) ready", STARTUP, |s| serving(s).len() == 2)
+        .wait_until("MIN_CONTAINERS (2) ready", STARTUP, |s| {
+            serving(s).len() == 2
+        })
         .await;
     let status = get_json(&client, &agent, "/status").await;
     assert_eq!(status["pool"]["ready"], 2, "GET /status: {status}");
@@ -391,7 +393,9 @@ async fn byoa_a_command_that_exits_at_once_backs_off_and_a_fixed_restart_recover
 
     let events = events(&client, &agent).await;
     let crash = of_kind(&events, "crash_loop");
-    let crash = crash.last().unwrap_or_else(|| panic!("no crash_loop event: {events:#?}"));
+    let crash = crash
+        .last()
+        .unwrap_or_else(|| panic!("no crash_loop event: {events:#?}"));
     let text = crash.raw.to_string();
     assert!(
         crash.message.contains('3') || text.contains("\"exit_code\":3"),
