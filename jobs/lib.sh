@@ -183,3 +183,66 @@ ensure_docker_gid() {
     || warn "the Docker socket $socket (mode $mode) is not read-write for its group $DOCKER_GID: the agent, which runs as user 10001 in that group, will not reach it"
   export DOCKER_GID
 }
+
+# ensure_test_app_packages : the Debian packages the third-party test apps are built from
+# (busybox-static for busybox httpd, nginx-light for nginx), installed when missing.
+ensure_test_app_packages() {
+  apt_install busybox-static
+  command -v ldd >/dev/null || apt_install libc-bin
+  [ -x /usr/sbin/nginx ] || apt_install nginx-light
+  [ -x /usr/sbin/nginx ] || die "/usr/sbin/nginx is still missing after installing nginx-light"
+}
+
+# test_app_index CONTEXT NAME : the page the test apps serve, CONTEXT/www/index.html.
+test_app_index() {
+  mkdir -p "$1/www"
+  printf '<!doctype html><title>%s</title><p>%s behind RustyBalancer</p>\n' "$2" "$2" >"$1/www/index.html"
+}
+
+# build_busybox_httpd_image IMAGE [DOCKER_BUILD_OPTION...] : a FROM scratch image with Debian's
+# busybox-static binary serving /www on 8080 (`busybox httpd`; answers `/`, 404 on /health,
+# `/cgi-bin/slow?S` after S seconds), for the "bring your own app" tests. Options (e.g. --label) go to `docker build`. No pull.
+build_busybox_httpd_image() {
+  local image="$1" context output
+  shift
+  ensure_test_app_packages
+  context="$(mktemp -d)"
+  cp -L /bin/busybox "$context/busybox"
+  test_app_index "$context" "busybox httpd"
+  # /cgi-bin/slow?S answers after S seconds (default 1): requests that stay in flight.
+  mkdir -p "$context/www/cgi-bin"
+  cat >"$context/www/cgi-bin/slow" <<'CGI'
+#!/bin/busybox sh
+/bin/busybox sleep "${QUERY_STRING:-1}"
+printf 'Content-Type: text/plain\r\n\r\nslow\n'
+CGI
+  chmod 755 "$context/www/cgi-bin/slow"
+  if ! output="$(docker build --quiet "$@" -f "$ROOT/deploy/test-apps/busybox-httpd.Dockerfile" -t "$image" "$context" 2>&1)"; then
+    rm -rf "$context"
+    die "building the busybox httpd image failed: $output"
+  fi
+  rm -rf "$context"
+}
+
+# build_nginx_image IMAGE [DOCKER_BUILD_OPTION...] : Debian's nginx (nginx-light) with exactly
+# the shared libraries `ldd` names, listening on 8080 as user 10001 (deploy/test-apps/nginx.conf),
+# serving /www. Options (e.g. --label) go to `docker build`. No pull.
+build_nginx_image() {
+  local image="$1" context output lib
+  shift
+  ensure_test_app_packages
+  context="$(mktemp -d)"
+  mkdir -p "$context/rootfs/usr/sbin" "$context/rootfs/etc/nginx" "$context/tmp"
+  cp -L /usr/sbin/nginx "$context/rootfs/usr/sbin/"
+  cp "$ROOT/deploy/test-apps/nginx.conf" "$context/rootfs/etc/nginx/nginx.conf"
+  for lib in $(ldd /usr/sbin/nginx | awk '/=>/ {print $3} /ld-linux/ && !/=>/ {print $1}' | sort -u); do
+    mkdir -p "$context/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$context/rootfs$lib"
+  done
+  test_app_index "$context/rootfs" "nginx"
+  if ! output="$(docker build --quiet "$@" -f "$ROOT/deploy/test-apps/nginx.Dockerfile" -t "$image" "$context" 2>&1)"; then
+    rm -rf "$context"
+    die "building the nginx image failed: $output"
+  fi
+  rm -rf "$context"
+}

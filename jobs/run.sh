@@ -2,8 +2,10 @@
 # Builds everything (no pulls), starts the stack for an environment, waits until it is healthy
 # and serving, then prints where to reach it.
 #
-#   jobs/run.sh -e prod|dev|slim
+#   jobs/run.sh -e prod|dev|slim [-f COMPOSE_FILE]...
 #
+# -f adds a compose file on top (e.g. docker-compose.byoa.yaml: the stack in front of
+# DOCKER_IMAGE, your own app; README, "Bring your own app").
 # Environment: anything from docker-compose.yaml (ports, thresholds, ...), and
 # REDIS_IMAGE (default redis:7-alpine; built from Debian's redis-server when absent).
 # AGENT_TOKEN: from the environment or .env, else .secrets/agent-token (made on first run).
@@ -11,10 +13,12 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 environment=""
-while getopts "e:h" opt; do
+extra=()
+while getopts "e:f:h" opt; do
   case "$opt" in
     e) environment="$OPTARG" ;;
-    *) sed -n '2,9p' "$0"; exit 2 ;;
+    f) case "$OPTARG" in /*) extra+=(-f "$OPTARG") ;; *) extra+=(-f "$PWD/$OPTARG") ;; esac ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
   esac
 done
 files=(-f "$ROOT/docker-compose.yaml")
@@ -22,8 +26,12 @@ case "$environment" in
   prod) ;;
   dev) files+=(-f "$ROOT/docker-compose.dev.yaml") ;;
   slim) files+=(-f "$ROOT/docker-compose.slim.yaml") ;;
-  *) die "usage: $0 -e prod|dev|slim" ;;
+  *) die "usage: $0 -e prod|dev|slim [-f COMPOSE_FILE]..." ;;
 esac
+for ((i = 1; i < ${#extra[@]}; i += 2)); do
+  [ -f "${extra[$i]}" ] || die "no compose file ${extra[$i]} (-f)"
+done
+files+=("${extra[@]}")
 project="${COMPOSE_PROJECT_NAME:-rustybalancer}"
 stack() { compose -p "$project" --project-directory "$ROOT" "${files[@]}" "$@"; }
 
@@ -87,6 +95,14 @@ case "$AGENT_TOKEN_SOURCE" in
   *) bearer="<AGENT_TOKEN in $AGENT_TOKEN_SOURCE>"; token_from="AGENT_TOKEN in $AGENT_TOKEN_SOURCE" ;;
 esac
 
+# Our worker takes jobs; your own app (DOCKER_IMAGE, README "Bring your own app") its own paths.
+case "${DOCKER_IMAGE:-$IMAGE_REPO/worker:}" in
+  "$IMAGE_REPO/worker:"*)
+    try="curl -X POST $balancer/submit -H 'Content-Type: application/json' \\
+                -d '{\"operation\":\"monte_carlo_pi\",\"data\":{\"iterations\":1000000}}'" ;;
+  *) try="curl -i $balancer/          (your app, ${DOCKER_IMAGE})" ;;
+esac
+
 cat <<MSG
 
 RustyBalancer ($environment) is up.
@@ -94,8 +110,7 @@ RustyBalancer ($environment) is up.
   agent API:  $agent/status         ($agent/stats, $agent/graph, $agent/events)
   queue:      $ws                   (WebSocket, pushed on every change)
   dashboard:  $([ "$environment" = slim ] && echo "off in the slim stack" || echo "$agent/")
-  a job:      curl -X POST $balancer/submit -H 'Content-Type: application/json' \\
-                -d '{"operation":"monte_carlo_pi","data":{"iterations":1000000}}'
+  try:        $try
   token:      $token_from: scale, bounds and drain need it (the dashboard asks once)
               curl -H "Authorization: Bearer $bearer" -H 'Content-Type: application/json' \\
                 -X POST $agent/scale -d '{"replicas":2}'

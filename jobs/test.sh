@@ -20,6 +20,8 @@ ensure_rust
 need_cmd ldd libc-bin
 need_cmd kill procps
 need_cmd redis-server redis-server
+# The third-party apps of the "bring your own app" tests: busybox httpd and nginx images.
+ensure_test_app_packages
 need_cmd chromium chromium
 need_cmd chromedriver chromium-driver
 ensure_docker

@@ -301,3 +301,57 @@ impl std::ops::DerefMut for WorkerProcess {
         &mut self.process
     }
 }
+
+/// A web server the project did not write, in an image built here from a Debian package
+/// (`deploy/test-apps/`, `jobs/lib.sh`), for the "bring your own app" tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestApp {
+    /// `busybox httpd` on 8080: answers `/`, 404 on `/health`, no `/stats`.
+    BusyboxHttpd,
+    /// nginx on 8080, as user 10001: answers `/`.
+    Nginx,
+}
+
+impl TestApp {
+    /// The image's repository, `rustybalancer-test/<name>`.
+    pub fn repository(self) -> &'static str {
+        match self {
+            Self::BusyboxHttpd => "rustybalancer-test/busybox-httpd",
+            Self::Nginx => "rustybalancer-test/nginx",
+        }
+    }
+
+    /// The `jobs/lib.sh` function that builds it.
+    fn builder(self) -> &'static str {
+        match self {
+            Self::BusyboxHttpd => "build_busybox_httpd_image",
+            Self::Nginx => "build_nginx_image",
+        }
+    }
+}
+
+/// Builds `<app's repository>:test-<id>` with [`TEST_LABEL`] through `jobs/lib.sh` (which
+/// installs the Debian package when it is missing; nothing is pulled), registering the image
+/// for removal.
+pub fn build_test_app_image(cleanup: &mut Cleanup, app: TestApp, id: &str) -> String {
+    let tag = format!("{}:test-{id}", app.repository());
+    cleanup.images.push(tag.clone());
+    let lib = repo_root().join("jobs/lib.sh");
+    let script = format!(
+        "set -euo pipefail; source \"$1\"; {} \"$2\" --label \"$3\"",
+        app.builder()
+    );
+    let output = Command::new("bash")
+        .args(["-c", &script, "build-test-app"])
+        .arg(&lib)
+        .args([&tag, TEST_LABEL])
+        .output()
+        .expect("bash is not installed");
+    assert!(
+        output.status.success(),
+        "building {tag} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tag
+}

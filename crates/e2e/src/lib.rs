@@ -50,6 +50,12 @@ impl Stack {
     /// Starts a stack with `jobs/run.sh -e <environment>` (`prod`, `dev` or `slim`; no build:
     /// `SKIP_BUILD=1`), with `settings` on top of that environment's defaults.
     pub fn up(environment: &str, settings: &[(&str, &str)]) -> Self {
+        Self::up_with(environment, &[], settings)
+    }
+
+    /// [`Stack::up`] with compose files on top (`jobs/run.sh -e <environment> -f <file>...`,
+    /// paths relative to the repository, e.g. `docker-compose.byoa.yaml`).
+    pub fn up_with(environment: &str, compose_files: &[&str], settings: &[(&str, &str)]) -> Self {
         let id = unique();
         let project = format!("rbe2e-{id}");
         let tag = format!("e2e-{id}");
@@ -97,12 +103,17 @@ impl Stack {
             env,
             torn_down: false,
         };
-        let output = stack.script("run.sh", &["-e", environment]);
+        let mut args = vec!["-e", environment];
+        for file in compose_files {
+            args.extend(["-f", file]);
+        }
+        let output = stack.script_in_root("run.sh", &args);
         if !output.status.success() {
             // Keep what run.sh said; the drop tears down whatever it started.
             stack.dump_logs();
             panic!(
-                "jobs/run.sh -e {environment} failed:\n{}{}",
+                "jobs/run.sh {} failed:\n{}{}",
+                args.join(" "),
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );
@@ -115,6 +126,17 @@ impl Stack {
         Command::new("bash")
             .arg(repo_root().join("jobs").join(name))
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run jobs/{name}: {err}"))
+    }
+
+    /// [`Stack::script`] run from the repository root, as the README's commands are.
+    fn script_in_root(&self, name: &str, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(Path::new("jobs").join(name))
+            .args(args)
+            .current_dir(repo_root())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap_or_else(|err| panic!("cannot run jobs/{name}: {err}"))

@@ -16,7 +16,8 @@
 //! service runs as root, only the balancer's traffic port is published beyond loopback, and
 //! `POST /scale` needs the agent's token. The stacks run one at a time
 //! (`--test-threads=1` in `jobs/test.sh`). A last test checks the token run.sh makes without
-//! starting a stack.
+//! starting a stack. Another follows README's "Bring your own app" word for word: the prod
+//! stack in front of an nginx image built from Debian's package, serving through the balancer.
 
 use std::{
     collections::BTreeSet,
@@ -694,4 +695,113 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The commands of README's "Bring your own app" section, word for word.
+const BYOA_README_EXAMPLE: &str = "jobs/build-test-images.sh
+DOCKER_IMAGE=rustybalancer-test/nginx:dev jobs/run.sh -e prod -f docker-compose.byoa.yaml
+curl -i http://localhost:8000/
+jobs/reset.sh
+";
+
+/// The first `sh` block of README's section `heading`.
+fn readme_block(heading: &str) -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let section = readme
+        .split_once(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("README has no section {heading}"))
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("README's {heading} has no sh block"))
+        .0;
+    block.to_owned()
+}
+
+/// Issue 13: README's "Bring your own app" followed word for word: the nginx test image built
+/// with `jobs/build-test-images.sh`, the prod stack in front of it with
+/// `DOCKER_IMAGE=... jobs/run.sh -e prod -f docker-compose.byoa.yaml` (this test's own tag,
+/// ports, project and token, as every stack here), nginx's page through the balancer from a
+/// worker container of that image, and `jobs/reset.sh` leaving nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bring_your_own_app_readme_example_comes_up_and_serves() {
+    assert_eq!(
+        readme_block("Bring your own app"),
+        BYOA_README_EXAMPLE,
+        "README's Bring your own app commands changed: change this test with them"
+    );
+    let tag = format!("e2e-byoa-{}", unique());
+    let image = format!("rustybalancer-test/nginx:{tag}");
+    let mut images = Cleanup::default();
+    images.images.push(image.clone());
+    images
+        .images
+        .push(format!("rustybalancer-test/busybox-httpd:{tag}"));
+    // `jobs/build-test-images.sh`, with this test's tag.
+    let built = Command::new("bash")
+        .arg("jobs/build-test-images.sh")
+        .current_dir(repo_root())
+        .env("IMAGE_TAG", &tag)
+        .output()
+        .expect("cannot run jobs/build-test-images.sh");
+    assert!(
+        built.status.success(),
+        "jobs/build-test-images.sh failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    docker(&["image", "inspect", &image]);
+
+    // `DOCKER_IMAGE=rustybalancer-test/nginx:<tag> jobs/run.sh -e prod -f docker-compose.byoa.yaml`
+    let settings = [("DOCKER_IMAGE", image.clone())];
+    let mut stack = tokio::task::spawn_blocking(move || {
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Stack::up_with("prod", &["docker-compose.byoa.yaml"], &settings)
+    })
+    .await
+    .expect("starting the stack panicked");
+
+    // `curl -i http://localhost:<port>/`
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let answer = client
+        .get(format!("{}/", stack.balancer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let backend = answer.headers()["x-backend"].to_str().unwrap().to_owned();
+    assert!(
+        backend.starts_with(&format!("{}-worker-", stack.app)),
+        "X-Backend {backend}"
+    );
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("nginx"), "not nginx's page: {page}");
+    let workers = stack.worker_containers("running");
+    assert!(!workers.is_empty(), "no worker container running");
+    for worker in &workers {
+        assert_eq!(
+            docker(&["inspect", "-f", "{{.Config.Image}}", worker]),
+            image,
+            "a worker of another image"
+        );
+    }
+    let status = get_json(&client, &format!("{}/status", stack.agent)).await;
+    assert!(
+        status["pool"]["ready"].as_u64().unwrap_or(0) >= 1,
+        "GET /status: {status}"
+    );
+    let config = get_json(&client, &format!("{}/config", stack.agent)).await;
+    let shown = config.to_string();
+    assert!(
+        shown.contains("WORKER_PROBE") || shown.contains("probe"),
+        "GET /config does not show the probe: {config}"
+    );
+
+    // `jobs/reset.sh`, then nothing of the stack is left.
+    tokio::task::spawn_blocking(move || stack.tear_down())
+        .await
+        .expect("teardown panicked");
 }

@@ -4,6 +4,7 @@
 //! under load through the real balancer with every routing policy, the last scale request,
 //! and worker names that meet leftover containers.
 
+mod byoa;
 mod dashboard;
 mod probes;
 mod support;

@@ -352,12 +352,24 @@ pub struct Balancer {
 impl Balancer {
     /// Starts it with `BALANCER_POLICY=policy`, `AGENT_TOKEN=token` and `settings` on top.
     pub fn start(agent: &TestAgent, token: &str, policy: &str, settings: &[(&str, &str)]) -> Self {
+        Self::start_for(agent.ws, agent.grpc, token, policy, settings)
+    }
+
+    /// [`Balancer::start`] for the agent whose WebSocket and gRPC ports are `ws` and `grpc`
+    /// (e.g. an [`AgentProcess`]).
+    pub fn start_for(
+        ws: SocketAddr,
+        grpc: SocketAddr,
+        token: &str,
+        policy: &str,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let mut command = std::process::Command::new(workspace_binary("balancer"));
         command
             .env_clear()
             .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
-            .env("AGENT_WS_URL", agent.ws_url())
-            .env("AGENT_GRPC_URL", format!("http://{}", agent.grpc))
+            .env("AGENT_WS_URL", format!("ws://{ws}/ws"))
+            .env("AGENT_GRPC_URL", format!("http://{grpc}"))
             .env("AGENT_TOKEN", token)
             .env("BALANCER_POLICY", policy)
             .envs(settings.iter().copied());
