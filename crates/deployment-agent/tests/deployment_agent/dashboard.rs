@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{TestAgent, fast_config};
+use crate::support::{KillOnDrop, TestAgent, fast_config};
 use common::testing::{repo_root, unique, workspace_binary};
 use deployment_agent::RuntimeKind;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -684,17 +684,6 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Kills every process whose command line contains the pattern (the agent's workers).
-struct KillOnDrop(String);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-9", "-f", "--", &self.0])
-            .status();
     }
 }
 

@@ -17,8 +17,8 @@ use deployment_agent::RuntimeKind;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{
-    AgentProcess, Balancer, DockerEnv, Load, OpenLoad, QueueWatcher, Sent, TestAgent, fast_config,
-    redis::RedisServer, serving,
+    AgentProcess, Balancer, DockerEnv, KillOnDrop, Load, OpenLoad, QueueWatcher, Sent, TestAgent,
+    fast_config, redis::RedisServer, serving,
 };
 
 const STARTUP: Duration = Duration::from_secs(60);
@@ -442,17 +442,6 @@ async fn process_runtime_runs_the_same_lifecycle() {
         replaced.items.iter().map(|i| i.id.clone()).collect();
     let after: std::collections::HashSet<_> = adopted.items.iter().map(|i| i.id.clone()).collect();
     assert_eq!(before, after);
-}
-
-/// Kills every worker process of a test when it ends, passed or failed.
-struct KillOnDrop(String);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("pkill")
-            .args(["-9", "-f", "--", &self.0])
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,7 +13,7 @@ use common::testing::{Cleanup, TEST_LABEL, docker, eventually, unique, workspace
 use deployment_agent::{Config, RuntimeKind};
 use serde_json::Value;
 
-use crate::support::{DockerEnv, TestAgent, fast_config};
+use crate::support::{DockerEnv, KillOnDrop, TestAgent, fast_config};
 
 const STARTUP: Duration = Duration::from_secs(60);
 
@@ -73,17 +73,6 @@ fn process_config(tag: &str) -> (Config, KillOnDrop) {
     config.stop_workers_on_exit = true;
     let kill = KillOnDrop(format!("--worker-id {}-worker-", config.app));
     (config, kill)
-}
-
-/// Kills every worker process of a test when it ends, passed or failed.
-struct KillOnDrop(String);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("pkill")
-            .args(["-9", "-f", "--", &self.0])
-            .status();
-    }
 }
 
 /// The http probe on a path the worker does not have: never ready, and `/status` says why;

@@ -629,3 +629,15 @@ impl Drop for AgentProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Kills every worker process whose command line matches the pattern when a test ends,
+/// passed or failed.
+pub struct KillOnDrop(pub String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .args(["-9", "-f", "--", &self.0])
+            .status();
+    }
+}
