@@ -16,8 +16,7 @@ use crate::{
     metrics::{CategoryLabel, KindLabel, Metrics},
     probe::Prober,
     runtime::{Runtime, now_ms},
-    score::{Thresholds, Weights},
-    state::{BalancerReport, MemberStatus, PoolStatus, World},
+    state::{BalancerReport, Event, MemberStatus, PoolStatus, Settings, World},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
 };
 
@@ -28,13 +27,13 @@ pub struct Agent {
 
 pub(crate) struct Shared {
     pub config: Config,
-    pub weights: Weights,
-    pub thresholds: Thresholds,
     pub runtime: Runtime,
     pub store: Store,
     pub prober: Prober,
     pub metrics: Metrics,
     world: Mutex<World>,
+    /// The version of the overrides last sent to the store (see `write_overrides`).
+    overrides_sent: Mutex<u64>,
     queue: watch::Sender<Arc<QueueSnapshot>>,
     /// Every recorded event, for live subscribers (`/ws/events`); a lagging one skips ahead.
     events: broadcast::Sender<ScalingEvent>,
@@ -65,16 +64,16 @@ impl Agent {
         let (queue, _) = watch::channel(Arc::new(QueueSnapshot::new(0, now_ms(), Vec::new())));
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let config_subscribers = config.ws_max_subscribers;
+        let world = World::new(Settings::from_config(&config));
         Self {
             shared: Arc::new(Shared {
-                weights: config.weights(),
-                thresholds: config.thresholds(),
                 prober: Prober::new(config.probe_timeout),
                 config,
                 runtime,
                 store,
                 metrics: Metrics::new(),
-                world: Mutex::new(World::default()),
+                world: Mutex::new(world),
+                overrides_sent: Mutex::new(0),
                 queue,
                 events,
                 wake: Notify::new(),
@@ -136,7 +135,7 @@ impl Agent {
 
     /// The scaling settings with the API's overrides applied.
     pub fn scaling(&self) -> ScalingConfig {
-        let overrides = self.world().overrides.clone();
+        let overrides = self.world().overrides().clone();
         self.scaling_with(&overrides)
     }
 
@@ -156,16 +155,11 @@ impl Agent {
 
     pub fn bounds(&self) -> Bounds {
         let world = self.world();
-        let scaling = self.scaling_with(&world.overrides);
-        let mut active = world.active_count();
-        // Launches held by a back-off still count: the pool converges to this once it ends.
-        if world.launches_blocked(Instant::now()) {
-            active = active.max(world.requested.unwrap_or(0));
-        }
+        let scaling = self.scaling_with(world.overrides());
         Bounds {
             min_replicas: scaling.min_replicas,
             max_replicas: scaling.max_replicas,
-            desired_replicas: active,
+            desired_replicas: world.desired(Instant::now()),
         }
     }
 
@@ -188,19 +182,12 @@ impl Agent {
     /// next decision, woken at once, applies it; a later request replaces an earlier one not
     /// yet applied.
     pub fn request_replicas(&self, replicas: usize) -> usize {
-        let target = {
+        let (target, effects) = {
             let mut world = self.world();
-            let scaling = self.scaling_with(&world.overrides);
-            let target = replicas.clamp(scaling.min_replicas, scaling.max_replicas);
-            world.requested = Some(target);
-            target
+            let scaling = self.scaling_with(world.overrides());
+            world.request(replicas, &scaling, Instant::now())
         };
-        self.event(
-            EventKind::ConfigChanged,
-            None,
-            format!("replicas requested: {target}"),
-        );
-        self.wake();
+        crate::controller::execute(self, effects);
         target
     }
 
@@ -227,44 +214,15 @@ impl Agent {
                 ));
             }
         }
-        {
-            let mut world = self.world();
-            world.overrides.min_replicas = Some(min);
-            world.overrides.max_replicas = Some(max);
-            // Under the world lock, so the store gets the overrides in the order they changed.
-            self.shared.store.set_overrides(world.overrides.clone());
-        }
-        self.event(
-            EventKind::ConfigChanged,
-            None,
-            format!("replica bounds set to {min}..{max}"),
-        );
-        self.wake();
+        let effects = self.world().set_bounds(min, max, Instant::now());
+        crate::controller::execute(self, effects);
         Ok(self.bounds())
     }
 
     /// Puts a container in SUNDOWN; `key` is its id, an id prefix or its name.
     pub fn drain(&self, key: &str) -> Option<String> {
-        let id = {
-            let mut world = self.world();
-            let id = world.find(key)?.to_owned();
-            let member = world.members.get_mut(&id)?;
-            if member.is_active() {
-                member.phase = crate::state::Phase::Sundown {
-                    since: Instant::now(),
-                };
-                member.sundown_since_ms = Some(now_ms());
-            }
-            id
-        };
-        self.persist_member(&id);
-        self.event(
-            EventKind::Sundown,
-            Some(&id),
-            "drain requested through the API".into(),
-        );
-        self.publish();
-        self.wake();
+        let (id, effects) = self.world().drain(key, Instant::now())?;
+        crate::controller::execute(self, effects);
         Some(id)
     }
 
@@ -276,25 +234,12 @@ impl Agent {
         in_flight: HashMap<String, u64>,
     ) {
         let target = self.shared.config.scaling().target_concurrency;
-        let (demand, over_target) = {
-            let mut world = self.world();
-            let now = Instant::now();
-            world.balancers.insert(
-                balancer_id.to_owned(),
-                BalancerReport {
-                    at: now,
-                    queued_without_backend,
-                    in_flight,
-                },
-            );
-            let views = world.views(now);
-            let active = world.active_count();
-            let in_flight: u64 = views.iter().map(|view| view.in_flight).sum();
-            (
-                world.queued_demand(now),
-                target > 0.0 && in_flight as f64 > target * active as f64,
-            )
+        let report = BalancerReport {
+            at: Instant::now(),
+            queued_without_backend,
+            in_flight,
         };
+        let (demand, over_target) = self.world().report(balancer_id, report, target);
         self.shared.metrics.queued_demand.set(demand as i64);
         // Queued requests or more in flight than the containers are meant to carry: decide now
         // rather than at the next period (the cooldowns still hold the decision back).
@@ -303,9 +248,25 @@ impl Agent {
         }
     }
 
-    /// Records a lifecycle or scaling event: log, metrics, store, live subscribers.
+    /// Records an event now, with the desired replicas as they are.
     pub fn event(&self, kind: EventKind, container: Option<&str>, message: String) {
         let replicas = self.bounds().desired_replicas;
+        self.record(Event {
+            kind,
+            container: container.map(str::to_owned),
+            message,
+            replicas,
+        });
+    }
+
+    /// Records a lifecycle or scaling event: log, metrics, store, live subscribers.
+    pub(crate) fn record(&self, event: Event) {
+        let Event {
+            kind,
+            container,
+            message,
+            replicas,
+        } = event;
         tracing::info!(kind = ?kind, container, replicas, "{message}");
         self.shared
             .metrics
@@ -317,7 +278,7 @@ impl Agent {
         let event = ScalingEvent {
             at_ms: now_ms(),
             kind,
-            container: container.map(str::to_owned),
+            container,
             replicas,
             message,
         };
@@ -326,42 +287,27 @@ impl Agent {
         let _ = self.shared.events.send(event);
     }
 
-    /// Writes a member's registry entry to the store.
-    pub(crate) fn persist_member(&self, id: &str) {
-        let record = {
-            let world = self.world();
-            world
-                .members
-                .get(id)
-                .map(|member| crate::store::ContainerRecord {
-                    id: member.instance.id.clone(),
-                    name: member.instance.name.clone(),
-                    address: member.instance.address.clone(),
-                    dns_name: member.instance.dns_name.clone(),
-                    core_id: member.instance.core_id,
-                    created_at_ms: member.instance.created_at_ms,
-                    category: member.category(),
-                    sundown_since_ms: member.sundown_since_ms,
-                })
-        };
-        if let Some(record) = record {
-            self.shared.store.upsert_container(record);
+    /// Sends the overrides to the store unless a later version was sent already (two tasks
+    /// may execute their effects in another order than their transitions ran).
+    pub(crate) fn write_overrides(&self, version: u64, overrides: ConfigOverrides) {
+        let mut sent = self
+            .shared
+            .overrides_sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if version > *sent {
+            *sent = version;
+            self.shared.store.set_overrides(overrides);
         }
     }
 
     /// Publishes the queue if it changed since the last push.
     pub fn publish(&self) {
         let now = Instant::now();
-        let snapshot = {
-            let mut world = self.world();
-            let items = world.queue_items(now);
-            if items == world.published {
-                return;
-            }
-            world.seq += 1;
-            world.published = items.clone();
-            Arc::new(QueueSnapshot::new(world.seq, now_ms(), items))
+        let Some((seq, items)) = self.world().next_publication(now) else {
+            return;
         };
+        let snapshot = Arc::new(QueueSnapshot::new(seq, now_ms(), items));
         let metrics = &self.shared.metrics;
         for category in [
             Category::Init,

@@ -225,8 +225,8 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
     let standby = {
         let world = agent.world();
         json!({
-            "ready": world.standby.iter().map(|standby| standby.name.as_str()).collect::<Vec<_>>(),
-            "preparing": world.preparing.len(),
+            "ready": world.standby_names(),
+            "preparing": world.preparing_count(),
             "target": agent.config().warm_pool,
         })
     };

@@ -1,6 +1,12 @@
 //! What the agent knows right now: every member container with its phase, observations and
 //! scores, the balancers' reports and the scaler's memory. Lives behind one mutex in the
 //! `Agent` handle; every critical section is short and never spans an `.await`.
+//!
+//! The fields are private: reads go through the queries here, and every change is a
+//! transition in `apply.rs` that returns the [`Effects`] the executor then performs.
+
+mod apply;
+mod member;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -10,182 +16,64 @@ use std::{
 use common::queue::{Category, QueueItem};
 use serde::Serialize;
 
+pub use apply::{Action, Effects, Event, Launched, Listing, Slot};
+pub use member::{HealthPolicy, Member, Phase, ProbeVerdict};
+
 use crate::{
+    config::Config,
     decide::{ContainerView, ScalerState},
     runtime::{Instance, LaunchSpec},
-    score::{
-        self, Availability, Classification, ResourceScores, Scores, StatsSample, Thresholds,
-        Weights,
-    },
+    score::{Availability, Thresholds, Weights},
     store::ConfigOverrides,
 };
 
-/// Where a member is in its life.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Phase {
-    /// Created or adopted; not yet answering /health.
-    Starting { since: Instant },
-    /// Serving.
-    Ready,
-    /// Was ready, then failed `UNHEALTHY_THRESHOLD` probes in a row: published INIT (no new
-    /// requests) until a probe answers again, replaced after `UNHEALTHY_TIMEOUT`.
-    Unhealthy { since: Instant },
-    /// Chosen for removal: no new requests; stopped once idle or after the drain timeout.
-    Sundown { since: Instant },
-    /// Being stopped and removed; no longer published.
-    Stopping,
+/// What the world's transitions need from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub app: String,
+    /// WORKER_CPUSET: the cores workers are pinned to, one each.
+    pub cpuset: Option<Vec<u32>>,
+    pub history_size: usize,
+    pub best_time_window: usize,
+    pub ema_alpha: f64,
+    pub weights: Weights,
+    pub thresholds: Thresholds,
+    pub health: HealthPolicy,
+    pub crash_backoff_initial: Duration,
+    pub crash_backoff_max: Duration,
+    pub network_saturation: f64,
+    pub warm_pool: usize,
+    pub stop_grace: Duration,
 }
 
-/// One container the agent manages.
-#[derive(Debug)]
-pub struct Member {
-    pub instance: Instance,
-    pub phase: Phase,
-    pub availability: Availability,
-    pub last_stats: Option<StatsSample>,
-    pub resources: Option<ResourceScores>,
-    /// In flight + queued, from the worker's own /stats.
-    pub worker_in_flight: u64,
-    /// It has served: the worker ran a job, or a balancer had a request in flight on it.
-    pub served: bool,
-    pub healthy: bool,
-    /// Failed probes in a row.
-    pub probe_failures: u32,
-    pub scores: Scores,
-    pub overall: f64,
-    pub classification: Classification,
-    pub sundown_since_ms: Option<u64>,
-    pub created: Instant,
-    /// It came from the warm pool (thawed) rather than being created.
-    pub thawed: bool,
-    /// The observer tasks (stats stream, probes); aborted when the member goes.
-    pub observers: Vec<tokio::task::AbortHandle>,
-    /// Why its last probe failed (cleared when one passes).
-    pub probe_error: Option<String>,
-    /// Whether its `/stats` is the worker's: `None` until known. `Some(false)`: its in-flight
-    /// count comes from the balancers' reports only, and `/stats` is not asked again.
-    pub worker_stats: Option<bool>,
-}
-
-impl Member {
-    pub fn new(instance: Instance, availability: Availability, now: Instant) -> Self {
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
         Self {
-            instance,
-            phase: Phase::Starting { since: now },
-            availability,
-            last_stats: None,
-            resources: None,
-            worker_in_flight: 0,
-            served: false,
-            healthy: false,
-            probe_failures: 0,
-            scores: Scores {
-                cpu: 100.0,
-                memory: 100.0,
-                network: 100.0,
-                availability: 100.0,
+            app: config.app.clone(),
+            cpuset: config.worker_cpuset.as_ref().map(|cores| cores.0.clone()),
+            history_size: config.history_size,
+            best_time_window: config.best_time_window,
+            ema_alpha: config.ema_alpha,
+            weights: config.weights(),
+            thresholds: config.thresholds(),
+            health: HealthPolicy {
+                threshold: config.unhealthy_threshold,
+                timeout: config.unhealthy_timeout,
             },
-            overall: 100.0,
-            classification: Classification {
-                category: Category::Low,
-                utilization: 0.0,
-                critical: false,
-            },
-            sundown_since_ms: None,
-            created: now,
-            thawed: false,
-            observers: Vec::new(),
-            probe_error: None,
-            worker_stats: None,
+            crash_backoff_initial: config.crash_backoff_initial,
+            crash_backoff_max: config.crash_backoff_max,
+            network_saturation: config.network_saturation,
+            warm_pool: config.warm_pool,
+            stop_grace: config.stop_grace,
         }
     }
 
-    /// The category published for this member.
-    pub fn category(&self) -> Category {
-        match self.phase {
-            Phase::Starting { .. } | Phase::Unhealthy { .. } => Category::Init,
-            Phase::Sundown { .. } | Phase::Stopping => Category::Sundown,
-            Phase::Ready => self.classification.category,
-        }
+    /// A new member for `instance`, starting.
+    fn member(&self, instance: Instance, now: Instant) -> Member {
+        let availability =
+            Availability::new(self.history_size, self.best_time_window, self.ema_alpha);
+        Member::new(instance, availability, now)
     }
-
-    /// Re-derives the overall score and category from the latest observations.
-    pub fn rescore(&mut self, weights: &Weights, thresholds: &Thresholds) {
-        let resources = self.resources.as_ref();
-        self.scores = Scores {
-            cpu: resources.map_or(100.0, |r| r.cpu),
-            memory: resources.map_or(100.0, |r| r.memory),
-            network: resources.map_or(100.0, |r| r.network),
-            availability: self.availability.score(),
-        };
-        self.overall = score::overall(&self.scores, weights);
-        let cpu_util = resources.map_or(0.0, |r| r.cpu_util);
-        self.classification = score::classify(self.overall, cpu_util, thresholds);
-    }
-
-    pub fn cpu_util(&self) -> f64 {
-        self.resources.as_ref().map_or(0.0, |r| r.cpu_util)
-    }
-
-    /// Counted in the desired replicas: not SUNDOWN, not stopping (unhealthy ones hold their
-    /// place until they recover or are replaced).
-    pub fn is_active(&self) -> bool {
-        !matches!(self.phase, Phase::Sundown { .. } | Phase::Stopping)
-    }
-
-    /// Applies one probe of a ready or unhealthy member (`answered`: /health answered 2xx in
-    /// time) at `now`, and says which transition it made. Other phases only count failures.
-    pub fn probed(&mut self, answered: bool, now: Instant, policy: &HealthPolicy) -> ProbeVerdict {
-        self.healthy = answered;
-        self.probe_failures = if answered {
-            0
-        } else {
-            self.probe_failures.saturating_add(1)
-        };
-        match self.phase {
-            Phase::Ready if self.probe_failures >= policy.threshold => {
-                self.phase = Phase::Unhealthy { since: now };
-                ProbeVerdict::Unhealthy {
-                    failures: self.probe_failures,
-                }
-            }
-            Phase::Unhealthy { since } => {
-                let after = now.saturating_duration_since(since);
-                if answered {
-                    self.phase = Phase::Ready;
-                    ProbeVerdict::Recovered { after }
-                } else if after >= policy.timeout {
-                    self.phase = Phase::Stopping;
-                    ProbeVerdict::Replace { after }
-                } else {
-                    ProbeVerdict::Same
-                }
-            }
-            _ => ProbeVerdict::Same,
-        }
-    }
-}
-
-/// When a ready member is taken out of the queue and when it is given up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthPolicy {
-    /// `UNHEALTHY_THRESHOLD`: failed probes in a row (at least 1).
-    pub threshold: u32,
-    /// `UNHEALTHY_TIMEOUT`: how long an unhealthy member may take to recover.
-    pub timeout: Duration,
-}
-
-/// The transition one probe made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeVerdict {
-    /// No change of phase.
-    Same,
-    /// Ready -> Unhealthy after this many failures in a row: out of the queue.
-    Unhealthy { failures: u32 },
-    /// Unhealthy -> Ready: it answered again, after being unhealthy this long.
-    Recovered { after: Duration },
-    /// Unhealthy -> Stopping: down for `UNHEALTHY_TIMEOUT`; stop it and start another.
-    Replace { after: Duration },
 }
 
 /// Crash-loop back-off: crashes in a row (launches whose container exited or never became
@@ -274,36 +162,39 @@ pub fn worker_prefix(app: &str) -> String {
 /// Reports older than this are ignored (the balancer is gone).
 pub const REPORT_TTL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct World {
-    pub members: BTreeMap<String, Member>,
-    pub scaler: ScalerState,
+    settings: Settings,
+    members: BTreeMap<String, Member>,
+    scaler: ScalerState,
     /// A one-off replica target from the API, applied by the next decision.
-    pub requested: Option<usize>,
-    pub overrides: ConfigOverrides,
-    pub balancers: HashMap<String, BalancerReport>,
+    requested: Option<usize>,
+    overrides: ConfigOverrides,
+    /// Bumped with every change of `overrides`, so their writes to the store keep their order.
+    overrides_version: u64,
+    balancers: HashMap<String, BalancerReport>,
     /// Launches under way, counted as members so the scaler does not launch twice.
-    pub launching: Vec<Launch>,
+    launching: Vec<Launch>,
     /// Warm standbys (WARM_POOL): healthy, then paused; not in the queue, not counted.
-    pub standby: Vec<Instance>,
+    standby: Vec<Instance>,
     /// Standbys being started, until they are healthy and paused.
-    pub preparing: Vec<LaunchSpec>,
+    preparing: Vec<LaunchSpec>,
     /// Consecutive failed launches, and no launch before this instant.
-    pub launch_failures: u32,
-    pub launch_blocked_until: Option<Instant>,
+    launch_failures: u32,
+    launch_blocked_until: Option<Instant>,
     /// Why the last launch failed, while launches fail.
-    pub launch_error: Option<String>,
-    pub crash: CrashLoop,
+    launch_error: Option<String>,
+    crash: CrashLoop,
     /// Exits of instances that were not members (yet): a launch that returns one of these
     /// ids crashed at once. The last `EARLY_EXITS_KEPT`, with their exit codes.
-    pub early_exits: std::collections::VecDeque<(String, Option<i64>)>,
+    early_exits: std::collections::VecDeque<(String, Option<i64>)>,
     /// Names of every container on the engine with the workers' name prefix, whatever its
     /// state or labels (refreshed by each reconcile), plus names found taken since: a new
     /// worker's name skips them.
-    pub taken_names: BTreeSet<String>,
+    taken_names: BTreeSet<String>,
     /// The items last published, to publish only on change.
-    pub published: Vec<QueueItem>,
-    pub seq: u64,
+    published: Vec<QueueItem>,
+    seq: u64,
 }
 
 /// Exits of unknown instances remembered for launches still returning.
@@ -311,7 +202,7 @@ const EARLY_EXITS_KEPT: usize = 32;
 
 impl World {
     /// Remembers the exit of an instance that is not a member (yet).
-    pub fn early_exit(&mut self, id: String, code: Option<i64>) {
+    fn early_exit(&mut self, id: String, code: Option<i64>) {
         if self.early_exits.len() == EARLY_EXITS_KEPT {
             self.early_exits.pop_front();
         }
@@ -319,7 +210,7 @@ impl World {
     }
 
     /// `Some(exit code)` when `id` exited before its launch returned.
-    pub fn take_early_exit(&mut self, id: &str) -> Option<Option<i64>> {
+    fn take_early_exit(&mut self, id: &str) -> Option<Option<i64>> {
         let at = self.early_exits.iter().position(|(known, _)| known == id)?;
         self.early_exits.remove(at).map(|(_, code)| code)
     }
@@ -473,7 +364,7 @@ impl World {
 
     /// Cancels the launch of `name` (a view id without its `launching:` prefix); false when
     /// it is not under way.
-    pub fn cancel_launch(&mut self, name: &str) -> bool {
+    fn cancel_launch(&mut self, name: &str) -> bool {
         match self
             .launching
             .iter_mut()
@@ -527,7 +418,7 @@ impl World {
 
     /// The lowest `n` not used in a `<app>-worker-<n>` name by a member, a launch, a standby
     /// or any container known on the engine (`taken_names`).
-    pub fn next_name(&self, app: &str) -> String {
+    fn next_name(&self, app: &str) -> String {
         let prefix = worker_prefix(app);
         let used: BTreeSet<u32> = self
             .members
@@ -544,7 +435,7 @@ impl World {
     }
 
     /// A core from `pool` that no member uses, for CPU pinning.
-    pub fn free_core(&self, pool: &[u32]) -> Option<u32> {
+    fn free_core(&self, pool: &[u32]) -> Option<u32> {
         pool.iter().copied().find(|core| {
             !self
                 .launching
@@ -555,6 +446,112 @@ impl World {
                     .values()
                     .any(|m| m.instance.core_id == Some(*core))
         })
+    }
+}
+
+impl World {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            members: BTreeMap::new(),
+            scaler: ScalerState::default(),
+            requested: None,
+            overrides: ConfigOverrides::default(),
+            overrides_version: 0,
+            balancers: HashMap::new(),
+            launching: Vec::new(),
+            standby: Vec::new(),
+            preparing: Vec::new(),
+            launch_failures: 0,
+            launch_blocked_until: None,
+            launch_error: None,
+            crash: CrashLoop::default(),
+            early_exits: std::collections::VecDeque::new(),
+            taken_names: BTreeSet::new(),
+            published: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn overrides(&self) -> &ConfigOverrides {
+        &self.overrides
+    }
+
+    /// The desired replicas as `/status` shows them: the active count, or the target a
+    /// back-off holds, since the pool converges to it once the back-off ends.
+    pub fn desired(&self, now: Instant) -> usize {
+        let active = self.active_count();
+        if self.launches_blocked(now) {
+            active.max(self.requested.unwrap_or(0))
+        } else {
+            active
+        }
+    }
+
+    /// Every member's id, stopping ones included.
+    pub fn member_ids(&self) -> Vec<String> {
+        self.members.keys().cloned().collect()
+    }
+
+    /// The names of the ready warm standbys.
+    pub fn standby_names(&self) -> Vec<String> {
+        self.standby
+            .iter()
+            .map(|standby| standby.name.clone())
+            .collect()
+    }
+
+    /// Warm standbys being prepared.
+    pub fn preparing_count(&self) -> usize {
+        self.preparing.len()
+    }
+
+    /// A launch of this name is under way (its registry entry is not stale).
+    pub fn is_launching(&self, name: &str) -> bool {
+        self.launching.iter().any(|launch| launch.spec.name == name)
+    }
+
+    /// What a member's probe needs: its address, phase and creation instant.
+    pub fn probe_target(&self, id: &str) -> Option<(String, Phase, Instant)> {
+        self.members.get(id).map(|member| {
+            (
+                member.instance.address.clone(),
+                member.phase,
+                member.created,
+            )
+        })
+    }
+
+    /// Whether a member's `/stats` is the worker's (`None`: not known yet, or no member).
+    pub fn worker_stats(&self, id: &str) -> Option<bool> {
+        self.members.get(id).and_then(|member| member.worker_stats)
+    }
+
+    /// A member's registry entry, as the store keeps it.
+    pub fn record(&self, id: &str) -> Option<crate::store::ContainerRecord> {
+        self.members
+            .get(id)
+            .map(|member| crate::store::ContainerRecord {
+                id: member.instance.id.clone(),
+                name: member.instance.name.clone(),
+                address: member.instance.address.clone(),
+                dns_name: member.instance.dns_name.clone(),
+                core_id: member.instance.core_id,
+                created_at_ms: member.instance.created_at_ms,
+                category: member.category(),
+                sundown_since_ms: member.sundown_since_ms,
+            })
+    }
+
+    /// The queue to publish when it changed since the last one: `(seq, items)`.
+    pub fn next_publication(&mut self, now: Instant) -> Option<(u64, Vec<QueueItem>)> {
+        let items = self.queue_items(now);
+        if items == self.published {
+            return None;
+        }
+        self.seq += 1;
+        self.published = items.clone();
+        Some((self.seq, items))
     }
 }
 
@@ -634,221 +631,4 @@ impl World {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(name: &str) -> Member {
-        let instance = Instance {
-            id: format!("id-{name}"),
-            name: name.into(),
-            address: format!("{name}:8080"),
-            dns_name: name.into(),
-            core_id: None,
-            created_at_ms: 0,
-            running: true,
-            paused: false,
-            cpu_limit_cores: 1.0,
-        };
-        Member::new(instance, Availability::new(20, 10, 0.2), Instant::now())
-    }
-
-    const POLICY: HealthPolicy = HealthPolicy {
-        threshold: 2,
-        timeout: Duration::from_secs(30),
-    };
-
-    #[test]
-    fn a_ready_member_leaves_the_queue_after_the_threshold_and_recovers_or_is_given_up() {
-        let t0 = Instant::now();
-        let mut m = member("w-1");
-        m.phase = Phase::Ready;
-        m.classification.category = Category::Low;
-        assert_eq!(m.probed(false, t0, &POLICY), ProbeVerdict::Same);
-        assert_eq!(m.category(), Category::Low, "one failure is tolerated");
-        // A success in between resets the count.
-        assert_eq!(m.probed(true, t0, &POLICY), ProbeVerdict::Same);
-        assert_eq!(m.probed(false, t0, &POLICY), ProbeVerdict::Same);
-        assert_eq!(
-            m.probed(false, t0, &POLICY),
-            ProbeVerdict::Unhealthy { failures: 2 }
-        );
-        assert_eq!(m.category(), Category::Init, "published as not routable");
-        assert!(m.is_active(), "it holds its place in the count");
-        let t1 = t0 + Duration::from_secs(5);
-        assert_eq!(m.probed(false, t1, &POLICY), ProbeVerdict::Same);
-        assert_eq!(
-            m.probed(true, t1, &POLICY),
-            ProbeVerdict::Recovered {
-                after: Duration::from_secs(5)
-            }
-        );
-        assert_eq!((m.phase, m.category()), (Phase::Ready, Category::Low));
-
-        // Down again, and for UNHEALTHY_TIMEOUT: given up.
-        m.probed(false, t1, &POLICY);
-        m.probed(false, t1, &POLICY);
-        let t2 = t1 + Duration::from_secs(29);
-        assert_eq!(m.probed(false, t2, &POLICY), ProbeVerdict::Same);
-        assert_eq!(
-            m.probed(false, t2 + Duration::from_secs(1), &POLICY),
-            ProbeVerdict::Replace {
-                after: Duration::from_secs(30)
-            }
-        );
-        assert_eq!(m.phase, Phase::Stopping);
-        assert!(!m.is_active());
-    }
-
-    #[test]
-    fn starting_and_sundown_members_have_no_health_transition() {
-        let now = Instant::now();
-        let mut starting = member("w-1");
-        let mut sundown = member("w-2");
-        sundown.phase = Phase::Sundown { since: now };
-        for _ in 0..5 {
-            assert_eq!(starting.probed(false, now, &POLICY), ProbeVerdict::Same);
-            assert_eq!(sundown.probed(false, now, &POLICY), ProbeVerdict::Same);
-        }
-        assert!(matches!(starting.phase, Phase::Starting { .. }));
-        assert!(matches!(sundown.phase, Phase::Sundown { .. }));
-    }
-
-    #[test]
-    fn new_names_skip_every_name_in_use_or_taken_on_the_engine() {
-        let mut world = World::default();
-        let m = member("app-worker-1");
-        world.members.insert(m.instance.id.clone(), m);
-        world.launching.push(Launch {
-            spec: LaunchSpec {
-                name: "app-worker-2".into(),
-                core_id: None,
-            },
-            cancelled: false,
-        });
-        // An exited container and a stranger's container with the prefix.
-        world.taken_names.insert("app-worker-3".into());
-        world.taken_names.insert("app-worker-5".into());
-        world.taken_names.insert("other-worker-4".into());
-        assert_eq!(world.next_name("app"), "app-worker-4");
-        world.taken_names.insert("app-worker-4".into());
-        assert_eq!(world.next_name("app"), "app-worker-6");
-    }
-
-    fn crash(name: &str, code: i64) -> Crash {
-        Crash {
-            name: name.into(),
-            code: Some(code),
-            cause: format!("exited with code {code}"),
-            logs: vec!["first".into(), "flag --bogus not known".into()],
-        }
-    }
-
-    #[test]
-    fn crash_waits_double_up_to_the_cap_and_a_ready_container_resets_them() {
-        let t0 = Instant::now();
-        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(5));
-        let mut crash_loop = CrashLoop::default();
-        let waits: Vec<u64> = (0..5)
-            .map(|_| {
-                crash_loop
-                    .crashed(crash("w-1", 2), initial, max, t0)
-                    .as_secs()
-            })
-            .collect();
-        assert_eq!(waits, [1, 2, 4, 5, 5]);
-        assert!(crash_loop.blocks(t0 + Duration::from_secs(4)));
-        assert!(!crash_loop.blocks(t0 + Duration::from_secs(5)));
-        crash_loop.reset();
-        assert_eq!(
-            crash_loop.crashed(crash("w-1", 2), initial, max, t0),
-            initial
-        );
-    }
-
-    #[test]
-    fn the_pool_says_why_no_container_is_ready() {
-        let now = Instant::now();
-        let mut world = World::default();
-        assert_eq!(
-            world.pool_status(now).reason.as_deref(),
-            Some("no container: the desired count is 0")
-        );
-        let mut starting = member("app-worker-1");
-        starting.probe_error = Some("GET /health answered 404".into());
-        world.members.insert(starting.instance.id.clone(), starting);
-        let reason = world.pool_status(now).reason.unwrap();
-        assert!(
-            reason.starts_with("app-worker-1 not ready after 0 s: GET /health answered 404"),
-            "{reason}"
-        );
-
-        world.crash.crashed(
-            crash("app-worker-2", 3),
-            Duration::from_secs(8),
-            Duration::from_secs(60),
-            now,
-        );
-        assert!(world.launches_blocked(now));
-        let reason = world.pool_status(now).reason.unwrap();
-        assert_eq!(
-            reason,
-            "crash loop (1 in a row): app-worker-2 exited with code 3, next launch in 8 s: flag --bogus not known"
-        );
-
-        let mut ready = member("app-worker-3");
-        ready.phase = Phase::Ready;
-        world.members.insert(ready.instance.id.clone(), ready);
-        assert_eq!(
-            world.pool_status(now),
-            PoolStatus {
-                ready: 1,
-                reason: None
-            }
-        );
-    }
-
-    #[test]
-    fn without_the_workers_stats_in_flight_comes_from_the_balancers() {
-        let now = Instant::now();
-        let mut world = World::default();
-        let mut m = member("app-worker-1");
-        m.worker_stats = Some(false);
-        let address = m.instance.address.clone();
-        world.members.insert(m.instance.id.clone(), m);
-        for (balancer, count) in [("b1", 3), ("b2", 4)] {
-            world.balancers.insert(
-                balancer.into(),
-                BalancerReport {
-                    at: now,
-                    queued_without_backend: 0,
-                    in_flight: HashMap::from([(address.clone(), count)]),
-                },
-            );
-        }
-        let views = world.views(now);
-        assert_eq!((views[0].in_flight, views[0].served), (7, true));
-        assert_eq!(world.statuses(now)[0].in_flight_source, "balancers");
-    }
-
-    #[test]
-    fn a_cancelled_launch_is_no_longer_counted_nor_seen_by_the_scaler() {
-        let mut world = World::default();
-        for name in ["w-1", "w-2"] {
-            world.launching.push(Launch {
-                spec: LaunchSpec {
-                    name: name.into(),
-                    core_id: None,
-                },
-                cancelled: false,
-            });
-        }
-        assert_eq!(world.active_count(), 2);
-        assert!(world.cancel_launch("w-1"));
-        assert!(!world.cancel_launch("w-1"), "cancelled once");
-        assert!(!world.cancel_launch("w-9"));
-        assert_eq!(world.active_count(), 1);
-        let views = world.views(Instant::now());
-        let ids: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
-        assert_eq!(ids, ["launching:w-2"]);
-    }
-}
+mod tests;

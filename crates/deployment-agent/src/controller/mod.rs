@@ -1,0 +1,119 @@
+//! The control loop: observe -> score -> decide -> act -> publish.
+//!
+//! Observation runs in per-container tasks (one Docker stats stream each, /health and /stats
+//! probes) plus one task on the engine's event stream (`observe.rs`); the engine is listed
+//! every RECONCILE_PERIOD to catch what the events missed (`reconcile.rs`). The loop itself
+//! wakes every SCALE_CHECK_PERIOD, or sooner when something asks (demand from a balancer, a
+//! death, an API call), runs the pure `decide`, and acts.
+//!
+//! Every change goes the same one way: a transition of the world (`state::apply`), taken
+//! under the world's lock, returns its `Effects`; [`execute`] (`act.rs`) performs them and
+//! publishes once. The warm pool (`warm.rs`) prepares paused standbys the launches thaw.
+//!
+//! A container is stopped only once it is out of the balancers' candidate set: a SUNDOWN one
+//! when the decision says it is drained (nothing in flight) or past DRAIN_TIMEOUT; one that
+//! never was routable (not healthy within STARTUP_TIMEOUT, or its launch cancelled by a
+//! scale-down); an unhealthy one (published INIT since its UNHEALTHY_THRESHOLD-th failed
+//! probe) after UNHEALTHY_TIMEOUT, whatever is stalled on it; and every one on exit with
+//! STOP_WORKERS_ON_EXIT.
+
+mod act;
+mod observe;
+mod reconcile;
+mod warm;
+
+use std::time::{Duration, Instant};
+
+use common::CancellationToken;
+
+pub(crate) use act::execute;
+
+use crate::agent::Agent;
+
+/// How often the engine is listed to catch anything the event stream missed.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(agent: Agent, shutdown: CancellationToken) {
+    start(&agent).await;
+    let events = tokio::spawn(observe::watch_engine(agent.clone()));
+    let period = agent.config().scale_check_period;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reconcile_tick = tokio::time::interval(RECONCILE_PERIOD);
+    reconcile_tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => step(&agent),
+            () = agent.shared().wake.notified() => step(&agent),
+            _ = reconcile_tick.tick() => reconcile::reconcile(&agent).await,
+        }
+    }
+    events.abort();
+    let observers = agent.world().all_observers();
+    for observer in observers {
+        observer.abort();
+    }
+    if agent.config().stop_workers_on_exit {
+        stop_all(&agent).await;
+    }
+    agent.store().flush(Duration::from_secs(2)).await;
+    tracing::info!("control loop stopped");
+}
+
+/// Restores persisted state, adopts what runs, and brings the pool to its start size.
+async fn start(agent: &Agent) {
+    let persisted = agent.store().load().await;
+    agent.world().restore(persisted.overrides.clone());
+    let sundown: Vec<String> = persisted
+        .containers
+        .iter()
+        .filter(|record| record.category == common::queue::Category::Sundown)
+        .map(|record| record.id.clone())
+        .collect();
+    reconcile::reconcile(agent).await;
+    let effects = agent.world().resume(
+        &sundown,
+        agent.config().start_count(),
+        agent.runtime_kind(),
+        Instant::now(),
+    );
+    execute(agent, effects);
+}
+
+/// One decision and its effects, under one lock.
+fn step(agent: &Agent) {
+    let now = Instant::now();
+    let effects = {
+        let mut world = agent.world();
+        // The bounds the decision uses, the decision and the changes it makes cannot
+        // interleave with `set_bounds` or `request_replicas`.
+        let scaling = agent.scaling_with(world.overrides());
+        let decision = world.decide(now, &scaling);
+        world.apply(&decision, now)
+    };
+    execute(agent, effects);
+}
+
+/// STOP_WORKERS_ON_EXIT: every member and standby stopped and removed.
+async fn stop_all(agent: &Agent) {
+    let runtime = agent.shared().runtime.clone();
+    let (standbys, members) = {
+        let mut world = agent.world();
+        (world.take_standbys(), world.member_ids())
+    };
+    for standby in &standbys {
+        let _ = runtime.resume(&standby.id).await;
+    }
+    let ids: Vec<String> = members
+        .into_iter()
+        .chain(standbys.into_iter().map(|standby| standby.id))
+        .collect();
+    let grace = agent.config().stop_grace;
+    let stops = ids.iter().map(|id| runtime.stop(id, grace));
+    futures_util::future::join_all(stops).await;
+    for id in &ids {
+        agent.store().remove_container(id);
+    }
+}
