@@ -303,6 +303,7 @@ impl Store {
             },
             link: Link::Unknown,
             rejecting: false,
+            refused_fence: None,
             retry: RETRY_MIN,
             pending_flushes: Vec::new(),
             pending_loads: Vec::new(),
@@ -525,6 +526,23 @@ impl Store {
         })
     }
 
+    /// Makes memory hold `desired` (a follower mirroring what the leader wrote) without
+    /// writing anything to Redis: the registry and the overrides are replaced, and the metrics
+    /// of containers no longer registered are forgotten.
+    pub fn mirror(&self, desired: &DesiredState) {
+        let mut memory = self.shared.lock();
+        let memory = &mut *memory;
+        memory.containers = desired
+            .containers
+            .iter()
+            .map(|record| (record.id.clone(), record.clone()))
+            .collect();
+        let containers = &memory.containers;
+        memory.metrics.retain(|id, _| containers.contains_key(id));
+        memory.overrides = desired.overrides.clone();
+        memory.overrides_known = true;
+    }
+
     /// Flush pending writes (best effort, bounded by `timeout`) — used at shutdown and by
     /// tests. True when everything written before the call is in Redis (always when memory
     /// only); false when Redis did not get it within `timeout`.
@@ -630,6 +648,8 @@ struct Writer {
     link: Link,
     /// Redis is refusing commands (as opposed to being unreachable); logged once.
     rejecting: bool,
+    /// The fence value that last failed to hold; warned about once until one holds.
+    refused_fence: Option<String>,
     retry: Duration,
     pending_flushes: Vec<oneshot::Sender<bool>>,
     pending_loads: Vec<oneshot::Sender<Option<Loaded>>>,
@@ -810,14 +830,14 @@ impl Writer {
 
     /// Sends a batch in one transaction, its desired-state part behind the fence if one is
     /// set.
-    async fn exec(&self, conn: &mut ConnectionManager, batch: Batch) -> Result<(), StoreError> {
+    async fn exec(&mut self, conn: &mut ConnectionManager, batch: Batch) -> Result<(), StoreError> {
         let Batch {
             mut pipe,
             desired,
             desired_changes,
         } = batch;
         let fence = lock(&self.shared.fence).clone();
-        let fenced = match fence {
+        let fenced = match &fence {
             Some(fence) if !desired.is_empty() => {
                 let eval = pipe
                     .cmd("EVAL")
@@ -843,14 +863,26 @@ impl Writer {
             return timed(pipe.exec_async(conn)).await;
         }
         let (applied,): (i64,) = timed(pipe.query_async(conn)).await?;
-        if applied == 0 {
-            self.shared
-                .fenced_drops
-                .fetch_add(desired_changes, Ordering::SeqCst);
+        if applied == 1 {
+            self.refused_fence = None;
+            return Ok(());
+        }
+        self.shared
+            .fenced_drops
+            .fetch_add(desired_changes, Ordering::SeqCst);
+        let value = fence.map(|fence| fence.value);
+        if self.refused_fence == value {
+            debug!(
+                dropped = desired_changes,
+                "not the leader: {desired_changes} writes dropped"
+            );
+        } else {
             warn!(
                 dropped = desired_changes,
+                fence = value.as_deref().unwrap_or_default(),
                 "not the leader any more: {desired_changes} writes dropped"
             );
+            self.refused_fence = value;
         }
         Ok(())
     }

@@ -707,6 +707,20 @@ async fn read_shared_returns_the_registry_and_overrides_redis_holds() {
     );
     assert!(reader.containers().is_empty(), "a read changes nothing");
 
+    // A follower mirrors it into memory without writing back (its fence never holds).
+    reader.set_fence(Some(Fence {
+        key: format!("{prefix}:leader"),
+        value: "follower/0".into(),
+    }));
+    reader.record_metric("gone", point(1));
+    let shared = reader.read_shared().await.unwrap();
+    reader.mirror(&shared);
+    assert_eq!(reader.containers(), shared.containers);
+    assert_eq!(reader.overrides(), shared.overrides);
+    assert!(reader.metrics("gone").is_empty());
+    assert!(reader.flush(FLUSH).await);
+    assert_eq!(reader.fenced_drops(), 0, "mirroring writes nothing");
+
     Inspector::connect(&server, &prefix).await.cleanup().await;
 }
 
