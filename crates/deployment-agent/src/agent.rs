@@ -390,5 +390,6 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Recovered => "recovered",
         EventKind::CrashLoop => "crash_loop",
         EventKind::ProbeError => "probe_error",
+        EventKind::LeaderElected => "leader_elected",
     }
 }

@@ -1,14 +1,25 @@
 //! The agent's configuration: every seed variable, each a flag and an environment variable
 //! with a default, parsed once at start. A bad value stops start-up naming the variable.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use common::config::parse_duration;
+use tracing::warn;
 
 use crate::{
     decide::ScalingConfig,
+    lease::{AgentUrls, LeaseConfig},
     score::{Thresholds, Weights},
 };
+
+/// The shortest LEADER_LEASE: a third of it is the renew period, and every Redis call must
+/// fit in half of that.
+pub const LEADER_LEASE_MIN: Duration = Duration::from_millis(300);
+/// Longest the advertised address's lookup of the Redis host may take.
+const ADVERTISE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which engine runs the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -251,6 +262,27 @@ pub struct Config {
         default_value_t = 6379
     )]
     pub redis_port: u16,
+    /// This agent's id in the leader lease and the agents list (default: the hostname); no
+    /// `/` or whitespace.
+    #[arg(long = "agent-id", env = "AGENT_ID", value_name = "AGENT_ID")]
+    pub agent_id: Option<String>,
+    /// How many agents run. Above 1 they elect one leader through a lease in Redis (REDIS_URL
+    /// or REDIS_HOST required); with 1 the agent leads alone, with no lease.
+    #[arg(long = "agent-replicas", env = "AGENT_REPLICAS", value_name = "AGENT_REPLICAS",
+          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub agent_replicas: u32,
+    /// The leader lease (at least 300ms), renewed every third of it. The leader acts only
+    /// until two thirds of it after its last renew began, so a successor never overlaps it.
+    #[arg(long = "leader-lease", env = "LEADER_LEASE", value_name = "LEADER_LEASE", default_value = "3s", value_parser = parse_duration)]
+    pub leader_lease: Duration,
+    /// Host name or address other agents reach this one at (default: this host's address on
+    /// the route to Redis; 127.0.0.1 when Redis is on loopback).
+    #[arg(
+        long = "advertise-host",
+        env = "AGENT_ADVERTISE_HOST",
+        value_name = "AGENT_ADVERTISE_HOST"
+    )]
+    pub advertise_host: Option<String>,
     /// Metrics points kept per container.
     #[arg(
         long = "metrics-history",
@@ -602,6 +634,37 @@ impl Config {
                 self.crash_backoff_max, self.crash_backoff_initial
             ));
         }
+        if self.agent_replicas > 1 && self.redis().is_none() {
+            return Err(format!(
+                "AGENT_REPLICAS={} needs Redis for the leader election: set REDIS_URL (or REDIS_HOST), or AGENT_REPLICAS=1",
+                self.agent_replicas
+            ));
+        }
+        if self.leader_lease < LEADER_LEASE_MIN {
+            return Err(format!(
+                "LEADER_LEASE must be at least {LEADER_LEASE_MIN:?}, got {:?}",
+                self.leader_lease
+            ));
+        }
+        let agent_id = self.resolved_agent_id();
+        if agent_id.is_empty()
+            || agent_id
+                .chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "AGENT_ID must be a non-empty name without `/` or whitespace, got `{agent_id}`"
+            ));
+        }
+        let bad_host = |host: &str| {
+            host.chars()
+                .any(|c| c == '/' || c == '@' || c.is_whitespace() || c.is_control())
+        };
+        if let Some(host) = self.advertise_host.as_deref().filter(|host| bad_host(host)) {
+            return Err(format!(
+                "AGENT_ADVERTISE_HOST must be a host name or an address, got `{host}`"
+            ));
+        }
         if let Some(url) = &self.dashboard_balancer_url {
             let scheme = url.split_once("://").map(|(scheme, _)| scheme);
             if !matches!(scheme, Some("http" | "https")) {
@@ -625,7 +688,98 @@ impl Config {
         self.docker_host = keep(self.docker_host);
         self.worker_cpuset = self.worker_cpuset.filter(|pool| !pool.0.is_empty());
         self.dashboard_balancer_url = keep(self.dashboard_balancer_url);
+        self.agent_id = keep(self.agent_id).map(|id| id.trim().to_owned());
+        self.advertise_host = keep(self.advertise_host).map(|host| host.trim().to_owned());
         self
+    }
+
+    /// AGENT_ID, else the hostname.
+    pub fn resolved_agent_id(&self) -> String {
+        self.agent_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// The prefix of every Redis key, `rustybalancer:<APP_IDENTIFIER>`.
+    pub fn key_prefix(&self) -> String {
+        format!("rustybalancer:{}", self.app)
+    }
+
+    /// Whether several agents run and elect a leader (AGENT_REPLICAS > 1).
+    pub fn leader_election(&self) -> bool {
+        self.agent_replicas > 1
+    }
+
+    /// How other agents reach this one, given the ports it actually listens on: at
+    /// AGENT_ADVERTISE_HOST, else at this host's address on the route to Redis (127.0.0.1
+    /// when Redis is on loopback or there is none; the hostname if the route is unknown).
+    pub async fn advertised_urls(&self, http_port: u16, ws_port: u16, grpc_port: u16) -> AgentUrls {
+        let host = match &self.advertise_host {
+            Some(host) => host.clone(),
+            None => self.route_to_redis().await.map_or_else(
+                |cause| {
+                    let host = gethostname::gethostname().to_string_lossy().into_owned();
+                    warn!(%cause, %host, "cannot tell this host's address on the route to redis; advertising the hostname (set AGENT_ADVERTISE_HOST)");
+                    host
+                },
+                |address| address.to_string(),
+            ),
+        };
+        AgentUrls::new(&host, http_port, ws_port, grpc_port)
+    }
+
+    /// The election's settings with these URLs; `None` when the agent leads alone
+    /// (AGENT_REPLICAS=1, or no Redis, which `validate` refuses with several replicas).
+    pub fn lease_config(&self, urls: AgentUrls) -> Option<LeaseConfig> {
+        if !self.leader_election() {
+            return None;
+        }
+        Some(LeaseConfig {
+            redis_url: self.redis()?,
+            prefix: self.key_prefix(),
+            agent_id: self.resolved_agent_id(),
+            lease: self.leader_lease,
+            urls,
+        })
+    }
+
+    /// This host's address on the route to Redis: the local address of a UDP socket
+    /// connected to it (nothing is sent). Loopback without Redis or with a Unix socket.
+    async fn route_to_redis(&self) -> Result<IpAddr, String> {
+        let Some(url) = self.redis() else {
+            return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        };
+        let client = redis::Client::open(url.as_str()).map_err(|err| err.to_string())?;
+        let (host, port) = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+            _ => return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        };
+        let lookup = tokio::time::timeout(
+            ADVERTISE_LOOKUP_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| format!("looking up the redis host took over {ADVERTISE_LOOKUP_TIMEOUT:?}"))?
+        .map_err(|err| err.to_string())?;
+        let mut last = String::from("the redis host has no address");
+        for redis in lookup {
+            let any: SocketAddr = match redis {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let local = async {
+                let socket = tokio::net::UdpSocket::bind(any).await?;
+                socket.connect(redis).await?;
+                socket.local_addr()
+            };
+            match local.await {
+                Ok(local) => return Ok(local.ip()),
+                Err(err) => last = err.to_string(),
+            }
+        }
+        Err(last)
     }
 
     /// Who may make mutating calls: holders of the token, nobody, or (insecure) anyone.

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod decide;
+pub mod lease;
+pub mod model;
 pub mod score;
 pub mod store;
 
@@ -18,6 +20,11 @@ mod probe;
 mod runtime;
 mod state;
 mod ws;
+
+/// A real `redis-server` for the unit tests of the store and the election.
+#[cfg(test)]
+#[path = "../tests/deployment_agent/support/redis.rs"]
+mod redis_support;
 
 use common::{CancellationToken, serve::ServeOptions};
 use tokio::net::TcpListener;

@@ -27,6 +27,15 @@
 //! the metrics lists memory holds, and rewrites `config` once the overrides are known (loaded
 //! from Redis or set through the API), so persisted overrides are never replaced by defaults.
 //! Events are best effort: those recorded while Redis was away are not re-appended.
+//!
+//! # Fencing
+//!
+//! With several agents only the leader may change the desired state (the registry and the
+//! overrides). Once a [`Fence`] is set ([`Store::set_fence`]), every batch of such writes,
+//! resyncs included, goes to Redis as one Lua script that first checks that the fence key
+//! (the leader lease, `{prefix}:leader`) still holds the fence value (`<agent_id>/<epoch>`)
+//! and otherwise applies none of them: a leader that lost its lease cannot overwrite what its
+//! successor wrote, however late its writes arrive. Metrics and events are not fenced.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -39,7 +48,6 @@ use std::{
     time::Duration,
 };
 
-use common::queue::Category;
 use redis::{
     RedisError,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -51,6 +59,8 @@ use tokio::{
     time::Instant,
 };
 use tracing::{debug, error, info, warn};
+
+pub use crate::model::{ConfigOverrides, ContainerRecord, EventKind, MetricPoint, ScalingEvent};
 
 /// Changes waiting for the writer. Past this, changes are dropped and the store resyncs.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -66,78 +76,32 @@ const RETRY_MAX: Duration = Duration::from_secs(3);
 /// With nothing to write for this long, the writer pings Redis so `status` stays true.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// One container the agent manages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ContainerRecord {
-    pub id: String,
-    pub name: String,
-    /// `host:port` a balancer dials.
-    pub address: String,
-    pub dns_name: String,
-    /// The CPU core the container is pinned to, if any.
-    pub core_id: Option<u32>,
-    pub created_at_ms: u64,
-    pub category: Category,
-    /// When the container entered SUNDOWN (Unix ms).
-    pub sundown_since_ms: Option<u64>,
-}
+/// Applies a batch of commands only while the fence holds. `KEYS[1]` is the fence key,
+/// `ARGV[1]` its expected value, then each command as its word count followed by its words.
+/// Returns 1 when applied, 0 when the fence did not hold (nothing applied).
+const FENCED_BATCH: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+";
 
-/// Config values changed at run time through the API; `None` keeps the configured value.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConfigOverrides {
-    pub min_replicas: Option<usize>,
-    pub max_replicas: Option<usize>,
-    pub default_containers: Option<usize>,
-}
-
-/// Something the agent did or saw, for the dashboard and the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ScalingEvent {
-    pub at_ms: u64,
-    pub kind: EventKind,
-    pub container: Option<String>,
-    /// Replicas after the event.
-    pub replicas: usize,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    ScaleUp,
-    ScaleDown,
-    Created,
-    Ready,
-    Sundown,
-    Stopped,
-    Died,
-    Adopted,
-    Removed,
-    ConfigChanged,
-    Started,
-    /// A ready container failed UNHEALTHY_THRESHOLD probes in a row: out of the queue.
-    Unhealthy,
-    /// An unhealthy container answered again: back in the queue.
-    Recovered,
-    /// A launch crashed (its container exited or never became ready during start): the next
-    /// launch waits, longer after each crash in a row.
-    CrashLoop,
-    /// The worker probe cannot work as configured (WORKER_PROBE=docker on an image without
-    /// HEALTHCHECK).
-    ProbeError,
-}
-
-/// One scoring sample of a container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricPoint {
-    pub at_ms: u64,
-    pub cpu: f64,
-    pub memory: f64,
-    pub network: f64,
-    pub availability: f64,
-    pub overall: f64,
-    pub in_flight: u64,
-}
+/// Reads the registry and the overrides in one step. `KEYS[1]` is the containers set,
+/// `KEYS[2]` the config hash, `ARGV[1]` the container hash key without the id. Returns
+/// `{{{id, {field, value, ...}}, ...}, {field, value, ...}}`.
+const READ_DESIRED: &str = r"
+local containers = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  containers[#containers + 1] = {id, redis.call('HGETALL', ARGV[1] .. id)}
+end
+return {containers, redis.call('HGETALL', KEYS[2])}
+";
 
 /// How the store is set up.
 #[derive(Clone)]
@@ -162,6 +126,22 @@ impl fmt::Debug for StoreConfig {
             .field("max_events", &self.max_events)
             .finish()
     }
+}
+
+/// Guards writes of the desired state: they apply only while `key` holds `value` in Redis
+/// (the leader lease and `<agent_id>/<epoch>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub value: String,
+}
+
+/// The desired state as Redis holds it now, for followers to follow the leader.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredState {
+    /// Sorted by id.
+    pub containers: Vec<ContainerRecord>,
+    pub overrides: ConfigOverrides,
 }
 
 /// What was in Redis when the agent started.
@@ -203,6 +183,13 @@ struct Shared {
     dirty: AtomicBool,
     connected: AtomicBool,
     resyncs: AtomicU64,
+    /// Set while desired-state writes must be fenced.
+    fence: Mutex<Option<Fence>>,
+    /// Desired-state changes a fence refused.
+    fenced_drops: AtomicU64,
+    /// The writer's connection while the link is up, for prompt reads.
+    conn: Mutex<Option<ConnectionManager>>,
+    keys: Keys,
 }
 
 #[derive(Default)]
@@ -280,6 +267,12 @@ impl Store {
             dirty: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             resyncs: AtomicU64::new(0),
+            fence: Mutex::new(None),
+            fenced_drops: AtomicU64::new(0),
+            conn: Mutex::new(None),
+            keys: Keys {
+                prefix: config.prefix.clone(),
+            },
         });
         let Some(url) = config.redis_url else {
             info!("no redis configured; agent state is kept in memory only");
@@ -310,6 +303,7 @@ impl Store {
             },
             link: Link::Unknown,
             rejecting: false,
+            refused_fence: None,
             retry: RETRY_MIN,
             pending_flushes: Vec::new(),
             pending_loads: Vec::new(),
@@ -481,6 +475,74 @@ impl Store {
         }
     }
 
+    /// Fences every later desired-state write (registry and overrides, including those
+    /// already queued and resyncs) with `fence`; `None` writes them unconditionally (one
+    /// agent alone). With several agents keep a fence set at all times: a follower's is one
+    /// that cannot hold, so whatever it writes is dropped.
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        *lock(&self.shared.fence) = fence;
+    }
+
+    /// Desired-state changes dropped because the fence did not hold, since start.
+    pub fn fenced_drops(&self) -> u64 {
+        self.shared.fenced_drops.load(Ordering::SeqCst)
+    }
+
+    /// The registry and the overrides as Redis holds them now (written by the leader), for
+    /// a follower to sync from. Does not wait for a link: `None` when memory only, while
+    /// Redis is unreachable, or when the read fails or takes over a second.
+    pub async fn read_shared(&self) -> Option<DesiredState> {
+        let mut conn = lock(&self.shared.conn).clone()?;
+        let keys = &self.shared.keys;
+        type Reply = (
+            Vec<(String, HashMap<String, String>)>,
+            HashMap<String, String>,
+        );
+        let (containers, config): Reply = timed(
+            redis::cmd("EVAL")
+                .arg(READ_DESIRED)
+                .arg(2)
+                .arg(keys.containers())
+                .arg(keys.config())
+                .arg(keys.container(""))
+                .query_async(&mut conn),
+        )
+        .await
+        .inspect_err(|err| debug!(cause = %err, "could not read the shared state from redis"))
+        .ok()?;
+        let mut records: Vec<ContainerRecord> = containers
+            .iter()
+            .filter_map(|(id, fields)| {
+                container_from_fields(fields).or_else(|| {
+                    warn!(container = %id, "skipping an unreadable container record in redis");
+                    None
+                })
+            })
+            .collect();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(DesiredState {
+            containers: records,
+            overrides: overrides_from_fields(&config),
+        })
+    }
+
+    /// Makes memory hold `desired` (a follower mirroring what the leader wrote) without
+    /// writing anything to Redis: the registry and the overrides are replaced, and the metrics
+    /// of containers no longer registered are forgotten.
+    pub fn mirror(&self, desired: &DesiredState) {
+        let mut memory = self.shared.lock();
+        let memory = &mut *memory;
+        memory.containers = desired
+            .containers
+            .iter()
+            .map(|record| (record.id.clone(), record.clone()))
+            .collect();
+        let containers = &memory.containers;
+        memory.metrics.retain(|id, _| containers.contains_key(id));
+        memory.overrides = desired.overrides.clone();
+        memory.overrides_known = true;
+    }
+
     /// Flush pending writes (best effort, bounded by `timeout`) — used at shutdown and by
     /// tests. True when everything written before the call is in Redis (always when memory
     /// only); false when Redis did not get it within `timeout`.
@@ -524,11 +586,22 @@ impl Shared {
     /// The memory, even if a panicking thread poisoned the lock (every update leaves it
     /// consistent).
     fn lock(&self) -> MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.memory)
+    }
+
+    fn set_conn(&self, conn: Option<ConnectionManager>) {
+        *lock(&self.conn) = conn;
     }
 }
 
+/// Every lock here guards a value that each update leaves consistent, so a poisoned one is
+/// still good.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The key layout (see the module docs).
+#[derive(Clone)]
 struct Keys {
     prefix: String,
 }
@@ -575,6 +648,8 @@ struct Writer {
     link: Link,
     /// Redis is refusing commands (as opposed to being unreachable); logged once.
     rejecting: bool,
+    /// The fence value that last failed to hold; warned about once until one holds.
+    refused_fence: Option<String>,
     retry: Duration,
     pending_flushes: Vec<oneshot::Sender<bool>>,
     pending_loads: Vec<oneshot::Sender<Option<Loaded>>>,
@@ -642,6 +717,7 @@ impl Writer {
         }
         self.link = Link::Up;
         self.shared.connected.store(true, Ordering::SeqCst);
+        self.shared.set_conn(Some(conn.clone()));
         self.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -669,6 +745,7 @@ impl Writer {
         }
         self.link = Link::Down;
         self.conn = None;
+        self.shared.set_conn(None);
         self.shared.connected.store(false, Ordering::SeqCst);
     }
 
@@ -733,12 +810,11 @@ impl Writer {
     /// Applies `first` and whatever else is already queued (up to [`BATCH_MAX`]) in one
     /// transaction.
     async fn apply(&mut self, conn: &mut ConnectionManager, first: Op) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut batch = Batch::default();
         let mut changes = 0;
         let mut next = Some(first);
         while let Some(op) = next.take() {
-            if self.add(&mut pipe, op) {
+            if self.add(&mut batch, op) {
                 changes += 1;
             }
             if changes < BATCH_MAX {
@@ -746,20 +822,89 @@ impl Writer {
             }
         }
         if changes > 0 {
-            timed(pipe.exec_async(conn)).await?;
+            self.exec(conn, batch).await?;
             self.rejecting = false;
         }
         Ok(())
     }
 
-    /// Adds the commands of one change to `pipe`; true if it was a change. Flushes and loads
-    /// are kept to be answered once the batch is in.
-    fn add(&mut self, pipe: &mut redis::Pipeline, op: Op) -> bool {
+    /// Sends a batch in one transaction, its desired-state part behind the fence if one is
+    /// set.
+    async fn exec(&mut self, conn: &mut ConnectionManager, batch: Batch) -> Result<(), StoreError> {
+        let Batch {
+            mut pipe,
+            desired,
+            desired_changes,
+        } = batch;
+        let fence = lock(&self.shared.fence).clone();
+        let fenced = match &fence {
+            Some(fence) if !desired.is_empty() => {
+                let eval = pipe
+                    .cmd("EVAL")
+                    .arg(FENCED_BATCH)
+                    .arg(1)
+                    .arg(&fence.key)
+                    .arg(&fence.value);
+                for command in &desired.0 {
+                    eval.arg(command.len()).arg(command);
+                }
+                true
+            }
+            _ => {
+                desired.add_to(&mut pipe);
+                false
+            }
+        };
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        pipe.atomic();
+        if !fenced {
+            return timed(pipe.exec_async(conn)).await;
+        }
+        let (applied,): (i64,) = timed(pipe.query_async(conn)).await?;
+        if applied == 1 {
+            self.refused_fence = None;
+            return Ok(());
+        }
+        self.shared
+            .fenced_drops
+            .fetch_add(desired_changes, Ordering::SeqCst);
+        let value = fence.map(|fence| fence.value);
+        if self.refused_fence == value {
+            debug!(
+                dropped = desired_changes,
+                "not the leader: {desired_changes} writes dropped"
+            );
+        } else {
+            warn!(
+                dropped = desired_changes,
+                fence = value.as_deref().unwrap_or_default(),
+                "not the leader any more: {desired_changes} writes dropped"
+            );
+            self.refused_fence = value;
+        }
+        Ok(())
+    }
+
+    /// Adds the commands of one change to `batch`; true if it was a change. Flushes and
+    /// loads are kept to be answered once the batch is in.
+    fn add(&mut self, batch: &mut Batch, op: Op) -> bool {
         let keys = &self.keys;
+        let pipe = &mut batch.pipe;
         match op {
-            Op::Upsert(record) => write_container(pipe, keys, &record),
-            Op::Remove(id) => delete_container(pipe, keys, &id),
-            Op::Overrides(overrides) => write_overrides(pipe, keys, &overrides),
+            Op::Upsert(record) => {
+                batch.desired.write_container(keys, &record);
+                batch.desired_changes += 1;
+            }
+            Op::Remove(id) => {
+                batch.desired.delete_container(keys, &id);
+                batch.desired_changes += 1;
+            }
+            Op::Overrides(overrides) => {
+                batch.desired.write_overrides(keys, &overrides);
+                batch.desired_changes += 1;
+            }
             Op::Metric(id, point) => {
                 let Some(json) = to_json(&point) else {
                     return false;
@@ -816,18 +961,19 @@ impl Writer {
             )
         };
 
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut batch = Batch::default();
         let stale: Vec<_> = registered
             .iter()
             .filter(|id| !containers.contains_key(id.as_str()))
             .collect();
         for id in &stale {
-            delete_container(&mut pipe, &self.keys, id);
+            batch.desired.delete_container(&self.keys, id);
         }
         for record in containers.values() {
-            write_container(&mut pipe, &self.keys, record);
+            batch.desired.write_container(&self.keys, record);
         }
+        batch.desired_changes = u64::try_from(stale.len() + containers.len()).unwrap_or(u64::MAX);
+        let pipe = &mut batch.pipe;
         for (id, history) in &metrics {
             let key = self.keys.metrics(id);
             pipe.del(&key).ignore();
@@ -838,11 +984,10 @@ impl Writer {
             }
         }
         if let Some(overrides) = &overrides {
-            write_overrides(&mut pipe, &self.keys, overrides);
+            batch.desired.write_overrides(&self.keys, overrides);
+            batch.desired_changes += 1;
         }
-        if !pipe.is_empty() {
-            timed(pipe.exec_async(conn)).await?;
-        }
+        self.exec(conn, batch).await?;
 
         let resyncs = self.shared.resyncs.fetch_add(1, Ordering::SeqCst) + 1;
         self.rejecting = false;
@@ -961,25 +1106,67 @@ fn last_index(keep: usize) -> isize {
     isize::try_from(keep).unwrap_or(isize::MAX) - 1
 }
 
-fn write_container(pipe: &mut redis::Pipeline, keys: &Keys, record: &ContainerRecord) {
-    let key = keys.container(&record.id);
-    pipe.del(&key).ignore();
-    pipe.hset_multiple(&key, &container_fields(record)).ignore();
-    pipe.sadd(keys.containers(), &record.id).ignore();
+/// One transaction's worth of changes: the desired-state commands apart, to be fenced.
+#[derive(Default)]
+struct Batch {
+    /// Metrics and events (and, unfenced, the desired state).
+    pipe: redis::Pipeline,
+    desired: Commands,
+    /// Changes (not commands) in `desired`, for the count of dropped writes.
+    desired_changes: u64,
 }
 
-fn delete_container(pipe: &mut redis::Pipeline, keys: &Keys, id: &str) {
-    pipe.del(keys.container(id)).ignore();
-    pipe.del(keys.metrics(id)).ignore();
-    pipe.srem(keys.containers(), id).ignore();
-}
+/// Redis commands as words, to send either in a pipeline or inside the fenced script.
+#[derive(Default)]
+struct Commands(Vec<Vec<String>>);
 
-fn write_overrides(pipe: &mut redis::Pipeline, keys: &Keys, overrides: &ConfigOverrides) {
-    let key = keys.config();
-    pipe.del(&key).ignore();
-    let fields = overrides_fields(overrides);
-    if !fields.is_empty() {
-        pipe.hset_multiple(&key, &fields).ignore();
+impl Commands {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn push<const N: usize>(&mut self, words: [&str; N]) -> &mut Vec<String> {
+        self.0
+            .push(words.iter().map(|word| (*word).to_owned()).collect());
+        self.0.last_mut().expect("just pushed")
+    }
+
+    fn add_to(&self, pipe: &mut redis::Pipeline) {
+        for command in &self.0 {
+            if let Some((name, args)) = command.split_first() {
+                pipe.cmd(name).arg(args).ignore();
+            }
+        }
+    }
+
+    fn write_container(&mut self, keys: &Keys, record: &ContainerRecord) {
+        let key = keys.container(&record.id);
+        self.push(["DEL", &key]);
+        let hset = self.push(["HSET", &key]);
+        for (field, value) in container_fields(record) {
+            hset.push(field.to_owned());
+            hset.push(value);
+        }
+        self.push(["SADD", &keys.containers(), &record.id]);
+    }
+
+    fn delete_container(&mut self, keys: &Keys, id: &str) {
+        self.push(["DEL", &keys.container(id)]);
+        self.push(["DEL", &keys.metrics(id)]);
+        self.push(["SREM", &keys.containers(), id]);
+    }
+
+    fn write_overrides(&mut self, keys: &Keys, overrides: &ConfigOverrides) {
+        let key = keys.config();
+        self.push(["DEL", &key]);
+        let fields = overrides_fields(overrides);
+        if !fields.is_empty() {
+            let hset = self.push(["HSET", &key]);
+            for (field, value) in fields {
+                hset.push(field.to_owned());
+                hset.push(value);
+            }
+        }
     }
 }
 

@@ -183,3 +183,94 @@ fn docker_probe_needs_the_docker_runtime_and_the_backoff_is_ordered() {
     let err = config.validate().unwrap_err();
     assert!(err.contains("CRASH_BACKOFF_MAX"), "{err}");
 }
+
+#[test]
+fn leader_election_settings_default_to_one_agent_alone() {
+    let config = Config::defaults();
+    assert_eq!(config.agent_replicas, 1);
+    assert_eq!(config.leader_lease, Duration::from_secs(3));
+    assert!(!config.leader_election());
+    assert_eq!(config.agent_id, None);
+    assert!(!config.resolved_agent_id().is_empty(), "the hostname");
+    assert_eq!(config.key_prefix(), "rustybalancer:rustybalancer");
+    let urls = AgentUrls::new("127.0.0.1", 1, 2, 3);
+    assert!(config.lease_config(urls).is_none(), "alone: no lease");
+}
+
+#[test]
+fn several_agents_need_redis_and_a_lease_of_at_least_300ms() {
+    let mut config = Config::defaults();
+    config.agent_replicas = 2;
+    let error = config.validate().unwrap_err();
+    assert!(
+        error.contains("AGENT_REPLICAS") && error.contains("REDIS_URL"),
+        "{error}"
+    );
+    config.redis_url = Some("redis://redis:6379/0".into());
+    assert_eq!(config.validate(), Ok(()));
+
+    config.leader_lease = Duration::from_millis(299);
+    assert!(config.validate().unwrap_err().contains("LEADER_LEASE"));
+    config.leader_lease = Duration::from_millis(300);
+    assert_eq!(config.validate(), Ok(()));
+
+    config.agent_id = Some("a/1".into());
+    assert!(config.validate().unwrap_err().contains("AGENT_ID"));
+    config.agent_id = Some("agent-1".into());
+    config.advertise_host = Some("http://x".into());
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .contains("AGENT_ADVERTISE_HOST")
+    );
+}
+
+#[test]
+fn the_lease_config_carries_the_redis_url_prefix_id_and_lease() {
+    let mut config = Config::defaults();
+    config.agent_replicas = 2;
+    config.redis_host = Some("redis".into());
+    config.app = "shop".into();
+    config.agent_id = Some("a1".into());
+    config.leader_lease = Duration::from_millis(900);
+    let urls = AgentUrls::new("10.0.0.2", 9000, 9001, 9002);
+    let lease = config.lease_config(urls.clone()).unwrap();
+    assert_eq!(lease.redis_url, "redis://redis:6379/");
+    assert_eq!(lease.prefix, "rustybalancer:shop");
+    assert_eq!(lease.agent_id, "a1");
+    assert_eq!(lease.lease, Duration::from_millis(900));
+    assert_eq!(lease.urls, urls);
+}
+
+#[test]
+fn empty_agent_id_and_advertise_host_mean_unset() {
+    let mut config = Config::defaults();
+    config.agent_id = Some(" ".into());
+    config.advertise_host = Some(String::new());
+    let config = config.normalized();
+    assert_eq!(config.agent_id, None);
+    assert_eq!(config.advertise_host, None);
+}
+
+#[tokio::test]
+async fn advertised_urls_use_the_host_given_else_the_route_to_redis() {
+    let mut config = Config::defaults();
+    config.advertise_host = Some("agent-1.internal".into());
+    let urls = config.advertised_urls(9000, 9001, 9002).await;
+    assert_eq!(urls.http, "http://agent-1.internal:9000");
+    assert_eq!(urls.ws, "ws://agent-1.internal:9001/ws");
+    assert_eq!(urls.grpc, "http://agent-1.internal:9002");
+
+    // Redis on loopback (nothing needs to listen: no packet is sent).
+    config.advertise_host = None;
+    config.redis_url = Some("redis://127.0.0.1:6399/0".into());
+    let urls = config.advertised_urls(1, 2, 3).await;
+    assert_eq!(urls.http, "http://127.0.0.1:1");
+    config.redis_url = None;
+    assert_eq!(
+        config.advertised_urls(1, 2, 3).await.grpc,
+        "http://127.0.0.1:3",
+        "no redis: loopback"
+    );
+}

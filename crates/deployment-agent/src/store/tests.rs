@@ -3,14 +3,12 @@
 
 use std::time::{Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
+use common::queue::Category;
 use redis::aio::MultiplexedConnection;
 
 use super::*;
 
-#[path = "../../tests/deployment_agent/support/redis.rs"]
-mod redis_support;
-
-use redis_support::{RedisServer, free_port};
+use crate::redis_support::{RedisServer, free_port};
 
 /// Generous: flushing a healthy local Redis takes milliseconds.
 const FLUSH: Duration = Duration::from_secs(5);
@@ -597,6 +595,133 @@ async fn resync_removes_unknown_containers_but_keeps_overrides_it_never_knew() {
     assert_eq!(redis.hash("config").await["min_replicas"], "4");
 
     redis.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_apply_only_while_the_fence_holds() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("fence");
+    let mut redis = Inspector::connect(&server, &prefix).await;
+    let leader = redis.key("leader");
+    redis
+        .query::<()>(redis::cmd("SET").arg(&leader).arg("a/2"))
+        .await;
+    let store = Store::open(config(Some(&server.url), &prefix)).await;
+    store.set_fence(Some(Fence {
+        key: leader.clone(),
+        value: "a/2".into(),
+    }));
+    let overrides = ConfigOverrides {
+        min_replicas: Some(2),
+        ..ConfigOverrides::default()
+    };
+    store.upsert_container(container("a"));
+    store.upsert_container(container("b"));
+    store.set_overrides(overrides.clone());
+    assert!(store.flush(FLUSH).await);
+    assert_eq!(redis.members().await, ["a", "b"]);
+    assert_eq!(redis.hash("config").await["min_replicas"], "2");
+    assert_eq!(store.fenced_drops(), 0);
+
+    // Someone else leads now: no desired-state write of this store applies, not even a
+    // resync; metrics and events still do.
+    redis
+        .query::<()>(redis::cmd("SET").arg(&leader).arg("b/3"))
+        .await;
+    store.upsert_container(container("c"));
+    store.remove_container("a");
+    store.set_overrides(ConfigOverrides::default());
+    store.record_metric("b", point(1));
+    store.record_event(event(1, EventKind::LeaderElected));
+    assert!(store.flush(FLUSH).await);
+    assert_eq!(store.fenced_drops(), 3);
+    assert_eq!(redis.members().await, ["a", "b"]);
+    assert!(!redis.exists("container:c").await);
+    assert_eq!(redis.hash("config").await["min_replicas"], "2");
+    assert_eq!(at_ms(&redis.metrics("b").await), [1]);
+    assert_eq!(redis.stream_len().await, 1);
+    store.shared.dirty.store(true, Ordering::SeqCst);
+    assert!(store.flush(FLUSH).await);
+    assert_eq!(store.status().resyncs, 1);
+    assert_eq!(
+        redis.members().await,
+        ["a", "b"],
+        "the resync was fenced too"
+    );
+    assert!(store.fenced_drops() > 3);
+    // Memory is this store's own: it kept every change.
+    assert_eq!(ids(&store), ["b", "c"]);
+
+    // Without a lease at all the fence does not hold either.
+    redis.query::<()>(redis::cmd("DEL").arg(&leader)).await;
+    store.upsert_container(container("d"));
+    assert!(store.flush(FLUSH).await);
+    assert!(!redis.exists("container:d").await);
+
+    // Unfenced (one agent alone), writes apply as always.
+    store.set_fence(None);
+    store.upsert_container(container("e"));
+    assert!(store.flush(FLUSH).await);
+    assert!(redis.exists("container:e").await);
+
+    redis.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_shared_returns_the_registry_and_overrides_redis_holds() {
+    let memory = Store::open(config(None, "unused")).await;
+    assert_eq!(memory.read_shared().await, None);
+    let nowhere = Store::open(config(
+        Some(&format!("redis://127.0.0.1:{}/", free_port())),
+        &unique_prefix("nowhere"),
+    ))
+    .await;
+    let started = StdInstant::now();
+    assert_eq!(nowhere.read_shared().await, None);
+    assert!(started.elapsed() < FAST, "read_shared waited for a link");
+
+    let server = RedisServer::start();
+    let prefix = unique_prefix("shared");
+    let writer = Store::open(config(Some(&server.url), &prefix)).await;
+    let reader = Store::open(config(Some(&server.url), &prefix)).await;
+    let mut b = container("b");
+    b.category = Category::Sundown;
+    b.sundown_since_ms = Some(5);
+    b.core_id = Some(1);
+    let overrides = ConfigOverrides {
+        min_replicas: Some(1),
+        max_replicas: Some(4),
+        default_containers: None,
+    };
+    writer.upsert_container(b.clone());
+    writer.upsert_container(container("a"));
+    writer.set_overrides(overrides.clone());
+    assert!(writer.flush(FLUSH).await);
+    eventually("the reader connected", FLUSH, || reader.status().connected).await;
+    assert_eq!(
+        reader.read_shared().await,
+        Some(DesiredState {
+            containers: vec![container("a"), b],
+            overrides,
+        })
+    );
+    assert!(reader.containers().is_empty(), "a read changes nothing");
+
+    // A follower mirrors it into memory without writing back (its fence never holds).
+    reader.set_fence(Some(Fence {
+        key: format!("{prefix}:leader"),
+        value: "follower/0".into(),
+    }));
+    reader.record_metric("gone", point(1));
+    let shared = reader.read_shared().await.unwrap();
+    reader.mirror(&shared);
+    assert_eq!(reader.containers(), shared.containers);
+    assert_eq!(reader.overrides(), shared.overrides);
+    assert!(reader.metrics("gone").is_empty());
+    assert!(reader.flush(FLUSH).await);
+    assert_eq!(reader.fenced_drops(), 0, "mirroring writes nothing");
+
+    Inspector::connect(&server, &prefix).await.cleanup().await;
 }
 
 #[test]
