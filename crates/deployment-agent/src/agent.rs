@@ -17,6 +17,8 @@ use crate::{
     probe::Prober,
     runtime::{Runtime, now_ms},
     state::{BalancerReport, Event, MemberStatus, PoolStatus, Settings, World},
+    forward::ForwardClient,
+    lease::{Elector, LeaderInfo, Role},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
 };
 
@@ -31,6 +33,10 @@ pub(crate) struct Shared {
     pub store: Store,
     pub prober: Prober,
     pub metrics: Metrics,
+    /// Who leads; only the leader acts (see `acting_epoch`).
+    pub elector: Elector,
+    /// Forwards a follower's mutating calls to the leader.
+    forward: ForwardClient,
     world: Mutex<World>,
     /// The version of the overrides last sent to the store (see `write_overrides`).
     overrides_sent: Mutex<u64>,
@@ -41,6 +47,29 @@ pub(crate) struct Shared {
     shutdown: common::CancellationToken,
     /// WS_MAX_SUBSCRIBERS places, one per connected WebSocket subscriber.
     subscriber_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Who leads, as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Leadership {
+    pub agent_id: String,
+    /// `leader` while this agent leads and may act, else `follower`.
+    pub role: &'static str,
+    /// The leader's epoch (0 without leader election).
+    pub epoch: u64,
+    /// Several agents elect a leader (AGENT_REPLICAS > 1).
+    pub election: bool,
+    pub leader: Option<LeaderInfo>,
+    /// The agents seen lately (each writes itself every LEADER_LEASE / 3).
+    pub agents: Vec<AgentEntry>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentEntry {
+    pub id: String,
+    pub http_url: String,
+    pub seen_ms: u64,
+    pub leader: bool,
 }
 
 /// Events buffered per live event subscriber before it lags and skips ahead.
@@ -59,15 +88,19 @@ impl Agent {
         config: Config,
         runtime: Runtime,
         store: Store,
+        elector: Elector,
         shutdown: common::CancellationToken,
     ) -> Self {
         let (queue, _) = watch::channel(Arc::new(QueueSnapshot::new(0, now_ms(), Vec::new())));
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let config_subscribers = config.ws_max_subscribers;
-        let world = World::new(Settings::from_config(&config));
+        let mut world = World::new(Settings::from_config(&config));
+        world.set_leading(elector.acting_epoch().is_some());
         Self {
             shared: Arc::new(Shared {
                 prober: Prober::new(config.probe_timeout),
+                elector,
+                forward: crate::forward::client(),
                 config,
                 runtime,
                 store,
@@ -267,7 +300,12 @@ impl Agent {
             message,
             replicas,
         } = event;
-        tracing::info!(kind = ?kind, container, replicas, "{message}");
+        let Some(epoch) = self.acting_epoch() else {
+            // The leader records what happens; a follower only notes it.
+            tracing::debug!(kind = ?kind, container, replicas, "following: {message}");
+            return;
+        };
+        tracing::info!(kind = ?kind, container, replicas, epoch, "{message}");
         self.shared
             .metrics
             .events
@@ -281,6 +319,7 @@ impl Agent {
             container,
             replicas,
             message,
+            epoch,
         };
         self.shared.store.record_event(event.clone());
         // An error only means nobody is subscribed.
@@ -304,10 +343,16 @@ impl Agent {
     /// Publishes the queue if it changed since the last push.
     pub fn publish(&self) {
         let now = Instant::now();
+        // A follower publishes the leader's snapshots (`relay`), not its own view.
+        let Some(epoch) = self.acting_epoch() else {
+            return;
+        };
         let Some((seq, items)) = self.world().next_publication(now) else {
             return;
         };
-        let snapshot = Arc::new(QueueSnapshot::new(seq, now_ms(), items));
+        let mut snapshot = QueueSnapshot::new(seq, now_ms(), items);
+        snapshot.epoch = epoch;
+        let snapshot = Arc::new(snapshot);
         let metrics = &self.shared.metrics;
         for category in [
             Category::Init,
@@ -334,6 +379,12 @@ impl Agent {
 
     pub fn metrics_text(&self) -> String {
         let metrics = &self.shared.metrics;
+        metrics.leader.set(i64::from(self.is_leading()));
+        let changes = self.shared.elector.leader_changes();
+        let counted = metrics.leader_changes.get();
+        if changes > counted {
+            metrics.leader_changes.inc_by(changes - counted);
+        }
         metrics.desired.set(self.bounds().desired_replicas as i64);
         metrics
             .subscribers
@@ -366,6 +417,93 @@ impl Agent {
     /// Cancelled when the agent shuts down.
     pub fn shutdown_token(&self) -> common::CancellationToken {
         self.shared.shutdown.clone()
+    }
+
+    /// This agent's id (AGENT_ID).
+    pub fn id(&self) -> &str {
+        self.shared.elector.agent_id()
+    }
+
+    /// The epoch this agent acts under, while it leads and may act (its lease renewed in
+    /// time); `None` on a follower. Every engine call and desired-state write checks it.
+    pub fn acting_epoch(&self) -> Option<u64> {
+        self.shared.elector.acting_epoch()
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.acting_epoch().is_some()
+    }
+
+    /// Whether this agent still acts under `epoch`.
+    pub fn acts_under(&self, epoch: u64) -> bool {
+        self.acting_epoch() == Some(epoch)
+    }
+
+    /// The leader, as this agent knows it (itself when it leads).
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.shared.elector.leader()
+    }
+
+    /// Changes of role.
+    pub fn roles(&self) -> watch::Receiver<Role> {
+        self.shared.elector.role()
+    }
+
+    /// The leader's queue WebSocket, while this agent follows a known leader.
+    pub fn leader_ws_url(&self) -> Option<String> {
+        if self.is_leading() {
+            return None;
+        }
+        self.leader()
+            .filter(|leader| leader.id != self.id())
+            .map(|leader| leader.ws_url)
+    }
+
+    pub(crate) fn forward_client(&self) -> &ForwardClient {
+        &self.shared.forward
+    }
+
+    /// A follower republishes the leader's snapshot, unless it is not newer than the last
+    /// one: `(epoch, seq)` only grows.
+    pub fn relay(&self, snapshot: QueueSnapshot) {
+        if self.is_leading() {
+            return;
+        }
+        let published = self.shared.queue.send_if_modified(|current| {
+            if (snapshot.epoch, snapshot.seq) > (current.epoch, current.seq) {
+                *current = Arc::new(snapshot);
+                true
+            } else {
+                false
+            }
+        });
+        if published {
+            self.shared.metrics.queue_pushes.inc();
+        }
+    }
+
+    /// Who leads, for `/status` and the dashboard.
+    pub fn leadership(&self) -> Leadership {
+        let elector = &self.shared.elector;
+        let leader = self.leader();
+        let agents = elector
+            .agents()
+            .into_iter()
+            .map(|agent| AgentEntry {
+                leader: leader.as_ref().is_some_and(|leader| leader.id == agent.id),
+                id: agent.id,
+                http_url: agent.http_url,
+                seen_ms: agent.seen_ms,
+            })
+            .collect();
+        Leadership {
+            agent_id: self.id().to_owned(),
+            role: if self.is_leading() { "leader" } else { "follower" },
+            epoch: leader.as_ref().map_or(0, |leader| leader.epoch),
+            election: !elector.is_solo(),
+            leader,
+            agents,
+        }
     }
 
     pub(crate) fn shared(&self) -> &Shared {

@@ -1,11 +1,12 @@
 //! The agent's gRPC API (`proto/agent.proto`): queue watch, status, scale, drain, and the
 //! balancers' load-report stream; plus the standard gRPC health service.
 
-use std::{collections::HashMap, pin::Pin};
+use std::{collections::HashMap, pin::Pin, time::Duration};
 
 use futures_util::{Stream, StreamExt};
 use proto::v1::{
     self as pb,
+    deployment_agent_client::DeploymentAgentClient,
     deployment_agent_server::{DeploymentAgent, DeploymentAgentServer},
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -31,6 +32,43 @@ impl AgentService {
         crate::auth::check(&self.agent.config().access(), given)
             .map_err(|refusal| Status::unauthenticated(refusal.message()))
     }
+
+    /// On a follower, a client of the leader for a mutating call (`None` on the leader).
+    async fn leader_client(
+        &self,
+    ) -> Result<Option<DeploymentAgentClient<tonic::transport::Channel>>, Status> {
+        if self.agent.is_leading() {
+            return Ok(None);
+        }
+        let leader = self
+            .agent
+            .leader()
+            .filter(|leader| leader.id != self.agent.id())
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "this agent is a follower and no leader is elected right now; try again in a moment",
+                )
+            })?;
+        let endpoint = tonic::transport::Endpoint::from_shared(leader.grpc_url.clone())
+            .map_err(|err| Status::unavailable(format!("the leader's address is invalid: {err}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10));
+        let channel = endpoint.connect().await.map_err(|err| {
+            Status::unavailable(format!("the leader ({}) cannot be reached: {err}", leader.id))
+        })?;
+        Ok(Some(DeploymentAgentClient::new(channel)))
+    }
+}
+
+/// The same call for the leader, with the caller's token.
+fn forwarded<T>(metadata: &tonic::metadata::MetadataMap, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = metadata.get("authorization") {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
+    request
 }
 
 pub fn category(category: common::queue::Category) -> pb::Category {
@@ -105,6 +143,10 @@ impl DeploymentAgent for AgentService {
         request: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleResponse>, Status> {
         self.authorize(&request)?;
+        if let Some(mut leader) = self.leader_client().await? {
+            let (metadata, _, message) = request.into_parts();
+            return leader.scale(forwarded(&metadata, message)).await;
+        }
         let replicas = request.into_inner().replicas as usize;
         self.agent
             .check_limit("replicas", Some(replicas))
@@ -120,6 +162,10 @@ impl DeploymentAgent for AgentService {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         self.authorize(&request)?;
+        if let Some(mut leader) = self.leader_client().await? {
+            let (metadata, _, message) = request.into_parts();
+            return leader.drain(forwarded(&metadata, message)).await;
+        }
         let key = request.into_inner().container_id;
         match self.agent.drain(&key) {
             Some(_) => Ok(Response::new(pb::DrainResponse { draining: true })),

@@ -166,6 +166,9 @@ async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Resp
             "changes need `Content-Type: application/json`",
         );
     }
+    if !guard.agent.is_leading() {
+        return crate::forward::to_leader(&guard.agent, request).await;
+    }
     next.run(request).await
 }
 
@@ -237,6 +240,7 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
         "bounds": agent.bounds(),
         "warm_standby": standby,
         "pool": agent.pool_status(),
+        "leadership": agent.leadership(),
     }))
 }
 

@@ -13,10 +13,12 @@ mod agent;
 mod auth;
 mod controller;
 mod dashboard;
+mod forward;
 mod grpc;
 mod http;
 mod metrics;
 mod probe;
+mod relay;
 mod runtime;
 mod state;
 mod ws;
@@ -76,13 +78,33 @@ pub async fn run(
     };
     let store = store::Store::open(store::StoreConfig {
         redis_url: config.redis(),
-        prefix: format!("rustybalancer:{}", config.app),
+        prefix: config.key_prefix(),
         metrics_history: config.metrics_history,
         max_events: config.max_events,
     })
     .await;
     let grace = config.shutdown_grace;
-    let agent = Agent::new(config, runtime, store, shutdown.clone());
+    let port = |listener: &TcpListener| listener.local_addr().map_or(0, |addr| addr.port());
+    let urls = config
+        .advertised_urls(
+            port(&listeners.http),
+            port(&listeners.ws),
+            port(&listeners.grpc),
+        )
+        .await;
+    let elector = match config.lease_config(urls.clone()) {
+        Some(lease) => lease::Elector::start(lease, shutdown.clone()),
+        None => lease::Elector::solo(config.resolved_agent_id(), urls),
+    };
+    store.set_fence(elector.fence());
+    if !elector.is_solo() {
+        // An agent alone in the election leads from its first round.
+        let mut roles = elector.role();
+        let first_round = config.leader_lease / 2;
+        let _ = tokio::time::timeout(first_round, roles.wait_for(lease::Role::is_leader)).await;
+        store.set_fence(elector.fence());
+    }
+    let agent = Agent::new(config, runtime, store, elector, shutdown.clone());
     tracing::info!(
         http = ?listeners.http.local_addr().ok(),
         ws = ?listeners.ws.local_addr().ok(),
@@ -95,6 +117,7 @@ pub async fn run(
     auth::log_access(&agent.config().access());
 
     let controller = tokio::spawn(controller::run(agent.clone(), shutdown.clone()));
+    let relay = tokio::spawn(relay::run(agent.clone(), shutdown.clone()));
     let options = ServeOptions {
         grace,
         ..ServeOptions::default()
@@ -136,7 +159,9 @@ pub async fn run(
             }
         }
     };
-    let (_, _, grpc, controller) = tokio::join!(http, ws, grpc, controller);
+    let (_, _, grpc, controller, _) = tokio::join!(http, ws, grpc, controller, relay);
+    // The lease is released on shutdown, so that a follower leads at once.
+    agent.shared().elector.stopped().await;
     grpc.map_err(RunError::Grpc)?;
     controller.map_err(RunError::Controller)?;
     Ok(())

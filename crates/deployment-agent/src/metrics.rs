@@ -26,6 +26,10 @@ pub struct Metrics {
     pub queue_pushes: Counter,
     pub queued_demand: Gauge,
     pub redis_connected: Gauge,
+    /// 1 while this agent leads.
+    pub leader: Gauge,
+    /// Leader changes this agent has seen.
+    pub leader_changes: Counter,
 }
 
 impl Metrics {
@@ -38,6 +42,8 @@ impl Metrics {
         let queue_pushes = Counter::default();
         let queued_demand = Gauge::default();
         let redis_connected = Gauge::default();
+        let leader = Gauge::default();
+        let leader_changes = Counter::default();
         registry.register(
             "containers",
             "Managed containers by category",
@@ -73,6 +79,12 @@ impl Metrics {
             "1 when the Redis store answers",
             redis_connected.clone(),
         );
+        registry.register("leader", "1 while this agent leads", leader.clone());
+        registry.register(
+            "leader_changes",
+            "Leader changes this agent has seen (elections it won or saw another win)",
+            leader_changes.clone(),
+        );
         Self {
             registry,
             containers,
@@ -82,6 +94,8 @@ impl Metrics {
             queue_pushes,
             queued_demand,
             redis_connected,
+            leader,
+            leader_changes,
         }
     }
 

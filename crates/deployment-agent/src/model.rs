@@ -38,6 +38,9 @@ pub struct ScalingEvent {
     /// Replicas after the event.
     pub replicas: usize,
     pub message: String,
+    /// The epoch of the leader that recorded it (0 without leader election).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,8 @@ pub struct Instance {
 pub struct LaunchSpec {
     pub name: String,
     pub core_id: Option<u32>,
+    /// The epoch of the leader that launches it (a label on the container).
+    pub epoch: u64,
 }
 
 /// Something happened to an instance that the agent did not ask for.

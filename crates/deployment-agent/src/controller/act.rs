@@ -2,6 +2,11 @@
 //! place and one order: observers, store writes, events, engine calls, then one publish and
 //! one wake. Engine calls run in their own tasks; when one ends, its outcome is again a
 //! transition of the world, executed here.
+//!
+//! Leadership is one gate, here: only an agent that acts under an epoch (it leads and renewed
+//! its lease in time) writes the desired state, records events and calls the engine; each
+//! engine call carries that epoch and is made only if the agent still acts under it when the
+//! call is due. A follower runs its observers and keeps its world, nothing else.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,18 @@ pub(crate) fn execute(agent: &Agent, effects: Effects) {
     for id in &observe {
         observe::start(agent, id);
     }
+    let Some(epoch) = agent.acting_epoch() else {
+        if !actions.is_empty() {
+            tracing::debug!(
+                actions = actions.len(),
+                "following: the leader acts, not this agent"
+            );
+        }
+        if publish {
+            agent.publish();
+        }
+        return;
+    };
     let store = agent.store();
     for record in persist {
         store.upsert_container(record);
@@ -55,7 +72,7 @@ pub(crate) fn execute(agent: &Agent, effects: Effects) {
         agent.record(event);
     }
     for action in actions {
-        perform(agent, action);
+        perform(agent, action, epoch);
     }
     if publish {
         agent.publish();
@@ -65,16 +82,25 @@ pub(crate) fn execute(agent: &Agent, effects: Effects) {
     }
 }
 
-fn perform(agent: &Agent, action: Action) {
+/// True when `agent` still acts under `epoch`; else says which call it does not make.
+pub(super) fn may_act(agent: &Agent, epoch: u64, call: &str, target: &str) -> bool {
+    let acting = agent.acts_under(epoch);
+    if !acting {
+        tracing::warn!(epoch, %call, %target, "no longer the leader under this epoch: not calling the engine");
+    }
+    acting
+}
+
+fn perform(agent: &Agent, action: Action, epoch: u64) {
     let agent = agent.clone();
     match action {
         Action::Launch(spec) => {
-            tokio::spawn(launch(agent, spec));
+            tokio::spawn(launch(agent, spec, epoch));
         }
         Action::Stop { id, done } => {
-            tokio::spawn(stop(agent, id, done));
+            tokio::spawn(stop(agent, id, done, epoch));
         }
-        Action::Remove { id, grace, thaw } => remove(&agent, id, grace, thaw),
+        Action::Remove { id, grace, thaw } => remove(&agent, id, grace, thaw, epoch),
         Action::CrashReport {
             id,
             crash,
@@ -82,16 +108,21 @@ fn perform(agent: &Agent, action: Action) {
             wait,
             crashes,
         } => {
-            tokio::spawn(crash_report(agent, id, crash, member, wait, crashes));
+            tokio::spawn(crash_report(
+                agent, id, crash, member, wait, crashes, epoch,
+            ));
         }
         Action::Prepare(spec) => {
-            tokio::spawn(warm::prepare(agent, spec));
+            tokio::spawn(warm::prepare(agent, spec, epoch));
         }
     }
 }
 
 /// Launches a worker: thaws a warm standby if there is one, else creates one.
-async fn launch(agent: Agent, spec: LaunchSpec) {
+async fn launch(agent: Agent, spec: LaunchSpec, epoch: u64) {
+    if !may_act(&agent, epoch, "launch", &spec.name) {
+        return; // its reservation goes with the next sync as a follower
+    }
     let started = Instant::now();
     let standby = agent.world().take_standby(&spec.name);
     let runtime = agent.shared().runtime.clone();
@@ -113,11 +144,17 @@ async fn launch(agent: Agent, spec: LaunchSpec) {
                 agent
                     .world()
                     .rename(Slot::Launching, &instance.name, &spec.name);
-                remove(&agent, instance.id, Duration::from_secs(1), true);
-                (launch_named(&agent, Slot::Launching, spec).await, false)
+                remove(&agent, instance.id, Duration::from_secs(1), true, epoch);
+                (
+                    launch_named(&agent, Slot::Launching, spec, epoch).await,
+                    false,
+                )
             }
         },
-        None => (launch_named(&agent, Slot::Launching, spec).await, false),
+        None => (
+            launch_named(&agent, Slot::Launching, spec, epoch).await,
+            false,
+        ),
     };
     let Named {
         result,
@@ -150,10 +187,25 @@ pub(super) struct Named {
 /// Launches `spec`. When the engine already holds a container of that name (one the last
 /// listing did not show), the name is recorded as taken and the launch retried with the next
 /// free one, its reservation renamed.
-pub(super) async fn launch_named(agent: &Agent, slot: Slot, mut spec: LaunchSpec) -> Named {
+pub(super) async fn launch_named(
+    agent: &Agent,
+    slot: Slot,
+    mut spec: LaunchSpec,
+    epoch: u64,
+) -> Named {
     let runtime = agent.shared().runtime.clone();
     let mut taken_names = Vec::new();
     loop {
+        if !may_act(agent, epoch, "create", &spec.name) {
+            return Named {
+                result: Err(RuntimeError::Other(format!(
+                    "not created: this agent no longer leads under epoch {epoch}"
+                ))),
+                name: spec.name,
+                taken: taken_names,
+            };
+        }
+        spec.epoch = epoch;
         match runtime.launch(&spec).await {
             Err(RuntimeError::NameTaken(taken)) if taken_names.len() < NAME_RETRIES => {
                 let next = agent.world().name_taken(slot, &spec.name, &taken);
@@ -173,7 +225,10 @@ pub(super) async fn launch_named(agent: &Agent, slot: Slot, mut spec: LaunchSpec
 }
 
 /// Stops and removes a member already marked `Stopping`; `done` is the event's message.
-async fn stop(agent: Agent, id: String, done: &'static str) {
+async fn stop(agent: Agent, id: String, done: &'static str, epoch: u64) {
+    if !may_act(&agent, epoch, "stop", &id) {
+        return;
+    }
     let grace = agent.config().stop_grace;
     if let Err(err) = agent.shared().runtime.stop(&id, grace).await {
         tracing::warn!(cause = %err, container = %id, "stop failed; reconcile will retry");
@@ -184,9 +239,13 @@ async fn stop(agent: Agent, id: String, done: &'static str) {
 
 /// Removes a container that is no member (thawing it first when `thaw`); reconcile retries
 /// what fails.
-pub(super) fn remove(agent: &Agent, id: String, grace: Duration, thaw: bool) {
+pub(super) fn remove(agent: &Agent, id: String, grace: Duration, thaw: bool, epoch: u64) {
     let runtime = agent.shared().runtime.clone();
+    let agent = agent.clone();
     tokio::spawn(async move {
+        if !may_act(&agent, epoch, "remove", &id) {
+            return;
+        }
         if thaw {
             let _ = runtime.resume(&id).await;
         }
@@ -205,6 +264,7 @@ async fn crash_report(
     member: bool,
     wait: Duration,
     crashes: u32,
+    epoch: u64,
 ) {
     let runtime = agent.shared().runtime.clone();
     if crash.code.is_none() {
@@ -235,7 +295,13 @@ async fn crash_report(
         ),
     );
     if member {
-        tokio::spawn(stop(agent.clone(), id, "stopped: it crashed during start"));
+        tokio::spawn(stop(
+            agent.clone(),
+            id,
+            "stopped: it crashed during start",
+            epoch,
+        ));
+    } else if !may_act(&agent, epoch, "remove", &id) {
     } else if let Err(err) = runtime.stop(&id, Duration::from_secs(1)).await {
         tracing::warn!(cause = %err, container = %id, "cannot remove a crashed worker; reconcile will retry");
     }

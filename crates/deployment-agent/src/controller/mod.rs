@@ -28,13 +28,19 @@ use common::CancellationToken;
 
 pub(crate) use act::execute;
 
-use crate::agent::Agent;
+use crate::{
+    agent::Agent,
+    lease::Role,
+    store::{DesiredState, EventKind},
+};
 
 /// How often the engine is listed to catch anything the event stream missed.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(agent: Agent, shutdown: CancellationToken) {
+    let mut roles = agent.roles();
+    roles.borrow_and_update();
     start(&agent).await;
     let events = tokio::spawn(observe::watch_engine(agent.clone()));
     let period = agent.config().scale_check_period;
@@ -45,9 +51,26 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = tick.tick() => step(&agent),
-            () = agent.shared().wake.notified() => step(&agent),
+            _ = tick.tick() => {
+                if agent.is_leading() {
+                    step(&agent);
+                } else {
+                    follow(&agent).await;
+                }
+            }
+            () = agent.shared().wake.notified() => {
+                if agent.is_leading() {
+                    step(&agent);
+                }
+            }
             _ = reconcile_tick.tick() => reconcile::reconcile(&agent).await,
+            changed = roles.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let role = roles.borrow_and_update().clone();
+                role_changed(&agent, role).await;
+            }
         }
     }
     events.abort();
@@ -55,7 +78,7 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
     for observer in observers {
         observer.abort();
     }
-    if agent.config().stop_workers_on_exit {
+    if agent.config().stop_workers_on_exit && agent.is_leading() {
         stop_all(&agent).await;
     }
     agent.store().flush(Duration::from_secs(2)).await;
@@ -73,6 +96,13 @@ async fn start(agent: &Agent) {
         .map(|record| record.id.clone())
         .collect();
     reconcile::reconcile(agent).await;
+    if !agent.is_leading() {
+        agent.world().set_leading(false);
+        follow(agent).await;
+        let leader = agent.leader().map(|leader| leader.id);
+        tracing::info!(agent = agent.id(), ?leader, "agent started as a follower");
+        return;
+    }
     let effects = agent.world().resume(
         &sundown,
         agent.config().start_count(),
@@ -80,6 +110,59 @@ async fn start(agent: &Agent) {
         Instant::now(),
     );
     execute(agent, effects);
+    if let Some(epoch) = agent.acting_epoch().filter(|_| !agent.shared().elector.is_solo()) {
+        agent.event(
+            EventKind::LeaderElected,
+            None,
+            format!("{} leads with epoch {epoch} from its start", agent.id()),
+        );
+    }
+}
+
+/// A follower's tick: the engine listed, the leader's registry and bounds taken in.
+async fn follow(agent: &Agent) {
+    reconcile::reconcile(agent).await;
+    if let Some(desired) = agent.store().read_shared().await {
+        agent.store().mirror(&desired);
+        agent
+            .world()
+            .follow(&desired.containers, desired.overrides, Instant::now());
+    }
+}
+
+/// The elector changed this agent's role. Writes are fenced with the new epoch (or refused
+/// when following); a new leader takes the world over from the registry and acts.
+async fn role_changed(agent: &Agent, role: Role) {
+    agent.store().set_fence(agent.shared().elector.fence());
+    match role {
+        Role::Leader { epoch, .. } => {
+            tracing::info!(agent = agent.id(), epoch, "leading");
+            reconcile::reconcile(agent).await;
+            let desired = agent.store().read_shared().await.unwrap_or_else(|| DesiredState {
+                containers: agent.store().containers(),
+                overrides: agent.store().overrides(),
+            });
+            agent.store().mirror(&desired);
+            let message = format!(
+                "{} leads with epoch {epoch}; {} container(s) taken over",
+                agent.id(),
+                desired.containers.len()
+            );
+            let effects = agent.world().take_over(
+                &desired.containers,
+                desired.overrides,
+                agent.config().start_count(),
+                message,
+                Instant::now(),
+            );
+            execute(agent, effects);
+        }
+        Role::Follower { leader } => {
+            agent.world().set_leading(false);
+            let leader = leader.map(|leader| leader.id);
+            tracing::info!(agent = agent.id(), ?leader, "following");
+        }
+    }
 }
 
 /// One decision and its effects, under one lock.
@@ -87,6 +170,9 @@ fn step(agent: &Agent) {
     let now = Instant::now();
     let effects = {
         let mut world = agent.world();
+        if !world.leads() {
+            return; // leadership just came: the takeover runs first
+        }
         // The bounds the decision uses, the decision and the changes it makes cannot
         // interleave with `set_bounds` or `request_replicas`.
         let scaling = agent.scaling_with(world.overrides());

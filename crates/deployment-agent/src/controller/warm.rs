@@ -11,35 +11,42 @@ use crate::{
 };
 
 use super::{
-    act::{Named, launch_named, remove},
+    act::{Named, launch_named, may_act, remove},
     observe::{STARTING_PROBE, check},
 };
 
 /// Creates a standby, waits until it answers its probe, then pauses it; the world learns the
 /// outcome under the name the standby got.
-pub(super) async fn prepare(agent: Agent, spec: LaunchSpec) {
-    let Named { result, name, .. } = launch_named(&agent, Slot::Preparing, spec).await;
+pub(super) async fn prepare(agent: Agent, spec: LaunchSpec, epoch: u64) {
+    let Named { result, name, .. } = launch_named(&agent, Slot::Preparing, spec, epoch).await;
     let outcome = match result {
-        Ok(instance) => ready_and_pause(&agent, instance).await,
+        Ok(instance) => ready_and_pause(&agent, instance, epoch).await,
         Err(err) => Err(err.to_string()),
     };
     agent.world().standby_prepared(&name, outcome);
 }
 
-async fn ready_and_pause(agent: &Agent, instance: Instance) -> Result<Instance, String> {
+async fn ready_and_pause(
+    agent: &Agent,
+    instance: Instance,
+    epoch: u64,
+) -> Result<Instance, String> {
     let runtime = agent.shared().runtime.clone();
     let spec = ProbeSpec::from_config(agent.config());
     let timeout = agent.config().startup_timeout;
     let deadline = Instant::now() + timeout;
     while let Err(failure) = check(agent, &spec, &instance.id, &instance.address).await {
         if Instant::now() > deadline {
-            remove(agent, instance.id, Duration::from_secs(1), true);
+            remove(agent, instance.id, Duration::from_secs(1), true, epoch);
             return Err(format!("not ready within {timeout:?}: {}", failure.message));
         }
         tokio::time::sleep(STARTING_PROBE).await;
     }
+    if !may_act(agent, epoch, "pause", &instance.name) {
+        return Err("not paused: this agent no longer leads".into());
+    }
     if let Err(err) = runtime.pause(&instance.id).await {
-        remove(agent, instance.id, Duration::from_secs(1), true);
+        remove(agent, instance.id, Duration::from_secs(1), true, epoch);
         return Err(format!("cannot pause it: {err}"));
     }
     Ok(Instance {

@@ -23,6 +23,8 @@ use crate::{
 };
 
 const CORE_LABEL: &str = "rustybalancer.core";
+/// The leader's epoch under which the container was created.
+const EPOCH_LABEL: &str = "rustybalancer.epoch";
 
 /// The Docker engine; `Docker` is already a cheap, cloneable handle.
 #[derive(Clone)]
@@ -158,6 +160,7 @@ impl DockerRuntime {
             ("application".to_owned(), s.app.clone()),
             ("managed-by".to_owned(), s.agent_name.clone()),
         ]);
+        labels.insert(EPOCH_LABEL.to_owned(), spec.epoch.to_string());
         if let Some(core) = spec.core_id {
             labels.insert(CORE_LABEL.to_owned(), core.to_string());
         }

@@ -244,6 +244,7 @@ impl World {
             let spec = LaunchSpec {
                 name: self.next_name(&self.settings.app),
                 core_id,
+                epoch: 0,
             };
             self.launching.push(Launch {
                 spec: spec.clone(),
@@ -1005,13 +1006,15 @@ impl World {
     pub fn plan_standbys(&mut self, now: Instant) -> Effects {
         let mut effects = Effects::default();
         let target = self.settings.warm_pool;
-        if target == 0 || self.launches_blocked(now) || !self.launching.is_empty() {
+        if target == 0 || !self.leading || self.launches_blocked(now) || !self.launching.is_empty()
+        {
             return effects;
         }
         for _ in self.standby.len() + self.preparing.len()..target {
             let spec = LaunchSpec {
                 name: self.next_name(&self.settings.app),
                 core_id: None,
+                epoch: 0,
             };
             self.preparing.push(spec.clone());
             effects.actions.push(Action::Prepare(spec));
@@ -1029,6 +1032,73 @@ impl World {
             }
             Err(err) => tracing::warn!(cause = %err, %name, "could not prepare a warm standby"),
         }
+    }
+
+    /// Whether this agent leads: a follower prepares no standby and reserves no launch.
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
+    }
+
+    /// A follower's sync with the leader's registry and overrides: the leader's SUNDOWN marks
+    /// and bounds, so that its read API shows what the leader decided, and a takeover starts
+    /// from it. A follower launches nothing: no launch or standby is reserved.
+    pub fn follow(&mut self, registry: &[ContainerRecord], overrides: ConfigOverrides, now: Instant) {
+        self.overrides = overrides;
+        self.launching.clear();
+        self.preparing.clear();
+        self.requested = None;
+        let now_ms = now_ms();
+        for record in registry {
+            let Some(member) = self.members.get_mut(&record.id) else {
+                continue; // not seen on the engine yet: the next reconcile adopts it
+            };
+            match (record.category, member.phase) {
+                (common::queue::Category::Sundown, phase) if phase != Phase::Stopping => {
+                    let since_ms = record.sundown_since_ms.unwrap_or(now_ms);
+                    let age = Duration::from_millis(now_ms.saturating_sub(since_ms));
+                    member.sundown(now.checked_sub(age).unwrap_or(now), since_ms);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// This agent now leads with `epoch`: the leader's registry and overrides are taken over,
+    /// every member is persisted as this agent sees it, members it gave up while following
+    /// are stopped, and the pool's target is the persisted count.
+    pub fn take_over(
+        &mut self,
+        registry: &[ContainerRecord],
+        overrides: ConfigOverrides,
+        start: usize,
+        message: String,
+        now: Instant,
+    ) -> Effects {
+        self.follow(registry, overrides, now);
+        self.leading = true;
+        // Publish this agent's own view at once, under its epoch.
+        self.published.clear();
+        let start = self.overrides.default_containers.unwrap_or(start);
+        self.requested = Some(start.max(self.active_count()));
+        let mut effects = Effects {
+            publish: true,
+            wake: true,
+            ..Effects::default()
+        };
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in &ids {
+            if self.members[id].phase == Phase::Stopping {
+                effects.actions.push(Action::Stop {
+                    id: id.clone(),
+                    done: "stopped by the new leader: it was given up while this agent followed",
+                });
+            } else {
+                self.persist(&mut effects, id);
+            }
+        }
+        self.note(&mut effects, now, EventKind::LeaderElected, None, message);
+        effects.merge(self.plan_standbys(now));
+        effects
     }
 
     /// Every warm standby, taken out of the world (on shutdown).

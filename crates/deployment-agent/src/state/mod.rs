@@ -195,6 +195,8 @@ pub struct World {
     /// The items last published, to publish only on change.
     published: Vec<QueueItem>,
     seq: u64,
+    /// This agent leads (always, without leader election).
+    leading: bool,
 }
 
 /// Exits of unknown instances remembered for launches still returning.
@@ -470,7 +472,13 @@ impl World {
             taken_names: BTreeSet::new(),
             published: Vec::new(),
             seq: 0,
+            leading: true,
         }
+    }
+
+    /// This agent leads: a decision may be taken on this world (`set_leading`).
+    pub fn leads(&self) -> bool {
+        self.leading
     }
 
     pub fn overrides(&self) -> &ConfigOverrides {

@@ -100,6 +100,7 @@ fn new_names_skip_every_name_in_use_or_taken_on_the_engine() {
         spec: LaunchSpec {
             name: "app-worker-2".into(),
             core_id: None,
+            epoch: 0,
         },
         cancelled: false,
     });
@@ -216,6 +217,7 @@ fn a_cancelled_launch_is_no_longer_counted_nor_seen_by_the_scaler() {
             spec: LaunchSpec {
                 name: name.into(),
                 core_id: None,
+                epoch: 0,
             },
             cancelled: false,
         });

@@ -64,6 +64,7 @@ fn event(at_ms: u64, kind: EventKind) -> ScalingEvent {
         container: Some(format!("c{at_ms}")),
         replicas: 2,
         message: format!("event {at_ms}"),
+        epoch: 0,
     }
 }
 
