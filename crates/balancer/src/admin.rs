@@ -91,6 +91,8 @@ async fn backends(State(state): State<AdminState>) -> Json<Value> {
             SourceKind::Agent => "agent",
         },
         "agent_connected": shared.metrics.agent_connected.load(Relaxed) == 1,
+        "agent_url": shared.metrics.agent_url.load().as_deref(),
+        "epoch": table.epoch,
         "seq": table.seq,
         "policy": shared.picker.policy().as_str(),
         "queued_without_backend": shared.admission.waiting(),

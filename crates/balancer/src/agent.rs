@@ -1,7 +1,8 @@
-//! The deployment agent, both ways: its queue comes in over WebSocket (a full snapshot on
-//! connect, then one per change), load reports go out over gRPC every ~500 ms. Both reconnect
-//! with capped exponential backoff and jitter; while the agent is away the last known queue
-//! keeps routing and reports are simply not sent.
+//! The deployment agents, both ways: the queue comes in over WebSocket from whichever agent
+//! is reachable (a full snapshot on connect, then one per change; never an older one than
+//! applied, by `(epoch, seq)`), load reports go out over gRPC every ~500 ms to every agent.
+//! Both reconnect with capped exponential backoff and jitter; while no agent is reachable the
+//! last known queue keeps routing and reports are simply not sent.
 
 use std::{
     collections::HashMap,
@@ -13,6 +14,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use common::{CancellationToken, queue::QueueSnapshot};
 use futures_util::StreamExt;
 use proto::{BackendLoad, LoadReport, deployment_agent_client::DeploymentAgentClient};
+use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{admission::Admission, backend::Backends, metrics::Metrics};
@@ -30,58 +32,130 @@ fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
 /// Settings of the queue subscription.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    pub url: String,
+    /// The agents' queue WebSockets, tried in this order (never empty).
+    pub urls: Vec<String>,
     pub target_port: u16,
     pub reconnect_max: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
 }
 
-/// Follows the agent's queue until `shutdown`.
+/// What to do with a queue snapshot, by its `(epoch, seq)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Apply,
+    /// Not newer than the one this connection applied last: skipped, the connection stays.
+    Ignore,
+    /// The first of a connection, from an epoch older than the one applied: this agent is
+    /// behind (a deposed leader, or one cut off from the others), so the balancer leaves it.
+    Refuse,
+}
+
+/// The never-go-backwards rule. Within a connection a snapshot is applied only when its
+/// `(epoch, seq)` is greater than the last one applied; the first snapshot of a new connection
+/// (`seq` may restart there) only when its epoch is at least the last applied epoch.
+#[derive(Debug, Default)]
+struct Order {
+    /// Epoch of the last applied snapshot, on any connection.
+    epoch: Option<u64>,
+}
+
+impl Order {
+    /// `connection`: the position this connection applied last, `None` before its first.
+    fn judge(&self, position: (u64, u64), connection: Option<(u64, u64)>) -> Verdict {
+        match connection {
+            Some(last) if position <= last => Verdict::Ignore,
+            Some(_) => Verdict::Apply,
+            None if self.epoch.is_some_and(|epoch| position.0 < epoch) => Verdict::Refuse,
+            None => Verdict::Apply,
+        }
+    }
+
+    fn applied(&mut self, position: (u64, u64)) {
+        self.epoch = Some(position.0);
+    }
+}
+
+/// Why a connection to an agent's queue ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Closed, broken or silent; or the balancer is shutting down.
+    Lost,
+    /// Its first snapshot was from an older epoch than the one applied.
+    Refused,
+}
+
+/// Follows the queue of whichever agent is reachable until `shutdown`: the URLs in turn,
+/// from the last one followed, the next one after every failure, refusal or lost connection,
+/// with backoff between attempts.
 pub async fn subscribe(
     settings: Subscription,
     backends: Backends,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let urls = &settings.urls;
+    if urls.is_empty() {
+        tracing::error!("no agent WebSocket URL; the queue is not followed");
+        return;
+    }
     let mut delays = backoff(settings.reconnect_max);
-    let mut failures = 0u32;
+    let mut failures = vec![0u32; urls.len()];
+    let mut order = Order::default();
+    let mut followed: Option<usize> = None;
+    let mut index = 0;
     loop {
-        let connect = tokio_tungstenite::connect_async(settings.url.as_str());
+        let url = urls[index].as_str();
+        let connect = tokio_tungstenite::connect_async(url);
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
             result = tokio::time::timeout(settings.connect_timeout, connect) => result,
         };
         match connected {
             Ok(Ok((stream, _response))) => {
-                tracing::info!(url = %settings.url, "connected to the agent's queue");
-                metrics.agent_connected.store(1, Relaxed);
-                failures = 0;
+                tracing::debug!(%url, "connected to an agent's queue");
+                failures[index] = 0;
                 let started = Instant::now();
-                follow(stream, &settings, &backends, &metrics, &shutdown).await;
+                let connection = Connection {
+                    url,
+                    switched: followed.is_some_and(|previous| previous != index),
+                    settings: &settings,
+                    backends: &backends,
+                    metrics: &metrics,
+                    shutdown: &shutdown,
+                };
+                let (ended, applied) = connection.follow(stream, &mut order).await;
                 metrics.agent_connected.store(0, Relaxed);
+                metrics.agent_url.store(None);
+                if applied {
+                    followed = Some(index);
+                }
                 if shutdown.is_cancelled() {
                     return;
                 }
-                let table = backends.load();
-                tracing::warn!(
-                    url = %settings.url,
-                    kept_backends = table.entries.len(),
-                    "lost the agent's queue; routing on the last known backends"
-                );
-                if started.elapsed() > Duration::from_secs(10) {
+                if ended == Ended::Lost && applied {
+                    let table = backends.load();
+                    tracing::warn!(
+                        %url,
+                        kept_backends = table.entries.len(),
+                        next = %urls[(index + 1) % urls.len()],
+                        "lost the agent's queue; routing on the last known backends"
+                    );
+                }
+                if applied && started.elapsed() > Duration::from_secs(10) {
                     delays = backoff(settings.reconnect_max);
                 }
             }
             Ok(Err(err)) => {
-                failures += 1;
-                log_failure(failures, &settings.url, &err.to_string());
+                failures[index] += 1;
+                log_failure(failures[index], url, &err.to_string());
             }
             Err(_) => {
-                failures += 1;
-                log_failure(failures, &settings.url, "connect timed out");
+                failures[index] += 1;
+                log_failure(failures[index], url, "connect timed out");
             }
         }
+        index = (index + 1) % urls.len();
         let delay = delays.next().unwrap_or(settings.reconnect_max);
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -99,78 +173,124 @@ fn log_failure(failures: u32, url: &str, cause: &str) {
     }
 }
 
-async fn follow<S>(
-    mut stream: tokio_tungstenite::WebSocketStream<S>,
-    settings: &Subscription,
-    backends: &Backends,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut last_seq: Option<u64> = None;
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = stream.close(None).await;
-                return;
+/// One connection to one agent's queue.
+struct Connection<'a> {
+    url: &'a str,
+    /// Another agent's queue was followed before this one.
+    switched: bool,
+    settings: &'a Subscription,
+    backends: &'a Backends,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Connection<'_> {
+    /// Applies the agent's snapshots until the connection ends; returns why, and whether
+    /// any snapshot was applied.
+    async fn follow<S>(
+        &self,
+        mut stream: tokio_tungstenite::WebSocketStream<S>,
+        order: &mut Order,
+    ) -> (Ended, bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (url, settings, metrics) = (self.url, self.settings, self.metrics);
+        let mut last: Option<(u64, u64)> = None;
+        let ended = loop {
+            let message = tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    let _ = stream.close(None).await;
+                    break Ended::Lost;
+                }
+                message = tokio::time::timeout(settings.idle_timeout, stream.next()) => message,
+            };
+            let message = match message {
+                Err(_) => {
+                    tracing::warn!(%url, idle = ?settings.idle_timeout, "the agent's queue went silent; reconnecting");
+                    break Ended::Lost;
+                }
+                Ok(None) => break Ended::Lost,
+                Ok(Some(Err(err))) => {
+                    tracing::debug!(%url, cause = %err, "agent WebSocket error");
+                    break Ended::Lost;
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            let text = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes.as_ref(),
+                Message::Close(_) => break Ended::Lost,
+                // Pings are answered by tungstenite on the next read.
+                _ => continue,
+            };
+            let snapshot: QueueSnapshot = match serde_json::from_slice(text) {
+                Ok(snapshot) => snapshot,
+                Err(err) => {
+                    tracing::warn!(%url, cause = %err, "ignoring a queue message that is not a snapshot");
+                    continue;
+                }
+            };
+            if snapshot.version != common::queue::SCHEMA_VERSION {
+                tracing::warn!(
+                    %url,
+                    version = snapshot.version,
+                    expected = common::queue::SCHEMA_VERSION,
+                    "queue snapshot of another schema version; using it anyway"
+                );
             }
-            message = tokio::time::timeout(settings.idle_timeout, stream.next()) => message,
-        };
-        let message = match message {
-            Err(_) => {
-                tracing::warn!(idle = ?settings.idle_timeout, "the agent's queue went silent; reconnecting");
-                return;
+            let position = snapshot.position();
+            match order.judge(position, last) {
+                Verdict::Apply => {}
+                Verdict::Ignore => {
+                    metrics.agent_stale_snapshots.fetch_add(1, Relaxed);
+                    tracing::debug!(%url, epoch = position.0, seq = position.1, "stale queue snapshot dropped");
+                    continue;
+                }
+                Verdict::Refuse => {
+                    metrics.agent_stale_snapshots.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        %url,
+                        epoch = position.0,
+                        seq = position.1,
+                        applied_epoch = order.epoch,
+                        "this agent's queue is older than the one applied; trying the next agent"
+                    );
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.close(None)).await;
+                    break Ended::Refused;
+                }
             }
-            Ok(None) => return,
-            Ok(Some(Err(err))) => {
-                tracing::debug!(cause = %err, "agent WebSocket error");
-                return;
+            if last.is_none() {
+                metrics.agent_connected.store(1, Relaxed);
+                metrics.agent_url.store(Some(Arc::new(url.to_owned())));
+                if self.switched {
+                    metrics.agent_url_switches.fetch_add(1, Relaxed);
+                }
+                tracing::info!(%url, epoch = position.0, seq = position.1, "following the agent's queue");
             }
-            Ok(Some(Ok(message))) => message,
-        };
-        let text = match &message {
-            Message::Text(text) => text.as_bytes(),
-            Message::Binary(bytes) => bytes.as_ref(),
-            Message::Close(_) => return,
-            // Pings are answered by tungstenite on the next read.
-            _ => continue,
-        };
-        let snapshot: QueueSnapshot = match serde_json::from_slice(text) {
-            Ok(snapshot) => snapshot,
-            Err(err) => {
-                tracing::warn!(cause = %err, "ignoring a queue message that is not a snapshot");
-                continue;
-            }
-        };
-        if snapshot.version != common::queue::SCHEMA_VERSION {
-            tracing::warn!(
-                version = snapshot.version,
-                expected = common::queue::SCHEMA_VERSION,
-                "queue snapshot of another schema version; using it anyway"
+            last = Some(position);
+            order.applied(position);
+            metrics.agent_snapshots.fetch_add(1, Relaxed);
+            self.backends
+                .apply_snapshot(&snapshot, settings.target_port);
+            let table = self.backends.load();
+            tracing::debug!(
+                epoch = position.0,
+                seq = position.1,
+                items = snapshot.items.len(),
+                routable = table.candidates.len(),
+                "queue snapshot applied"
             );
-        }
-        if last_seq.is_some_and(|seq| snapshot.seq < seq) {
-            tracing::debug!(seq = snapshot.seq, "stale queue snapshot dropped");
-            continue;
-        }
-        last_seq = Some(snapshot.seq);
-        metrics.agent_snapshots.fetch_add(1, Relaxed);
-        backends.apply_snapshot(&snapshot, settings.target_port);
-        let table = backends.load();
-        tracing::debug!(
-            seq = snapshot.seq,
-            items = snapshot.items.len(),
-            routable = table.candidates.len(),
-            "queue snapshot applied"
-        );
+        };
+        (ended, last.is_some())
     }
 }
 
 /// Settings of the load reports.
 #[derive(Debug, Clone)]
 pub struct Reports {
-    pub url: String,
+    /// Every agent's gRPC endpoint: each gets every report.
+    pub urls: Vec<String>,
     pub balancer_id: String,
     pub interval: Duration,
     pub reconnect_max: Duration,
@@ -210,8 +330,9 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// Sends a load report every interval over one long `ReportLoad` stream, reopened with
-/// backoff whenever it fails, until `shutdown`.
+/// Builds a load report every interval and sends it to every agent, each over one long
+/// `ReportLoad` stream reopened with backoff whenever it fails, until `shutdown`. Followers
+/// get the reports too, so whichever agent leads knows every balancer.
 pub async fn report(
     settings: Reports,
     backends: Backends,
@@ -219,84 +340,142 @@ pub async fn report(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let endpoint = match tonic::transport::Endpoint::from_shared(settings.url.clone()) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true),
-        Err(err) => {
-            tracing::error!(url = %settings.url, cause = %err, "invalid agent gRPC URL; no load reports");
-            return;
-        }
-    };
     let Some(bearer) = Bearer::new(settings.token.as_deref()) else {
         tracing::error!("AGENT_TOKEN cannot be sent in a header; no load reports");
         return;
     };
-    let mut delays = backoff(settings.reconnect_max);
-    let mut previous: HashMap<u64, (u64, u64)> = HashMap::new();
-    let mut failures = 0u32;
-    loop {
-        let client =
-            DeploymentAgentClient::with_interceptor(endpoint.connect_lazy(), bearer.clone());
-        let (sender, receiver) = tokio::sync::mpsc::channel::<LoadReport>(4);
-        let mut call = tokio::spawn({
-            let mut client = client.clone();
-            async move {
-                client
-                    .report_load(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                    .await
-            }
-        });
-        let opened = Instant::now();
+    let (reports, _) = broadcast::channel::<LoadReport>(4);
+    let streams: Vec<_> = settings
+        .urls
+        .iter()
+        .filter_map(|url| {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+                .inspect_err(|err| {
+                    tracing::error!(%url, cause = %err, "invalid agent gRPC URL; no load reports to it");
+                })
+                .ok()?;
+            Some(ReportStream {
+                url,
+                endpoint: endpoint
+                    .connect_timeout(settings.connect_timeout)
+                    .tcp_nodelay(true),
+                bearer: bearer.clone(),
+                settings: &settings,
+                metrics: &metrics,
+                shutdown: &shutdown,
+            })
+        })
+        .collect();
+    if streams.is_empty() {
+        return;
+    }
+    let streams = futures_util::future::join_all(
+        streams.iter().map(|stream| stream.run(reports.subscribe())),
+    );
+    let build = async {
+        let mut previous: HashMap<u64, (u64, u64)> = HashMap::new();
         let mut ticks = tokio::time::interval(settings.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sent = 0u64;
-        let ended = loop {
+        loop {
             tokio::select! {
-                () = shutdown.cancelled() => {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    let report = build_report(&settings.balancer_id, &backends, &admission, &mut previous);
+                    // No receiver only while every stream is between attempts.
+                    let _ = reports.send(report);
+                }
+            }
+        }
+    };
+    tokio::join!(build, streams);
+}
+
+/// The report stream to one agent.
+struct ReportStream<'a> {
+    url: &'a str,
+    endpoint: tonic::transport::Endpoint,
+    bearer: Bearer,
+    settings: &'a Reports,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl ReportStream<'_> {
+    /// Sends every report built to this agent until `shutdown`; reports built while the
+    /// stream is down are not sent.
+    async fn run(&self, mut reports: broadcast::Receiver<LoadReport>) {
+        let (url, settings) = (self.url, self.settings);
+        let mut delays = backoff(settings.reconnect_max);
+        let mut failures = 0u32;
+        loop {
+            // Nothing built before this stream opened.
+            reports = reports.resubscribe();
+            let client = DeploymentAgentClient::with_interceptor(
+                self.endpoint.connect_lazy(),
+                self.bearer.clone(),
+            );
+            let (sender, receiver) = tokio::sync::mpsc::channel::<LoadReport>(4);
+            let mut call = tokio::spawn({
+                let mut client = client.clone();
+                async move {
+                    client
+                        .report_load(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                        .await
+                }
+            });
+            let opened = Instant::now();
+            let mut sent = 0u64;
+            let ended = loop {
+                let report = tokio::select! {
+                    () = self.shutdown.cancelled() => None,
+                    result = &mut call => break result,
+                    report = reports.recv() => match report {
+                        Ok(report) => Some(report),
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => None,
+                    },
+                };
+                let Some(report) = report else {
+                    // Shutting down: end the stream and let the agent take its last report.
                     drop(sender);
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut call).await;
                     call.abort();
                     return;
-                }
-                result = &mut call => break result,
-                _ = ticks.tick() => {
-                    let report = build_report(&settings.balancer_id, &backends, &admission, &mut previous);
-                    match sender.try_send(report) {
-                        Ok(()) => {
-                            sent += 1;
-                            metrics.reports_sent.fetch_add(1, Relaxed);
-                            if sent == 2 && failures > 0 {
-                                tracing::info!(url = %settings.url, "load reports reach the agent again");
-                                failures = 0;
-                            }
+                };
+                match sender.try_send(report) {
+                    Ok(()) => {
+                        sent += 1;
+                        self.metrics.reports_sent.fetch_add(1, Relaxed);
+                        if sent == 2 && failures > 0 {
+                            tracing::info!(%url, "load reports reach the agent again");
+                            failures = 0;
                         }
-                        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                            tracing::debug!("load report stream is backed up; report skipped");
-                        }
-                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
                     }
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        tracing::debug!(%url, "load report stream is backed up; report skipped");
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
                 }
+            };
+            let cause = match ended {
+                Ok(Ok(_)) => "the agent closed the report stream".to_owned(),
+                Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
+                Err(err) => err.to_string(),
+            };
+            failures += 1;
+            if failures == 1 {
+                tracing::warn!(%url, %cause, "load reports to the agent failed; retrying quietly with backoff");
+            } else {
+                tracing::debug!(%url, %cause, failures, "load reports still failing");
             }
-        };
-        let cause = match ended {
-            Ok(Ok(_)) => "the agent closed the report stream".to_owned(),
-            Ok(Err(status)) => format!("{}: {}", status.code(), status.message()),
-            Err(err) => err.to_string(),
-        };
-        failures += 1;
-        if failures == 1 {
-            tracing::warn!(url = %settings.url, %cause, "load reports to the agent failed; retrying quietly with backoff");
-        } else {
-            tracing::debug!(url = %settings.url, %cause, failures, "load reports still failing");
-        }
-        if opened.elapsed() > Duration::from_secs(10) {
-            delays = backoff(settings.reconnect_max);
-        }
-        let delay = delays.next().unwrap_or(settings.reconnect_max);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+            if opened.elapsed() > Duration::from_secs(10) {
+                delays = backoff(settings.reconnect_max);
+            }
+            let delay = delays.next().unwrap_or(settings.reconnect_max);
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     }
 }
@@ -340,3 +519,6 @@ fn build_report(
         queued_without_backend: admission.take_peak(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -263,6 +263,8 @@ pub struct Table {
     pub candidates: Vec<Candidate>,
     /// `seq` of the agent snapshot this table came from.
     pub seq: u64,
+    /// `epoch` of the agent snapshot this table came from.
+    pub epoch: u64,
 }
 
 /// A backend that may take new requests.
@@ -340,7 +342,7 @@ impl Backends {
                 category: None,
             })
             .collect();
-        self.replace(items, 0);
+        self.replace(items, (0, 0));
     }
 
     /// Replaces the table with the agent's snapshot; addresses without a port get `target_port`.
@@ -350,10 +352,11 @@ impl Backends {
             .iter()
             .map(|item| Spec::from_item(item, target_port))
             .collect();
-        self.replace(items, snapshot.seq);
+        self.replace(items, snapshot.position());
     }
 
-    fn replace(&self, specs: Vec<Spec>, seq: u64) {
+    /// `position`: the snapshot's `(epoch, seq)`.
+    fn replace(&self, specs: Vec<Spec>, (epoch, seq): (u64, u64)) {
         let _writer = self
             .0
             .writer
@@ -417,6 +420,7 @@ impl Backends {
             })
             .collect::<Vec<_>>();
         tracing::debug!(
+            epoch,
             seq,
             backends = entries.len(),
             candidates = candidates.len(),
@@ -426,6 +430,7 @@ impl Backends {
             entries,
             candidates,
             seq,
+            epoch,
         }));
         self.0.changed.notify_waiters();
     }

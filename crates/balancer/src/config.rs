@@ -138,6 +138,7 @@ fn parse_backend(text: &str) -> Result<BackendAddr, String> {
 }
 
 fn parse_ws_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
     let uri: http::Uri = text
         .parse()
         .map_err(|err| format!("`{text}` is not a URL: {err}"))?;
@@ -152,11 +153,16 @@ fn parse_ws_url(text: &str) -> Result<String, String> {
 }
 
 fn parse_http_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
     let uri: http::Uri = text
         .parse()
         .map_err(|err| format!("`{text}` is not a URL: {err}"))?;
     match uri.scheme_str() {
         Some("http") if uri.host().is_some() => Ok(text.to_owned()),
+        Some("https") => Err(
+            "https:// is not supported; the agent is reached over the stack network with http://"
+                .into(),
+        ),
         _ => Err(format!("`{text}` is not an http://host:port URL")),
     }
 }
@@ -218,13 +224,21 @@ pub struct Config {
     /// Static backends, `host:port,...`, for standalone use; when set, the agent's queue is
     /// not used.
     #[arg(long, env = "BACKENDS", value_name = "BACKENDS", value_delimiter = ',',
-          value_parser = parse_backend, conflicts_with = "agent_ws_url")]
+          value_parser = parse_backend, conflicts_with_all = ["agent_ws_url", "agent_ws_urls"])]
     pub backends: Vec<BackendAddr>,
 
     /// The agent's queue WebSocket (default: ws://AGENT_HOST:HOST_PORT_WS_DEPLOYMENT_AGENT/ws).
+    /// One agent; for several, AGENT_WS_URLS.
     #[arg(long = "agent-ws-url", env = "AGENT_WS_URL", value_name = "AGENT_WS_URL",
           value_parser = parse_ws_url)]
     pub agent_ws_url: Option<String>,
+
+    /// The queue WebSockets of several agents, `ws://host:port/ws,...`: the balancer follows
+    /// whichever is reachable, in this order, and never applies an older queue (epoch, seq).
+    /// Not together with AGENT_WS_URL.
+    #[arg(long = "agent-ws-urls", env = "AGENT_WS_URLS", value_name = "AGENT_WS_URLS",
+          value_delimiter = ',', value_parser = parse_ws_url, conflicts_with = "agent_ws_url")]
+    pub agent_ws_urls: Vec<String>,
 
     /// Host of the deployment agent.
     #[arg(
@@ -241,11 +255,17 @@ pub struct Config {
     pub agent_ws_port: u16,
 
     /// The agent's gRPC endpoint for load reports (default: http://<agent host>:HOST_PORT_GRPC_DEPLOYMENT_AGENT,
-    /// the host taken from AGENT_WS_URL when that is set). With BACKENDS, reports are sent only
-    /// when this is set.
+    /// the host taken from AGENT_WS_URL(S) when set, one per host). With BACKENDS, reports are
+    /// sent only when this (or AGENT_GRPC_URLS) is set. One agent; for several, AGENT_GRPC_URLS.
     #[arg(long = "agent-grpc-url", env = "AGENT_GRPC_URL", value_name = "AGENT_GRPC_URL",
           value_parser = parse_http_url)]
     pub agent_grpc_url: Option<String>,
+
+    /// The gRPC endpoints of several agents, `http://host:port,...`: every one gets every load
+    /// report, so whichever agent leads sees this balancer. Not together with AGENT_GRPC_URL.
+    #[arg(long = "agent-grpc-urls", env = "AGENT_GRPC_URLS", value_name = "AGENT_GRPC_URLS",
+          value_delimiter = ',', value_parser = parse_http_url, conflicts_with = "agent_grpc_url")]
+    pub agent_grpc_urls: Vec<String>,
 
     /// The agent's gRPC port.
     #[arg(long = "agent-grpc-port", env = "HOST_PORT_GRPC_DEPLOYMENT_AGENT",
@@ -456,9 +476,11 @@ impl Default for Config {
             admin_port: DEFAULT_ADMIN_PORT,
             backends: Vec::new(),
             agent_ws_url: None,
+            agent_ws_urls: Vec::new(),
             agent_host: "deployment-agent".into(),
             agent_ws_port: DEFAULT_AGENT_WS_PORT,
             agent_grpc_url: None,
+            agent_grpc_urls: Vec::new(),
             agent_grpc_port: DEFAULT_AGENT_GRPC_PORT,
             agent_reconnect_max: Duration::from_secs(10),
             agent_idle_timeout: Duration::from_secs(30),
@@ -504,21 +526,15 @@ impl Default for Config {
 pub enum Source {
     /// `BACKENDS`: a fixed list, `host:port` each.
     Static(Vec<String>),
-    /// The agent's queue WebSocket at this URL.
-    Agent(String),
+    /// The queue WebSockets of the agents, in the order they are tried (never empty).
+    Agent(Vec<String>),
 }
 
 impl Config {
-    /// Static backends when `BACKENDS` is set, else the agent's WebSocket URL.
+    /// Static backends when `BACKENDS` is set, else the agents' WebSocket URLs.
     pub fn source(&self) -> Source {
         if self.backends.is_empty() {
-            Source::Agent(self.agent_ws_url.clone().unwrap_or_else(|| {
-                format!(
-                    "ws://{}:{}/ws",
-                    bracket_v6(&self.agent_host),
-                    self.agent_ws_port
-                )
-            }))
+            Source::Agent(self.ws_urls())
         } else {
             Source::Static(
                 self.backends
@@ -529,21 +545,45 @@ impl Config {
         }
     }
 
-    /// The agent's gRPC endpoint for load reports, if reports are to be sent.
-    pub fn report_url(&self) -> Option<String> {
+    /// AGENT_WS_URLS, else AGENT_WS_URL, else the URL made of AGENT_HOST and the port.
+    fn ws_urls(&self) -> Vec<String> {
+        if !self.agent_ws_urls.is_empty() {
+            return self.agent_ws_urls.clone();
+        }
+        vec![self.agent_ws_url.clone().unwrap_or_else(|| {
+            format!(
+                "ws://{}:{}/ws",
+                bracket_v6(&self.agent_host),
+                self.agent_ws_port
+            )
+        })]
+    }
+
+    /// The agents' gRPC endpoints for load reports; empty when no reports are to be sent.
+    /// Without AGENT_GRPC_URL(S), one per host of the WebSocket URLs, on the gRPC port.
+    pub fn report_urls(&self) -> Vec<String> {
+        if !self.agent_grpc_urls.is_empty() {
+            return self.agent_grpc_urls.clone();
+        }
         if let Some(url) = &self.agent_grpc_url {
-            return Some(url.clone());
+            return vec![url.clone()];
         }
         if !self.backends.is_empty() {
-            return None;
+            return Vec::new();
         }
-        let host = self
-            .agent_ws_url
-            .as_deref()
-            .and_then(|url| url.parse::<http::Uri>().ok())
-            .and_then(|uri| uri.host().map(str::to_owned))
-            .unwrap_or_else(|| bracket_v6(&self.agent_host));
-        Some(format!("http://{host}:{}", self.agent_grpc_port))
+        let mut urls: Vec<String> = Vec::new();
+        for ws in self.ws_urls() {
+            let host = ws
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(str::to_owned))
+                .unwrap_or_else(|| bracket_v6(&self.agent_host));
+            let url = format!("http://{host}:{}", self.agent_grpc_port);
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        urls
     }
 
     /// Traffic threads: the configured number, else the CPU quota rounded up.

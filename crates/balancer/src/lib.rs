@@ -132,10 +132,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
     let mut tasks = tokio::task::JoinSet::new();
     match &source {
         Source::Static(addresses) => backends.set_static(addresses),
-        Source::Agent(url) => {
+        Source::Agent(urls) => {
             tasks.spawn(agent::subscribe(
                 agent::Subscription {
-                    url: url.clone(),
+                    urls: urls.clone(),
                     target_port: config.target_port,
                     reconnect_max: config.agent_reconnect_max,
                     idle_timeout: config.agent_idle_timeout,
@@ -147,11 +147,11 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
             ));
         }
     }
-    let report_url = config.report_url();
-    if let Some(url) = &report_url {
+    let report_urls = config.report_urls();
+    if !report_urls.is_empty() {
         tasks.spawn(agent::report(
             agent::Reports {
-                url: url.clone(),
+                urls: report_urls.clone(),
                 balancer_id: config.resolved_balancer_id(),
                 interval: config.report_interval,
                 reconnect_max: config.agent_reconnect_max,
@@ -218,7 +218,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
         policy = %config.policy,
         threads,
         source = ?source,
-        reports = report_url.as_deref().unwrap_or("off"),
+        reports = if report_urls.is_empty() { "off".to_owned() } else { report_urls.join(",") },
         cache_capacity = config.cache_capacity,
         "balancer listening"
     );

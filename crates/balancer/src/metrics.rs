@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
@@ -87,8 +88,15 @@ pub struct Metrics {
     retries: [AtomicU64; 3],
     pub retries_denied: AtomicU64,
     pub timeouts: AtomicU64,
+    /// 1 while some agent's queue is followed.
     pub agent_connected: AtomicU64,
+    /// The URL of the agent whose queue is followed, if any.
+    pub agent_url: ArcSwapOption<String>,
     pub agent_snapshots: AtomicU64,
+    /// Snapshots not applied for being older than the one applied.
+    pub agent_stale_snapshots: AtomicU64,
+    /// Times the queue was followed from another agent than before.
+    pub agent_url_switches: AtomicU64,
     pub reports_sent: AtomicU64,
 }
 
@@ -101,7 +109,10 @@ impl Metrics {
             retries_denied: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             agent_connected: AtomicU64::new(0),
+            agent_url: ArcSwapOption::empty(),
             agent_snapshots: AtomicU64::new(0),
+            agent_stale_snapshots: AtomicU64::new(0),
+            agent_url_switches: AtomicU64::new(0),
             reports_sent: AtomicU64::new(0),
         }
     }
@@ -396,19 +407,31 @@ impl Collector for State {
         gauge(
             &mut encoder,
             "balancer_agent_connected",
-            "1 while the agent's queue WebSocket is connected.",
+            "1 while the queue of some agent is followed.",
             vec![(vec![], self.metrics.agent_connected.load(Relaxed) as i64)],
         )?;
         counter(
             &mut encoder,
             "balancer_agent_snapshots",
-            "Queue snapshots received from the agent.",
+            "Queue snapshots applied from the agents.",
             &[(&[], self.metrics.agent_snapshots.load(Relaxed))],
         )?;
         counter(
             &mut encoder,
+            "balancer_agent_stale_snapshots",
+            "Queue snapshots not applied because they were older (epoch, seq) than the one applied; an agent whose first snapshot is from an older epoch is left for the next.",
+            &[(&[], self.metrics.agent_stale_snapshots.load(Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_agent_url_switches",
+            "Times the queue was followed from another agent than before.",
+            &[(&[], self.metrics.agent_url_switches.load(Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
             "balancer_load_reports",
-            "Load reports sent to the agent.",
+            "Load reports sent, to every agent each.",
             &[(&[], self.metrics.reports_sent.load(Relaxed))],
         )?;
         Ok(())

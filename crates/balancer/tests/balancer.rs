@@ -756,6 +756,266 @@ async fn load_reports_carry_the_agent_token() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Several agents
+
+/// Sends `GET /health` through the balancer until `stop`, counting answers by `X-Backend`
+/// (`""` for a non-200 answer or an error).
+fn steady_load(
+    balancer: &TestBalancer,
+    stop: common::CancellationToken,
+) -> tokio::task::JoinHandle<HashMap<String, usize>> {
+    let client = balancer.client.clone();
+    let url = balancer.url("/health");
+    tokio::spawn(async move {
+        let mut seen = HashMap::new();
+        while !stop.is_cancelled() {
+            let backend = match client.get(&url).send().await {
+                Ok(response) if response.status() == 200 => backend_of(&response),
+                _ => String::new(),
+            };
+            *seen.entry(backend).or_insert(0) += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    })
+}
+
+/// With two agents, the balancer follows the first; when it dies, the second within the
+/// reconnect backoff, without a failed request. Every agent gets the load reports.
+#[tokio::test]
+async fn the_balancer_follows_the_next_agent_when_its_agent_dies() {
+    let first = TestWorker::start("first").await;
+    let second = TestWorker::start("second").await;
+    // The follower relays the same epoch; its seq may be behind (another connection).
+    let mut agent_1 = WsAgent::start_at(
+        1,
+        7,
+        vec![item("first", first.address, 70.0, Category::Low)],
+    )
+    .await;
+    let agent_2 = WsAgent::start_at(
+        1,
+        3,
+        vec![item("second", second.address, 70.0, Category::Low)],
+    )
+    .await;
+    let (grpc_1, grpc_2) = (GrpcAgent::start().await, GrpcAgent::start().await);
+    let balancer = TestBalancer::start(Config {
+        report_interval: Duration::from_millis(100),
+        ..support::agents_config(
+            &[agent_1.url(), agent_2.url()],
+            &[grpc_1.url(), grpc_2.url()],
+        )
+    })
+    .await;
+    balancer.wait_routed_to("/health", "first").await;
+    let view = balancer.backends().await;
+    assert_eq!(view["agent_connected"], true);
+    assert_eq!(view["agent_url"], agent_1.url());
+    assert_eq!(
+        (view["epoch"].as_u64(), view["seq"].as_u64()),
+        (Some(1), Some(7))
+    );
+    assert_eq!(
+        agent_2.connections(),
+        0,
+        "the first reachable agent is followed"
+    );
+
+    let stop = common::CancellationToken::new();
+    let load = steady_load(&balancer, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let died = Instant::now();
+    agent_1.stop();
+    balancer.wait_routed_to("/health", "second").await;
+    let switched = died.elapsed();
+    println!("followed the second agent {switched:?} after the first died");
+    // AGENT_RECONNECT_MAX is 300 ms here: one backoff step, a connect, one snapshot.
+    assert!(switched < Duration::from_secs(3), "took {switched:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    let seen = load.await.unwrap();
+    assert_eq!(seen.get(""), None, "failed requests: {seen:?}");
+    assert!(seen.get("first").is_some_and(|n| *n > 0), "{seen:?}");
+
+    let view = balancer.backends().await;
+    assert_eq!(view["agent_connected"], true);
+    assert_eq!(view["agent_url"], agent_2.url());
+    assert_eq!(
+        (view["epoch"].as_u64(), view["seq"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let metrics = balancer.metrics().await;
+    assert_eq!(
+        support::metric(&metrics, "balancer_agent_url_switches_total"),
+        1
+    );
+    assert_eq!(
+        support::metric(&metrics, "balancer_agent_stale_snapshots_total"),
+        0
+    );
+    assert_eq!(support::metric(&metrics, "balancer_agent_connected"), 1);
+
+    // Both agents, leader or not, hear from this balancer, with the same reports.
+    wait_for(
+        "load reports at both agents",
+        Duration::from_secs(10),
+        || async { grpc_1.reports().len() >= 3 && grpc_2.reports().len() >= 3 },
+    )
+    .await;
+    for grpc in [&grpc_1, &grpc_2] {
+        assert!(
+            grpc.reports()
+                .iter()
+                .all(|r| r.balancer_id == "test-balancer")
+        );
+    }
+    let stamps = |grpc: &GrpcAgent| {
+        grpc.reports()
+            .iter()
+            .map(|r| r.timestamp_ms)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    assert!(
+        !stamps(&grpc_1).is_disjoint(&stamps(&grpc_2)),
+        "the same reports go to every agent"
+    );
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+}
+
+/// The balancer never goes backwards: an agent whose queue is from an older epoch is refused
+/// (its backends get nothing) and the next one tried; a newer epoch is taken even with seq 1;
+/// within a connection an older snapshot is ignored.
+#[tokio::test]
+async fn the_balancer_never_applies_an_older_queue() {
+    let current = TestWorker::start("current").await;
+    let newer = TestWorker::start("newer").await;
+    let stale_backend = support::Untouchable::start().await;
+    let mut agent_current = WsAgent::start_at(
+        2,
+        40,
+        vec![item("current", current.address, 70.0, Category::Low)],
+    )
+    .await;
+    // A deposed leader, cut off: its queue is from epoch 1, with a higher seq.
+    let agent_stale = WsAgent::start_at(
+        1,
+        90,
+        vec![item("stale", stale_backend.address, 100.0, Category::Low)],
+    )
+    .await;
+    let agent_newer = WsAgent::start_at(
+        3,
+        1,
+        vec![item("newer", newer.address, 70.0, Category::Low)],
+    )
+    .await;
+    let balancer = TestBalancer::start(support::agents_config(
+        &[agent_current.url(), agent_stale.url(), agent_newer.url()],
+        &[support::dead_url()],
+    ))
+    .await;
+    balancer.wait_routed_to("/health", "current").await;
+
+    let stop = common::CancellationToken::new();
+    let load = steady_load(&balancer, stop.clone());
+    agent_current.stop();
+    balancer.wait_routed_to("/health", "newer").await;
+    stop.cancel();
+    let seen = load.await.unwrap();
+    assert_eq!(seen.get(""), None, "failed requests: {seen:?}");
+    assert_eq!(seen.get("stale"), None, "{seen:?}");
+    assert!(agent_stale.connections() >= 1, "the stale agent was tried");
+    assert_eq!(stale_backend.accepted(), 0, "a stale backend was dialled");
+    let view = balancer.backends().await;
+    assert_eq!(view["agent_url"], agent_newer.url());
+    assert_eq!(
+        (view["epoch"].as_u64(), view["seq"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let stale = |metrics: &str| support::metric(metrics, "balancer_agent_stale_snapshots_total");
+    let refused = stale(&balancer.metrics().await);
+    assert!(refused >= 1, "the refusal is counted");
+
+    // Within the connection: a lower seq, or a lower epoch, is ignored; a higher epoch with a
+    // restarted seq is applied.
+    agent_newer.publish_at(
+        3,
+        5,
+        vec![item("newer", newer.address, 70.0, Category::Low)],
+    );
+    wait_for("seq 5", Duration::from_secs(10), || async {
+        balancer.backends().await["seq"] == 5
+    })
+    .await;
+    let others = vec![item("current", current.address, 70.0, Category::Low)];
+    for (epoch, seq) in [(3, 4), (3, 5), (2, 50)] {
+        let before = stale(&balancer.metrics().await);
+        agent_newer.publish_at(epoch, seq, others.clone());
+        wait_for(
+            "the snapshot to be dropped",
+            Duration::from_secs(10),
+            || async { stale(&balancer.metrics().await) > before },
+        )
+        .await;
+        let view = balancer.backends().await;
+        assert_eq!(
+            (view["epoch"].as_u64(), view["seq"].as_u64()),
+            (Some(3), Some(5))
+        );
+        assert_eq!(backend_of(&balancer.get("/health").await), "newer");
+    }
+    agent_newer.publish_at(4, 1, others);
+    balancer.wait_routed_to("/health", "current").await;
+    assert_eq!(agent_newer.connections(), 1, "the connection stayed");
+    assert_eq!(stale_backend.accepted(), 0);
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+}
+
+/// Setting the singular and the plural of an agent list is an error naming both, and a bad
+/// entry names the list.
+#[test]
+fn agent_lists_are_validated_naming_the_variables() {
+    let run = |env: &[(&str, &str)]| {
+        let output = std::process::Command::new(support::balancer_binary())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{env:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for (env, names) in [
+        (
+            &[
+                ("AGENT_WS_URL", "ws://a:9001/ws"),
+                ("AGENT_WS_URLS", "ws://a:9001/ws,ws://b:9001/ws"),
+            ][..],
+            &["AGENT_WS_URL>", "AGENT_WS_URLS>"][..],
+        ),
+        (
+            &[
+                ("AGENT_GRPC_URL", "http://a:9002"),
+                ("AGENT_GRPC_URLS", "http://b:9002"),
+            ][..],
+            &["AGENT_GRPC_URL>", "AGENT_GRPC_URLS>"][..],
+        ),
+        (
+            &[("AGENT_WS_URLS", "ws://a:9001/ws,http://b:9001")][..],
+            &["AGENT_WS_URLS"][..],
+        ),
+        (
+            &[("AGENT_GRPC_URLS", "http://a:9002,b:9002")][..],
+            &["AGENT_GRPC_URLS"][..],
+        ),
+    ] {
+        let stderr = run(env);
+        for name in names {
+            assert!(stderr.contains(name), "{env:?}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn admission_queue_waits_for_a_backend_and_reports_the_demand() {
     let worker = TestWorker::start("late").await;

@@ -77,7 +77,13 @@ pub struct QueueSnapshot {
     /// [`SCHEMA_VERSION`].
     pub version: u32,
     /// Increases with every published change; lets a subscriber drop stale snapshots.
+    /// Restarts when another agent takes the lead (`epoch` grows then).
     pub seq: u64,
+    /// The fencing epoch of the agent that led when the snapshot was taken (0 for an agent
+    /// that leads alone); followers relay the leader's snapshots unchanged. Subscribers order
+    /// snapshots by `(epoch, seq)`. Absent in older snapshots, which read as 0.
+    #[serde(default)]
+    pub epoch: u64,
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     /// Sorted best first (highest score), SUNDOWN items last.
@@ -85,15 +91,27 @@ pub struct QueueSnapshot {
 }
 
 impl QueueSnapshot {
-    /// A snapshot of `items`, put in publishing order.
+    /// A snapshot of `items` at epoch 0, put in publishing order.
     pub fn new(seq: u64, timestamp_ms: u64, mut items: Vec<QueueItem>) -> Self {
         sort_items(&mut items);
         Self {
             version: SCHEMA_VERSION,
             seq,
+            epoch: 0,
             timestamp_ms,
             items,
         }
+    }
+
+    /// The same snapshot stamped with the leader's `epoch`.
+    #[must_use]
+    pub fn with_epoch(self, epoch: u64) -> Self {
+        Self { epoch, ..self }
+    }
+
+    /// The order subscribers apply snapshots in: a snapshot is newer when this is greater.
+    pub fn position(&self) -> (u64, u64) {
+        (self.epoch, self.seq)
     }
 }
 
@@ -152,6 +170,16 @@ mod tests {
         assert_eq!(json["utilization_category"], "MU");
         let back: QueueItem = serde_json::from_value(json).unwrap();
         assert_eq!(back.utilization_category, Category::Medium);
+    }
+
+    #[test]
+    fn epoch_defaults_to_zero_and_orders_before_seq() {
+        let old = serde_json::json!({"version": 1, "seq": 9, "timestamp_ms": 0, "items": []});
+        let old: QueueSnapshot = serde_json::from_value(old).unwrap();
+        assert_eq!(old.epoch, 0);
+        let new = QueueSnapshot::new(1, 0, Vec::new()).with_epoch(2);
+        assert_eq!(serde_json::to_value(&new).unwrap()["epoch"], 2);
+        assert!(new.position() > old.position());
     }
 
     #[test]

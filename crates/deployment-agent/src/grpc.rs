@@ -101,6 +101,7 @@ pub fn snapshot(snapshot: &common::queue::QueueSnapshot) -> pb::QueueSnapshot {
     pb::QueueSnapshot {
         version: snapshot.version,
         seq: snapshot.seq,
+        epoch: snapshot.epoch,
         timestamp_ms: snapshot.timestamp_ms,
         items: snapshot.items.iter().map(item).collect(),
     }

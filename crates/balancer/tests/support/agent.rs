@@ -40,12 +40,18 @@ pub struct WsAgent {
 }
 
 impl WsAgent {
+    /// An agent that leads alone (epoch 0), its queue at seq 1.
     pub async fn start(items: Vec<QueueItem>) -> Self {
+        Self::start_at(0, 1, items).await
+    }
+
+    /// An agent whose queue is at `(epoch, seq)`.
+    pub async fn start_at(epoch: u64, seq: u64, items: Vec<QueueItem>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (updates, _) = broadcast::channel(64);
         let state = Arc::new(State {
-            snapshot: Mutex::new(QueueSnapshot::new(1, 0, items)),
+            snapshot: Mutex::new(QueueSnapshot::new(seq, 0, items).with_epoch(epoch)),
             updates,
             connections: AtomicUsize::new(0),
             drop_all: Mutex::new(CancellationToken::new()),
@@ -62,11 +68,18 @@ impl WsAgent {
         format!("ws://{}/ws", self.address)
     }
 
-    /// Publishes a new snapshot to every connected balancer (and to later ones).
+    /// Publishes a new snapshot (same epoch, next seq) to every connected balancer (and to
+    /// later ones).
     pub fn publish(&self, items: Vec<QueueItem>) {
+        let (epoch, seq) = self.state.snapshot.lock().unwrap().position();
+        self.publish_at(epoch, seq + 1, items);
+    }
+
+    /// Publishes a snapshot at `(epoch, seq)`, newer or not.
+    pub fn publish_at(&self, epoch: u64, seq: u64, items: Vec<QueueItem>) {
         let text = {
             let mut snapshot = self.state.snapshot.lock().unwrap();
-            *snapshot = QueueSnapshot::new(snapshot.seq + 1, 0, items);
+            *snapshot = QueueSnapshot::new(seq, 0, items).with_epoch(epoch);
             serde_json::to_string(&*snapshot).unwrap()
         };
         let _ = self.state.updates.send(text);

@@ -70,6 +70,65 @@ pub fn agent_config(agent_url: &str, grpc_url: Option<String>) -> Config {
     }
 }
 
+/// A config that follows the agents at `agent_urls` in this order, reports going to every one
+/// of `grpc_urls`.
+pub fn agents_config(agent_urls: &[String], grpc_urls: &[String]) -> Config {
+    Config {
+        agent_ws_urls: agent_urls.to_vec(),
+        agent_grpc_urls: grpc_urls.to_vec(),
+        agent_token: Some(agent::AGENT_TOKEN.into()),
+        ..config()
+    }
+}
+
+/// The value of the unlabelled counter or gauge `name` in a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// A TCP listener that counts the connections made to it and never answers: a backend that
+/// must never be chosen.
+pub struct Untouchable {
+    pub address: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Untouchable {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let accepted = std::sync::Arc::clone(&accepted);
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(stream);
+                }
+            }
+        });
+        Self {
+            address,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Untouchable {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A queue item for a backend listening on `address`.
 pub fn item(name: &str, address: SocketAddr, score: f64, category: Category) -> QueueItem {
     QueueItem {
