@@ -13,12 +13,12 @@ use tokio::sync::{Notify, broadcast, watch};
 use crate::{
     config::Config,
     decide::ScalingConfig,
+    forward::ForwardClient,
+    lease::{Elector, LeaderInfo, Role},
     metrics::{CategoryLabel, KindLabel, Metrics},
     probe::Prober,
     runtime::{Runtime, now_ms},
     state::{BalancerReport, Event, MemberStatus, PoolStatus, Settings, World},
-    forward::ForwardClient,
-    lease::{Elector, LeaderInfo, Role},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
 };
 
@@ -498,7 +498,11 @@ impl Agent {
             .collect();
         Leadership {
             agent_id: self.id().to_owned(),
-            role: if self.is_leading() { "leader" } else { "follower" },
+            role: if self.is_leading() {
+                "leader"
+            } else {
+                "follower"
+            },
             epoch: leader.as_ref().map_or(0, |leader| leader.epoch),
             election: !elector.is_solo(),
             leader,

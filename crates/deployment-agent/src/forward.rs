@@ -71,10 +71,7 @@ pub async fn to_leader(agent: &Agent, request: Request) -> Response {
                 .into_response();
         }
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |path| path.as_str());
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
     let uri = format!("{}{path}", leader.http_url.trim_end_matches('/'));
     let mut forwarded = http::Request::builder().method(parts.method).uri(&uri);
     for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
@@ -104,7 +101,10 @@ pub async fn to_leader(agent: &Agent, request: Request) -> Response {
         }
     };
     let (mut parts, body) = answer.into_parts();
-    let body = match http_body_util::Limited::new(body, 1024 * 1024).collect().await {
+    let body = match http_body_util::Limited::new(body, 1024 * 1024)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
         Err(_) => return unavailable(format!("the leader ({}) broke off its answer", leader.id)),
     };

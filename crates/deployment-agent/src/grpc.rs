@@ -54,7 +54,10 @@ impl AgentService {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10));
         let channel = endpoint.connect().await.map_err(|err| {
-            Status::unavailable(format!("the leader ({}) cannot be reached: {err}", leader.id))
+            Status::unavailable(format!(
+                "the leader ({}) cannot be reached: {err}",
+                leader.id
+            ))
         })?;
         Ok(Some(DeploymentAgentClient::new(channel)))
     }

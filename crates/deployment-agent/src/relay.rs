@@ -43,17 +43,18 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) {
 }
 
 async fn follow(agent: &Agent, url: &str) {
-    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((stream, _))) => stream,
-        Ok(Err(err)) => {
-            tracing::debug!(%url, cause = %err, "cannot reach the leader's queue");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%url, "the leader's queue did not answer in time");
-            return;
-        }
-    };
+    let mut stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url)).await {
+            Ok(Ok((stream, _))) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%url, cause = %err, "cannot reach the leader's queue");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%url, "the leader's queue did not answer in time");
+                return;
+            }
+        };
     tracing::info!(%url, "following the leader's queue");
     loop {
         let message = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
@@ -72,7 +73,9 @@ async fn follow(agent: &Agent, url: &str) {
         };
         match serde_json::from_slice::<QueueSnapshot>(text) {
             Ok(snapshot) => agent.relay(snapshot),
-            Err(err) => tracing::warn!(cause = %err, "ignoring a message from the leader that is not a snapshot"),
+            Err(err) => {
+                tracing::warn!(cause = %err, "ignoring a message from the leader that is not a snapshot")
+            }
         }
     }
 }

@@ -108,9 +108,7 @@ fn perform(agent: &Agent, action: Action, epoch: u64) {
             wait,
             crashes,
         } => {
-            tokio::spawn(crash_report(
-                agent, id, crash, member, wait, crashes, epoch,
-            ));
+            tokio::spawn(crash_report(agent, id, crash, member, wait, crashes, epoch));
         }
         Action::Prepare(spec) => {
             tokio::spawn(warm::prepare(agent, spec, epoch));

@@ -110,7 +110,10 @@ async fn start(agent: &Agent) {
         Instant::now(),
     );
     execute(agent, effects);
-    if let Some(epoch) = agent.acting_epoch().filter(|_| !agent.shared().elector.is_solo()) {
+    if let Some(epoch) = agent
+        .acting_epoch()
+        .filter(|_| !agent.shared().elector.is_solo())
+    {
         agent.event(
             EventKind::LeaderElected,
             None,
@@ -138,10 +141,14 @@ async fn role_changed(agent: &Agent, role: Role) {
         Role::Leader { epoch, .. } => {
             tracing::info!(agent = agent.id(), epoch, "leading");
             reconcile::reconcile(agent).await;
-            let desired = agent.store().read_shared().await.unwrap_or_else(|| DesiredState {
-                containers: agent.store().containers(),
-                overrides: agent.store().overrides(),
-            });
+            let desired = agent
+                .store()
+                .read_shared()
+                .await
+                .unwrap_or_else(|| DesiredState {
+                    containers: agent.store().containers(),
+                    overrides: agent.store().overrides(),
+                });
             agent.store().mirror(&desired);
             let message = format!(
                 "{} leads with epoch {epoch}; {} container(s) taken over",

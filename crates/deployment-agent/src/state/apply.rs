@@ -1042,7 +1042,12 @@ impl World {
     /// A follower's sync with the leader's registry and overrides: the leader's SUNDOWN marks
     /// and bounds, so that its read API shows what the leader decided, and a takeover starts
     /// from it. A follower launches nothing: no launch or standby is reserved.
-    pub fn follow(&mut self, registry: &[ContainerRecord], overrides: ConfigOverrides, now: Instant) {
+    pub fn follow(
+        &mut self,
+        registry: &[ContainerRecord],
+        overrides: ConfigOverrides,
+        now: Instant,
+    ) {
         self.overrides = overrides;
         self.launching.clear();
         self.preparing.clear();
