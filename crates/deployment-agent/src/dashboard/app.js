@@ -30,6 +30,7 @@
     balancerUrl: "",
     items: [],
     seq: null,
+    epoch: null,
     names: new Map(), // container id -> dns_name, for the event log
     history: [], // {t, count, util} per queue push
     events: [], // newest first
@@ -285,6 +286,11 @@
     if (!snapshot || !Array.isArray(snapshot.items)) return;
     state.items = snapshot.items;
     state.seq = snapshot.seq;
+    // A new leader publishes under a new epoch: show who leads now.
+    if (snapshot.epoch !== state.epoch) {
+      state.epoch = snapshot.epoch;
+      refreshLeader();
+    }
     let named = false;
     for (const item of state.items) {
       if (state.names.get(item.id) !== item.dns_name) {
@@ -327,6 +333,7 @@
     $("events-empty").hidden = true;
     setText("events-count", `${state.events.length} shown`);
     if (event.kind === "config_changed") loadConfig();
+    if (event.kind === "leader_elected") refreshLeader();
     refreshPool();
   }
 
@@ -347,6 +354,34 @@
       const reason = pool.ready === 0 && typeof pool.reason === "string" ? pool.reason : "";
       node.textContent = reason ? `No ready container: ${reason}` : "";
       node.hidden = !reason;
+    } catch (_) {
+      // The agent is away; the connection pills say so.
+    }
+  }
+
+  // ---------------------------------------------------------------- leader
+
+  /** Who leads, from /status `leadership`: read at start and whenever the epoch changes. */
+  async function refreshLeader() {
+    try {
+      const response = await fetch(apiUrl("status"), { cache: "no-store" });
+      if (!response.ok) return;
+      const leadership = (await response.json()).leadership;
+      if (!leadership) return;
+      const leader = leadership.leader;
+      const node = $("sum-leader");
+      if (!leadership.election) {
+        node.textContent = "this agent (alone)";
+      } else if (!leader) {
+        node.textContent = "none elected";
+      } else {
+        const since = new Date(leader.since_ms).toLocaleTimeString();
+        const self = leader.id === leadership.agent_id ? " (this agent)" : "";
+        node.textContent = `${leader.id}${self} · epoch ${leader.epoch} · since ${since}`;
+      }
+      const agents = (leadership.agents || []).map((a) => `${a.id}${a.leader ? " (leader)" : ""}`);
+      node.title = agents.length ? `agents: ${agents.join(", ")}` : "";
+      setText("sum-agents", String(agents.length || 1));
     } catch (_) {
       // The agent is away; the connection pills say so.
     }

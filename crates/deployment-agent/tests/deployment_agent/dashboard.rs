@@ -270,6 +270,21 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
         );
     }
 
+    // One agent, no election: the summary says it leads alone.
+    poll(
+        "the leader in the summary",
+        Duration::from_secs(10),
+        async || {
+            let leader = script(
+                client,
+                "return document.getElementById('sum-leader').textContent",
+            )
+            .await;
+            (leader.as_str() == Some("this agent (alone)")).then_some(())
+        },
+    )
+    .await;
+
     // Phone width: everything fits, nothing scrolls sideways.
     within(
         Duration::from_secs(10),
