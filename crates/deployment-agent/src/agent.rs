@@ -326,6 +326,13 @@ impl Agent {
         let _ = self.shared.events.send(event);
     }
 
+    /// Shows an event to the live subscribers (`/ws/events`) without recording it (a
+    /// follower showing the leader's).
+    pub(crate) fn broadcast(&self, event: ScalingEvent) {
+        // An error only means nobody is subscribed.
+        let _ = self.shared.events.send(event);
+    }
+
     /// Sends the overrides to the store unless a later version was sent already (two tasks
     /// may execute their effects in another order than their transitions ran).
     pub(crate) fn write_overrides(&self, version: u64, overrides: ConfigOverrides) {

@@ -526,6 +526,40 @@ impl Store {
         })
     }
 
+    /// The events in Redis that memory does not hold yet (the leader's, for a follower),
+    /// oldest first; each is kept in memory, not written. `None` when Redis does not answer.
+    pub async fn take_new_events(&self, limit: usize) -> Option<Vec<ScalingEvent>> {
+        let mut conn = lock(&self.shared.conn).clone()?;
+        let reply: StreamRangeReply = timed(
+            redis::cmd("XREVRANGE")
+                .arg(self.shared.keys.events())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await
+        .ok()?;
+        let mut memory = self.shared.lock();
+        let newest = memory.events.back().map_or(0, |event| event.at_ms);
+        let mut fresh: Vec<ScalingEvent> = reply
+            .ids
+            .iter()
+            .rev()
+            .filter_map(|entry| from_json::<ScalingEvent>(&entry.get::<String>("json")?))
+            .filter(|event| event.at_ms >= newest && !memory.events.contains(event))
+            .collect();
+        fresh.sort_by_key(|event| event.at_ms);
+        for event in &fresh {
+            memory.events.push_back(event.clone());
+        }
+        while memory.events.len() > self.shared.max_events {
+            memory.events.pop_front();
+        }
+        Some(fresh)
+    }
+
     /// Makes memory hold `desired` (a follower mirroring what the leader wrote) without
     /// writing anything to Redis: the registry and the overrides are replaced, and the metrics
     /// of containers no longer registered are forgotten.

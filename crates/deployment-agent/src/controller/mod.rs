@@ -34,6 +34,8 @@ use crate::{
     store::{DesiredState, EventKind},
 };
 
+/// Most of the leader's events a follower takes in per tick.
+const FOLLOWED_EVENTS: usize = 100;
 /// How often the engine is listed to catch anything the event stream missed.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(10);
 
@@ -130,6 +132,12 @@ async fn follow(agent: &Agent) {
         agent
             .world()
             .follow(&desired.containers, desired.overrides, Instant::now());
+    }
+    // The leader's events, for this agent's event log and dashboard.
+    if let Some(events) = agent.store().take_new_events(FOLLOWED_EVENTS).await {
+        for event in events {
+            agent.broadcast(event);
+        }
     }
 }
 
