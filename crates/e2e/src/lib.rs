@@ -213,10 +213,13 @@ impl Stack {
                 .filter(|l| l.role == "leader")
                 .collect();
             if let [leader] = leaders.as_slice() {
+                // Every other agent answers, as a follower of that leader at its epoch.
                 let agreed = seen.iter().all(|l| {
                     l.as_ref().is_some_and(|l| {
-                        l.leader_id.as_deref() == Some(&leader.agent_id)
-                            && l.leader_epoch == Some(leader.epoch)
+                        l.agent_id == leader.agent_id
+                            || (l.role == "follower"
+                                && l.leader_id.as_deref() == Some(&leader.agent_id)
+                                && l.leader_epoch == Some(leader.epoch))
                     })
                 });
                 if agreed {

@@ -472,9 +472,10 @@ async fn split_brain_a_thawed_leader_steps_down_without_an_engine_call() {
     );
 }
 
-/// Both agents restarted one after the other (SIGTERM, then started again on the same
-/// ports) under 20 GET/s through a balancer that follows both: first the leader (the other
-/// takes over), then, once the restarted one follows, the new leader. No request fails; the
+/// Both agents restarted one after the other (SIGTERM, then, once the other leads, started
+/// again on the same ports) under 20 GET/s through a balancer that follows both: first the
+/// leader (the other takes over), then, once the restarted one follows, the new leader. Each
+/// stop hands over within the lease + 1 s. No request fails; the
 /// bounds set through the API before (`min 2`, `max 3`) and the desired count (2) are kept
 /// by whoever leads at the end, and the engine runs the same two workers as before (none
 /// replaced, none added).
@@ -512,26 +513,35 @@ async fn both_agents_restarted_in_turn_under_load_fail_no_request_and_keep_count
     let load = OpenLoad::start(url, 20);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    // First the leader, then the other one (which leads by then). Each is started again only
+    // once the other leads, so it never races it for the lease it gave up.
     let mut takeovers = Vec::new();
-    for round in 0..2 {
-        let (leader, follower, epoch) = cluster.leader(Duration::from_secs(30)).await;
+    let (first, _, _) = cluster.leader(Duration::from_secs(30)).await;
+    for agent in [first, 1 - first] {
+        let (_, _, epoch) = cluster.leader(Duration::from_secs(30)).await;
+        let other = 1 - agent;
         let stopping = Instant::now();
-        let exit = cluster.agents[leader]
-            .restart(Duration::from_secs(15))
-            .await;
+        let exit = cluster.agents[agent].stop(Duration::from_secs(15)).await;
         assert!(
             exit.success(),
-            "round {round}: {} exited with {exit} on SIGTERM",
-            IDS[leader]
+            "{} exited with {exit} on SIGTERM",
+            IDS[agent]
         );
-        let (took, new_epoch) = cluster.leads_above(follower, epoch, stopping).await;
-        takeovers.push(took);
+        let (took, other_epoch) = cluster.leads_above(other, epoch, stopping).await;
+        assert!(
+            took <= LEASE + Duration::from_secs(1),
+            "{} led {took:?} after {} began to stop (lease {LEASE:?})",
+            IDS[other],
+            IDS[agent]
+        );
+        takeovers.push((IDS[other], took));
+        cluster.agents[agent].start_again().await;
         let (now_leading, _, now_epoch) = cluster.leader(Duration::from_secs(30)).await;
         assert_eq!(
             (now_leading, now_epoch),
-            (follower, new_epoch),
-            "round {round}: the restarted {} did not follow",
-            IDS[leader]
+            (other, other_epoch),
+            "the restarted {} did not follow",
+            IDS[agent]
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -704,16 +704,29 @@ impl AgentProcess {
         self.signal("CONT");
     }
 
-    /// SIGTERM, waits up to `grace` for it to exit, then starts it again on the same ports
-    /// with the same settings and waits until it answers. The exit status of the stop.
-    pub async fn restart(&mut self, grace: Duration) -> std::process::ExitStatus {
+    /// SIGTERM, then waits up to `grace` for it to exit; its exit status.
+    pub async fn stop(&mut self, grace: Duration) -> std::process::ExitStatus {
         self.terminate();
-        let status = self
-            .exited_within(grace)
+        self.exited_within(grace)
             .await
-            .unwrap_or_else(|| panic!("the agent did not exit within {grace:?} of SIGTERM"));
+            .unwrap_or_else(|| panic!("the agent did not exit within {grace:?} of SIGTERM"))
+    }
+
+    /// Starts a stopped agent again on the same ports with the same settings and waits until
+    /// it answers.
+    pub async fn start_again(&mut self) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_some(),
+            "the agent still runs"
+        );
         self.child = Self::spawn(&self.env, &self.logs);
         self.wait_until_it_answers().await;
+    }
+
+    /// [`AgentProcess::stop`], then [`AgentProcess::start_again`]; the exit status.
+    pub async fn restart(&mut self, grace: Duration) -> std::process::ExitStatus {
+        let status = self.stop(grace).await;
+        self.start_again().await;
         status
     }
 
