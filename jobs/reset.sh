@@ -11,8 +11,9 @@ stack() {
   compose -p "$project" --project-directory "$ROOT" -f "$ROOT/docker-compose.yaml" \
     -f "$ROOT/docker-compose.dev.yaml" --profile load "$@"
 }
-# The agent first, so it does not replace the workers removed next.
-stack stop deployment-agent >/dev/null 2>&1 || true
+# The agents first (both: the follower would take over), so none replaces the workers
+# removed next.
+stack stop deployment-agent deployment-agent-2 >/dev/null 2>&1 || true
 workers="$(docker ps -aq --filter "label=application=$app")"
 [ -z "$workers" ] || docker rm -f $workers >/dev/null
 stack down --volumes --remove-orphans --timeout 35

@@ -80,9 +80,32 @@ balancer="http://localhost:${HOST_PORT_HTTP_BALANCER:-8000}"
 admin="http://$private:${HOST_PORT_ADMIN_BALANCER:-8001}"
 agent="http://$private:${HOST_PORT_HTTP_DEPLOYMENT_AGENT:-9000}"
 ws="ws://$private:${HOST_PORT_WS_DEPLOYMENT_AGENT:-9001}/ws"
-log "waiting until the balancer has a worker"
+# The second agent (prod, dev; none in slim) on its own host ports.
+agents="$agent" second=""
+if [ -n "$(stack ps -q deployment-agent-2)" ]; then
+  agent2="http://$private:${HOST_PORT_HTTP_DEPLOYMENT_AGENT_2:-9010}"
+  ws2="ws://$private:${HOST_PORT_WS_DEPLOYMENT_AGENT_2:-9011}/ws"
+  agents="$agent $agent2"
+  second="
+  agent 2:    $agent2/status         (queue: $ws2)
+              either agent answers the same; one leads (/status \"leadership\"), and a
+              change sent to the other is forwarded to it"
+fi
+log "waiting until every agent answers, one leads and the balancer has a worker"
+for url in $agents; do
+  until curl -fsS "$url/health" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the agent at $url does not answer; see: docker logs ${project}_deployment-agent_1 (or ${project}_deployment-agent-2_1)"
+    sleep 1
+  done
+done
+# One of them leads (GET /status, "leadership": {"role": "leader", ...}).
+leads() { for url in $agents; do curl -fsS "$url/status" 2>/dev/null | grep -q '"role":"leader"' && return 0; done; return 1; }
+until leads; do
+  [ "$SECONDS" -lt "$deadline" ] || die "no agent leads; see: docker logs ${project}_deployment-agent_1 (and ${project}_deployment-agent-2_1)"
+  sleep 1
+done
 until curl -fsS "$admin/ready" >/dev/null 2>&1; do
-  [ "$SECONDS" -lt "$deadline" ] || die "the balancer has no worker yet; see: docker logs ${project}_deployment-agent_1"
+  [ "$SECONDS" -lt "$deadline" ] || die "the balancer has no worker yet; see: docker logs ${project}_deployment-agent_1 (and ${project}_deployment-agent-2_1)"
   sleep 1
 done
 
@@ -108,7 +131,7 @@ cat <<MSG
 RustyBalancer ($environment) is up.
   balancer:   $balancer             (admin: $admin/backends, $admin/metrics)
   agent API:  $agent/status         ($agent/stats, $agent/graph, $agent/events)
-  queue:      $ws                   (WebSocket, pushed on every change)
+  queue:      $ws                   (WebSocket, pushed on every change)$second
   dashboard:  $([ "$environment" = slim ] && echo "off in the slim stack" || echo "$agent/")
   try:        $try
   token:      $token_from: scale, bounds and drain need it (the dashboard asks once)

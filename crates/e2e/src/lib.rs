@@ -5,6 +5,10 @@
 //!
 //! Every stack gets its own compose project, worker label, network, image tag, host ports and
 //! agent token, so it never meets a stack a user is running on the same machine.
+//!
+//! The prod and dev stacks run two agents (services `deployment-agent` and
+//! `deployment-agent-2`, whose `AGENT_ID` is their service name), one leading; the slim stack
+//! runs the first only. [`Stack::agents`] lists them, [`leadership`] reads who leads.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -36,10 +40,14 @@ pub struct Stack {
     pub balancer: String,
     /// The balancer's admin port.
     pub admin: String,
-    /// The agent's HTTP API.
+    /// The first agent's HTTP API (service `deployment-agent`).
     pub agent: String,
-    /// The agent's queue WebSocket.
+    /// The first agent's queue WebSocket.
     pub ws: String,
+    /// The second agent's HTTP API (service `deployment-agent-2`; none runs in slim).
+    pub agent_2: String,
+    /// The second agent's queue WebSocket.
+    pub ws_2: String,
     /// The bearer token the agent requires on mutating calls (`AGENT_TOKEN`, given to run.sh).
     pub token: String,
     env: Vec<(String, String)>,
@@ -60,6 +68,7 @@ impl Stack {
         let project = format!("rbe2e-{id}");
         let tag = format!("e2e-{id}");
         let [balancer, admin, agent, ws, grpc] = [(); 5].map(|()| free_port());
+        let [agent_2, ws_2, grpc_2] = [(); 3].map(|()| free_port());
         let token = random_token();
         let target_dir = binary_dir()
             .parent()
@@ -81,6 +90,9 @@ impl Stack {
             ("HOST_PORT_HTTP_DEPLOYMENT_AGENT", agent.to_string()),
             ("HOST_PORT_WS_DEPLOYMENT_AGENT", ws.to_string()),
             ("HOST_PORT_GRPC_DEPLOYMENT_AGENT", grpc.to_string()),
+            ("HOST_PORT_HTTP_DEPLOYMENT_AGENT_2", agent_2.to_string()),
+            ("HOST_PORT_WS_DEPLOYMENT_AGENT_2", ws_2.to_string()),
+            ("HOST_PORT_GRPC_DEPLOYMENT_AGENT_2", grpc_2.to_string()),
             ("AGENT_TOKEN", token.clone()),
         ]
         .into_iter()
@@ -99,6 +111,8 @@ impl Stack {
             admin: format!("http://127.0.0.1:{admin}"),
             agent: format!("http://127.0.0.1:{agent}"),
             ws: format!("ws://127.0.0.1:{ws}/ws"),
+            agent_2: format!("http://127.0.0.1:{agent_2}"),
+            ws_2: format!("ws://127.0.0.1:{ws_2}/ws"),
             token,
             env,
             torn_down: false,
@@ -152,6 +166,78 @@ impl Stack {
             "--filter",
             &format!("label=com.docker.compose.service={service}"),
         ])
+    }
+
+    /// The agents this stack runs (both in prod and dev, the first only in slim): those whose
+    /// service has a container.
+    pub fn agents(&self) -> Vec<AgentEndpoint> {
+        [
+            (AGENT_SERVICES[0], &self.agent, &self.ws),
+            (AGENT_SERVICES[1], &self.agent_2, &self.ws_2),
+        ]
+        .into_iter()
+        .filter(|(service, _, _)| !self.service_containers(service).is_empty())
+        .map(|(service, http, ws)| AgentEndpoint {
+            service,
+            http: http.clone(),
+            ws: ws.clone(),
+        })
+        .collect()
+    }
+
+    /// The agent whose service (= `AGENT_ID`) is `id`.
+    pub fn agent_by_id(&self, id: &str) -> AgentEndpoint {
+        self.agents()
+            .into_iter()
+            .find(|agent| agent.service == id)
+            .unwrap_or_else(|| panic!("no running agent with AGENT_ID {id}"))
+    }
+
+    /// Waits until exactly one agent leads and every other follows it at the same epoch;
+    /// returns (leader, followers, epoch).
+    pub async fn leader(
+        &self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> (AgentEndpoint, Vec<AgentEndpoint>, u64) {
+        let agents = self.agents();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for agent in &agents {
+                seen.push(leadership(client, &agent.http).await);
+            }
+            let leaders: Vec<&Leadership> = seen
+                .iter()
+                .flatten()
+                .filter(|l| l.role == "leader")
+                .collect();
+            if let [leader] = leaders.as_slice() {
+                // Every other agent answers, as a follower of that leader at its epoch.
+                let agreed = seen.iter().all(|l| {
+                    l.as_ref().is_some_and(|l| {
+                        l.agent_id == leader.agent_id
+                            || (l.role == "follower"
+                                && l.leader_id.as_deref() == Some(&leader.agent_id)
+                                && l.leader_epoch == Some(leader.epoch))
+                    })
+                });
+                if agreed {
+                    let (lead, rest): (Vec<AgentEndpoint>, Vec<AgentEndpoint>) = agents
+                        .into_iter()
+                        .partition(|agent| agent.service == leader.agent_id);
+                    let lead = lead.into_iter().next().unwrap_or_else(|| {
+                        panic!("the leader {} is no agent service", leader.agent_id)
+                    });
+                    return (lead, rest, leader.epoch);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for one leader the others follow: {seen:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The id of the one container of a compose service.
@@ -235,7 +321,7 @@ impl Stack {
 
     /// Prints the last lines of the agent's and the balancer's logs (for a failed run).
     pub fn dump_logs(&self) {
-        for service in ["deployment-agent", "balancer"] {
+        for service in ["deployment-agent", "deployment-agent-2", "balancer"] {
             for id in self.service_containers(service) {
                 if let Ok(output) = Command::new("docker")
                     .args(["logs", "--tail", "80", &id])
@@ -263,6 +349,76 @@ impl Drop for Stack {
         let _ = self.script("reset.sh", &[]);
         self.remove_images();
     }
+}
+
+/// The compose services of the agents; each one's `AGENT_ID` is its service name.
+pub const AGENT_SERVICES: [&str; 2] = ["deployment-agent", "deployment-agent-2"];
+
+/// One agent of a stack, as the host reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEndpoint {
+    /// Its compose service, also its `AGENT_ID`.
+    pub service: &'static str,
+    /// `http://127.0.0.1:<port>` of its HTTP API.
+    pub http: String,
+    /// Its queue WebSocket.
+    pub ws: String,
+}
+
+/// What an agent's `GET /status` says about leadership (`"leadership"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// This agent's `AGENT_ID`.
+    pub agent_id: String,
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The epoch this agent knows (its own while it leads).
+    pub epoch: u64,
+    /// The leader it knows of (`"leader": {"id", "epoch", ...}`), if any.
+    pub leader_id: Option<String>,
+    pub leader_epoch: Option<u64>,
+}
+
+/// The leadership `GET <agent>/status` reports; `None` when the agent does not answer.
+pub async fn leadership(client: &reqwest::Client, agent: &str) -> Option<Leadership> {
+    let status: serde_json::Value = client
+        .get(format!("{agent}/status"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let leadership = &status["leadership"];
+    Some(Leadership {
+        agent_id: leadership["agent_id"].as_str()?.to_owned(),
+        role: leadership["role"].as_str()?.to_owned(),
+        epoch: leadership["epoch"].as_u64()?,
+        leader_id: leadership["leader"]["id"].as_str().map(str::to_owned),
+        leader_epoch: leadership["leader"]["epoch"].as_u64(),
+    })
+}
+
+/// Polls `agent`'s `/status` every 50 ms until it leads with an epoch above `above`; the
+/// time from `since`, or `None` after `timeout`.
+pub async fn leads_above(
+    client: &reqwest::Client,
+    agent: &str,
+    above: u64,
+    since: Instant,
+    timeout: Duration,
+) -> Option<(Duration, u64)> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(l) = leadership(client, agent).await {
+            if l.role == "leader" && l.epoch > above {
+                return Some((since.elapsed(), l.epoch));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 /// A fresh agent token: 32 random bytes as hex.
@@ -350,8 +506,8 @@ fn list(args: &[&str]) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Every snapshot of the agent's queue seen on its WebSocket, reconnecting whenever the agent
-/// goes away (it is restarted during the test).
+/// Every snapshot of the agents' queue seen on a WebSocket, reconnecting whenever the agent
+/// goes away (it is restarted or killed during the test), to the next URL of its list.
 pub struct QueueRecorder {
     seen: Arc<Mutex<Vec<(Instant, QueueSnapshot)>>>,
     task: tokio::task::JoinHandle<()>,
@@ -360,11 +516,17 @@ pub struct QueueRecorder {
 impl QueueRecorder {
     /// Connects to `url` and keeps recording until dropped.
     pub async fn start(url: &str) -> Self {
+        Self::following(&[url.to_owned()]).await
+    }
+
+    /// Records from the first of `urls` that answers; when its socket ends, the next one (in
+    /// turn). Every agent serves the leader's queue, so any of a stack's agents will do.
+    pub async fn following(urls: &[String]) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let url = url.to_owned();
+        let urls = urls.to_vec();
         let task = tokio::spawn(async move {
-            loop {
+            for url in urls.iter().cycle() {
                 if let Ok(Ok((socket, _))) = tokio::time::timeout(
                     Duration::from_secs(5),
                     tokio_tungstenite::connect_async(url.as_str()),
@@ -573,6 +735,45 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
         .json()
         .await
         .unwrap_or_else(|err| panic!("GET {url}: not JSON: {err}"))
+}
+
+/// An agent's answer to `POST /scale`: status, body, and the agent a follower forwarded it to
+/// (`X-Forwarded-To-Leader`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub forwarded_to: Option<String>,
+}
+
+/// `POST <agent>/scale` with `body`, with the bearer `token` when given.
+pub async fn post_scale(
+    client: &reqwest::Client,
+    agent: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> ScaleAnswer {
+    let mut request = client.post(format!("{agent}/scale")).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let answer = request
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("POST {agent}/scale {body}: {err}"));
+    let status = answer.status().as_u16();
+    let forwarded_to = answer
+        .headers()
+        .get("x-forwarded-to-leader")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let text = answer.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    ScaleAnswer {
+        status,
+        body,
+        forwarded_to,
+    }
 }
 
 /// The failed rows of a run, for an assertion message.

@@ -1,13 +1,16 @@
-//! The whole product as users run it: `jobs/run.sh -e dev` brings up Redis, the deployment
-//! agent and the balancer with compose on the real Docker engine, `loadgen` drives HTTP
-//! through the balancer, a WebSocket client watches the queue, and `jobs/reset.sh` removes it
-//! all. The main test, in phases that share the stack:
+//! The whole product as users run it: `jobs/run.sh -e dev` brings up Redis, the two
+//! deployment agents (one leads) and the balancer with compose on the real Docker engine,
+//! `loadgen` drives HTTP through the balancer, a WebSocket client watches the queue (from
+//! either agent), and `jobs/reset.sh` removes it all. The main test, in phases that share the
+//! stack:
 //!
 //! 1. a step of CPU-heavy `/submit` jobs: scale-out by at least two workers, the categories
 //!    move (INIT → LU → MU/HU), then SUNDOWN and removal back to the minimum; no failed request;
 //! 2. `docker kill` of a worker under GET load: no failed request, a replacement;
-//! 3. the agent container restarted under load: no failed request, the same workers adopted
-//!    (no duplicates), the bounds set through the API still in force (Redis);
+//! 3. the leading agent's container restarted (`docker stop` + `start`) under load: no failed
+//!    request, the other agent takes over within the lease, the restarted one comes back as a
+//!    follower, the same workers kept (no duplicates), the bounds set through the API still in
+//!    force (Redis);
 //! 4. `jobs/reset.sh`: no container, network or volume left.
 //!
 //! It saves the load chart under `target/e2e/` and prints the worker cold start and the
@@ -18,6 +21,10 @@
 //! (`--test-threads=1` in `jobs/test.sh`). A last test checks the token run.sh makes without
 //! starting a stack. Another follows README's "Bring your own app" word for word: the prod
 //! stack in front of an nginx image built from Debian's package, serving through the balancer.
+//! The last one kills the leading agent of the prod stack under load (`docker kill`): the
+//! follower leads within `LEADER_LEASE` + 1 s (the takeover time is printed), no request
+//! fails, no worker is duplicated or orphaned, and a load step afterwards still scales out and
+//! back; `POST /scale` on the follower answers as on the leader.
 
 use std::{
     collections::BTreeSet,
@@ -31,8 +38,8 @@ use common::{
     testing::{Cleanup, binary_dir, docker, eventually, repo_root, unique, workspace_binary},
 };
 use e2e::{
-    Loadgen, QueueRecorder, ResultRow, Stack, cold_starts, events, failures, get_json,
-    passes_through, published_on, runs_as, serving,
+    Loadgen, QueueRecorder, ResultRow, Stack, cold_starts, events, failures, get_json, leadership,
+    leads_above, passes_through, post_scale, published_on, runs_as, serving,
 };
 
 /// The agent's settings for the run, on top of the dev stack's: one worker to start from and to
@@ -60,23 +67,22 @@ const STEP_AT_S: f64 = 5.0;
 const PROFILE: &str = "1@5s,10@40s";
 /// When the worker is killed, from the start of the load.
 const KILL_AFTER: Duration = Duration::from_secs(6);
+/// The agents' `LEADER_LEASE` in the stacks (compose's default).
+const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_scales_heals_and_keeps_serving() {
     let mut stack = tokio::task::spawn_blocking(|| Stack::up("dev", &SETTINGS))
         .await
         .expect("starting the stack panicked");
-    let artifacts = binary_dir()
-        .parent()
-        .and_then(|dir| dir.parent())
-        .expect("no target directory")
-        .join("e2e");
-    std::fs::create_dir_all(&artifacts).expect("cannot create target/e2e");
+    let artifacts = artifacts();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let queue = QueueRecorder::start(&stack.ws).await;
+    // Either agent serves the leader's queue: the recorder moves to the other one when the
+    // one it follows stops.
+    let queue = QueueRecorder::following(&[stack.ws.clone(), stack.ws_2.clone()]).await;
 
     // 1. Scale out under a step of jobs, then back in.
     let idle = queue
@@ -182,7 +188,9 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         .reduce(f64::min)
         .expect("no request was served by a worker added after the step")
         - STEP_AT_S;
-    let (mut cold, mut thawed) = cold_starts(&events(&client, &stack.agent).await);
+    // The leader made the workers: its events say how long each took.
+    let (leader, _, _) = stack.leader(&client, Duration::from_secs(30)).await;
+    let (mut cold, mut thawed) = cold_starts(&events(&client, &leader.http).await);
     cold.sort_unstable();
     thawed.sort_unstable();
     assert!(
@@ -257,13 +265,26 @@ async fn the_stack_scales_heals_and_keeps_serving() {
     })
     .await;
 
-    // 3. Restart the agent under load: SIGTERM ends its streams and it exits 0 at once, and
-    //    its API is back within seconds (measured by polling /health).
+    // 3. Restart the leading agent under load: SIGTERM ends its streams, it gives up its lease
+    //    and exits 0 at once; the other agent leads within the lease (measured on its
+    //    /status). Started again once the other leads (so it does not race it for the free
+    //    lease), its API is back within seconds (polled /health) and it follows.
     let load = idempotent_load(&stack, &artifacts, "restart");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let agent = stack.service_container("deployment-agent");
-    let gap = ApiGap::watch(&client, &format!("{}/health", stack.agent));
+    let (leader, followers, epoch) = stack.leader(&client, Duration::from_secs(30)).await;
+    let other = followers
+        .first()
+        .expect("the dev stack runs two agents")
+        .clone();
+    let agent = stack.service_container(leader.service);
+    let gap = ApiGap::watch(&client, &format!("{}/health", leader.http));
     let stopping = Instant::now();
+    let handover = {
+        let (client, url) = (client.clone(), other.http.clone());
+        tokio::spawn(async move {
+            leads_above(&client, &url, epoch, stopping, Duration::from_secs(60)).await
+        })
+    };
     docker(&["stop", "-t", "15", &agent]);
     let stop_took = stopping.elapsed();
     let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &agent]);
@@ -276,6 +297,21 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         stop_took < Duration::from_secs(12),
         "the agent took {stop_took:?} to stop; its SHUTDOWN_GRACE is 10 s"
     );
+    let (handover, _) = handover
+        .await
+        .expect("the leadership watcher panicked")
+        .unwrap_or_else(|| {
+            panic!(
+                "{} did not take over from {}",
+                other.service, leader.service
+            )
+        });
+    assert!(
+        handover <= DEFAULT_LEASE + Duration::from_secs(1),
+        "{} led {handover:?} after {} began to stop (lease {DEFAULT_LEASE:?})",
+        other.service,
+        leader.service
+    );
     docker(&["start", &agent]);
     let restarted_ms = unix_ms();
     let api_gap = gap.finish(Duration::from_secs(60)).await;
@@ -283,21 +319,21 @@ async fn the_stack_scales_heals_and_keeps_serving() {
     assert_eq!(
         summary.errors,
         0,
-        "failed requests while the agent restarted: {:?}",
+        "failed requests while the leading agent restarted: {:?}",
         failures(&rows)
     );
+    let (now_leading, _, _) = stack.leader(&client, Duration::from_secs(60)).await;
+    assert_eq!(
+        now_leading.service, other.service,
+        "the restarted agent did not come back as a follower"
+    );
     let after = queue
-        .wait_until(
-            "the restarted agent's queue",
-            Duration::from_secs(60),
-            |s| s.timestamp_ms >= restarted_ms && serving(s).len() == 2,
-        )
+        .wait_until("the new leader's queue", Duration::from_secs(60), |s| {
+            s.timestamp_ms >= restarted_ms && serving(s).len() == 2
+        })
         .await;
     let adopted: BTreeSet<String> = after.items.iter().map(|item| item.id.clone()).collect();
-    assert_eq!(
-        adopted, workers,
-        "the restarted agent did not adopt the workers"
-    );
+    assert_eq!(adopted, workers, "the new leader did not keep the workers");
     // A few decisions later there is still no duplicate.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
@@ -310,7 +346,7 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         1,
         "the warm standby was lost or doubled"
     );
-    let config = get_json(&client, &format!("{}/config", stack.agent)).await;
+    let config = get_json(&client, &format!("{}/config", now_leading.http)).await;
     assert_eq!(
         (&config["min_replicas"], &config["max_replicas"]),
         (&serde_json::json!(2), &serde_json::json!(3)),
@@ -328,7 +364,9 @@ async fn the_stack_scales_heals_and_keeps_serving() {
          worker cold start, create call to first healthy answer: {}\n  \
          worker from the warm pool, thaw call to first healthy answer: {}\n  \
          scale-out reaction (load step to the first answer from a new worker): {:.0} ms{}\n  \
-         agent restart (docker stop + start): stopped in {} ms, API unreachable for {} ms\n  \
+         leading agent restart (docker stop, then start once the other leads): stopped in {} ms, \
+         the other agent led {} ms after the stop began, the stopped one's API unreachable for \
+         {} ms\n  \
          charts: {}\n",
         spread(&cold),
         spread(&thawed),
@@ -342,6 +380,7 @@ async fn the_stack_scales_heals_and_keeps_serving() {
             String::new()
         },
         stop_took.as_millis(),
+        handover.as_millis(),
         api_gap.as_millis(),
         artifacts.display()
     );
@@ -376,6 +415,22 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
             "{environment}: X-Backend {backend}"
         );
         assert_locked_down(&stack, environment, &backend);
+        // prod: two agents, one leads (an elected epoch), the other follows it; slim: one
+        // agent that leads alone (epoch 0, no lease).
+        let (leader, followers, epoch) = stack.leader(&client, Duration::from_secs(30)).await;
+        if environment == "slim" {
+            assert!(
+                followers.is_empty() && epoch == 0,
+                "slim: {} leads at epoch {epoch}, followers {followers:?}",
+                leader.service
+            );
+        } else {
+            assert!(
+                followers.len() == 1 && epoch >= 1,
+                "{environment}: {} leads at epoch {epoch}, followers {followers:?}",
+                leader.service
+            );
+        }
         // Both stacks start at least one worker: this changes nothing but needs the token.
         scale_with_token(&client, &stack, serde_json::json!({"min_replicas": 1})).await;
         let job: serde_json::Value = answer.json().await.unwrap();
@@ -447,13 +502,26 @@ fn assert_locked_down(stack: &Stack, environment: &str, worker: &str) {
         .unwrap_or_else(|err| panic!("cannot stat the Docker socket {socket}: {err}"))
         .gid()
         .to_string();
-    let agent = stack.service_container("deployment-agent");
+    // Two agents in prod and dev (the same definition), the first only in slim.
+    let agents: Vec<String> = stack
+        .agents()
+        .iter()
+        .map(|agent| stack.service_container(agent.service))
+        .collect();
+    assert_eq!(
+        agents.len(),
+        if environment == "slim" { 1 } else { 2 },
+        "{environment}: agent containers {agents:?}"
+    );
     let balancer = stack.service_container("balancer");
-    let mut containers = vec![
-        ("deployment-agent", agent.clone()),
+    let mut containers: Vec<(&str, String)> = agents
+        .iter()
+        .map(|agent| ("deployment-agent", agent.clone()))
+        .collect();
+    containers.extend([
         ("balancer", balancer.clone()),
         ("worker", worker.to_owned()),
-    ];
+    ]);
     if environment != "slim" {
         containers.push(("redis", stack.service_container("redis")));
     }
@@ -490,13 +558,15 @@ fn assert_locked_down(stack: &Stack, environment: &str, worker: &str) {
         }
     }
     let loopback = BTreeSet::from(["127.0.0.1".to_owned()]);
-    let agent_ports = published_on(&agent);
-    for port in [9000, 9001, 9002] {
-        assert_eq!(
-            agent_ports.get(&port),
-            Some(&loopback),
-            "{environment}: agent port {port}: {agent_ports:?}"
-        );
+    for agent in &agents {
+        let agent_ports = published_on(agent);
+        for port in [9000, 9001, 9002] {
+            assert_eq!(
+                agent_ports.get(&port),
+                Some(&loopback),
+                "{environment}: agent {agent} port {port}: {agent_ports:?}"
+            );
+        }
     }
     let balancer_ports = published_on(&balancer);
     assert_eq!(
@@ -691,6 +761,17 @@ fn spread(sorted: &[u64]) -> String {
     )
 }
 
+/// `target/e2e/`, where runs leave their results and charts.
+fn artifacts() -> std::path::PathBuf {
+    let dir = binary_dir()
+        .parent()
+        .and_then(|dir| dir.parent())
+        .expect("no target directory")
+        .join("e2e");
+    std::fs::create_dir_all(&dir).expect("cannot create target/e2e");
+    dir
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -804,4 +885,298 @@ async fn bring_your_own_app_readme_example_comes_up_and_serves() {
     tokio::task::spawn_blocking(move || stack.tear_down())
         .await
         .expect("teardown panicked");
+}
+
+/// Issue 14: `docker kill` of the leading agent of the prod stack (two agents,
+/// `LEADER_LEASE=3s`) under a steady load through the balancer.
+///
+/// - `POST /scale` on the follower's published port gets the leader's answer (status and
+///   body; accepted, over the limit, and without the token), marked `X-Forwarded-To-Leader`;
+/// - the takeover time, from the kill to the follower's `/status` saying `leader` with a
+///   higher epoch, is printed and at most `LEADER_LEASE` + 1 s; the new leader has a
+///   `leader_elected` event and `agent_leader 1` on `/metrics`;
+/// - no request of the load fails;
+/// - no duplicate worker: never more than the two workers the bounds ask for in the queue
+///   after the kill (names unique), and no orphan: every running worker container labelled for
+///   the stack is in the new leader's `/stats`, every paused one in its warm standby;
+/// - a load step afterwards still scales out and back down to the two;
+/// - the killed agent, started again, follows the new leader.
+///
+/// The killed container's restart policy is lifted for the measurement, so the engine does
+/// not bring it back to race the follower for the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leading_agent_under_load_hands_over_within_the_lease() {
+    let lease = DEFAULT_LEASE;
+    let mut settings = SETTINGS.to_vec();
+    settings.push(("LEADER_LEASE", "3s"));
+    let mut stack = tokio::task::spawn_blocking(move || Stack::up("prod", &settings))
+        .await
+        .expect("starting the stack panicked");
+    let artifacts = artifacts();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (leader, followers, epoch) = stack.leader(&client, Duration::from_secs(60)).await;
+    let follower = followers
+        .into_iter()
+        .next()
+        .expect("the prod stack runs two agents");
+
+    // POST /scale on the follower answers as on the leader: a change (the bounds for the
+    // rest of the test), one over MAX_CONTAINERS_LIMIT, and one without the token.
+    let bounds = serde_json::json!({"min_replicas": 2, "max_replicas": 3, "replicas": 2});
+    let too_many = serde_json::json!({"replicas": 100_000});
+    for (body, token, status) in [
+        (&bounds, Some(stack.token.as_str()), 202),
+        (&too_many, Some(stack.token.as_str()), 400),
+        (&bounds, None, 401),
+    ] {
+        let on_leader = post_scale(&client, &leader.http, token, body).await;
+        let on_follower = post_scale(&client, &follower.http, token, body).await;
+        assert_eq!(
+            on_leader.status, status,
+            "POST /scale {body} on the leader: {on_leader:?}"
+        );
+        assert_eq!(
+            (on_follower.status, &on_follower.body),
+            (on_leader.status, &on_leader.body),
+            "POST /scale {body}: the follower's answer differs from the leader's"
+        );
+        assert_eq!(
+            on_leader.forwarded_to, None,
+            "the leader says it forwarded POST /scale {body}"
+        );
+        if token.is_some() {
+            assert_eq!(
+                on_follower.forwarded_to.as_deref(),
+                Some(leader.service),
+                "POST /scale {body} on the follower: X-Forwarded-To-Leader"
+            );
+        }
+    }
+
+    // The follower's queue first: the kill does not interrupt the recording.
+    let queue = QueueRecorder::following(&[follower.ws.clone(), leader.ws.clone()]).await;
+    queue
+        .wait_until("two serving workers", Duration::from_secs(90), |s| {
+            s.items.len() == 2 && serving(s).len() == 2
+        })
+        .await;
+    eventually("a paused warm standby", Duration::from_secs(60), || {
+        let standby = stack.worker_containers("paused");
+        async move { (standby.len() == 1).then_some(()) }
+    })
+    .await;
+
+    // The kill, under a steady load.
+    let load = idempotent_load(&stack, &artifacts, "takeover");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let container = stack.service_container(leader.service);
+    docker(&["update", "--restart=no", &container]);
+    let killed_ms = unix_ms();
+    let killed = Instant::now();
+    docker(&["kill", &container]);
+    let waited = lease + Duration::from_secs(30);
+    let Some((takeover, new_epoch)) =
+        leads_above(&client, &follower.http, epoch, killed, waited).await
+    else {
+        let now = leadership(&client, &follower.http).await;
+        panic!(
+            "{} did not lead within {waited:?} of the kill of {}; its leadership: {now:?}",
+            follower.service, leader.service
+        );
+    };
+    println!(
+        "\nleader takeover after docker kill: {} ms (lease {} ms), epoch {epoch} -> {new_epoch}\n",
+        takeover.as_millis(),
+        lease.as_millis()
+    );
+    assert!(
+        takeover <= lease + Duration::from_secs(1),
+        "{} led {takeover:?} after the kill of {} (LEADER_LEASE {lease:?} + 1 s)",
+        follower.service,
+        leader.service
+    );
+    // At once: every worker on the engine belongs to the new leader's registry.
+    registry_matches_engine(&client, &stack, &follower.http, 2).await;
+    let (summary, rows) = load.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        summary.errors,
+        0,
+        "failed requests around the kill of the leading agent: {:?}",
+        failures(&rows)
+    );
+    assert_eq!(
+        queue.peak_active(killed),
+        2,
+        "more workers than the two asked for after the takeover: {:#?}",
+        queue.journeys(killed)
+    );
+    registry_matches_engine(&client, &stack, &follower.http, 2).await;
+    let elected: Vec<_> = events(&client, &follower.http)
+        .await
+        .into_iter()
+        .filter(|event| event.kind == "leader_elected" && event.at_ms >= killed_ms)
+        .collect();
+    assert!(
+        !elected.is_empty(),
+        "no leader_elected event on {} after the kill",
+        follower.service
+    );
+    let metrics = client
+        .get(format!("{}/metrics", follower.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // `agent_leader 1` (labels, if any, between the name and the value).
+    assert!(
+        metrics.lines().any(|line| {
+            let line = line.trim();
+            (line.starts_with("agent_leader ") || line.starts_with("agent_leader{"))
+                && line.split_whitespace().last() == Some("1")
+        }),
+        "the new leader's /metrics does not say agent_leader 1:\n{metrics}"
+    );
+
+    // A load step under the new leader still scales out, then back to the two.
+    let since = Instant::now();
+    let step = Loadgen::start(
+        &artifacts,
+        "after-takeover",
+        &[
+            "--target",
+            &format!("{}/submit", stack.balancer),
+            "--body",
+            JOB,
+            "--profile",
+            PROFILE,
+            "--timeout",
+            "60s",
+            "--agent",
+            &follower.http,
+        ],
+    );
+    let (summary, rows) = step.finish(Duration::from_secs(180)).await;
+    assert_eq!(
+        summary.errors,
+        0,
+        "failed requests during the step after the takeover: {:?}",
+        failures(&rows)
+    );
+    assert!(
+        queue.peak_active(since) >= 3,
+        "the new leader did not scale out: {:#?}",
+        queue.journeys(since)
+    );
+    queue
+        .wait_until("back to two workers", Duration::from_secs(180), |s| {
+            s.items.len() == 2 && serving(s).len() == 2
+        })
+        .await;
+    eventually(
+        "two worker containers left",
+        Duration::from_secs(30),
+        || {
+            let workers = stack.worker_containers("running");
+            async move { (workers.len() == 2).then_some(()) }
+        },
+    )
+    .await;
+    registry_matches_engine(&client, &stack, &follower.http, 2).await;
+
+    // The killed agent, started again, follows.
+    docker(&["update", "--restart=unless-stopped", &container]);
+    docker(&["start", &container]);
+    let (now_leading, _, now_epoch) = stack.leader(&client, Duration::from_secs(60)).await;
+    assert_eq!(
+        (now_leading.service, now_epoch),
+        (follower.service, new_epoch),
+        "the restarted agent did not follow the new leader"
+    );
+
+    drop(queue);
+    tokio::task::spawn_blocking(move || stack.tear_down())
+        .await
+        .expect("teardown panicked");
+}
+
+/// No orphan and no duplicate, at `agent` (the leader), polled for up to 3 s (shorter than
+/// the agent's 10 s reconcile, which would adopt an orphan): every running worker container
+/// labelled for the stack is in its `/stats`, every paused one in its warm standby
+/// (`/status`), the registry's names are unique, and `active` of them are not SUNDOWN, as many
+/// as it wants (`bounds.desired_replicas`).
+async fn registry_matches_engine(
+    client: &reqwest::Client,
+    stack: &Stack,
+    agent: &str,
+    active: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stats = get_json(client, &format!("{agent}/stats")).await;
+        let status = get_json(client, &format!("{agent}/status")).await;
+        let running = stack.worker_containers("running");
+        let paused: BTreeSet<String> = docker(&[
+            "ps",
+            "--filter",
+            &format!("label=application={}", stack.app),
+            "--filter",
+            "status=paused",
+            "--format",
+            "{{.Names}}",
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+        let members = stats["containers"].as_array().cloned().unwrap_or_default();
+        let ids: BTreeSet<String> = members
+            .iter()
+            .filter_map(|member| member["id"].as_str().map(str::to_owned))
+            .collect();
+        let names: Vec<&str> = members
+            .iter()
+            .filter_map(|member| member["name"].as_str())
+            .collect();
+        let unique_names: BTreeSet<&str> = names.iter().copied().collect();
+        let not_sundown = members
+            .iter()
+            .filter(|member| member["category"] != "SUNDOWN")
+            .count();
+        let desired = stats["bounds"]["desired_replicas"].as_u64();
+        let standby: BTreeSet<String> = status["warm_standby"]["ready"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|name| name.as_str().map(str::to_owned))
+            .collect();
+        let orphans: Vec<&String> = running.difference(&ids).collect();
+        let stray_standby: Vec<&String> = paused.difference(&standby).collect();
+        let problem = if !orphans.is_empty() {
+            Some(format!("running workers not in the registry: {orphans:?}"))
+        } else if !stray_standby.is_empty() {
+            Some(format!(
+                "paused workers not in the warm standby: {stray_standby:?}"
+            ))
+        } else if unique_names.len() != names.len() {
+            Some(format!("duplicate names in the registry: {names:?}"))
+        } else if not_sundown != active || desired != Some(active as u64) {
+            Some(format!(
+                "{not_sundown} active workers, desired {desired:?}, expected {active}"
+            ))
+        } else {
+            None
+        };
+        let Some(problem) = problem else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{agent}: {problem}\n/stats: {stats}\n/status: {status}\nengine: running {running:?}, paused {paused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

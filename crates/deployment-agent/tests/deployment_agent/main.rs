@@ -2,10 +2,12 @@
 //! runtime): lifecycle, scoring categories on the live queue, scaling both ways, recovery from
 //! a killed container, an agent restart and a Redis outage, and the HTTP API; a paused worker
 //! under load through the real balancer with every routing policy, the last scale request,
-//! and worker names that meet leftover containers.
+//! and worker names that meet leftover containers. `ha`: two agent processes with one leader
+//! (split brain, restarts under load, calls forwarded to the leader).
 
 mod byoa;
 mod dashboard;
+mod ha;
 mod probes;
 mod support;
 

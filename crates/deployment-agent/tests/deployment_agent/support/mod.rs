@@ -364,12 +364,52 @@ impl Balancer {
         policy: &str,
         settings: &[(&str, &str)],
     ) -> Self {
+        let urls = [
+            ("AGENT_WS_URL", format!("ws://{ws}/ws")),
+            ("AGENT_GRPC_URL", format!("http://{grpc}")),
+        ];
+        Self::spawn(&urls, token, policy, settings)
+    }
+
+    /// The balancer following several agents (`AGENT_WS_URLS`, `AGENT_GRPC_URLS`, in the
+    /// order given): whichever is reachable, never going back to an older leader's queue.
+    pub fn start_following(
+        agents: &[&AgentProcess],
+        token: &str,
+        policy: &str,
+        settings: &[(&str, &str)],
+    ) -> Self {
+        let list = |url: &dyn Fn(&AgentProcess) -> String| {
+            agents
+                .iter()
+                .map(|agent| url(agent))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let urls = [
+            (
+                "AGENT_WS_URLS",
+                list(&|agent| format!("ws://{}/ws", agent.ws)),
+            ),
+            (
+                "AGENT_GRPC_URLS",
+                list(&|agent| format!("http://{}", agent.grpc)),
+            ),
+        ];
+        Self::spawn(&urls, token, policy, settings)
+    }
+
+    fn spawn(
+        agent_urls: &[(&str, String)],
+        token: &str,
+        policy: &str,
+        settings: &[(&str, &str)],
+    ) -> Self {
         let mut command = std::process::Command::new(workspace_binary("balancer"));
         command
             .env_clear()
             .args(["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"])
-            .env("AGENT_WS_URL", format!("ws://{ws}/ws"))
-            .env("AGENT_GRPC_URL", format!("http://{grpc}"))
+            .envs(agent_urls.iter().map(|(key, url)| (*key, url.as_str())))
             .env("AGENT_TOKEN", token)
             .env("BALANCER_POLICY", policy)
             .envs(settings.iter().copied());
@@ -508,47 +548,79 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
 }
 
 /// The `deployment-agent` binary as a child process on free loopback ports, on the process
-/// runtime with no worker (min 0), logging JSON; killed and reaped when dropped.
+/// runtime with no worker (min 0), logging JSON; killed and reaped when dropped. It can be
+/// restarted on the same ports with the same settings, frozen (SIGSTOP) and thawed.
 pub struct AgentProcess {
     pub http: SocketAddr,
     pub ws: SocketAddr,
     pub grpc: SocketAddr,
     child: std::process::Child,
     logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Every variable it was started with, defaults first (for a restart).
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
     /// Starts the binary with `env` on top of the idle defaults (no token unless given) and
     /// waits until its HTTP port answers.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        use std::io::{BufRead, BufReader};
         let port = || common::testing::free_port();
         let (http, ws, grpc) = (port(), port(), port());
         let app = format!("rbbin{}", unique().replace('-', ""));
         let worker = workspace_binary("worker");
+        let defaults = [
+            ("AGENT_HOST", "127.0.0.1".to_owned()),
+            ("HOST_PORT_HTTP_DEPLOYMENT_AGENT", http.to_string()),
+            ("HOST_PORT_WS_DEPLOYMENT_AGENT", ws.to_string()),
+            ("HOST_PORT_GRPC_DEPLOYMENT_AGENT", grpc.to_string()),
+            ("AGENT_RUNTIME", "process".to_owned()),
+            ("WORKER_BINARY", worker.to_string_lossy().into_owned()),
+            ("APP_IDENTIFIER", app),
+            ("AGENT_NAME", "rustybalancer-tests".to_owned()),
+            ("MIN_CONTAINERS", "0".to_owned()),
+            ("DEFAULT_CONTAINER", "0".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        let env: Vec<(String, String)> = defaults
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .chain(
+                env.iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+            )
+            .collect();
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let child = Self::spawn(&env, &logs);
+        let agent = Self {
+            http: loopback(http),
+            ws: loopback(ws),
+            grpc: loopback(grpc),
+            child,
+            logs,
+            env,
+        };
+        agent.wait_until_it_answers().await;
+        agent
+    }
+
+    /// Starts the binary with `env` (later values win), its log read into `logs`.
+    fn spawn(
+        env: &[(String, String)],
+        logs: &Arc<Mutex<Vec<serde_json::Value>>>,
+    ) -> std::process::Child {
+        use std::io::{BufRead, BufReader};
         let mut command = std::process::Command::new(workspace_binary("deployment-agent"));
         command
             .env_clear()
-            .env("AGENT_HOST", "127.0.0.1")
-            .env("HOST_PORT_HTTP_DEPLOYMENT_AGENT", http.to_string())
-            .env("HOST_PORT_WS_DEPLOYMENT_AGENT", ws.to_string())
-            .env("HOST_PORT_GRPC_DEPLOYMENT_AGENT", grpc.to_string())
-            .env("AGENT_RUNTIME", "process")
-            .env("WORKER_BINARY", &worker)
-            .env("APP_IDENTIFIER", &app)
-            .env("AGENT_NAME", "rustybalancer-tests")
-            .env("MIN_CONTAINERS", "0")
-            .env("DEFAULT_CONTAINER", "0")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .args(["--log-format", "json"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().expect("cannot start deployment-agent");
         let stderr = child.stderr.take().expect("piped stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
+        let sink = Arc::clone(logs);
         // Reads the log to its end, so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -557,16 +629,12 @@ impl AgentProcess {
                 }
             }
         });
-        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let agent = Self {
-            http: loopback(http),
-            ws: loopback(ws),
-            grpc: loopback(grpc),
-            child,
-            logs,
-        };
+        child
+    }
+
+    async fn wait_until_it_answers(&self) {
         let client = reqwest::Client::new();
-        let health = format!("http://{}/health", agent.http);
+        let health = format!("http://{}/health", self.http);
         common::testing::eventually(
             "the agent binary to answer",
             Duration::from_secs(20),
@@ -576,14 +644,27 @@ impl AgentProcess {
             },
         )
         .await;
-        agent
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Log events so far (JSON, flattened).
+    /// `http://<its HTTP address><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// The value of a variable it was started with (the last one given).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Log events so far (JSON, flattened), across restarts.
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.logs.lock().unwrap().clone()
     }
@@ -599,13 +680,54 @@ impl AgentProcess {
             .expect("no VmRSS in /proc status")
     }
 
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    /// Sends the signal `name` (`TERM`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-s", "TERM", &self.pid().to_string()])
+            .args(["-s", name, &self.pid().to_string()])
             .status()
             .expect("kill");
-        assert!(status.success(), "kill -s TERM failed");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open, nothing runs, its clocks go on.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// SIGTERM, then waits up to `grace` for it to exit; its exit status.
+    pub async fn stop(&mut self, grace: Duration) -> std::process::ExitStatus {
+        self.terminate();
+        self.exited_within(grace)
+            .await
+            .unwrap_or_else(|| panic!("the agent did not exit within {grace:?} of SIGTERM"))
+    }
+
+    /// Starts a stopped agent again on the same ports with the same settings and waits until
+    /// it answers.
+    pub async fn start_again(&mut self) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_some(),
+            "the agent still runs"
+        );
+        self.child = Self::spawn(&self.env, &self.logs);
+        self.wait_until_it_answers().await;
+    }
+
+    /// [`AgentProcess::stop`], then [`AgentProcess::start_again`]; the exit status.
+    pub async fn restart(&mut self, grace: Duration) -> std::process::ExitStatus {
+        let status = self.stop(grace).await;
+        self.start_again().await;
+        status
     }
 
     /// Waits up to `timeout` for the process to exit; `None` if it is still running.
@@ -625,6 +747,7 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
+        // SIGKILL ends a frozen (SIGSTOPped) process too.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
