@@ -5,17 +5,28 @@
 use common::queue::Category;
 use serde::{Deserialize, Serialize};
 
+/// A worker container as the engine names it and the balancers reach it: what the engine
+/// reports and the registry keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: String,
+    pub name: String,
+    /// `host:port` that balancers and the agent's probes dial.
+    pub address: String,
+    /// The name balancers show for it (`X-Backend`).
+    pub dns_name: String,
+    /// The CPU core it is pinned to (WORKER_CPUSET), if any.
+    pub core_id: Option<u32>,
+    pub created_at_ms: u64,
+}
+
 /// One container the agent manages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
-    pub id: String,
-    pub name: String,
-    /// `host:port` a balancer dials.
-    pub address: String,
-    pub dns_name: String,
-    /// The CPU core the container is pinned to, if any.
-    pub core_id: Option<u32>,
-    pub created_at_ms: u64,
+    /// Flattened: its fields sit at the top level of the JSON, as before they were shared.
+    /// (The Redis hash is written field by field in `store.rs`.)
+    #[serde(flatten)]
+    pub worker: Worker,
     pub category: Category,
     /// When the container entered SUNDOWN (Unix ms).
     pub sundown_since_ms: Option<u64>,

@@ -12,20 +12,13 @@ use futures_util::stream::BoxStream;
 pub use docker::DockerRuntime;
 pub use process::ProcessRuntime;
 
-use crate::score::StatsSample;
+use crate::{model::Worker, score::StatsSample};
 
 /// A worker instance as the engine reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
-    pub id: String,
-    pub name: String,
-    /// `host:port` that balancers and the agent's probes dial.
-    pub address: String,
-    /// The name balancers show for it (`X-Backend`).
-    pub dns_name: String,
-    /// The core it is pinned to (WORKER_CPUSET), if any.
-    pub core_id: Option<u32>,
-    pub created_at_ms: u64,
+    /// Its identity and address, the fields the registry keeps too.
+    pub worker: Worker,
     pub running: bool,
     /// Frozen (`docker pause`, SIGSTOP): a warm standby, not serving.
     pub paused: bool,
@@ -102,7 +95,7 @@ impl Runtime {
                 .list()
                 .await?
                 .into_iter()
-                .map(|instance| instance.name)
+                .map(|instance| instance.worker.name)
                 .filter(|name| name.starts_with(prefix))
                 .collect()),
         }

@@ -60,7 +60,9 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-pub use crate::model::{ConfigOverrides, ContainerRecord, EventKind, MetricPoint, ScalingEvent};
+pub use crate::model::{
+    ConfigOverrides, ContainerRecord, EventKind, MetricPoint, ScalingEvent, Worker,
+};
 
 /// Changes waiting for the writer. Past this, changes are dropped and the store resyncs.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -357,7 +359,7 @@ impl Store {
         for record in &loaded.persisted.containers {
             memory
                 .containers
-                .entry(record.id.clone())
+                .entry(record.worker.id.clone())
                 .or_insert_with(|| record.clone());
         }
         if !memory.overrides_known {
@@ -382,10 +384,12 @@ impl Store {
     /// background. Upserting an unchanged record writes nothing.
     pub fn upsert_container(&self, record: ContainerRecord) {
         let mut memory = self.shared.lock();
-        if memory.containers.get(&record.id) == Some(&record) {
+        if memory.containers.get(&record.worker.id) == Some(&record) {
             return;
         }
-        memory.containers.insert(record.id.clone(), record.clone());
+        memory
+            .containers
+            .insert(record.worker.id.clone(), record.clone());
         self.send(&memory, Op::Upsert(record));
     }
 
@@ -519,7 +523,7 @@ impl Store {
                 })
             })
             .collect();
-        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records.sort_by(|a, b| a.worker.id.cmp(&b.worker.id));
         Some(DesiredState {
             containers: records,
             overrides: overrides_from_fields(&config),
@@ -569,7 +573,7 @@ impl Store {
         memory.containers = desired
             .containers
             .iter()
-            .map(|record| (record.id.clone(), record.clone()))
+            .map(|record| (record.worker.id.clone(), record.clone()))
             .collect();
         let containers = &memory.containers;
         memory.metrics.retain(|id, _| containers.contains_key(id));
@@ -1067,7 +1071,7 @@ impl Writer {
             let mut pipe = redis::pipe();
             for record in &containers {
                 pipe.lrange(
-                    keys.metrics(&record.id),
+                    keys.metrics(&record.worker.id),
                     0,
                     last_index(self.shared.metrics_history),
                 );
@@ -1081,7 +1085,7 @@ impl Writer {
                     .filter_map(|json| from_json(json))
                     .collect();
                 if !points.is_empty() {
-                    metrics.push((record.id.clone(), points));
+                    metrics.push((record.worker.id.clone(), points));
                 }
             }
         }
@@ -1174,14 +1178,14 @@ impl Commands {
     }
 
     fn write_container(&mut self, keys: &Keys, record: &ContainerRecord) {
-        let key = keys.container(&record.id);
+        let key = keys.container(&record.worker.id);
         self.push(["DEL", &key]);
         let hset = self.push(["HSET", &key]);
         for (field, value) in container_fields(record) {
             hset.push(field.to_owned());
             hset.push(value);
         }
-        self.push(["SADD", &keys.containers(), &record.id]);
+        self.push(["SADD", &keys.containers(), &record.worker.id]);
     }
 
     fn delete_container(&mut self, keys: &Keys, id: &str) {
@@ -1206,14 +1210,14 @@ impl Commands {
 
 fn container_fields(record: &ContainerRecord) -> Vec<(&'static str, String)> {
     let mut fields = vec![
-        ("id", record.id.clone()),
-        ("name", record.name.clone()),
-        ("address", record.address.clone()),
-        ("dns_name", record.dns_name.clone()),
-        ("created_at_ms", record.created_at_ms.to_string()),
+        ("id", record.worker.id.clone()),
+        ("name", record.worker.name.clone()),
+        ("address", record.worker.address.clone()),
+        ("dns_name", record.worker.dns_name.clone()),
+        ("created_at_ms", record.worker.created_at_ms.to_string()),
         ("category", record.category.as_str().to_owned()),
     ];
-    if let Some(core_id) = record.core_id {
+    if let Some(core_id) = record.worker.core_id {
         fields.push(("core_id", core_id.to_string()));
     }
     if let Some(since) = record.sundown_since_ms {
@@ -1225,12 +1229,14 @@ fn container_fields(record: &ContainerRecord) -> Vec<(&'static str, String)> {
 fn container_from_fields(fields: &HashMap<String, String>) -> Option<ContainerRecord> {
     let text = |name: &str| fields.get(name).cloned();
     Some(ContainerRecord {
-        id: text("id")?,
-        name: text("name")?,
-        address: text("address")?,
-        dns_name: text("dns_name")?,
-        core_id: optional_field(fields, "core_id")?,
-        created_at_ms: fields.get("created_at_ms")?.parse().ok()?,
+        worker: Worker {
+            id: text("id")?,
+            name: text("name")?,
+            address: text("address")?,
+            dns_name: text("dns_name")?,
+            core_id: optional_field(fields, "core_id")?,
+            created_at_ms: fields.get("created_at_ms")?.parse().ok()?,
+        },
         category: serde_json::from_value(serde_json::Value::String(text("category")?)).ok()?,
         sundown_since_ms: optional_field(fields, "sundown_since_ms")?,
     })

@@ -125,10 +125,10 @@ async fn launch(agent: Agent, spec: LaunchSpec, epoch: u64) {
     let standby = agent.world().take_standby(&spec.name);
     let runtime = agent.shared().runtime.clone();
     let (named, thawed) = match standby {
-        Some(instance) => match runtime.resume(&instance.id).await {
+        Some(instance) => match runtime.resume(&instance.worker.id).await {
             Ok(()) => {
                 let named = Named {
-                    name: instance.name.clone(),
+                    name: instance.worker.name.clone(),
                     result: Ok(Instance {
                         paused: false,
                         ..instance
@@ -138,11 +138,17 @@ async fn launch(agent: Agent, spec: LaunchSpec, epoch: u64) {
                 (named, true)
             }
             Err(err) => {
-                tracing::warn!(cause = %err, container = %instance.id, "cannot thaw a warm standby; creating a worker instead");
+                tracing::warn!(cause = %err, container = %instance.worker.id, "cannot thaw a warm standby; creating a worker instead");
                 agent
                     .world()
-                    .rename(Slot::Launching, &instance.name, &spec.name);
-                remove(&agent, instance.id, Duration::from_secs(1), true, epoch);
+                    .rename(Slot::Launching, &instance.worker.name, &spec.name);
+                remove(
+                    &agent,
+                    instance.worker.id,
+                    Duration::from_secs(1),
+                    true,
+                    epoch,
+                );
                 (
                     launch_named(&agent, Slot::Launching, spec, epoch).await,
                     false,

@@ -95,7 +95,7 @@ async fn start(agent: &Agent) {
         .containers
         .iter()
         .filter(|record| record.category == common::queue::Category::Sundown)
-        .map(|record| record.id.clone())
+        .map(|record| record.worker.id.clone())
         .collect();
     reconcile::reconcile(agent).await;
     if !agent.is_leading() {
@@ -205,11 +205,11 @@ async fn stop_all(agent: &Agent) {
         (world.take_standbys(), world.member_ids())
     };
     for standby in &standbys {
-        let _ = runtime.resume(&standby.id).await;
+        let _ = runtime.resume(&standby.worker.id).await;
     }
     let ids: Vec<String> = members
         .into_iter()
-        .chain(standbys.into_iter().map(|standby| standby.id))
+        .chain(standbys.into_iter().map(|standby| standby.worker.id))
         .collect();
     let grace = agent.config().stop_grace;
     let stops = ids.iter().map(|id| runtime.stop(id, grace));

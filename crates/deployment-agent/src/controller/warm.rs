@@ -35,18 +35,32 @@ async fn ready_and_pause(
     let spec = ProbeSpec::from_config(agent.config());
     let timeout = agent.config().startup_timeout;
     let deadline = Instant::now() + timeout;
-    while let Err(failure) = check(agent, &spec, &instance.id, &instance.address).await {
+    while let Err(failure) =
+        check(agent, &spec, &instance.worker.id, &instance.worker.address).await
+    {
         if Instant::now() > deadline {
-            remove(agent, instance.id, Duration::from_secs(1), true, epoch);
+            remove(
+                agent,
+                instance.worker.id,
+                Duration::from_secs(1),
+                true,
+                epoch,
+            );
             return Err(format!("not ready within {timeout:?}: {}", failure.message));
         }
         tokio::time::sleep(STARTING_PROBE).await;
     }
-    if !may_act(agent, epoch, "pause", &instance.name) {
+    if !may_act(agent, epoch, "pause", &instance.worker.name) {
         return Err("not paused: this agent no longer leads".into());
     }
-    if let Err(err) = runtime.pause(&instance.id).await {
-        remove(agent, instance.id, Duration::from_secs(1), true, epoch);
+    if let Err(err) = runtime.pause(&instance.worker.id).await {
+        remove(
+            agent,
+            instance.worker.id,
+            Duration::from_secs(1),
+            true,
+            epoch,
+        );
         return Err(format!("cannot pause it: {err}"));
     }
     Ok(Instance {

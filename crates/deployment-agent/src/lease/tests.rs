@@ -8,7 +8,7 @@ use common::queue::Category;
 use redis::aio::MultiplexedConnection;
 
 use super::*;
-use crate::store::{ContainerRecord, Store, StoreConfig};
+use crate::store::{ContainerRecord, Store, StoreConfig, Worker};
 
 use crate::redis_support::RedisServer;
 
@@ -92,19 +92,24 @@ fn store_config(server: &RedisServer, prefix: &str) -> StoreConfig {
 
 fn container(id: &str) -> ContainerRecord {
     ContainerRecord {
-        id: id.to_owned(),
-        name: format!("app-worker-{id}"),
-        address: format!("app-worker-{id}:8080"),
-        dns_name: format!("app-worker-{id}"),
-        core_id: None,
-        created_at_ms: 1_700_000_000_000,
+        worker: Worker {
+            id: id.to_owned(),
+            name: format!("app-worker-{id}"),
+            address: format!("app-worker-{id}:8080"),
+            dns_name: format!("app-worker-{id}"),
+            core_id: None,
+            created_at_ms: 1_700_000_000_000,
+        },
         category: Category::Low,
         sundown_since_ms: None,
     }
 }
 
 fn ids(records: &[ContainerRecord]) -> Vec<&str> {
-    records.iter().map(|record| record.id.as_str()).collect()
+    records
+        .iter()
+        .map(|record| record.worker.id.as_str())
+        .collect()
 }
 
 #[test]

@@ -19,6 +19,7 @@ use futures_util::{StreamExt, stream::BoxStream};
 use super::{EngineHealth, Instance, LaunchSpec, RuntimeError, RuntimeEvent};
 use crate::{
     config::{AddressMode, Config, is_agent_label},
+    model::Worker,
     score::StatsSample,
 };
 
@@ -424,17 +425,19 @@ impl DockerRuntime {
             .or_else(|| core_id.map(|_| 1.0))
             .unwrap_or(s.host_cores);
         Instance {
-            id: inspect.id.clone().unwrap_or_default(),
-            address: format!("{host}:{}", s.target_port),
-            dns_name: name.clone(),
-            name,
-            core_id,
-            created_at_ms: inspect
-                .created
-                .as_ref()
-                .and_then(|created| humantime::parse_rfc3339_weak(&created.to_string()).ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or_else(super::now_ms, |d| d.as_millis() as u64),
+            worker: Worker {
+                id: inspect.id.clone().unwrap_or_default(),
+                address: format!("{host}:{}", s.target_port),
+                dns_name: name.clone(),
+                name,
+                core_id,
+                created_at_ms: inspect
+                    .created
+                    .as_ref()
+                    .and_then(|created| humantime::parse_rfc3339_weak(&created.to_string()).ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or_else(super::now_ms, |d| d.as_millis() as u64),
+            },
             running: state.and_then(|state| state.running).unwrap_or(false),
             paused: state.and_then(|state| state.paused).unwrap_or(false),
             cpu_limit_cores,

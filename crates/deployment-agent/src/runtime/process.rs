@@ -17,7 +17,7 @@ use nix::{
 };
 
 use super::{Instance, LaunchSpec, RuntimeError, RuntimeEvent};
-use crate::{config::Config, score::StatsSample};
+use crate::{config::Config, model::Worker, score::StatsSample};
 
 const APP_VAR: &str = "RUSTYBALANCER_APPLICATION";
 const OWNER_VAR: &str = "RUSTYBALANCER_MANAGED_BY";
@@ -96,7 +96,7 @@ impl ProcessRuntime {
             .map_err(|err| RuntimeError::Other(err.to_string()))?;
         let mut watched = lock(&self.shared.watched);
         for instance in &found {
-            if let Some(pid) = pid_of(&instance.id) {
+            if let Some(pid) = pid_of(&instance.worker.id) {
                 watched.insert(pid);
             }
         }
@@ -166,12 +166,14 @@ impl ProcessRuntime {
             }
         });
         Ok(Instance {
-            id: id_of(pid),
-            name: spec.name.clone(),
-            address: format!("127.0.0.1:{port}"),
-            dns_name: spec.name.clone(),
-            core_id: spec.core_id,
-            created_at_ms: super::now_ms(),
+            worker: Worker {
+                id: id_of(pid),
+                name: spec.name.clone(),
+                address: format!("127.0.0.1:{port}"),
+                dns_name: spec.name.clone(),
+                core_id: spec.core_id,
+                created_at_ms: super::now_ms(),
+            },
             running: true,
             paused: false,
             cpu_limit_cores: host_cores(),
@@ -394,12 +396,14 @@ fn scan_proc(app: &str, owner: &str) -> Vec<Instance> {
             continue;
         };
         found.push(Instance {
-            id: id_of(pid),
-            address: format!("127.0.0.1:{port}"),
-            dns_name: name.clone(),
-            name,
-            core_id: None,
-            created_at_ms: super::now_ms(),
+            worker: Worker {
+                id: id_of(pid),
+                address: format!("127.0.0.1:{port}"),
+                dns_name: name.clone(),
+                name,
+                core_id: None,
+                created_at_ms: super::now_ms(),
+            },
             running: true,
             paused: stopped(pid),
             cpu_limit_cores: host_cores(),

@@ -424,7 +424,7 @@ impl World {
         }
         let mut adopted = Vec::new();
         for instance in &listing.instances {
-            if !instance.running || self.members.contains_key(&instance.id) {
+            if !instance.running || self.members.contains_key(&instance.worker.id) {
                 continue;
             }
             if self
@@ -432,27 +432,31 @@ impl World {
                 .iter()
                 .map(|launch| &launch.spec)
                 .chain(&self.preparing)
-                .any(|spec| spec.name == instance.name)
+                .any(|spec| spec.name == instance.worker.name)
             {
                 continue; // its launch is still returning
             }
             if instance.paused {
-                if !self.standby.iter().any(|s| s.id == instance.id) {
+                if !self
+                    .standby
+                    .iter()
+                    .any(|s| s.worker.id == instance.worker.id)
+                {
                     self.standby.push(instance.clone()); // a warm standby from before
                 }
                 continue;
             }
             // Thawed by hand, or a standby whose thaw was cut short: it serves now.
-            self.standby.retain(|s| s.id != instance.id);
-            adopted.push(instance.id.clone());
+            self.standby.retain(|s| s.worker.id != instance.worker.id);
+            adopted.push(instance.worker.id.clone());
             let member = self.settings.member(instance.clone(), now);
-            self.members.insert(instance.id.clone(), member);
+            self.members.insert(instance.worker.id.clone(), member);
         }
         let running: Vec<&str> = listing
             .instances
             .iter()
             .filter(|i| i.running)
-            .map(|i| i.id.as_str())
+            .map(|i| i.worker.id.as_str())
             .collect();
         let vanished: Vec<String> = self
             .members
@@ -463,10 +467,10 @@ impl World {
             .map(|(id, _)| id.clone())
             .collect();
         self.standby
-            .retain(|standby| running.contains(&standby.id.as_str()));
+            .retain(|standby| running.contains(&standby.worker.id.as_str()));
         for instance in listing.instances.iter().filter(|i| !i.running) {
             effects.actions.push(Action::Remove {
-                id: instance.id.clone(),
+                id: instance.worker.id.clone(),
                 grace: self.settings.stop_grace,
                 thaw: false,
             });
@@ -488,8 +492,10 @@ impl World {
             }
         }
         for record in registry {
-            if !running.contains(&record.id.as_str()) && !self.is_launching(&record.name) {
-                effects.forget.push(record.id.clone());
+            if !running.contains(&record.worker.id.as_str())
+                && !self.is_launching(&record.worker.name)
+            {
+                effects.forget.push(record.worker.id.clone());
             }
         }
         if !adopted.is_empty() || !vanished.is_empty() {
@@ -504,7 +510,7 @@ impl World {
     /// removed), an unknown one may be a launch still returning.
     pub fn exited(&mut self, id: &str, reason: &str, code: Option<i64>, now: Instant) -> Effects {
         let before = self.standby.len();
-        self.standby.retain(|standby| standby.id != id);
+        self.standby.retain(|standby| standby.worker.id != id);
         if self.standby.len() != before {
             tracing::warn!(container = %id, %reason, "a warm standby left; preparing another");
             let mut effects = Effects::default();
@@ -555,7 +561,7 @@ impl World {
             ..Effects::default()
         };
         // Its container may linger (exited) until it is removed: keep its name out of use.
-        self.taken_names.insert(member.instance.name.clone());
+        self.taken_names.insert(member.instance.worker.name.clone());
         if member.is_active() {
             let target = self.requested.unwrap_or(0).max(self.active_count() + 1);
             self.requested = Some(target);
@@ -571,7 +577,7 @@ impl World {
         let crashed = matches!(member.phase, Phase::Starting { .. });
         if crashed {
             let crash = Crash {
-                name: member.instance.name.clone(),
+                name: member.instance.worker.name.clone(),
                 code,
                 cause: match code {
                     Some(code) => format!("exited with code {code} during start"),
@@ -636,7 +642,7 @@ impl World {
         };
         member.phase = Phase::Stopping;
         let crash = Crash {
-            name: member.instance.name.clone(),
+            name: member.instance.worker.name.clone(),
             code: None,
             cause,
             logs: Vec::new(),
@@ -831,7 +837,7 @@ impl World {
     /// the standby's name, so that reconcile does not adopt it while it thaws.
     pub fn take_standby(&mut self, name: &str) -> Option<Instance> {
         let standby = self.standby.pop()?;
-        self.rename(Slot::Launching, name, &standby.name);
+        self.rename(Slot::Launching, name, &standby.worker.name);
         Some(standby)
     }
 
@@ -907,7 +913,7 @@ impl World {
         // Exited already: before the engine was asked about it, or its exit was reported
         // before it was a member.
         let exited = if instance.running {
-            self.take_early_exit(&instance.id)
+            self.take_early_exit(&instance.worker.id)
         } else {
             Some(None)
         };
@@ -915,28 +921,28 @@ impl World {
             // Never published: it goes straight to its stop.
             member.phase = Phase::Stopping;
         }
-        self.members.insert(instance.id.clone(), member);
+        self.members.insert(instance.worker.id.clone(), member);
         let verb = if thawed { "thawed" } else { "created" };
         if cancelled {
             let message = format!(
                 "{verb} {}, whose launch a scale-down cancelled: stopping it unused",
-                instance.name
+                instance.worker.name
             );
             self.note(
                 &mut effects,
                 now,
                 EventKind::Created,
-                Some(&instance.id),
+                Some(&instance.worker.id),
                 message,
             );
             effects.actions.push(Action::Stop {
-                id: instance.id,
+                id: instance.worker.id,
                 done: "stopped before it served: its launch was cancelled",
             });
         } else if let Some(code) = exited {
             // It exited at once: a crash.
             let crash = Crash {
-                name: instance.name.clone(),
+                name: instance.worker.name.clone(),
                 code,
                 cause: match code {
                     Some(code) => format!("exited at once with code {code}"),
@@ -944,20 +950,20 @@ impl World {
                 },
                 logs: Vec::new(),
             };
-            let message = format!("created {}, which exited at once", instance.name);
+            let message = format!("created {}, which exited at once", instance.worker.name);
             self.note(
                 &mut effects,
                 now,
                 EventKind::Created,
-                Some(&instance.id),
+                Some(&instance.worker.id),
                 message,
             );
             effects
                 .actions
-                .push(self.crashed(&instance.id, crash, true, now));
+                .push(self.crashed(&instance.worker.id, crash, true, now));
         } else {
-            effects.observe.push(instance.id.clone());
-            self.persist(&mut effects, &instance.id);
+            effects.observe.push(instance.worker.id.clone());
+            self.persist(&mut effects, &instance.worker.id);
             let message = format!(
                 "{} {} at {} in {} ms{}",
                 if thawed {
@@ -965,8 +971,8 @@ impl World {
                 } else {
                     "created"
                 },
-                instance.name,
-                instance.address,
+                instance.worker.name,
+                instance.worker.address,
                 now.saturating_duration_since(started).as_millis(),
                 if taken.is_empty() {
                     String::new()
@@ -978,7 +984,7 @@ impl World {
                 &mut effects,
                 now,
                 EventKind::Created,
-                Some(&instance.id),
+                Some(&instance.worker.id),
                 message,
             );
         }
@@ -1027,7 +1033,7 @@ impl World {
         self.preparing.retain(|spec| spec.name != name);
         match outcome {
             Ok(instance) => {
-                tracing::info!(container = %instance.id, name = %instance.name, "warm standby ready (paused)");
+                tracing::info!(container = %instance.worker.id, name = %instance.worker.name, "warm standby ready (paused)");
                 self.standby.push(instance);
             }
             Err(err) => tracing::warn!(cause = %err, %name, "could not prepare a warm standby"),
@@ -1054,7 +1060,7 @@ impl World {
         self.requested = None;
         let now_ms = now_ms();
         for record in registry {
-            let Some(member) = self.members.get_mut(&record.id) else {
+            let Some(member) = self.members.get_mut(&record.worker.id) else {
                 continue; // not seen on the engine yet: the next reconcile adopts it
             };
             match (record.category, member.phase) {

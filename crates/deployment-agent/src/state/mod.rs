@@ -269,8 +269,11 @@ impl World {
         if let Some(member) = starting {
             let age = now.saturating_duration_since(member.created).as_secs();
             return match &member.probe_error {
-                Some(error) => format!("{} not ready after {age} s: {error}", member.instance.name),
-                None => format!("{} starting ({age} s)", member.instance.name),
+                Some(error) => format!(
+                    "{} not ready after {age} s: {error}",
+                    member.instance.worker.name
+                ),
+                None => format!("{} starting ({age} s)", member.instance.worker.name),
             };
         }
         if let Some(error) = &self.launch_error {
@@ -286,7 +289,7 @@ impl World {
         {
             return format!(
                 "{} unhealthy: {}",
-                member.instance.name,
+                member.instance.worker.name,
                 member.probe_error.as_deref().unwrap_or("its probes fail")
             );
         }
@@ -303,7 +306,7 @@ impl World {
             .balancers
             .values()
             .filter(|report| now.duration_since(report.at) < REPORT_TTL)
-            .filter_map(|report| report.in_flight.get(&member.instance.address))
+            .filter_map(|report| report.in_flight.get(&member.instance.worker.address))
             .sum();
         member.worker_in_flight.max(reported)
     }
@@ -332,7 +335,7 @@ impl World {
             .map(|member| {
                 let in_flight = self.in_flight(member, now);
                 ContainerView {
-                    id: member.instance.id.clone(),
+                    id: member.instance.worker.id.clone(),
                     category: member.category(),
                     utilization: member.classification.utilization,
                     cpu_util: member.cpu_util(),
@@ -388,9 +391,9 @@ impl World {
             .values()
             .filter(|member| member.phase != Phase::Stopping)
             .map(|member| QueueItem {
-                id: member.instance.id.clone(),
-                dns_name: member.instance.dns_name.clone(),
-                address: member.instance.address.clone(),
+                id: member.instance.worker.id.clone(),
+                dns_name: member.instance.worker.dns_name.clone(),
+                address: member.instance.worker.address.clone(),
                 score: round(member.overall),
                 utilization_category: member.category(),
                 in_flight: self.in_flight(member, now),
@@ -410,7 +413,7 @@ impl World {
             return Some(id);
         }
         let mut matches = self.members.iter().filter(|(id, member)| {
-            member.instance.name == key || (key.len() >= 4 && id.starts_with(key))
+            member.instance.worker.name == key || (key.len() >= 4 && id.starts_with(key))
         });
         match (matches.next(), matches.next()) {
             (Some((id, _)), None) => Some(id),
@@ -425,9 +428,13 @@ impl World {
         let used: BTreeSet<u32> = self
             .members
             .values()
-            .map(|member| member.instance.name.as_str())
+            .map(|member| member.instance.worker.name.as_str())
             .chain(self.launching.iter().map(|l| l.spec.name.as_str()))
-            .chain(self.standby.iter().map(|instance| instance.name.as_str()))
+            .chain(
+                self.standby
+                    .iter()
+                    .map(|instance| instance.worker.name.as_str()),
+            )
             .chain(self.preparing.iter().map(|spec| spec.name.as_str()))
             .chain(self.taken_names.iter().map(String::as_str))
             .filter_map(|name| name.strip_prefix(&prefix)?.parse().ok())
@@ -446,7 +453,7 @@ impl World {
                 && !self
                     .members
                     .values()
-                    .any(|m| m.instance.core_id == Some(*core))
+                    .any(|m| m.instance.worker.core_id == Some(*core))
         })
     }
 }
@@ -505,7 +512,7 @@ impl World {
     pub fn standby_names(&self) -> Vec<String> {
         self.standby
             .iter()
-            .map(|standby| standby.name.clone())
+            .map(|standby| standby.worker.name.clone())
             .collect()
     }
 
@@ -523,7 +530,7 @@ impl World {
     pub fn probe_target(&self, id: &str) -> Option<(String, Phase, Instant)> {
         self.members.get(id).map(|member| {
             (
-                member.instance.address.clone(),
+                member.instance.worker.address.clone(),
                 member.phase,
                 member.created,
             )
@@ -540,12 +547,7 @@ impl World {
         self.members
             .get(id)
             .map(|member| crate::store::ContainerRecord {
-                id: member.instance.id.clone(),
-                name: member.instance.name.clone(),
-                address: member.instance.address.clone(),
-                dns_name: member.instance.dns_name.clone(),
-                core_id: member.instance.core_id,
-                created_at_ms: member.instance.created_at_ms,
+                worker: member.instance.worker.clone(),
                 category: member.category(),
                 sundown_since_ms: member.sundown_since_ms,
             })
@@ -602,11 +604,11 @@ impl World {
             .values()
             .filter(|member| member.phase != Phase::Stopping)
             .map(|member| MemberStatus {
-                id: member.instance.id.clone(),
-                name: member.instance.name.clone(),
-                address: member.instance.address.clone(),
-                dns_name: member.instance.dns_name.clone(),
-                core_id: member.instance.core_id,
+                id: member.instance.worker.id.clone(),
+                name: member.instance.worker.name.clone(),
+                address: member.instance.worker.address.clone(),
+                dns_name: member.instance.worker.dns_name.clone(),
+                core_id: member.instance.worker.core_id,
                 category: member.category(),
                 healthy: member.healthy,
                 unhealthy: matches!(member.phase, Phase::Unhealthy { .. }),

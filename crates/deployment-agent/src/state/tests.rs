@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::score::Availability;
+use crate::{model::Worker, score::Availability};
 
 fn settings() -> Settings {
     Settings {
@@ -17,12 +17,14 @@ fn world() -> World {
 
 fn member(name: &str) -> Member {
     let instance = Instance {
-        id: format!("id-{name}"),
-        name: name.into(),
-        address: format!("{name}:8080"),
-        dns_name: name.into(),
-        core_id: None,
-        created_at_ms: 0,
+        worker: Worker {
+            id: format!("id-{name}"),
+            name: name.into(),
+            address: format!("{name}:8080"),
+            dns_name: name.into(),
+            core_id: None,
+            created_at_ms: 0,
+        },
         running: true,
         paused: false,
         cpu_limit_cores: 1.0,
@@ -95,7 +97,7 @@ fn starting_and_sundown_members_have_no_health_transition() {
 fn new_names_skip_every_name_in_use_or_taken_on_the_engine() {
     let mut world = world();
     let m = member("app-worker-1");
-    world.members.insert(m.instance.id.clone(), m);
+    world.members.insert(m.instance.worker.id.clone(), m);
     world.launching.push(Launch {
         spec: LaunchSpec {
             name: "app-worker-2".into(),
@@ -154,7 +156,9 @@ fn the_pool_says_why_no_container_is_ready() {
     );
     let mut starting = member("app-worker-1");
     starting.probe_error = Some("GET /health answered 404".into());
-    world.members.insert(starting.instance.id.clone(), starting);
+    world
+        .members
+        .insert(starting.instance.worker.id.clone(), starting);
     let reason = world.pool_status(now).reason.unwrap();
     assert!(
         reason.starts_with("app-worker-1 not ready after 0 s: GET /health answered 404"),
@@ -176,7 +180,9 @@ fn the_pool_says_why_no_container_is_ready() {
 
     let mut ready = member("app-worker-3");
     ready.phase = Phase::Ready;
-    world.members.insert(ready.instance.id.clone(), ready);
+    world
+        .members
+        .insert(ready.instance.worker.id.clone(), ready);
     assert_eq!(
         world.pool_status(now),
         PoolStatus {
@@ -192,8 +198,8 @@ fn without_the_workers_stats_in_flight_comes_from_the_balancers() {
     let mut world = world();
     let mut m = member("app-worker-1");
     m.worker_stats = Some(false);
-    let address = m.instance.address.clone();
-    world.members.insert(m.instance.id.clone(), m);
+    let address = m.instance.worker.address.clone();
+    world.members.insert(m.instance.worker.id.clone(), m);
     for (balancer, count) in [("b1", 3), ("b2", 4)] {
         world.balancers.insert(
             balancer.into(),
@@ -235,7 +241,7 @@ fn a_cancelled_launch_is_no_longer_counted_nor_seen_by_the_scaler() {
 fn ready(world: &mut World, name: &str) -> String {
     let mut m = member(name);
     m.phase = Phase::Ready;
-    let id = m.instance.id.clone();
+    let id = m.instance.worker.id.clone();
     world.members.insert(id.clone(), m);
     id
 }
@@ -329,7 +335,7 @@ fn a_lost_serving_member_is_replaced_and_a_starting_one_is_a_crash() {
     let mut world = world();
     let serving = ready(&mut world, "app-worker-1");
     let starting = member("app-worker-2");
-    let starting_id = starting.instance.id.clone();
+    let starting_id = starting.instance.worker.id.clone();
     world.members.insert(starting_id.clone(), starting);
 
     let effects = world.exited(&serving, "died", Some(137), now);

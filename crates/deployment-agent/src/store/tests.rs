@@ -34,12 +34,14 @@ fn config(url: Option<&str>, prefix: &str) -> StoreConfig {
 
 fn container(id: &str) -> ContainerRecord {
     ContainerRecord {
-        id: id.to_owned(),
-        name: format!("app-worker-{id}"),
-        address: format!("app-worker-{id}:8080"),
-        dns_name: format!("app-worker-{id}"),
-        core_id: None,
-        created_at_ms: 1_700_000_000_000,
+        worker: Worker {
+            id: id.to_owned(),
+            name: format!("app-worker-{id}"),
+            address: format!("app-worker-{id}:8080"),
+            dns_name: format!("app-worker-{id}"),
+            core_id: None,
+            created_at_ms: 1_700_000_000_000,
+        },
         category: Category::Init,
         sundown_since_ms: None,
     }
@@ -80,7 +82,7 @@ fn ids(store: &Store) -> Vec<String> {
     store
         .containers()
         .into_iter()
-        .map(|record| record.id)
+        .map(|record| record.worker.id)
         .collect()
 }
 
@@ -235,7 +237,7 @@ async fn state_round_trips_through_redis() {
     assert_eq!(store.status().backend, "redis");
 
     let mut a = container("a");
-    a.core_id = Some(3);
+    a.worker.core_id = Some(3);
     a.category = Category::Sundown;
     a.sundown_since_ms = Some(1_700_000_001_000);
     let b = container("b");
@@ -688,7 +690,7 @@ async fn read_shared_returns_the_registry_and_overrides_redis_holds() {
     let mut b = container("b");
     b.category = Category::Sundown;
     b.sundown_since_ms = Some(5);
-    b.core_id = Some(1);
+    b.worker.core_id = Some(1);
     let overrides = ConfigOverrides {
         min_replicas: Some(1),
         max_replicas: Some(4),
@@ -732,7 +734,7 @@ fn container_hash_fields_round_trip() {
         container_from_fields(&fields(&record)),
         Some(record.clone())
     );
-    record.core_id = Some(7);
+    record.worker.core_id = Some(7);
     record.category = Category::High;
     record.sundown_since_ms = Some(42);
     assert_eq!(
@@ -756,6 +758,29 @@ fn container_hash_fields_round_trip() {
             .map(|(name, value)| (name.to_owned(), value))
             .collect()
     }
+}
+
+#[test]
+fn a_container_record_serializes_as_one_flat_object() {
+    let mut record = container("x");
+    record.worker.core_id = Some(3);
+    record.sundown_since_ms = Some(42);
+    let json = serde_json::to_string(&record).unwrap();
+    assert_eq!(
+        json,
+        r#"{"id":"x","name":"app-worker-x","address":"app-worker-x:8080","dns_name":"app-worker-x","core_id":3,"created_at_ms":1700000000000,"category":"INIT","sundown_since_ms":42}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<ContainerRecord>(&json).unwrap(),
+        record
+    );
+
+    // Absent optional fields read as unset, as before the fields were shared with `Worker`.
+    let bare = r#"{"id":"x","name":"app-worker-x","address":"app-worker-x:8080","dns_name":"app-worker-x","created_at_ms":1700000000000,"category":"INIT"}"#;
+    assert_eq!(
+        serde_json::from_str::<ContainerRecord>(bare).unwrap(),
+        container("x")
+    );
 }
 
 #[test]
