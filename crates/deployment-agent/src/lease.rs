@@ -555,13 +555,7 @@ impl LeaseError {
     fn is_connection(&self) -> bool {
         match self {
             Self::Timeout(_) | Self::NoClient => true,
-            Self::Redis(err) => {
-                err.is_io_error()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || err.is_timeout()
-                    || err.is_unrecoverable_error()
-            }
+            Self::Redis(err) => crate::store::connection_lost(err),
         }
     }
 }

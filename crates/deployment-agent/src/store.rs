@@ -240,13 +240,7 @@ impl StoreError {
     fn is_connection(&self) -> bool {
         match self {
             Self::Timeout(_) => true,
-            Self::Redis(err) => {
-                err.is_io_error()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || err.is_timeout()
-                    || err.is_unrecoverable_error()
-            }
+            Self::Redis(err) => connection_lost(err),
         }
     }
 }
@@ -1285,3 +1279,12 @@ fn from_json<T: for<'de> Deserialize<'de>>(json: &str) -> Option<T> {
 
 #[cfg(test)]
 mod tests;
+
+/// The error means the link to Redis is gone (rather than a refused command).
+pub(crate) fn connection_lost(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+}
