@@ -424,7 +424,19 @@ impl World {
         }
         let mut adopted = Vec::new();
         for instance in &listing.instances {
-            if !instance.running || self.members.contains_key(&instance.worker.id) {
+            let id = &instance.worker.id;
+            if !self.leading
+                && instance.paused
+                && self.members.contains_key(id)
+                && !registry.iter().any(|record| &record.worker.id == id)
+            {
+                // A follower adopted the leader's standby while it was being prepared (running,
+                // not paused yet): it is a standby, not a worker.
+                if let Some(member) = self.members.remove(id) {
+                    effects.abort.extend(member.observers);
+                }
+            }
+            if !instance.running || self.members.contains_key(id) {
                 continue;
             }
             if self

@@ -358,3 +358,35 @@ fn a_lost_serving_member_is_replaced_and_a_starting_one_is_a_crash() {
     ));
     assert_eq!(effects.forget, [starting_id]);
 }
+
+#[test]
+fn a_follower_keeps_the_leaders_standby_as_a_standby_even_if_it_saw_it_running() {
+    let now = Instant::now();
+    let mut world = world();
+    world.set_leading(false);
+    let instance = member("app-worker-3").instance;
+    let listing = |instance: &Instance, paused: bool| Listing {
+        instances: vec![Instance {
+            paused,
+            ..instance.clone()
+        }],
+        taken: None,
+    };
+    // Seen while the leader prepared it: running, not paused yet, in no registry.
+    let _ = world.reconcile(listing(&instance, false), &[], now);
+    assert_eq!(world.member_ids(), [instance.worker.id.clone()]);
+    // Paused by the leader: a standby, not a member.
+    let _ = world.reconcile(listing(&instance, true), &[], now);
+    assert!(world.member_ids().is_empty());
+    assert_eq!(world.standby_names(), ["app-worker-3"]);
+    // The leader's own registered worker, paused (docker pause): a member still.
+    let instance = member("app-worker-1").instance;
+    let registered = crate::store::ContainerRecord {
+        worker: instance.worker.clone(),
+        category: Category::Low,
+        sundown_since_ms: None,
+    };
+    let _ = world.reconcile(listing(&instance, false), &[registered.clone()], now);
+    let _ = world.reconcile(listing(&instance, true), &[registered], now);
+    assert_eq!(world.member_ids(), ["id-app-worker-1"]);
+}
