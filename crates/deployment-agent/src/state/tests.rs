@@ -374,7 +374,7 @@ fn a_follower_keeps_the_leaders_standby_as_a_standby_even_if_it_saw_it_running()
     };
     // Seen while the leader prepared it: running, not paused yet, in no registry.
     let _ = world.reconcile(listing(&instance, false), &[], now);
-    assert_eq!(world.member_ids(), [instance.worker.id.clone()]);
+    assert_eq!(world.member_ids(), ["id-app-worker-3"]);
     // Paused by the leader: a standby, not a member.
     let _ = world.reconcile(listing(&instance, true), &[], now);
     assert!(world.member_ids().is_empty());
