@@ -386,7 +386,11 @@ fn a_follower_keeps_the_leaders_standby_as_a_standby_even_if_it_saw_it_running()
         category: Category::Low,
         sundown_since_ms: None,
     };
-    let _ = world.reconcile(listing(&instance, false), &[registered.clone()], now);
+    let _ = world.reconcile(
+        listing(&instance, false),
+        std::slice::from_ref(&registered),
+        now,
+    );
     let _ = world.reconcile(listing(&instance, true), &[registered], now);
     assert_eq!(world.member_ids(), ["id-app-worker-1"]);
 }
