@@ -149,11 +149,16 @@ pub fn build_image(
     let tag = format!("rustybalancer/{service}:test-{id}");
     let dockerfile = repo_root().join(format!("deploy/{service}.Dockerfile"));
     cleanup.images.push(tag.clone());
+    // A label of its own makes the image's id its own: two tests' images never share an id,
+    // so one test removing its tag can never race the daemon into deleting another's image.
+    let own = format!("rustybalancer.test-image={id}");
     docker(&[
         "build",
         "--quiet",
         "--label",
         TEST_LABEL,
+        "--label",
+        &own,
         "-f",
         &dockerfile.to_string_lossy(),
         "-t",
@@ -338,13 +343,17 @@ pub fn build_test_app_image(cleanup: &mut Cleanup, app: TestApp, id: &str) -> St
     cleanup.images.push(tag.clone());
     let lib = repo_root().join("jobs/lib.sh");
     let script = format!(
-        "set -euo pipefail; source \"$1\"; {} \"$2\" --label \"$3\"",
+        "set -euo pipefail; source \"$1\"; {} \"$2\" --label \"$3\" --label \"$4\"",
         app.builder()
     );
     let output = Command::new("bash")
         .args(["-c", &script, "build-test-app"])
         .arg(&lib)
-        .args([&tag, TEST_LABEL])
+        .args([
+            tag.as_str(),
+            TEST_LABEL,
+            &format!("rustybalancer.test-image={id}"),
+        ])
         .output()
         .expect("bash is not installed");
     assert!(
