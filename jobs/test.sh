@@ -40,7 +40,7 @@ cargo test --release --workspace --locked --exclude e2e
 
 # Last, alone on the machine: the whole stack through jobs/run.sh and jobs/reset.sh. It prints
 # the cold-start and scale-out figures and where the chart of the run is.
-stage "end-to-end tests: the prod, slim and dev stacks on Docker (about 5 minutes)"
+stage "end-to-end tests: the prod, slim and dev stacks on Docker (about 8 minutes)"
 cargo test --release -p e2e --locked -- --nocapture --test-threads=1
 
 leftover="$(docker ps -aq --filter label=managed-by=rustybalancer-tests | wc -l)"
