@@ -1278,7 +1278,7 @@ fn from_json<T: for<'de> Deserialize<'de>>(json: &str) -> Option<T> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// The error means the link to Redis is gone (rather than a refused command).
 pub(crate) fn connection_lost(err: &RedisError) -> bool {

@@ -4,11 +4,10 @@
 
 use std::time::Instant as StdInstant;
 
-use common::queue::Category;
 use redis::aio::MultiplexedConnection;
 
 use super::*;
-use crate::store::{ContainerRecord, Store, StoreConfig, Worker};
+use crate::store::{ContainerRecord, Store, StoreConfig, tests::container};
 
 use crate::redis_support::RedisServer;
 
@@ -82,27 +81,7 @@ async fn get(conn: &mut MultiplexedConnection, key: &str) -> Option<String> {
 }
 
 fn store_config(server: &RedisServer, prefix: &str) -> StoreConfig {
-    StoreConfig {
-        redis_url: Some(server.url.clone()),
-        prefix: prefix.to_owned(),
-        metrics_history: 5,
-        max_events: 10,
-    }
-}
-
-fn container(id: &str) -> ContainerRecord {
-    ContainerRecord {
-        worker: Worker {
-            id: id.to_owned(),
-            name: format!("app-worker-{id}"),
-            address: format!("app-worker-{id}:8080"),
-            dns_name: format!("app-worker-{id}"),
-            core_id: None,
-            created_at_ms: 1_700_000_000_000,
-        },
-        category: Category::Low,
-        sundown_since_ms: None,
-    }
+    crate::store::tests::config(Some(&server.url), prefix)
 }
 
 fn ids(records: &[ContainerRecord]) -> Vec<&str> {

@@ -23,7 +23,7 @@ fn unique_prefix(test: &str) -> String {
     format!("rb-test:{test}:{}:{nanos}", std::process::id())
 }
 
-fn config(url: Option<&str>, prefix: &str) -> StoreConfig {
+pub(crate) fn config(url: Option<&str>, prefix: &str) -> StoreConfig {
     StoreConfig {
         redis_url: url.map(str::to_owned),
         prefix: prefix.to_owned(),
@@ -32,7 +32,7 @@ fn config(url: Option<&str>, prefix: &str) -> StoreConfig {
     }
 }
 
-fn container(id: &str) -> ContainerRecord {
+pub(crate) fn container(id: &str) -> ContainerRecord {
     ContainerRecord {
         worker: Worker {
             id: id.to_owned(),
