@@ -92,6 +92,11 @@ async fn backends(State(state): State<AdminState>) -> Json<Value> {
         },
         "agent_connected": shared.metrics.agent_connected.load(Relaxed) == 1,
         "agent_url": shared.metrics.agent_url.load().as_deref(),
+        "report_streams": shared.metrics.report_streams().iter().map(|stream| json!({
+            "url": &*stream.url,
+            "address": stream.address.to_string(),
+            "sent": stream.sent,
+        })).collect::<Vec<_>>(),
         "epoch": table.epoch,
         "seq": table.seq,
         "policy": shared.picker.policy().as_str(),

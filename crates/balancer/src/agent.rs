@@ -1,11 +1,13 @@
 //! The deployment agents, both ways: the queue comes in over WebSocket from whichever agent
 //! is reachable (a full snapshot on connect, then one per change; never an older one than
-//! applied, by `(epoch, seq)`), load reports go out over gRPC every ~500 ms to every agent.
+//! applied, by `(epoch, seq)`), load reports go out over gRPC every ~500 ms to every agent
+//! (every address of each URL's host, looked up again every few seconds).
 //! Both reconnect with capped exponential backoff and jitter; while no agent is reachable the
 //! last known queue keeps routing and reports are simply not sent.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -14,10 +16,15 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use common::{CancellationToken, queue::QueueSnapshot};
 use futures_util::StreamExt;
 use proto::{BackendLoad, LoadReport, deployment_agent_client::DeploymentAgentClient};
-use tokio::sync::broadcast;
+use tokio::{sync::broadcast, task::JoinSet};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{admission::Admission, backend::Backends, metrics::Metrics};
+use crate::{
+    admission::Admission,
+    backend::Backends,
+    metrics::{Metrics, ReportStreamStats},
+    resolve::Resolver,
+};
 
 fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -289,7 +296,7 @@ impl Connection<'_> {
 /// Settings of the load reports.
 #[derive(Debug, Clone)]
 pub struct Reports {
-    /// Every agent's gRPC endpoint: each gets every report.
+    /// Every agent's gRPC endpoint: each gets every report, at every address its host has.
     pub urls: Vec<String>,
     pub balancer_id: String,
     pub interval: Duration,
@@ -297,7 +304,13 @@ pub struct Reports {
     pub connect_timeout: Duration,
     /// AGENT_TOKEN, sent as `authorization: Bearer` metadata on every call.
     pub token: Option<String>,
+    /// How often the host of a URL is looked up again (AGENT_RESOLVE_PERIOD).
+    pub resolve_period: Duration,
+    pub resolver: Resolver,
 }
+
+/// Longest wait for one lookup of a URL's host.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Adds `authorization: Bearer <AGENT_TOKEN>` to every gRPC call to the agent.
 #[derive(Clone)]
@@ -332,7 +345,9 @@ impl tonic::service::Interceptor for Bearer {
 
 /// Builds a load report every interval and sends it to every agent, each over one long
 /// `ReportLoad` stream reopened with backoff whenever it fails, until `shutdown`. Followers
-/// get the reports too, so whichever agent leads knows every balancer.
+/// get the reports too, so whichever agent leads knows every balancer. A URL whose host has
+/// several addresses (Swarm's `tasks.<service>`: one per agent task) gets a stream per
+/// address, the set following the host's addresses.
 pub async fn report(
     settings: Reports,
     backends: Backends,
@@ -344,67 +359,273 @@ pub async fn report(
         tracing::error!("AGENT_TOKEN cannot be sent in a header; no load reports");
         return;
     };
+    let settings = Arc::new(settings);
     let (reports, _) = broadcast::channel::<LoadReport>(4);
-    let streams: Vec<_> = settings
-        .urls
-        .iter()
-        .filter_map(|url| {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-                .inspect_err(|err| {
-                    tracing::error!(%url, cause = %err, "invalid agent gRPC URL; no load reports to it");
-                })
-                .ok()?;
-            Some(ReportStream {
-                url,
-                endpoint: endpoint
-                    .connect_timeout(settings.connect_timeout)
-                    .tcp_nodelay(true),
-                bearer: bearer.clone(),
-                settings: &settings,
-                metrics: &metrics,
-                shutdown: &shutdown,
-            })
-        })
-        .collect();
-    if streams.is_empty() {
+    let mut supervisors = JoinSet::new();
+    for url in &settings.urls {
+        let target = match Target::parse(url) {
+            Ok(target) => target,
+            Err(cause) => {
+                tracing::error!(%url, %cause, "invalid agent gRPC URL; no load reports to it");
+                continue;
+            }
+        };
+        let supervisor = Supervisor {
+            url: Arc::from(url.as_str()),
+            target,
+            bearer: bearer.clone(),
+            settings: Arc::clone(&settings),
+            metrics: Arc::clone(&metrics),
+            reports: reports.clone(),
+            shutdown: shutdown.clone(),
+        };
+        supervisors.spawn(supervisor.run());
+    }
+    if supervisors.is_empty() {
         return;
     }
-    let streams = futures_util::future::join_all(
-        streams.iter().map(|stream| stream.run(reports.subscribe())),
-    );
-    let build = async {
-        let mut previous: HashMap<u64, (u64, u64)> = HashMap::new();
-        let mut ticks = tokio::time::interval(settings.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut ticks = tokio::time::interval(settings.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticks.tick() => {
+                let report = build_report(&settings.balancer_id, &backends, &admission, &mut previous);
+                // No receiver only while every stream is between attempts.
+                let _ = reports.send(report);
+            }
+        }
+    }
+    while let Some(joined) = supervisors.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(cause = %err, "a load report supervisor failed");
+        }
+    }
+}
+
+/// Where the reports of one configured URL go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// An IP address: one stream, to the URL as given.
+    Address(SocketAddr),
+    /// A host name: a stream to each of its addresses, looked up every resolve period.
+    Host { host: String, port: u16 },
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|err| err.to_string())?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|err: http::uri::InvalidUri| err.to_string())?;
+        let host = uri.host().ok_or("no host")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(match bare.parse::<IpAddr>() {
+            Ok(ip) => Self::Address(SocketAddr::new(ip, port)),
+            Err(_) => Self::Host {
+                host: host.to_owned(),
+                port,
+            },
+        })
+    }
+}
+
+/// The report streams of one configured URL: one per address of its host.
+struct Supervisor {
+    url: Arc<str>,
+    target: Target,
+    bearer: Bearer,
+    settings: Arc<Reports>,
+    metrics: Arc<Metrics>,
+    reports: broadcast::Sender<LoadReport>,
+    shutdown: CancellationToken,
+}
+
+/// A stream the supervisor runs, to one address.
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::Id,
+}
+
+/// The supervisor's streams: the tasks, and which address each goes to.
+#[derive(Default)]
+struct Streams {
+    tasks: JoinSet<()>,
+    running: BTreeMap<SocketAddr, Running>,
+}
+
+impl Supervisor {
+    /// Runs the URL's streams until `shutdown`, then waits for each to end.
+    async fn run(self) {
+        let mut streams = Streams::default();
+        match &self.target {
+            Target::Address(address) => {
+                self.start(&mut streams, *address, self.url.to_string());
+                self.shutdown.cancelled().await;
+            }
+            Target::Host { host, port } => self.follow(host, *port, &mut streams).await,
+        }
+        // The streams' tokens are children of `shutdown`: each sends its last report and ends.
+        while let Some(joined) = streams.tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(url = %self.url, cause = %err, "a load report stream failed");
+            }
+        }
+    }
+
+    /// Looks `host` up every resolve period (sooner, with backoff, while it fails) and keeps
+    /// a stream to each address it has, until `shutdown`. A failed lookup keeps the streams.
+    async fn follow(&self, host: &str, port: u16, streams: &mut Streams) {
+        let url = &*self.url;
+        let period = self.settings.resolve_period;
+        let mut delays = backoff(period);
+        let mut failures = 0u32;
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {
-                    let report = build_report(&settings.balancer_id, &backends, &admission, &mut previous);
-                    // No receiver only while every stream is between attempts.
-                    let _ = reports.send(report);
+            let lookup = tokio::time::timeout(LOOKUP_TIMEOUT, self.settings.resolver.lookup(host));
+            let looked_up = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                result = lookup => result.unwrap_or_else(|_| {
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "lookup timed out"))
+                }),
+            };
+            let delay = match looked_up {
+                Ok(addresses) => {
+                    if failures > 0 {
+                        tracing::info!(%url, %host, "the agents' host resolves again");
+                    }
+                    failures = 0;
+                    delays = backoff(period);
+                    let wanted = addresses
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect();
+                    self.reconcile(&wanted, streams);
+                    period
+                }
+                Err(err) => {
+                    failures += 1;
+                    let kept = streams.running.len();
+                    if failures == 1 {
+                        tracing::warn!(%url, %host, cause = %err, kept_streams = kept, "cannot look up the agents' host; keeping its report streams, retrying with backoff");
+                    } else {
+                        tracing::debug!(%url, %host, cause = %err, failures, kept_streams = kept, "the agents' host still does not resolve");
+                    }
+                    delays.next().unwrap_or(period)
+                }
+            };
+            let wake = tokio::time::sleep(delay);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = &mut wake => break,
+                    Some(joined) = streams.tasks.join_next_with_id(), if !streams.tasks.is_empty() => {
+                        self.reaped(joined, streams);
+                    }
                 }
             }
         }
-    };
-    tokio::join!(build, streams);
+    }
+
+    /// Starts a stream to each address of `wanted` without one, ends those to addresses gone.
+    fn reconcile(&self, wanted: &BTreeSet<SocketAddr>, streams: &mut Streams) {
+        let url = &*self.url;
+        let gone: Vec<SocketAddr> = streams
+            .running
+            .keys()
+            .filter(|address| !wanted.contains(address))
+            .copied()
+            .collect();
+        for address in gone {
+            if let Some(stream) = streams.running.remove(&address) {
+                stream.stop.cancel();
+            }
+            self.metrics.report_stream_dropped(&self.url, address);
+            tracing::info!(%url, %address, "agent address gone; its load report stream ends");
+        }
+        for &address in wanted {
+            if !streams.running.contains_key(&address) {
+                tracing::info!(%url, %address, "agent address added; load reports go to it");
+                self.start(streams, address, format!("http://{address}"));
+            }
+        }
+    }
+
+    /// Starts the stream to `address`, connecting to `uri`.
+    fn start(&self, streams: &mut Streams, address: SocketAddr, uri: String) {
+        let endpoint = match tonic::transport::Endpoint::from_shared(uri) {
+            Ok(endpoint) => endpoint,
+            Err(err) => {
+                tracing::error!(url = %self.url, %address, cause = %err, "cannot make a gRPC endpoint; no load reports to it");
+                return;
+            }
+        };
+        let stop = self.shutdown.child_token();
+        let stream = ReportStream {
+            url: Arc::clone(&self.url),
+            address,
+            endpoint: endpoint
+                .connect_timeout(self.settings.connect_timeout)
+                .tcp_nodelay(true),
+            bearer: self.bearer.clone(),
+            settings: Arc::clone(&self.settings),
+            metrics: Arc::clone(&self.metrics),
+            stats: self.metrics.report_stream_added(&self.url, address),
+            stop: stop.clone(),
+        };
+        let task = streams
+            .tasks
+            .spawn(stream.run(self.reports.subscribe()))
+            .id();
+        streams.running.insert(address, Running { stop, task });
+    }
+
+    /// A stream ended on its own (it panicked): its address gets a new one at the next lookup.
+    fn reaped(
+        &self,
+        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        streams: &mut Streams,
+    ) {
+        let id = match joined {
+            Ok((id, ())) => id,
+            Err(err) => {
+                tracing::error!(url = %self.url, cause = %err, "a load report stream failed");
+                err.id()
+            }
+        };
+        let ended: Vec<SocketAddr> = streams
+            .running
+            .iter()
+            .filter(|(_, stream)| stream.task == id)
+            .map(|(address, _)| *address)
+            .collect();
+        for address in ended {
+            streams.running.remove(&address);
+            self.metrics.report_stream_dropped(&self.url, address);
+        }
+    }
 }
 
-/// The report stream to one agent.
-struct ReportStream<'a> {
-    url: &'a str,
+/// The report stream to one address of one agent URL.
+struct ReportStream {
+    url: Arc<str>,
+    address: SocketAddr,
     endpoint: tonic::transport::Endpoint,
     bearer: Bearer,
-    settings: &'a Reports,
-    metrics: &'a Metrics,
-    shutdown: &'a CancellationToken,
+    settings: Arc<Reports>,
+    metrics: Arc<Metrics>,
+    stats: Arc<ReportStreamStats>,
+    /// Cancelled at shutdown, or when the address is gone.
+    stop: CancellationToken,
 }
 
-impl ReportStream<'_> {
-    /// Sends every report built to this agent until `shutdown`; reports built while the
-    /// stream is down are not sent.
-    async fn run(&self, mut reports: broadcast::Receiver<LoadReport>) {
-        let (url, settings) = (self.url, self.settings);
+impl ReportStream {
+    /// Sends every report built to this agent until `stop`; reports built while the stream is
+    /// down are not sent.
+    async fn run(self, mut reports: broadcast::Receiver<LoadReport>) {
+        let (url, address, settings) = (&*self.url, self.address, &*self.settings);
         let mut delays = backoff(settings.reconnect_max);
         let mut failures = 0u32;
         loop {
@@ -427,7 +648,7 @@ impl ReportStream<'_> {
             let mut sent = 0u64;
             let ended = loop {
                 let report = tokio::select! {
-                    () = self.shutdown.cancelled() => None,
+                    () = self.stop.cancelled() => None,
                     result = &mut call => break result,
                     report = reports.recv() => match report {
                         Ok(report) => Some(report),
@@ -436,7 +657,8 @@ impl ReportStream<'_> {
                     },
                 };
                 let Some(report) = report else {
-                    // Shutting down: end the stream and let the agent take its last report.
+                    // Shutting down, or the address is gone: end the stream and let the agent
+                    // take its last report.
                     drop(sender);
                     let _ = tokio::time::timeout(Duration::from_secs(1), &mut call).await;
                     call.abort();
@@ -446,13 +668,14 @@ impl ReportStream<'_> {
                     Ok(()) => {
                         sent += 1;
                         self.metrics.reports_sent.fetch_add(1, Relaxed);
+                        self.stats.sent.fetch_add(1, Relaxed);
                         if sent == 2 && failures > 0 {
-                            tracing::info!(%url, "load reports reach the agent again");
+                            tracing::info!(%url, %address, "load reports reach the agent again");
                             failures = 0;
                         }
                     }
                     Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                        tracing::debug!(%url, "load report stream is backed up; report skipped");
+                        tracing::debug!(%url, %address, "load report stream is backed up; report skipped");
                     }
                     Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
                 }
@@ -464,16 +687,16 @@ impl ReportStream<'_> {
             };
             failures += 1;
             if failures == 1 {
-                tracing::warn!(%url, %cause, "load reports to the agent failed; retrying quietly with backoff");
+                tracing::warn!(%url, %address, %cause, "load reports to the agent failed; retrying quietly with backoff");
             } else {
-                tracing::debug!(%url, %cause, failures, "load reports still failing");
+                tracing::debug!(%url, %address, %cause, failures, "load reports still failing");
             }
             if opened.elapsed() > Duration::from_secs(10) {
                 delays = backoff(settings.reconnect_max);
             }
             let delay = delays.next().unwrap_or(settings.reconnect_max);
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
         }

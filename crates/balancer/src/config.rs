@@ -262,7 +262,8 @@ pub struct Config {
     pub agent_grpc_url: Option<String>,
 
     /// The gRPC endpoints of several agents, `http://host:port,...`: every one gets every load
-    /// report, so whichever agent leads sees this balancer. Not together with AGENT_GRPC_URL.
+    /// report, so whichever agent leads sees this balancer; a host with several addresses gets
+    /// them at every address (see AGENT_RESOLVE_PERIOD). Not together with AGENT_GRPC_URL.
     #[arg(long = "agent-grpc-urls", env = "AGENT_GRPC_URLS", value_name = "AGENT_GRPC_URLS",
           value_delimiter = ',', value_parser = parse_http_url, conflicts_with = "agent_grpc_url")]
     pub agent_grpc_urls: Vec<String>,
@@ -281,6 +282,18 @@ pub struct Config {
     #[arg(long = "agent-idle-timeout", env = "AGENT_IDLE_TIMEOUT", value_name = "AGENT_IDLE_TIMEOUT",
           default_value = "30s", value_parser = parse_positive_duration)]
     pub agent_idle_timeout: Duration,
+
+    /// How often the host of each agent gRPC URL is looked up again (`tasks.<service>` on
+    /// Swarm names every agent task): a report stream per address, started for a new address,
+    /// ended for one gone. URLs with an IP address are never looked up.
+    #[arg(long = "agent-resolve-period", env = "AGENT_RESOLVE_PERIOD", value_name = "AGENT_RESOLVE_PERIOD",
+          default_value = "5s", value_parser = parse_positive_duration)]
+    pub agent_resolve_period: Duration,
+
+    /// How the hosts of the agent gRPC URLs are looked up: the system resolver; tests give
+    /// their own.
+    #[arg(skip)]
+    pub resolver: crate::resolve::Resolver,
 
     /// How often a load report is sent to the agent.
     #[arg(long = "report-interval", env = "LOAD_REPORT_INTERVAL", value_name = "LOAD_REPORT_INTERVAL",
@@ -484,6 +497,8 @@ impl Default for Config {
             agent_grpc_port: DEFAULT_AGENT_GRPC_PORT,
             agent_reconnect_max: Duration::from_secs(10),
             agent_idle_timeout: Duration::from_secs(30),
+            agent_resolve_period: Duration::from_secs(5),
+            resolver: crate::resolve::Resolver::system(),
             report_interval: Duration::from_millis(500),
             balancer_id: None,
             target_port: DEFAULT_TARGET_PORT,

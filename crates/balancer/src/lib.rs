@@ -6,6 +6,7 @@
 //! agent, and a graceful drain on SIGTERM.
 
 pub mod config;
+pub mod resolve;
 
 mod admin;
 mod admission;
@@ -41,6 +42,7 @@ use common::{
 use tokio::net::TcpListener;
 
 pub use config::{Config, Policy};
+pub use resolve::Resolver;
 
 use crate::{
     admission::Admission,
@@ -157,6 +159,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
                 reconnect_max: config.agent_reconnect_max,
                 connect_timeout: config.connect_timeout,
                 token: config.agent_token.clone().filter(|token| !token.is_empty()),
+                resolve_period: config.agent_resolve_period,
+                resolver: config.resolver.clone(),
             },
             backends.clone(),
             Arc::clone(&admission),

@@ -2,9 +2,10 @@
 //! text is built at scrape time by a prometheus-client `Collector` that reads them.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -98,6 +99,23 @@ pub struct Metrics {
     /// Times the queue was followed from another agent than before.
     pub agent_url_switches: AtomicU64,
     pub reports_sent: AtomicU64,
+    /// The load report streams, by agent gRPC URL and the address each goes to.
+    report_streams: Mutex<BTreeMap<(Arc<str>, SocketAddr), Arc<ReportStreamStats>>>,
+}
+
+/// Counters of one load report stream (one address of one agent gRPC URL).
+#[derive(Debug, Default)]
+pub struct ReportStreamStats {
+    /// Reports handed to this stream.
+    pub sent: AtomicU64,
+}
+
+/// One load report stream, as `/backends` and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportStreamView {
+    pub url: Arc<str>,
+    pub address: SocketAddr,
+    pub sent: u64,
 }
 
 impl Metrics {
@@ -114,7 +132,44 @@ impl Metrics {
             agent_stale_snapshots: AtomicU64::new(0),
             agent_url_switches: AtomicU64::new(0),
             reports_sent: AtomicU64::new(0),
+            report_streams: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Registers the report stream of `url` to `address` (replacing one still ending there).
+    pub fn report_stream_added(
+        &self,
+        url: &Arc<str>,
+        address: SocketAddr,
+    ) -> Arc<ReportStreamStats> {
+        let stats = Arc::new(ReportStreamStats::default());
+        self.report_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((Arc::clone(url), address), Arc::clone(&stats));
+        stats
+    }
+
+    /// Forgets the report stream of `url` to `address`.
+    pub fn report_stream_dropped(&self, url: &Arc<str>, address: SocketAddr) {
+        self.report_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(Arc::clone(url), address));
+    }
+
+    /// The current load report streams, by URL then address.
+    pub fn report_streams(&self) -> Vec<ReportStreamView> {
+        self.report_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|((url, address), stats)| ReportStreamView {
+                url: Arc::clone(url),
+                address: *address,
+                sent: stats.sent.load(Relaxed),
+            })
+            .collect()
     }
 
     pub fn retried(&self, reason: RetryReason) {
@@ -434,6 +489,25 @@ impl Collector for State {
             "Load reports sent, to every agent each.",
             &[(&[], self.metrics.reports_sent.load(Relaxed))],
         )?;
+        let streams = self.metrics.report_streams();
+        let labels: Vec<[(&str, String); 2]> = streams
+            .iter()
+            .map(|stream| {
+                [
+                    ("url", stream.url.to_string()),
+                    ("address", stream.address.to_string()),
+                ]
+            })
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "balancer_agent_report_stream_reports",
+            "Load reports sent per report stream: one stream per address of each agent gRPC URL (a host name is looked up every AGENT_RESOLVE_PERIOD); a stream's series goes when its address does.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, stream) in labels.iter().zip(&streams) {
+            ConstCounter::new(stream.sent).encode(family.encode_family(labels)?)?;
+        }
         Ok(())
     }
 }

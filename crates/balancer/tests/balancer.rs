@@ -884,6 +884,159 @@ async fn the_balancer_follows_the_next_agent_when_its_agent_dies() {
     assert_eq!(balancer.stop().await, Stopped::Drained);
 }
 
+/// Two stand-in agents on the same port of 127.0.0.1 and 127.0.0.2, as two agent tasks of
+/// a Swarm service behind one name.
+async fn grpc_agents_on_one_port() -> (GrpcAgent, GrpcAgent) {
+    for _ in 0..20 {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        if let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await {
+            return (GrpcAgent::start_on(first), GrpcAgent::start_on(second));
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+/// The `report_streams` of `/backends`: `url address` each.
+async fn report_streams(balancer: &TestBalancer) -> Vec<String> {
+    balancer.backends().await["report_streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stream| {
+            format!(
+                "{} {}",
+                stream["url"].as_str().unwrap(),
+                stream["address"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// A report URL whose host has several addresses (Swarm's `tasks.deployment-agent`) gets a
+/// report stream per address, following the host's addresses: a stream for an address gone
+/// ends, one for a new address starts, a failed lookup keeps the streams.
+#[tokio::test]
+async fn load_reports_go_to_every_address_of_the_agents_host() {
+    let (grpc_1, grpc_2) = grpc_agents_on_one_port().await;
+    let (ip_1, ip_2) = (grpc_1.address.ip(), grpc_2.address.ip());
+    let port = grpc_1.address.port();
+    // `None`: the lookup fails.
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(Some(vec![ip_2, ip_1])));
+    let resolver = balancer::Resolver::from_fn({
+        let answer = std::sync::Arc::clone(&answer);
+        move |host| {
+            assert_eq!(host, "agents.test");
+            let answer = answer.lock().unwrap().clone();
+            std::future::ready(answer.ok_or_else(|| std::io::Error::other("no such host")))
+        }
+    });
+    let url = format!("http://agents.test:{port}");
+    let nowhere = format!("ws://127.0.0.1:{}/ws", support::free_port());
+    let balancer = TestBalancer::start(Config {
+        report_interval: Duration::from_millis(100),
+        agent_resolve_period: Duration::from_millis(200),
+        resolver,
+        ..support::agents_config(&[nowhere], &[url.clone()])
+    })
+    .await;
+    wait_for(
+        "load reports at both addresses",
+        Duration::from_secs(10),
+        || async { grpc_1.reports().len() >= 3 && grpc_2.reports().len() >= 3 },
+    )
+    .await;
+    let both = vec![
+        format!("{url} {}", grpc_1.address),
+        format!("{url} {}", grpc_2.address),
+    ];
+    assert_eq!(report_streams(&balancer).await, both);
+    let metrics = balancer.metrics().await;
+    for address in [grpc_1.address, grpc_2.address] {
+        let series = format!(
+            "balancer_agent_report_stream_reports_total{{url=\"{url}\",address=\"{address}\"}}"
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+
+    // A failed lookup: both streams stay.
+    *answer.lock().unwrap() = None;
+    let before = (grpc_1.reports().len(), grpc_2.reports().len());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(report_streams(&balancer).await, both);
+    assert!(grpc_1.reports().len() >= before.0 + 3);
+    assert!(grpc_2.reports().len() >= before.1 + 3);
+
+    // 127.0.0.2 is gone from the name: its stream ends, the other goes on.
+    *answer.lock().unwrap() = Some(vec![ip_1]);
+    wait_for(
+        "the second stream to end",
+        Duration::from_secs(5),
+        || async { report_streams(&balancer).await.len() == 1 },
+    )
+    .await;
+    assert_eq!(
+        report_streams(&balancer).await,
+        [format!("{url} {}", grpc_1.address)]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await; // its last report lands
+    let before = (grpc_1.reports().len(), grpc_2.reports().len());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = (grpc_1.reports().len(), grpc_2.reports().len());
+    assert_eq!(after.1, before.1, "reports still reach the address gone");
+    assert!(after.0 >= before.0 + 5, "{before:?} -> {after:?}");
+
+    // Back again: a new stream.
+    *answer.lock().unwrap() = Some(vec![ip_1, ip_2]);
+    wait_for(
+        "reports at the address back",
+        Duration::from_secs(5),
+        || async { grpc_2.reports().len() >= after.1 + 3 },
+    )
+    .await;
+    assert_eq!(report_streams(&balancer).await, both);
+    assert!(
+        grpc_1
+            .reports()
+            .iter()
+            .chain(&grpc_2.reports())
+            .all(|r| r.balancer_id == "test-balancer")
+    );
+    assert_eq!(grpc_1.refused() + grpc_2.refused(), 0);
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+}
+
+/// With the system's resolver, a host name URL (`localhost`) reports to the address it
+/// resolves to, named as such; an IP address URL gets one stream, never looked up.
+#[tokio::test]
+async fn load_reports_to_a_host_name_use_the_system_resolver() {
+    let grpc = GrpcAgent::start().await;
+    let by_ip = GrpcAgent::start().await;
+    let url = format!("http://localhost:{}", grpc.address.port());
+    let nowhere = format!("ws://127.0.0.1:{}/ws", support::free_port());
+    let balancer = TestBalancer::start(Config {
+        report_interval: Duration::from_millis(100),
+        ..support::agents_config(&[nowhere], &[url.clone(), by_ip.url()])
+    })
+    .await;
+    wait_for(
+        "load reports by name and by address",
+        Duration::from_secs(10),
+        || async { grpc.reports().len() >= 3 && by_ip.reports().len() >= 3 },
+    )
+    .await;
+    let streams = report_streams(&balancer).await;
+    assert!(
+        streams.contains(&format!("{url} {}", grpc.address)),
+        "{streams:?}"
+    );
+    assert!(
+        streams.contains(&format!("{} {}", by_ip.url(), by_ip.address)),
+        "{streams:?}"
+    );
+    assert_eq!(balancer.stop().await, Stopped::Drained);
+}
+
 /// The balancer never goes backwards: an agent whose queue is from an older epoch is refused
 /// (its backends get nothing) and the next one tried; a newer epoch is taken even with seq 1;
 /// within a connection an older snapshot is ignored.

@@ -24,3 +24,27 @@ fn a_new_connection_needs_at_least_the_applied_epoch() {
     order.applied((5, 1));
     assert_eq!(order.judge((4, 30), None), Verdict::Refuse);
 }
+
+#[test]
+fn report_urls_with_an_ip_address_are_never_looked_up() {
+    assert_eq!(
+        Target::parse("http://10.0.0.5:9002"),
+        Ok(Target::Address("10.0.0.5:9002".parse().unwrap()))
+    );
+    assert_eq!(
+        Target::parse("http://[::1]:9002/"),
+        Ok(Target::Address("[::1]:9002".parse().unwrap()))
+    );
+    assert_eq!(
+        Target::parse("http://10.0.0.5"),
+        Ok(Target::Address("10.0.0.5:80".parse().unwrap()))
+    );
+    assert_eq!(
+        Target::parse("http://tasks.deployment-agent:9002"),
+        Ok(Target::Host {
+            host: "tasks.deployment-agent".into(),
+            port: 9002
+        })
+    );
+    assert!(Target::parse("not a url").is_err());
+}

@@ -55,6 +55,14 @@ fn bad_values_name_the_variable() {
         (&["--body-read-timeout", "0s"][..], "BODY_READ_TIMEOUT"),
         (&["--retry-routes", "/submit"][..], "RETRY_ROUTES"),
         (&["--retry-buffer-bytes", "1MB"][..], "RETRY_BUFFER_BYTES"),
+        (
+            &["--agent-resolve-period", "0s"][..],
+            "AGENT_RESOLVE_PERIOD",
+        ),
+        (
+            &["--agent-resolve-period", "often"][..],
+            "AGENT_RESOLVE_PERIOD",
+        ),
     ] {
         let err = parse(args).unwrap_err().to_string();
         assert!(err.contains(variable), "{args:?}: {err}");

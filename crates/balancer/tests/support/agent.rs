@@ -235,7 +235,11 @@ impl DeploymentAgent for Sink {
 
 impl GrpcAgent {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    /// Serving on `listener` (e.g. one on another loopback address).
+    pub fn start_on(listener: TcpListener) -> Self {
         let address = listener.local_addr().unwrap();
         let reports = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(AtomicUsize::new(0));
