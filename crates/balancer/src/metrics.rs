@@ -100,8 +100,11 @@ pub struct Metrics {
     pub agent_url_switches: AtomicU64,
     pub reports_sent: AtomicU64,
     /// The load report streams, by agent gRPC URL and the address each goes to.
-    report_streams: Mutex<BTreeMap<(Arc<str>, SocketAddr), Arc<ReportStreamStats>>>,
+    report_streams: Mutex<ReportStreams>,
 }
+
+/// The load report streams by (agent gRPC URL, address).
+type ReportStreams = BTreeMap<(Arc<str>, SocketAddr), Arc<ReportStreamStats>>;
 
 /// Counters of one load report stream (one address of one agent gRPC URL).
 #[derive(Debug, Default)]

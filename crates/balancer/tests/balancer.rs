@@ -937,7 +937,7 @@ async fn load_reports_go_to_every_address_of_the_agents_host() {
         report_interval: Duration::from_millis(100),
         agent_resolve_period: Duration::from_millis(200),
         resolver,
-        ..support::agents_config(&[nowhere], &[url.clone()])
+        ..support::agents_config(&[nowhere], std::slice::from_ref(&url))
     })
     .await;
     wait_for(
