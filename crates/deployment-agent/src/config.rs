@@ -28,6 +28,9 @@ pub enum RuntimeKind {
     Docker,
     /// Local `worker` processes on free loopback ports (no Docker needed).
     Process,
+    /// Docker Swarm: one single-replica service per worker, on the overlay AGENT_NETWORK,
+    /// placed by Swarm over the nodes (needs REDIS_URL: each node's agent shares its stats).
+    Swarm,
 }
 
 /// How the address balancers dial is formed.
@@ -75,7 +78,7 @@ pub struct Config {
     )]
     pub grpc_port: u16,
 
-    /// Runtime for workers: `docker` or `process`.
+    /// Runtime for workers: `docker`, `process` or `swarm`.
     #[arg(
         long,
         env = "AGENT_RUNTIME",
@@ -153,6 +156,16 @@ pub struct Config {
     /// Pin each worker to one free core from this pool (`1,2,3` or `1-3`); never more workers than cores.
     #[arg(long = "worker-cpuset", env = "WORKER_CPUSET", value_name = "WORKER_CPUSET", value_parser = parse_cpuset)]
     pub worker_cpuset: Option<CpuSet>,
+    /// Swarm placement constraints of every worker service, comma-separated
+    /// (`node.role==worker,node.labels.pool==cpu`); AGENT_RUNTIME=swarm only.
+    #[arg(
+        long = "worker-constraints",
+        env = "WORKER_CONSTRAINTS",
+        value_name = "WORKER_CONSTRAINTS",
+        value_delimiter = ',',
+        value_parser = parse_constraint
+    )]
+    pub worker_constraints: Vec<String>,
     /// Warm standby workers: started, healthy, then paused (no CPU, their memory kept), so a
     /// scale-out thaws one in milliseconds instead of creating a container. Not with
     /// WORKER_CPUSET.
@@ -625,6 +638,11 @@ impl Config {
                     .into(),
             );
         }
+        if self.runtime == RuntimeKind::Swarm {
+            self.validate_swarm()?;
+        } else if !self.worker_constraints.is_empty() {
+            return Err("WORKER_CONSTRAINTS needs AGENT_RUNTIME=swarm".into());
+        }
         if self.crash_backoff_initial.is_zero() {
             return Err("CRASH_BACKOFF_INITIAL must be positive".into());
         }
@@ -672,6 +690,38 @@ impl Config {
                     "DASHBOARD_BALANCER_URL must be an http:// or https:// URL, got `{url}`"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// What AGENT_RUNTIME=swarm needs besides the common checks.
+    fn validate_swarm(&self) -> Result<(), String> {
+        if self.redis().is_none() {
+            return Err(
+                "AGENT_RUNTIME=swarm needs Redis (REDIS_URL or REDIS_HOST): each node's agent shares its workers' stats there"
+                    .into(),
+            );
+        }
+        if self.network.is_none() {
+            return Err(
+                "AGENT_RUNTIME=swarm needs AGENT_NETWORK: the overlay network the workers, agents and balancers share"
+                    .into(),
+            );
+        }
+        if self.warm_pool > 0 {
+            return Err(
+                "WARM_POOL must be 0 with AGENT_RUNTIME=swarm (a Swarm task cannot be paused)"
+                    .into(),
+            );
+        }
+        if self.worker_cpuset.is_some() {
+            return Err("WORKER_CPUSET cannot be used with AGENT_RUNTIME=swarm (cores differ per node); use WORKER_CPUS".into());
+        }
+        if self.worker_probe == ProbeKind::Docker {
+            return Err(
+                "WORKER_PROBE=docker needs AGENT_RUNTIME=docker (a Swarm task's health is on its own node); use http or tcp"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -731,7 +781,8 @@ impl Config {
 
     /// The election's settings with these URLs; `None` when the agent leads alone
     /// (AGENT_REPLICAS=1, or no Redis, which `validate` refuses with several replicas).
-    pub fn lease_config(&self, urls: AgentUrls) -> Option<LeaseConfig> {
+    /// `candidate`: whether this agent may lead (see [`LeaseConfig::candidate`]).
+    pub fn lease_config(&self, urls: AgentUrls, candidate: bool) -> Option<LeaseConfig> {
         if !self.leader_election() {
             return None;
         }
@@ -741,6 +792,7 @@ impl Config {
             agent_id: self.resolved_agent_id(),
             lease: self.leader_lease,
             urls,
+            candidate,
         })
     }
 
@@ -1053,6 +1105,28 @@ pub struct CpuSet(pub Vec<u32>);
 /// `KEY=VALUE` pairs for worker environments.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvList(pub Vec<String>);
+
+/// One Swarm placement constraint: `<attribute>==<value>` or `<attribute>!=<value>`.
+fn parse_constraint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (attribute, value) = text
+        .split_once("==")
+        .or_else(|| text.split_once("!="))
+        .ok_or_else(|| format!("`{text}` is not a constraint such as node.role==worker"))?;
+    let word = |part: &str| {
+        !part.trim().is_empty()
+            && part
+                .trim()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c))
+    };
+    if !word(attribute) || !word(value) {
+        return Err(format!(
+            "`{text}` is not a constraint such as node.role==worker or node.labels.pool!=gpu"
+        ));
+    }
+    Ok(text.to_owned())
+}
 
 fn parse_cpus(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {

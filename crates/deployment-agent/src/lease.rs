@@ -145,6 +145,9 @@ pub struct LeaseConfig {
     /// LEADER_LEASE: the lease's length; renewed every third of it.
     pub lease: Duration,
     pub urls: AgentUrls,
+    /// Whether this agent may lead. With AGENT_RUNTIME=swarm only an agent on a manager node
+    /// can (the Swarm API answers only there); the others follow, heartbeat and observe.
+    pub candidate: bool,
 }
 
 impl fmt::Debug for LeaseConfig {
@@ -156,6 +159,7 @@ impl fmt::Debug for LeaseConfig {
             .field("agent_id", &self.agent_id)
             .field("lease", &self.lease)
             .field("urls", &self.urls)
+            .field("candidate", &self.candidate)
             .finish()
     }
 }
@@ -724,6 +728,22 @@ impl Task {
                 match renewed {
                     Ok(1) => Outcome::Renewed,
                     Ok(_) => Outcome::Refused,
+                    Err(err) => Outcome::Failed(err),
+                }
+            }
+            (None, _) if !self.config.candidate => {
+                // Never leads: only reads who does.
+                let read: Result<(Option<String>, Option<String>), _> = self
+                    .timed(
+                        redis::cmd("MGET")
+                            .arg(&self.keys.leader)
+                            .arg(&self.keys.info)
+                            .query_async(conn),
+                    )
+                    .await;
+                match read {
+                    Ok((Some(value), Some(info))) => Outcome::HeldBy(parse_info(&info, &value)),
+                    Ok(_) => Outcome::HeldBy(None),
                     Err(err) => Outcome::Failed(err),
                 }
             }

@@ -75,6 +75,30 @@ pub async fn run(
             runtime::ProcessRuntime::new(&config)
                 .map_err(|error| RunError::Process(error.into()))?,
         ),
+        RuntimeKind::Swarm => runtime::Runtime::Swarm(
+            runtime::SwarmRuntime::connect(&config)
+                .await
+                .map_err(|error| RunError::Docker(error.into()))?,
+        ),
+    };
+    // On Swarm every agent shares the stats of the workers on its own node; only an agent on
+    // a manager may lead.
+    let candidate = match &runtime {
+        runtime::Runtime::Swarm(swarm) => {
+            tokio::spawn(swarm.clone().observe_node(shutdown.clone()));
+            if !swarm.is_manager() {
+                tracing::info!(
+                    "this node is not a swarm manager: this agent observes and follows, never leads"
+                );
+            }
+            if !swarm.is_manager() && !config.leader_election() {
+                return Err(RunError::Config(
+                    "this node is not a swarm manager, and with AGENT_REPLICAS=1 the agent must lead: run it on a manager, or set AGENT_REPLICAS above 1 with Redis".into(),
+                ));
+            }
+            swarm.is_manager()
+        }
+        _ => true,
     };
     let store = store::Store::open(store::StoreConfig {
         redis_url: config.redis(),
@@ -92,7 +116,7 @@ pub async fn run(
             port(&listeners.grpc),
         )
         .await;
-    let elector = match config.lease_config(urls.clone()) {
+    let elector = match config.lease_config(urls.clone(), candidate) {
         Some(lease) => lease::Elector::start(lease, shutdown.clone()),
         None => lease::Elector::solo(config.resolved_agent_id(), urls),
     };

@@ -1,9 +1,11 @@
-//! Where workers run. One interface, two engines: Docker (the default, through bollard) and
-//! local processes (the `worker` binary on loopback ports, for machines without Docker).
-//! Only the agent touches either.
+//! Where workers run. One interface, three engines: Docker (the default, through bollard),
+//! Docker Swarm (one service per worker, across the swarm's nodes) and local processes (the
+//! `worker` binary on loopback ports, for machines without Docker). Only the agent touches
+//! them.
 
 mod docker;
 mod process;
+mod swarm;
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use futures_util::stream::BoxStream;
 
 pub use docker::DockerRuntime;
 pub use process::ProcessRuntime;
+pub use swarm::SwarmRuntime;
 
 use crate::{model::Worker, score::StatsSample};
 
@@ -68,6 +71,7 @@ pub enum RuntimeError {
 pub enum Runtime {
     Docker(DockerRuntime),
     Process(ProcessRuntime),
+    Swarm(SwarmRuntime),
 }
 
 impl Runtime {
@@ -75,6 +79,7 @@ impl Runtime {
         match self {
             Self::Docker(_) => "docker",
             Self::Process(_) => "process",
+            Self::Swarm(_) => "swarm",
         }
     }
 
@@ -83,6 +88,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.list().await,
             Self::Process(process) => process.list().await,
+            Self::Swarm(swarm) => swarm.list().await,
         }
     }
 
@@ -91,6 +97,7 @@ impl Runtime {
     pub async fn names(&self, prefix: &str) -> Result<Vec<String>, RuntimeError> {
         match self {
             Self::Docker(docker) => docker.names(prefix).await,
+            Self::Swarm(swarm) => swarm.names(prefix).await,
             Self::Process(process) => Ok(process
                 .list()
                 .await?
@@ -106,6 +113,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.launch(spec).await,
             Self::Process(process) => process.launch(spec).await,
+            Self::Swarm(swarm) => swarm.launch(spec).await,
         }
     }
 
@@ -114,6 +122,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.pause(id).await,
             Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGSTOP),
+            Self::Swarm(_) => Err(RuntimeError::Other(NO_PAUSE_IN_SWARM.into())),
         }
     }
 
@@ -122,6 +131,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.resume(id).await,
             Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGCONT),
+            Self::Swarm(_) => Err(RuntimeError::Other(NO_PAUSE_IN_SWARM.into())),
         }
     }
 
@@ -130,6 +140,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.stop(id, grace).await,
             Self::Process(process) => process.stop(id, grace).await,
+            Self::Swarm(swarm) => swarm.stop(id, grace).await,
         }
     }
 
@@ -138,6 +149,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.events(),
             Self::Process(process) => process.events(),
+            Self::Swarm(swarm) => swarm.events(),
         }
     }
 
@@ -145,9 +157,10 @@ impl Runtime {
     pub async fn health(&self, id: &str) -> Result<EngineHealth, RuntimeError> {
         match self {
             Self::Docker(docker) => docker.health(id).await,
-            Self::Process(_) => Err(RuntimeError::Other(
-                "the process runtime has no HEALTHCHECK; set WORKER_PROBE to http or tcp".into(),
-            )),
+            Self::Process(_) | Self::Swarm(_) => Err(RuntimeError::Other(format!(
+                "the {} runtime reads no HEALTHCHECK; set WORKER_PROBE to http or tcp",
+                self.kind()
+            ))),
         }
     }
 
@@ -157,6 +170,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.exit_code(id).await,
             Self::Process(_) => None,
+            Self::Swarm(swarm) => swarm.exit_code(id).await,
         }
     }
 
@@ -166,6 +180,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.logs(id).await,
             Self::Process(process) => process.logs(id),
+            Self::Swarm(swarm) => swarm.logs(id).await,
         }
     }
 
@@ -174,9 +189,13 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.stats(id),
             Self::Process(process) => process.stats(id),
+            Self::Swarm(swarm) => swarm.stats(id),
         }
     }
 }
+
+const NO_PAUSE_IN_SWARM: &str =
+    "a Swarm task cannot be paused (the swarm runtime keeps no warm standbys; WARM_POOL=0)";
 
 /// A container's own HEALTHCHECK status, as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -194,7 +194,7 @@ fn leader_election_settings_default_to_one_agent_alone() {
     assert!(!config.resolved_agent_id().is_empty(), "the hostname");
     assert_eq!(config.key_prefix(), "rustybalancer:rustybalancer");
     let urls = AgentUrls::new("127.0.0.1", 1, 2, 3);
-    assert!(config.lease_config(urls).is_none(), "alone: no lease");
+    assert!(config.lease_config(urls, true).is_none(), "alone: no lease");
 }
 
 #[test]
@@ -235,7 +235,7 @@ fn the_lease_config_carries_the_redis_url_prefix_id_and_lease() {
     config.agent_id = Some("a1".into());
     config.leader_lease = Duration::from_millis(900);
     let urls = AgentUrls::new("10.0.0.2", 9000, 9001, 9002);
-    let lease = config.lease_config(urls.clone()).unwrap();
+    let lease = config.lease_config(urls.clone(), true).unwrap();
     assert_eq!(lease.redis_url, "redis://redis:6379/");
     assert_eq!(lease.prefix, "rustybalancer:shop");
     assert_eq!(lease.agent_id, "a1");
@@ -272,5 +272,51 @@ async fn advertised_urls_use_the_host_given_else_the_route_to_redis() {
         config.advertised_urls(1, 2, 3).await.grpc,
         "http://127.0.0.1:3",
         "no redis: loopback"
+    );
+}
+
+#[test]
+fn the_swarm_runtime_needs_redis_an_overlay_and_no_standbys() {
+    let swarm = || {
+        let mut config = Config::defaults();
+        config.runtime = RuntimeKind::Swarm;
+        config.redis_url = Some("redis://redis:6379".into());
+        config.network = Some("rustybalancer-workers".into());
+        config.warm_pool = 0;
+        config.worker_probe = ProbeKind::Http;
+        config
+    };
+    assert_eq!(swarm().validate(), Ok(()));
+    let mut config = swarm();
+    config.redis_url = None;
+    assert!(config.validate().unwrap_err().contains("REDIS_URL"));
+    let mut config = swarm();
+    config.network = None;
+    assert!(config.validate().unwrap_err().contains("AGENT_NETWORK"));
+    let mut config = swarm();
+    config.warm_pool = 1;
+    assert!(config.validate().unwrap_err().contains("WARM_POOL"));
+    let mut config = swarm();
+    config.worker_probe = ProbeKind::Docker;
+    assert!(config.validate().unwrap_err().contains("WORKER_PROBE"));
+    let mut config = swarm();
+    config.worker_cpuset = Some(CpuSet(vec![0]));
+    assert!(config.validate().unwrap_err().contains("WORKER_CPUSET"));
+
+    assert_eq!(
+        parse_constraint(" node.role==worker "),
+        Ok("node.role==worker".into())
+    );
+    assert!(parse_constraint("node.labels.pool!=gpu").is_ok());
+    for bad in ["node.role", "==worker", "node.role==", "node role==x"] {
+        assert!(parse_constraint(bad).is_err(), "{bad}");
+    }
+    let mut config = Config::defaults();
+    config.worker_constraints = vec!["node.role==worker".into()];
+    assert!(
+        config
+            .validate()
+            .unwrap_err()
+            .contains("WORKER_CONSTRAINTS")
     );
 }

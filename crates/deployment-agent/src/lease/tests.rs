@@ -26,6 +26,7 @@ fn config(server: &RedisServer, prefix: &str, id: &str) -> LeaseConfig {
         agent_id: id.to_owned(),
         lease: LEASE,
         urls: AgentUrls::new("127.0.0.1", 9000, 9001, 9002),
+        candidate: true,
     }
 }
 
@@ -397,4 +398,44 @@ async fn a_leader_past_its_deadline_takes_its_lease_back_with_the_same_epoch() {
     assert_eq!(get(&mut inspect, &leader_key).await.as_deref(), Some("a/1"));
     a.stop().await;
     assert_eq!(get(&mut inspect, &leader_key).await, None);
+}
+
+#[tokio::test]
+async fn an_agent_that_is_no_candidate_never_leads_but_follows_the_leader() {
+    let server = RedisServer::start();
+    let prefix = "rb:candidate";
+    let shutdown = CancellationToken::new();
+    let bystander = Agent {
+        elector: Elector::start(
+            LeaseConfig {
+                candidate: false,
+                ..config(&server, prefix, "worker-node")
+            },
+            shutdown.clone(),
+        ),
+        shutdown,
+    };
+    // The lease is free for several rounds: still it does not take it.
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(!bystander.leads());
+    let mut conn = inspector(&server).await;
+    assert_eq!(get(&mut conn, &format!("{prefix}:leader")).await, None);
+
+    let manager = Agent::start(&server, prefix, "manager-node");
+    eventually("the candidate leads", LEASE * 3, || manager.leads()).await;
+    eventually("the bystander knows the leader", LEASE * 3, || {
+        bystander
+            .elector
+            .leader()
+            .is_some_and(|leader| leader.id == "manager-node")
+    })
+    .await;
+    assert!(!bystander.leads());
+    // It heartbeats like any agent.
+    eventually("both agents listed", LEASE * 3, || {
+        manager.elector.agents().len() == 2
+    })
+    .await;
+    bystander.stop().await;
+    manager.stop().await;
 }

@@ -104,6 +104,11 @@ impl DockerRuntime {
         })
     }
 
+    /// The engine's client (a cheap handle).
+    pub(super) fn client(&self) -> Docker {
+        self.docker.clone()
+    }
+
     fn label_filters(&self) -> HashMap<String, Vec<String>> {
         let s = &self.settings;
         HashMap::from([(
@@ -359,18 +364,7 @@ impl DockerRuntime {
             .stderr(true)
             .tail(&super::LOG_LINES.to_string())
             .build();
-        let mut stream = self.docker.logs(id, Some(options));
-        let mut text = String::new();
-        let read = async {
-            while let Some(Ok(chunk)) = stream.next().await {
-                text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-                if text.len() > 64 * 1024 {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-        super::last_lines(text.lines())
+        read_log_lines(self.docker.logs(id, Some(options))).await
     }
 
     pub fn stats(&self, id: &str) -> BoxStream<'static, StatsSample> {
@@ -474,7 +468,28 @@ fn to_sample(stats: &bollard::models::ContainerStatsResponse) -> Option<StatsSam
     })
 }
 
-fn status_code(err: &bollard::errors::Error) -> Option<u16> {
+/// The last log lines of a logs stream (a container's or a service's), read for at most
+/// five seconds.
+pub(super) async fn read_log_lines(
+    stream: impl futures_util::Stream<
+        Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+    >,
+) -> Vec<String> {
+    let mut stream = std::pin::pin!(stream);
+    let mut text = String::new();
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+            if text.len() > 64 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    super::last_lines(text.lines())
+}
+
+pub(super) fn status_code(err: &bollard::errors::Error) -> Option<u16> {
     match err {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
