@@ -378,11 +378,16 @@ impl SwarmRuntime {
 
     /// Creates the service and waits until its task runs and has an address.
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<Instance, RuntimeError> {
-        let created = match self
-            .docker
-            .create_service(self.settings.service_spec(spec), None)
-            .await
+        let mut service = self.settings.service_spec(spec);
+        // By id when this engine has the image: a node given the image by `docker load`
+        // (no registry) then never tries to pull it first.
+        if let Ok(image) = self.docker.inspect_image(&self.settings.image).await
+            && let (Some(id), Some(template)) = (image.id, service.task_template.as_mut())
+            && let Some(container) = template.container_spec.as_mut()
         {
+            container.image = Some(id);
+        }
+        let created = match self.docker.create_service(service, None).await {
             Ok(created) => created,
             Err(err) if status_code(&err) == Some(409) => {
                 return Err(RuntimeError::NameTaken(spec.name.clone()));
