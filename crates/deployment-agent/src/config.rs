@@ -28,6 +28,9 @@ pub enum RuntimeKind {
     Docker,
     /// Local `worker` processes on free loopback ports (no Docker needed).
     Process,
+    /// For the scale benchmark: instances are records, no process; one loopback listener
+    /// answers every worker's probes (`jobs/bench-scale.sh`).
+    Simulated,
 }
 
 /// How the address balancers dial is formed.
@@ -75,7 +78,7 @@ pub struct Config {
     )]
     pub grpc_port: u16,
 
-    /// Runtime for workers: `docker` or `process`.
+    /// Runtime for workers: `docker`, `process` or `simulated` (the scale benchmark's).
     #[arg(
         long,
         env = "AGENT_RUNTIME",
@@ -101,6 +104,10 @@ pub struct Config {
         value_name = "WORKER_BINARY"
     )]
     pub worker_binary: Option<std::path::PathBuf>,
+    /// How long a launch takes on the simulated runtime (AGENT_RUNTIME=simulated).
+    #[arg(long = "simulated-launch-delay", env = "SIMULATED_LAUNCH_DELAY", value_name = "SIMULATED_LAUNCH_DELAY",
+          default_value = "0s", value_parser = parse_duration)]
+    pub simulated_launch_delay: Duration,
     /// Port the workers listen on.
     #[arg(
         long = "target-port",
@@ -619,9 +626,9 @@ impl Config {
         if self.probe_period.is_zero() || self.scale_check_period.is_zero() {
             return Err("PROBE_PERIOD and SCALE_CHECK_PERIOD must be positive".into());
         }
-        if self.runtime == RuntimeKind::Process && self.worker_probe == ProbeKind::Docker {
+        if self.runtime != RuntimeKind::Docker && self.worker_probe == ProbeKind::Docker {
             return Err(
-                "WORKER_PROBE=docker needs the Docker runtime (AGENT_RUNTIME=docker); the process runtime supports http and tcp"
+                "WORKER_PROBE=docker needs the Docker runtime (AGENT_RUNTIME=docker); the process and simulated runtimes support http and tcp"
                     .into(),
             );
         }

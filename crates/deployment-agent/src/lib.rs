@@ -49,7 +49,7 @@ pub enum RunError {
     Config(String),
     #[error("cannot reach the Docker engine (DOCKER_HOST); is the socket mounted and readable?")]
     Docker(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cannot start the process runtime")]
+    #[error("cannot start the process or simulated runtime")]
     Process(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
@@ -73,6 +73,11 @@ pub async fn run(
         ),
         RuntimeKind::Process => runtime::Runtime::Process(
             runtime::ProcessRuntime::new(&config)
+                .map_err(|error| RunError::Process(error.into()))?,
+        ),
+        RuntimeKind::Simulated => runtime::Runtime::Simulated(
+            runtime::SimulatedRuntime::start(&config)
+                .await
                 .map_err(|error| RunError::Process(error.into()))?,
         ),
     };

@@ -1,16 +1,19 @@
 //! Where workers run. One interface, two engines: Docker (the default, through bollard) and
-//! local processes (the `worker` binary on loopback ports, for machines without Docker).
-//! Only the agent touches either.
+//! local processes (the `worker` binary on loopback ports, for machines without Docker);
+//! and a simulated one for the scale benchmark (instances are records, no process).
+//! Only the agent touches them.
 
 mod docker;
 mod process;
+mod simulated;
 
 use std::time::Duration;
 
-use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, stream::BoxStream};
 
 pub use docker::DockerRuntime;
 pub use process::ProcessRuntime;
+pub use simulated::SimulatedRuntime;
 
 use crate::{model::Worker, score::StatsSample};
 
@@ -68,6 +71,8 @@ pub enum RuntimeError {
 pub enum Runtime {
     Docker(DockerRuntime),
     Process(ProcessRuntime),
+    /// For the scale benchmark: instances are records, no process.
+    Simulated(SimulatedRuntime),
 }
 
 impl Runtime {
@@ -75,6 +80,7 @@ impl Runtime {
         match self {
             Self::Docker(_) => "docker",
             Self::Process(_) => "process",
+            Self::Simulated(_) => "simulated",
         }
     }
 
@@ -83,6 +89,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.list().await,
             Self::Process(process) => process.list().await,
+            Self::Simulated(simulated) => Ok(simulated.list()),
         }
     }
 
@@ -98,6 +105,7 @@ impl Runtime {
                 .map(|instance| instance.worker.name)
                 .filter(|name| name.starts_with(prefix))
                 .collect()),
+            Self::Simulated(simulated) => Ok(simulated.names(prefix)),
         }
     }
 
@@ -106,6 +114,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.launch(spec).await,
             Self::Process(process) => process.launch(spec).await,
+            Self::Simulated(simulated) => simulated.launch(spec).await,
         }
     }
 
@@ -114,6 +123,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.pause(id).await,
             Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGSTOP),
+            Self::Simulated(simulated) => simulated.set_paused(id, true),
         }
     }
 
@@ -122,6 +132,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.resume(id).await,
             Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGCONT),
+            Self::Simulated(simulated) => simulated.set_paused(id, false),
         }
     }
 
@@ -130,6 +141,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.stop(id, grace).await,
             Self::Process(process) => process.stop(id, grace).await,
+            Self::Simulated(simulated) => Ok(simulated.stop(id)),
         }
     }
 
@@ -138,16 +150,19 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.events(),
             Self::Process(process) => process.events(),
+            // Records die only when stopped.
+            Self::Simulated(_) => futures_util::stream::pending().boxed(),
         }
     }
 
-    /// The container's HEALTHCHECK status (Docker only: processes have none).
+    /// The container's HEALTHCHECK status (Docker only: processes and records have none).
     pub async fn health(&self, id: &str) -> Result<EngineHealth, RuntimeError> {
         match self {
             Self::Docker(docker) => docker.health(id).await,
-            Self::Process(_) => Err(RuntimeError::Other(
-                "the process runtime has no HEALTHCHECK; set WORKER_PROBE to http or tcp".into(),
-            )),
+            Self::Process(_) | Self::Simulated(_) => Err(RuntimeError::Other(format!(
+                "the {} runtime has no HEALTHCHECK; set WORKER_PROBE to http or tcp",
+                self.kind()
+            ))),
         }
     }
 
@@ -156,7 +171,7 @@ impl Runtime {
     pub async fn exit_code(&self, id: &str) -> Option<i64> {
         match self {
             Self::Docker(docker) => docker.exit_code(id).await,
-            Self::Process(_) => None,
+            Self::Process(_) | Self::Simulated(_) => None,
         }
     }
 
@@ -166,6 +181,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.logs(id).await,
             Self::Process(process) => process.logs(id),
+            Self::Simulated(_) => Vec::new(),
         }
     }
 
@@ -174,6 +190,7 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.stats(id),
             Self::Process(process) => process.stats(id),
+            Self::Simulated(simulated) => simulated.stats(id),
         }
     }
 }

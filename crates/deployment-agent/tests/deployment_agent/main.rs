@@ -9,6 +9,7 @@ mod byoa;
 mod dashboard;
 mod ha;
 mod probes;
+mod simulated;
 mod support;
 
 use std::time::{Duration, Instant};
