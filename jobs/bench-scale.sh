@@ -49,6 +49,9 @@ env -i PATH="$PATH" AGENT_RUNTIME=simulated AGENT_HOST=127.0.0.1 AGENT_INSECURE=
   RUST_LOG=warn "$TARGET_DIR/deployment-agent" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 
+# cpu_ticks : the agent's user + system CPU time, in 1/100 s.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$agent_pid/stat"; }
+
 # rss_kib FIELD : VmRSS or VmHWM of the agent, KiB.
 rss_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$agent_pid/status"; }
 
@@ -81,9 +84,12 @@ log "$workers workers serving after $ready_ms ms; $subscribers subscribers for $
 done) &
 sampler_pid=$!
 
+cpu_before="$(cpu_ticks)" window_started="$(date +%s%N)"
 "$TARGET_DIR/loadgen" subscribers --url "ws://127.0.0.1:$ws/ws" --count "$subscribers" \
   --duration "$duration" --agent "http://127.0.0.1:$http" | tee "$work/report"
 
+cpu_after="$(cpu_ticks)" window_ns=$(($(date +%s%N) - window_started))
+snapshot_bytes="$(curl -s --max-time 5 "http://127.0.0.1:$http/queue" | wc -c)"
 end_kib="$(rss_kib VmRSS)"
 peak_kib="$(rss_kib VmHWM)"
 kill "$sampler_pid" 2>/dev/null || true
@@ -96,6 +102,8 @@ agent_pid=""
 
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 echo "agent memory (RSS):                     peak $(mib "$peak_kib") (VmHWM), $(mib "$window_peak_kib") highest sample while measuring, $(mib "$end_kib") at the end"
-echo "time to $workers serving workers:   $ready_ms ms from the agent's start"
+awk -v t=$((cpu_after - cpu_before)) -v ns="$window_ns" -v b="$snapshot_bytes" 'BEGIN {
+  printf "agent CPU while measuring:              %.2f cores; one snapshot is %.0f KiB of JSON\n", t / 100 / (ns / 1e9), b / 1024 }'
+echo "time to $workers serving workers:        $ready_ms ms from the agent's start"
 load="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "machine: $(nproc) cores, load average $load (1, 5, 15 min) at the end"

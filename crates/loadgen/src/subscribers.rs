@@ -28,12 +28,38 @@ use crate::{Error, stats::percentile};
 type Arrivals = Vec<(u64, u64, f64)>;
 
 /// The head of a snapshot: what the measurement needs.
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Eq)]
 struct Head {
     seq: u64,
-    #[serde(default)]
     epoch: u64,
     timestamp_ms: u64,
+}
+
+impl Head {
+    /// Reads `seq`, `epoch` and `timestamp_ms` from the text before `"items"` (the agent
+    /// writes them first), so that the instrument does not parse every snapshot whole on the
+    /// machine whose agent it measures. `None` when they are not there.
+    fn read(text: &str) -> Option<Self> {
+        let head = &text[..text.find("\"items\"")?];
+        let field = |name: &str| -> Option<u64> {
+            let key = format!("\"{name}\":");
+            let rest = head[head.find(&key)? + key.len()..].trim_start();
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        };
+        Some(Self {
+            seq: field("seq")?,
+            epoch: field("epoch").unwrap_or(0),
+            timestamp_ms: field("timestamp_ms")?,
+        })
+    }
+}
+
+/// A whole snapshot, parsed once at the end for its size.
+#[derive(Deserialize)]
+struct Items {
     items: Vec<IgnoredAny>,
 }
 
@@ -177,7 +203,7 @@ async fn subscribe(
 ) -> Result<(Arrivals, usize), Error> {
     let (_, mut read) = socket.split();
     let mut arrivals = Vec::new();
-    let mut items = 0;
+    let mut last = None;
     let mut epoch = None;
     loop {
         let message = tokio::select! {
@@ -193,16 +219,26 @@ async fn subscribe(
             }
             None => return Err(Error::Invalid("the agent closed a subscription".into())),
         };
-        let head: Head = serde_json::from_str(&text)
-            .map_err(|err| Error::Invalid(format!("a snapshot does not parse: {err}")))?;
+        let head = Head::read(&text).ok_or_else(|| {
+            Error::Invalid("a snapshot without seq and timestamp_ms before its items".into())
+        })?;
         if *epoch.get_or_insert(head.epoch) != head.epoch {
             return Err(Error::Invalid(
                 "the leader changed during the run (epoch); run against one agent".into(),
             ));
         }
-        items = head.items.len();
         arrivals.push((head.seq, head.timestamp_ms, arrived));
+        last = Some(text);
     }
+    let items = match last {
+        Some(text) => {
+            serde_json::from_str::<Items>(&text)
+                .map_err(|err| Error::Invalid(format!("a snapshot does not parse: {err}")))?
+                .items
+                .len()
+        }
+        None => 0,
+    };
     Ok((arrivals, items))
 }
 
@@ -342,6 +378,20 @@ mod tests {
         // seq 2: 4 ms; seq 3: reached by b with seq 4 at 130 (20 ms); seq 4: 10 ms.
         assert_eq!(report.last.max_ms, 20.0);
         assert_eq!(report.first.p50_ms, 1.0);
+    }
+
+    #[test]
+    fn the_head_is_read_before_the_items() {
+        let text = r#"{"version":1,"seq":42,"epoch":3,"timestamp_ms":1700000000123,"items":[{"seq":1}]}"#;
+        assert_eq!(
+            Head::read(text),
+            Some(Head {
+                seq: 42,
+                epoch: 3,
+                timestamp_ms: 1_700_000_000_123
+            })
+        );
+        assert_eq!(Head::read(r#"{"items":[],"seq":1,"timestamp_ms":2}"#), None);
     }
 
     #[test]
