@@ -141,7 +141,10 @@ impl Runtime {
         match self {
             Self::Docker(docker) => docker.stop(id, grace).await,
             Self::Process(process) => process.stop(id, grace).await,
-            Self::Simulated(simulated) => Ok(simulated.stop(id)),
+            Self::Simulated(simulated) => {
+                simulated.stop(id);
+                Ok(())
+            }
         }
     }
 

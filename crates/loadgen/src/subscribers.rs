@@ -231,12 +231,10 @@ async fn subscribe(
         last = Some(text);
     }
     let items = match last {
-        Some(text) => {
-            serde_json::from_str::<Items>(&text)
-                .map_err(|err| Error::Invalid(format!("a snapshot does not parse: {err}")))?
-                .items
-                .len()
-        }
+        Some(text) => serde_json::from_str::<Items>(&text)
+            .map_err(|err| Error::Invalid(format!("a snapshot does not parse: {err}")))?
+            .items
+            .len(),
         None => 0,
     };
     Ok((arrivals, items))
@@ -382,7 +380,8 @@ mod tests {
 
     #[test]
     fn the_head_is_read_before_the_items() {
-        let text = r#"{"version":1,"seq":42,"epoch":3,"timestamp_ms":1700000000123,"items":[{"seq":1}]}"#;
+        let text =
+            r#"{"version":1,"seq":42,"epoch":3,"timestamp_ms":1700000000123,"items":[{"seq":1}]}"#;
         assert_eq!(
             Head::read(text),
             Some(Head {
