@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
     pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -391,7 +392,30 @@ impl Shared {
             }
 
             let sent = Instant::now();
-            let outcome = timer::timeout_at(deadline, backend.pool(shard).send(request)).await;
+            let mut send = std::pin::pin!(timer::timeout_at(
+                deadline,
+                backend.pool(shard).send(request)
+            ));
+            // A request that could be retried also watches its backend leave the table (its
+            // node lost: neither an answer nor a reset will come); the others only wait.
+            let outcome = if idempotent && body.replayable() && !retried && others {
+                match self
+                    .unless_removed(send.as_mut(), &backend, shard, &tried)
+                    .await
+                {
+                    Some(outcome) => outcome,
+                    None => {
+                        retried = true;
+                        last_error = ProxyError::Upstream;
+                        now = self.clock.now();
+                        self.metrics.retried(RetryReason::Removed);
+                        tracing::debug!(backend = %backend.dns_name, "backend left the table while its answer was awaited; retrying on another backend");
+                        continue;
+                    }
+                }
+            } else {
+                send.await
+            };
             match outcome {
                 Err(_elapsed) => {
                     in_flight.failed();
@@ -479,6 +503,45 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Awaits `send` on `backend`, unless the backend leaves the routing table first and the
+    /// request can go elsewhere: a backend it has not tried is routable and the retry budget
+    /// allows a retry (`None`: the attempt is dropped, its connection closed). Otherwise it goes
+    /// on waiting, as if nothing happened: the backend may still answer.
+    async fn unless_removed<F: Future>(
+        &self,
+        mut send: Pin<&mut F>,
+        backend: &Backend,
+        shard: usize,
+        tried: &Tried,
+    ) -> Option<F::Output> {
+        {
+            let mut removed = std::pin::pin!(backend.removed(shard));
+            let first = std::future::poll_fn(|cx| {
+                if let Poll::Ready(output) = send.as_mut().poll(cx) {
+                    return Poll::Ready(Some(output));
+                }
+                removed.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            if first.is_some() {
+                return first;
+            }
+        }
+        let elsewhere = self
+            .backends
+            .load()
+            .candidates
+            .iter()
+            .any(|candidate| !tried.contains(&candidate.backend));
+        if elsewhere {
+            if self.budget.withdraw(self.clock.now()) {
+                return None;
+            }
+            self.metrics.retries_denied.fetch_add(1, Relaxed);
+        }
+        Some(send.await)
     }
 
     /// The backend's answer on its way back: hop-by-hop headers out, `X-Backend` and
