@@ -9,17 +9,20 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 use common::queue::{Category, QueueItem, QueueSnapshot};
 use http::{HeaderValue, uri::Authority};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, futures::Notified};
 
 use crate::upstream::{Pool, PoolConfig};
 
@@ -247,13 +250,12 @@ impl Backend {
 
     /// Resolves once the backend has left the routing table; for a request on traffic thread
     /// `shard`. Already removed, it resolves at once.
-    pub async fn removed(&self, shard: usize) {
-        // Registered before the flag is read: a removal in between still wakes it.
-        let notified = self.removal[shard % self.removal.len()].notified();
-        if self.is_removed() {
-            return;
+    pub fn removed(&self, shard: usize) -> Removed<'_> {
+        Removed {
+            // Registered before the flag is read: a removal in between still wakes it.
+            notified: self.removal[shard % self.removal.len()].notified(),
+            backend: self,
         }
-        notified.await;
     }
 
     /// Marks the backend removed and wakes whoever waits for it.
@@ -274,6 +276,28 @@ impl Backend {
             self.ejections.store(0, Relaxed);
             self.ejected_until.store(0, Relaxed);
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`Backend::removed`]; a named future rather than an `async fn`, to stay small in
+    /// the request's future.
+    pub struct Removed<'a> {
+        #[pin]
+        notified: Notified<'a>,
+        backend: &'a Backend,
+    }
+}
+
+impl Future for Removed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.backend.is_removed() {
+            return Poll::Ready(());
+        }
+        this.notified.poll(cx)
     }
 }
 

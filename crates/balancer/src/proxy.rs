@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     admission::Admission,
-    backend::{Backend, Backends, Clock, Ejection},
+    backend::{Backend, Backends, Clock, Ejection, Removed},
     body::{InFlight, ResponseBody, Tee},
     cache::{self, Cache, Cached, Lookup},
     error::ProxyError,
@@ -397,12 +397,15 @@ impl Shared {
                 backend.pool(shard).send(request)
             ));
             // A request that could be retried also watches its backend leave the table (its
-            // node lost: neither an answer nor a reset will come); the others only wait.
+            // node lost: neither an answer nor a reset will come), without a task or a lock of
+            // another thread; the others only wait.
             let outcome = if idempotent && body.replayable() && !retried && others {
-                match self
-                    .unless_removed(send.as_mut(), &backend, shard, &tried)
-                    .await
-                {
+                let until = UntilRemoved {
+                    send: send.as_mut(),
+                    removed: Some(backend.removed(shard)),
+                    leave: Some(|| self.retry_removed(&tried)),
+                };
+                match until.await {
                     Some(outcome) => outcome,
                     None => {
                         retried = true;
@@ -505,43 +508,24 @@ impl Shared {
         }
     }
 
-    /// Awaits `send` on `backend`, unless the backend leaves the routing table first and the
-    /// request can go elsewhere: a backend it has not tried is routable and the retry budget
-    /// allows a retry (`None`: the attempt is dropped, its connection closed). Otherwise it goes
-    /// on waiting, as if nothing happened: the backend may still answer.
-    async fn unless_removed<F: Future>(
-        &self,
-        mut send: Pin<&mut F>,
-        backend: &Backend,
-        shard: usize,
-        tried: &Tried,
-    ) -> Option<F::Output> {
-        {
-            let mut removed = std::pin::pin!(backend.removed(shard));
-            let first = std::future::poll_fn(|cx| {
-                if let Poll::Ready(output) = send.as_mut().poll(cx) {
-                    return Poll::Ready(Some(output));
-                }
-                removed.as_mut().poll(cx).map(|()| None)
-            })
-            .await;
-            if first.is_some() {
-                return first;
-            }
-        }
+    /// Whether a request whose backend left the table goes elsewhere (its attempt dropped, the
+    /// connection closed): a backend it has not tried is routable and the retry budget allows
+    /// a retry.
+    fn retry_removed(&self, tried: &Tried) -> bool {
         let elsewhere = self
             .backends
             .load()
             .candidates
             .iter()
             .any(|candidate| !tried.contains(&candidate.backend));
-        if elsewhere {
-            if self.budget.withdraw(self.clock.now()) {
-                return None;
-            }
-            self.metrics.retries_denied.fetch_add(1, Relaxed);
+        if !elsewhere {
+            return false;
         }
-        Some(send.await)
+        if self.budget.withdraw(self.clock.now()) {
+            return true;
+        }
+        self.metrics.retries_denied.fetch_add(1, Relaxed);
+        false
     }
 
     /// The backend's answer on its way back: hop-by-hop headers out, `X-Backend` and
@@ -611,6 +595,38 @@ impl Shared {
             parts.headers.insert(X_CACHE, cache::miss());
         }
         Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight, tee))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An attempt that gives up when its backend leaves the table and `leave` says the request
+    /// goes elsewhere (`None`); else it waits for the answer as if nothing happened. A named
+    /// future, not an `async` block: it keeps the request's future small.
+    struct UntilRemoved<'a, F, L> {
+        send: Pin<&'a mut F>,
+        #[pin]
+        removed: Option<Removed<'a>>,
+        leave: Option<L>,
+    }
+}
+
+impl<F: Future, L: FnOnce() -> bool> Future for UntilRemoved<'_, F, L> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.send.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if let Some(removed) = this.removed.as_mut().as_pin_mut() {
+            if removed.poll(cx).is_ready() {
+                this.removed.set(None);
+                if this.leave.take().is_some_and(|leave| leave()) {
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        Poll::Pending
     }
 }
 
