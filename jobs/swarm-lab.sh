@@ -36,18 +36,34 @@
 # its data root onto itself, and container shm and network namespaces (under the exec root)
 # are mounts too; `down` unmounts everything under /run/rblab, /var/lib/rblab.
 #
-# What was found to work here (Docker 20.10, cgroup v1, kernel 6.x):
+# What was found to work here (Docker 20.10, cgroup v1, kernel 6.x without IPVS):
+# - The nodes reach each other only with one FORWARD rule in the root namespace (br_netfilter
+#   sends bridged packets through it and the host engine sets its policy to DROP): `up` adds
+#   `-i rblab0 -o rblab0 -j ACCEPT` tagged `rblab-lab`, `down` removes it.
 # - Reaching a service from the root namespace (tests, curl on this machine): publish its port
 #   in mode host (`ports: - {target: 8000, published: 8000, mode: host}`); with
 #   --iptables=false dockerd's userland proxy (docker-proxy) listens in the node's namespace on
 #   every address, so 10.231.0.1N:PORT answers for the task on node N. The routing mesh
-#   (mode ingress, the default) does NOT answer: it needs the iptables/IPVS rules that
-#   --iptables=false turns off. Overlay addresses (10.0.x.x) are not routed from the root
-#   namespace: reach those through a published task.
-# - Overlay networks carry traffic between the nodes' containers (VXLAN over the veths).
-# - Node loss: see "Measured" below.
-#
-# Measured (LAB_HEARTBEAT=1s, this machine): see the report in the end of this header.
+#   (mode ingress, the default) does NOT answer, and neither does a service's virtual IP on an
+#   overlay network: both need IPVS (this kernel has none: no /proc/sys/net/ipv4/vs) and
+#   iptables rules. So services reached by name use `endpoint_mode: dnsrr` (the name resolves
+#   to the tasks' own addresses; `tasks.NAME` too). Overlay addresses (10.0.x.x) are not routed
+#   from the root namespace: reach those through a task published in mode host.
+# - Overlay networks carry traffic between the nodes' containers (VXLAN over the veths): a
+#   container on rblab-n1 gets answers from tasks on rblab-n2 and rblab-n3 at their overlay
+#   addresses.
+# - Without DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 (set for the lab's daemons) every task first
+#   tries to pull its image and stays in Preparing ~30 s until DNS times out. On a real swarm
+#   without a registry the same wait happens unless the service names its image by id
+#   (sha256:..., identical on every node after `docker save | docker load`) or the daemons set it.
+#   The first task on a new overlay network takes longer (~20 s here); later ones ~2.5 s.
+# - Node loss, dispatcher heartbeat 1s, polled every 0.1 s on rblab-n1 (`docker node ls`):
+#   dockerd of rblab-n3 killed (SIGKILL): Down after 3.0 s and 1.9 s; its veth cut
+#   (`ip link set rblab-n3 down`): Down after 2.7, 2.5 and 3.3 s (Ready again 1.4 s after
+#   `up`). Swarm reschedules the node's tasks at once. Losing a second node loses the quorum of
+#   three managers: nothing is marked down any more.
+# - A node whose daemon was killed keeps its containerd, shims and containers running; `down`
+#   stops those too (runc with the node's own state directory, then the processes).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -76,7 +92,7 @@ lab_pids() {
   for pid in /proc/[0-9]*; do
     pid="${pid#/proc/}"
     [ "$pid" = "$$" ] && continue
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
+    cmdline="$({ tr "\0" " " <"/proc/$pid/cmdline"; } 2>/dev/null)" || continue
     case "$cmdline" in
       *"$RUN_DIR/$pattern"*|*"$DATA_DIR/$pattern"*|*"$SOCKETS/$pattern"*) echo "$pid" ;;
     esac
@@ -145,7 +161,10 @@ start_daemon() {
 }
 JSON
   # setsid: the daemon outlives this script and no terminal signal reaches it.
-  setsid nsenter --net="/run/netns/$node" unshare --uts sh -c "hostname $node; exec dockerd \
+  # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: a task uses the node's own image without trying a
+  # pull first (the nodes have no way out, and each pull attempt waits for DNS to time out:
+  # about 30 s in Preparing per task).
+  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 setsid nsenter --net="/run/netns/$node" unshare --uts sh -c "hostname $node; exec dockerd \
     --config-file $run/daemon.json --data-root $data/docker --exec-root $run/exec \
     --pidfile $run/dockerd.pid -H $(node_sock "$node") --iptables=false --storage-driver vfs \
     --swarm-default-advertise-addr $(node_addr "$node")" \
