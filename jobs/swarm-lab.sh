@@ -2,7 +2,7 @@
 # The swarm lab: a three-node Docker Swarm on this one machine, for the Swarm tests and for
 # trying `docker-stack.yaml`, without touching the host's own Docker engine or its containers.
 #
-#   jobs/swarm-lab.sh up|down|status
+#   jobs/swarm-lab.sh up|down|status|addr SERVICE
 #
 # up      three extra dockerd, each in its own network namespace (rblab-n1..3) with its own
 #         hostname, joined by veth pairs to the bridge rblab0 (10.231.0.1/24; node N at
@@ -14,6 +14,8 @@
 #         unmounts what they mounted, deletes the namespaces, veths, the bridge and every file
 #         `up` made. Safe after a failed or half-finished `up`, and when run twice.
 # status  the nodes as Swarm sees them (or what is left of a lab that is not up).
+# addr    `NODE CONTAINER ADDRESS` per running task of the service: the address the root
+#         namespace reaches it at (its docker_gwbridge address, see below).
 #
 # Needs root. Environment: IMAGE_REPO, IMAGE_TAG (jobs/lib.sh), REDIS_IMAGE; LAB_IMAGES, more
 # images of the host engine to load into each node (space separated, e.g. test apps);
@@ -48,7 +50,12 @@
 #   overlay network: both need IPVS (this kernel has none: no /proc/sys/net/ipv4/vs) and
 #   iptables rules. So services reached by name use `endpoint_mode: dnsrr` (the name resolves
 #   to the tasks' own addresses; `tasks.NAME` too). Overlay addresses (10.0.x.x) are not routed
-#   from the root namespace: reach those through a task published in mode host.
+#   from the root namespace directly, but every task also has an address on its node's
+#   docker_gwbridge, and the lab gives node N the subnet 10.231.1N.0/24 (not Swarm's
+#   172.18.0.0/16, the same on every node) and routes it from the root namespace via
+#   10.231.0.1N: a test reaches any task's port (an agent's API, a worker) at that address
+#   without publishing anything (`jobs/swarm-lab.sh addr SERVICE` prints them; the routes go
+#   with rblab0).
 # - Overlay networks carry traffic between the nodes' containers (VXLAN over the veths): a
 #   container on rblab-n1 gets answers from tasks on rblab-n2 and rblab-n3 at their overlay
 #   addresses.
@@ -182,6 +189,23 @@ $(tail -n 5 "$RUN_DIR/$node/dockerd.log" 2>/dev/null)"
   done
 }
 
+# gwbridge_subnet NODE : the node's docker_gwbridge subnet, 10.231.1N.0/24. Every task with a
+# network has an address there; the root namespace routes each subnet to its node, so tests
+# reach any task (the agents' API, a worker) without publishing a port.
+gwbridge_subnet() { echo "10.231.1$(node_index "$1").0/24"; }
+
+start_gwbridges() {
+  local node
+  for node in "${NODES[@]}"; do
+    # Made before the node joins the swarm, with the options Swarm gives its own.
+    on "$node" network create --driver bridge --subnet "$(gwbridge_subnet "$node")" \
+      --opt com.docker.network.bridge.name=docker_gwbridge \
+      --opt com.docker.network.bridge.enable_icc=false \
+      --opt com.docker.network.bridge.enable_ip_masquerade=true docker_gwbridge >/dev/null
+    ip route add "$(gwbridge_subnet "$node")" via "$(node_addr "$node")" dev "$BRIDGE"
+  done
+}
+
 start_swarm() {
   local token node
   log "swarm: init on rblab-n1 ($(node_addr rblab-n1)), dispatcher heartbeat $HEARTBEAT"
@@ -236,7 +260,8 @@ deploy_hint() {
 The swarm lab is up: ${NODES[*]} at $SUBNET_PREFIX.11-13, engines $SOCKETS/rblab-nN.sock.
   status:  jobs/swarm-lab.sh status
   deploy:  SWARM_NODES="${nodes[*]}" DOCKER_HOST=$(node_sock rblab-n1) ENGINE_SOCKET_DIR=$SOCKETS jobs/run.sh -e swarm
-  reach:   a port published in mode host answers at $SUBNET_PREFIX.1N:PORT (node N)
+  reach:   a port published in mode host answers at $SUBNET_PREFIX.1N:PORT (node N); any
+           task's own ports at its address from: jobs/swarm-lab.sh addr SERVICE
   stop:    jobs/swarm-lab.sh down
 MSG
 }
@@ -261,6 +286,7 @@ cmd_up() {
   trap '[ "$UP_DONE" = 1 ] || warn "up failed; the daemons log to $RUN_DIR/rblab-nN/dockerd.log; jobs/swarm-lab.sh down removes what was made"' EXIT
   start_network
   start_daemons
+  start_gwbridges
   start_swarm
   load_images
   UP_DONE=1
@@ -372,9 +398,26 @@ cmd_status() {
   echo "no node answers as a manager"
 }
 
+# addr SERVICE : one line per running task of SERVICE, `NODE CONTAINER ADDRESS`, ADDRESS its
+# docker_gwbridge address, reachable from the root namespace.
+cmd_addr() {
+  local service="${1:-}" node id name address
+  [ -n "$service" ] || die "usage: $0 addr SERVICE (e.g. rustybalancer_deployment-agent)"
+  for node in "${NODES[@]}"; do
+    answers "$node" || continue
+    on "$node" ps --no-trunc --filter "label=com.docker.swarm.service.name=$service" \
+        --format '{{.ID}} {{.Names}}' | while read -r id name; do
+      address="$(on "$node" network inspect docker_gwbridge \
+        -f "{{with index .Containers \"$id\"}}{{.IPv4Address}}{{end}}" 2>/dev/null)"
+      [ -n "$address" ] && echo "$node $name ${address%/*}"
+    done
+  done
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  addr) cmd_addr "${2:-}" ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
 esac
