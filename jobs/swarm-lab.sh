@@ -259,7 +259,7 @@ deploy_hint() {
 
 The swarm lab is up: ${NODES[*]} at $SUBNET_PREFIX.11-13, engines $SOCKETS/rblab-nN.sock.
   status:  jobs/swarm-lab.sh status
-  deploy:  SWARM_NODES="${nodes[*]}" DOCKER_HOST=$(node_sock rblab-n1) ENGINE_SOCKET_DIR=$SOCKETS jobs/run.sh -e swarm
+  deploy:  SWARM_NODES="${nodes[*]}" DOCKER_HOST=$(node_sock rblab-n1) ENGINE_SOCKET='$SOCKETS/{{.Node.Hostname}}.sock' jobs/run.sh -e swarm
   reach:   a port published in mode host answers at $SUBNET_PREFIX.1N:PORT (node N); any
            task's own ports at its address from: jobs/swarm-lab.sh addr SERVICE
   stop:    jobs/swarm-lab.sh down
