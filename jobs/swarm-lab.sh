@@ -399,7 +399,9 @@ cmd_status() {
 }
 
 # addr SERVICE : one line per running task of SERVICE, `NODE CONTAINER ADDRESS`, ADDRESS its
-# docker_gwbridge address, reachable from the root namespace.
+# docker_gwbridge address, reachable from the root namespace. Only tasks on an overlay network
+# have one (a task without a network is on its node's docker0, which is not routed). Only tasks on an overlay network
+# have one (a task without a network is on its node's docker0, which is not routed).
 cmd_addr() {
   local service="${1:-}" node id name address
   [ -n "$service" ] || die "usage: $0 addr SERVICE (e.g. rustybalancer_deployment-agent)"
