@@ -206,7 +206,7 @@ fn lab_down_leaves_nothing_even_after_a_failed_test() {
 
     // The failing test: the guard inside the closure runs `down` while the panic unwinds.
     let started = Instant::now();
-    let failed = std::panic::catch_unwind(|| {
+    let failed: std::thread::Result<()> = std::panic::catch_unwind(|| {
         let lab = Lab::up(&tag);
         eprintln!("lab up in {:.1?}", started.elapsed());
         let published = format!("mode=host,target=8080,published={port}");
