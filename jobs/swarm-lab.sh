@@ -343,15 +343,19 @@ unmount_under() {
 
 cmd_down() {
   [ "$(id -u)" -eq 0 ] || die "the swarm lab needs root"
-  local node pids ns
+  local node pids=() pid ns
   if ! lab_exists; then
     log "no lab to remove"
     return 0
   fi
   log "removing the swarm lab"
+  # All at once: one by one, each manager left behind waits for the lost quorum (12 s here).
   for node in "${NODES[@]}"; do
-    answers "$node" && timeout 20 docker -H "$(node_sock "$node")" swarm leave --force >/dev/null 2>&1 || true
+    [ -S "$SOCKETS/$node.sock" ] || continue
+    timeout 15 docker -H "$(node_sock "$node")" swarm leave --force >/dev/null 2>&1 &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || true; done
   # The daemons first (they stop their containers on SIGTERM), then anything left: containers
   # through runc, their shims and containerd.
   mapfile -t pids < <(for pid in $(lab_pids); do
