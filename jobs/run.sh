@@ -114,7 +114,8 @@ run_swarm() {
   deadline=$((SECONDS + ${RUN_TIMEOUT:-180}))
   while :; do
     waiting=""
-    while read -r name replicas; do
+    # REPLICAS reads `2/3`, or `2/3 (max 1 per node)`: the first word only.
+    while read -r name replicas _; do
       case "$replicas" in 0/*|"") waiting="$waiting $name($replicas)" ;;
         */*) [ "${replicas%%/*}" = "${replicas#*/}" ] || waiting="$waiting $name($replicas)" ;; esac
     done < <(docker stack services "$stack_name" --format '{{.Name}} {{.Replicas}}')
