@@ -46,13 +46,18 @@ local_docker() {
 # run_swarm : `-e swarm`, see the header.
 run_swarm() {
   local stack_name="${STACK_NAME:-rustybalancer}" manager="${DOCKER_HOST:-}" images=() node
-  local registry nodes socket pids=() archive name replicas
+  local registry nodes socket pids=() archive name replicas lab_socket
   [ -n "$manager" ] || die "-e swarm: set DOCKER_HOST to a manager of the swarm (e.g. ssh://user@manager; the lab prints its own)"
   need_cmd docker docker.io
   need_cmd curl curl
   [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ] \
     || die "$manager is not a manager of a swarm (docker info: Swarm.ControlAvailable is not true)"
   ensure_agent_token "$ROOT/.env" "$ROOT/.secrets"
+  # On the swarm lab the default would hand every agent this machine's own engine.
+  case "$manager" in
+    unix:///run/rblab/sockets/*) lab_socket='/run/rblab/sockets/{{.Node.Hostname}}.sock'
+      ENGINE_SOCKET="${ENGINE_SOCKET:-$lab_socket}" ;;
+  esac
   ENGINE_SOCKET="${ENGINE_SOCKET:-/var/run/docker.sock}"
   if [ -z "${DOCKER_GID:-}" ]; then
     # The socket of the manager's own node, when it is on this machine (the lab's are).
@@ -102,6 +107,18 @@ run_swarm() {
   files=(-c "$ROOT/docker-stack.yaml")
   [ -z "${BALANCER_REPLICAS:-}" ] || files+=(-c "$ROOT/docker-stack.replicated.yaml")
   for ((i = 1; i < ${#extra[@]}; i += 2)); do files+=(-c "${extra[$i]}"); done
+  # Swarm cannot switch a service between global and replicated: a balancer deployed the other
+  # way is removed first (its traffic port is down until the new one runs).
+  local want=global have
+  [ -z "${BALANCER_REPLICAS:-}" ] || want=replicated
+  have="$(docker service inspect "${stack_name}_balancer" \
+    --format '{{if .Spec.Mode.Global}}global{{else}}replicated{{end}}' 2>/dev/null || true)"
+  if [ -n "$have" ] && [ "$have" != "$want" ]; then
+    log "the balancer runs $have, $want is asked: removing it first"
+    docker service rm "${stack_name}_balancer" >/dev/null
+    while [ -n "$(docker ps -q --filter "label=com.docker.swarm.service.name=${stack_name}_balancer" 2>/dev/null)" ] \
+      || docker service inspect "${stack_name}_balancer" >/dev/null 2>&1; do sleep 1; done
+  fi
   log "deploying the stack $stack_name on $manager"
   if [ -n "$registry" ]; then
     docker stack deploy --prune --with-registry-auth "${files[@]}" "$stack_name"
