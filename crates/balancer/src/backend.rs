@@ -3,21 +3,26 @@
 //! A [`Backend`] lives as long as some table or some request holds it: its counters (in-flight,
 //! completed, errors, latency EWMA, ejection) are atomics, so the hot path never locks. The
 //! [`Table`] is an immutable snapshot swapped in whole ([`Backends::replace`]) whenever the agent
-//! publishes a queue; readers load it with one atomic pointer read.
+//! publishes a queue; readers load it with one atomic pointer read. A backend that leaves the
+//! table is marked removed, which wakes the requests still waiting for its answer (see
+//! [`Backend::removed`]): those that may be retried go elsewhere at once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 use common::queue::{Category, QueueItem, QueueSnapshot};
 use http::{HeaderValue, uri::Authority};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, futures::Notified};
 
 use crate::upstream::{Pool, PoolConfig};
 
@@ -121,6 +126,11 @@ pub struct Backend {
     ejections: AtomicU32,
     ejected_until: AtomicU64,
     pub ejected_total: AtomicU64,
+    /// Set once the backend left the routing table.
+    removed: AtomicBool,
+    /// Wakes the requests waiting for its answers when it leaves; one per traffic thread like
+    /// the pools, so a request registers without touching another thread's lock.
+    removal: Box<[Notify]>,
 }
 
 impl Backend {
@@ -157,6 +167,8 @@ impl Backend {
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejected_total: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+            removal: (0..shards.max(1)).map(|_| Notify::new()).collect(),
         })
     }
 
@@ -231,6 +243,30 @@ impl Backend {
         true
     }
 
+    /// Whether the backend left the routing table (the agent dropped it, or its node is lost).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(SeqCst)
+    }
+
+    /// Resolves once the backend has left the routing table; for a request on traffic thread
+    /// `shard`. Already removed, it resolves at once.
+    pub fn removed(&self, shard: usize) -> Removed<'_> {
+        Removed {
+            // Registered before the flag is read: a removal in between still wakes it.
+            notified: self.removal[shard % self.removal.len()].notified(),
+            backend: self,
+        }
+    }
+
+    /// Marks the backend removed and wakes whoever waits for it.
+    fn remove(&self) {
+        if !self.removed.swap(true, SeqCst) {
+            for removal in &self.removal {
+                removal.notify_waiters();
+            }
+        }
+    }
+
     /// Records a connection that worked: the failure streak and the ejection backoff reset.
     pub fn connected(&self) {
         if self.consecutive_failures.load(Relaxed) != 0 {
@@ -240,6 +276,28 @@ impl Backend {
             self.ejections.store(0, Relaxed);
             self.ejected_until.store(0, Relaxed);
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`Backend::removed`]; a named future rather than an `async fn`, to stay small in
+    /// the request's future.
+    pub struct Removed<'a> {
+        #[pin]
+        notified: Notified<'a>,
+        backend: &'a Backend,
+    }
+}
+
+impl Future for Removed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.backend.is_removed() {
+            return Poll::Ready(());
+        }
+        this.notified.poll(cx)
     }
 }
 
@@ -419,6 +477,7 @@ impl Backends {
                 },
             })
             .collect::<Vec<_>>();
+        let kept: HashSet<u64> = entries.iter().map(|entry| entry.backend.key).collect();
         tracing::debug!(
             epoch,
             seq,
@@ -433,6 +492,13 @@ impl Backends {
             epoch,
         }));
         self.0.changed.notify_waiters();
+        // After the new table is in place, so that a request woken here picks from it.
+        for entry in &current.entries {
+            if !kept.contains(&entry.backend.key) {
+                tracing::debug!(backend = %entry.backend.dns_name, address = %entry.backend.address, "backend left the table");
+                entry.backend.remove();
+            }
+        }
     }
 }
 

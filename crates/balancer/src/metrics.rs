@@ -78,6 +78,8 @@ pub enum RetryReason {
     Connect,
     Reset,
     Status,
+    /// Its backend left the routing table while the answer was awaited (a lost node).
+    Removed,
 }
 
 /// Counters of the proxy path that are not per backend.
@@ -86,7 +88,7 @@ pub struct Metrics {
     pub latency: Histogram,
     /// Answers made by the balancer itself (no backend involved), by status.
     pub local: StatusCounts,
-    retries: [AtomicU64; 3],
+    retries: [AtomicU64; 4],
     pub retries_denied: AtomicU64,
     pub timeouts: AtomicU64,
     /// 1 while some agent's queue is followed.
@@ -313,6 +315,7 @@ impl Collector for State {
                 (&[("reason", "connect")], retries[0].load(Relaxed)),
                 (&[("reason", "reset")], retries[1].load(Relaxed)),
                 (&[("reason", "status")], retries[2].load(Relaxed)),
+                (&[("reason", "removed")], retries[3].load(Relaxed)),
             ],
         )?;
         counter(

@@ -7,6 +7,7 @@ use std::{
     net::IpAddr,
     pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -20,7 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     admission::Admission,
-    backend::{Backend, Backends, Clock, Ejection},
+    backend::{Backend, Backends, Clock, Ejection, Removed},
     body::{InFlight, ResponseBody, Tee},
     cache::{self, Cache, Cached, Lookup},
     error::ProxyError,
@@ -391,7 +392,33 @@ impl Shared {
             }
 
             let sent = Instant::now();
-            let outcome = timer::timeout_at(deadline, backend.pool(shard).send(request)).await;
+            let mut send = std::pin::pin!(timer::timeout_at(
+                deadline,
+                backend.pool(shard).send(request)
+            ));
+            // A request that could be retried also watches its backend leave the table (its
+            // node lost: neither an answer nor a reset will come), without a task or a lock of
+            // another thread; the others only wait.
+            let outcome = if idempotent && body.replayable() && !retried && others {
+                let until = UntilRemoved {
+                    send: send.as_mut(),
+                    removed: Some(backend.removed(shard)),
+                    leave: Some(|| self.retry_removed(&tried)),
+                };
+                match until.await {
+                    Some(outcome) => outcome,
+                    None => {
+                        retried = true;
+                        last_error = ProxyError::Upstream;
+                        now = self.clock.now();
+                        self.metrics.retried(RetryReason::Removed);
+                        tracing::debug!(backend = %backend.dns_name, "backend left the table while its answer was awaited; retrying on another backend");
+                        continue;
+                    }
+                }
+            } else {
+                send.await
+            };
             match outcome {
                 Err(_elapsed) => {
                     in_flight.failed();
@@ -481,6 +508,26 @@ impl Shared {
         }
     }
 
+    /// Whether a request whose backend left the table goes elsewhere (its attempt dropped, the
+    /// connection closed): a backend it has not tried is routable and the retry budget allows
+    /// a retry.
+    fn retry_removed(&self, tried: &Tried) -> bool {
+        let elsewhere = self
+            .backends
+            .load()
+            .candidates
+            .iter()
+            .any(|candidate| !tried.contains(&candidate.backend));
+        if !elsewhere {
+            return false;
+        }
+        if self.budget.withdraw(self.clock.now()) {
+            return true;
+        }
+        self.metrics.retries_denied.fetch_add(1, Relaxed);
+        false
+    }
+
     /// The backend's answer on its way back: hop-by-hop headers out, `X-Backend` and
     /// `X-Cache` in, a copy for the cache, or a tunnel for an upgrade.
     fn respond(
@@ -548,6 +595,38 @@ impl Shared {
             parts.headers.insert(X_CACHE, cache::miss());
         }
         Response::from_parts(parts, ResponseBody::upstream(body, lease, in_flight, tee))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An attempt that gives up when its backend leaves the table and `leave` says the request
+    /// goes elsewhere (`None`); else it waits for the answer as if nothing happened. A named
+    /// future, not an `async` block: it keeps the request's future small.
+    struct UntilRemoved<'a, F, L> {
+        send: Pin<&'a mut F>,
+        #[pin]
+        removed: Option<Removed<'a>>,
+        leave: Option<L>,
+    }
+}
+
+impl<F: Future, L: FnOnce() -> bool> Future for UntilRemoved<'_, F, L> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.send.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if let Some(removed) = this.removed.as_mut().as_pin_mut() {
+            if removed.poll(cx).is_ready() {
+                this.removed.set(None);
+                if this.leave.take().is_some_and(|leave| leave()) {
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        Poll::Pending
     }
 }
 

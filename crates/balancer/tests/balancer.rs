@@ -680,6 +680,86 @@ async fn request_timeout_answers_504() {
     assert_eq!(balancer.get("/health").await.status(), 200);
 }
 
+/// A backend whose node lost power neither answers nor resets; the agent drops it from its
+/// queue within seconds. The GET waiting for its answer goes to another backend at once; a
+/// POST, which may not be sent twice, keeps waiting for the lost backend.
+#[tokio::test]
+async fn requests_awaiting_a_backend_that_leaves_the_queue_are_retried_elsewhere() {
+    let lost = RawBackend::start(Misbehaviour::Silent).await;
+    let live = EchoBackend::start("live").await;
+    // `live` has no weight while `lost` is listed: every request goes to `lost`, with `live`
+    // there to retry on.
+    let agent = WsAgent::start(vec![
+        item("lost", lost.address, 100.0, Category::Low),
+        item("live", live.address, 0.0, Category::Low),
+    ])
+    .await;
+    let request_timeout = Duration::from_secs(30);
+    let balancer = TestBalancer::start(Config {
+        policy: Policy::WeightedRandom,
+        request_timeout,
+        ..support::agent_config(&agent.url(), None)
+    })
+    .await;
+    balancer.wait_ready().await;
+
+    let get = tokio::spawn({
+        let request = balancer.client.get(balancer.url("/after-loss"));
+        async move { request.send().await }
+    });
+    let post = tokio::spawn({
+        let request = balancer
+            .client
+            .post(balancer.url("/work"))
+            .json(&json!({"intensity": 1}));
+        async move { request.send().await }
+    });
+    wait_for(
+        "both requests to reach the lost backend",
+        Duration::from_secs(10),
+        || async { lost.seen() == 2 },
+    )
+    .await;
+
+    // The agent learns of the node's loss.
+    agent.publish(vec![item("live", live.address, 100.0, Category::Low)]);
+    let removed_at = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .expect("the GET still waits for the lost backend")
+        .unwrap()
+        .unwrap();
+    let answered_in = removed_at.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(backend_of(&response), "live");
+    assert_eq!(live.hits("/after-loss"), 1);
+    println!("GET answered by another backend {answered_in:?} after its backend left the queue");
+    let metrics = balancer.metrics().await;
+    assert!(
+        metrics.contains("balancer_retries_total{reason=\"removed\"} 1"),
+        "{metrics}"
+    );
+
+    // The POST was not sent again: it still waits for the lost backend, which may answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!post.is_finished(), "the POST gave up on its backend");
+    assert_eq!(live.hits("/work"), 0);
+    // The lost backend closes its connections instead: the POST fails, and only then.
+    drop(lost);
+    let response = tokio::time::timeout(Duration::from_secs(10), post)
+        .await
+        .expect("the POST outlived its backend's connection")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(live.hits("/work"), 0, "a POST was sent twice");
+    let metrics = balancer.metrics().await;
+    assert!(
+        metrics.contains("balancer_retries_total{reason=\"removed\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn agent_websocket_drop_keeps_routing_then_reconnects() {
     let first = TestWorker::start("first").await;

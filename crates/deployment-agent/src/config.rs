@@ -31,6 +31,9 @@ pub enum RuntimeKind {
     /// Docker Swarm: one single-replica service per worker, on the overlay AGENT_NETWORK,
     /// placed by Swarm over the nodes (needs REDIS_URL: each node's agent shares its stats).
     Swarm,
+    /// For the scale benchmark: instances are records, no process; one loopback listener
+    /// answers every worker's probes (`jobs/bench-scale.sh`).
+    Simulated,
 }
 
 /// How the address balancers dial is formed.
@@ -78,7 +81,8 @@ pub struct Config {
     )]
     pub grpc_port: u16,
 
-    /// Runtime for workers: `docker`, `process` or `swarm`.
+    /// Runtime for workers: `docker`, `process`, `swarm` or `simulated` (the scale
+    /// benchmark's).
     #[arg(
         long,
         env = "AGENT_RUNTIME",
@@ -104,6 +108,10 @@ pub struct Config {
         value_name = "WORKER_BINARY"
     )]
     pub worker_binary: Option<std::path::PathBuf>,
+    /// How long a launch takes on the simulated runtime (AGENT_RUNTIME=simulated).
+    #[arg(long = "simulated-launch-delay", env = "SIMULATED_LAUNCH_DELAY", value_name = "SIMULATED_LAUNCH_DELAY",
+          default_value = "0s", value_parser = parse_duration)]
+    pub simulated_launch_delay: Duration,
     /// Port the workers listen on.
     #[arg(
         long = "target-port",
@@ -632,9 +640,9 @@ impl Config {
         if self.probe_period.is_zero() || self.scale_check_period.is_zero() {
             return Err("PROBE_PERIOD and SCALE_CHECK_PERIOD must be positive".into());
         }
-        if self.runtime == RuntimeKind::Process && self.worker_probe == ProbeKind::Docker {
+        if self.runtime != RuntimeKind::Docker && self.worker_probe == ProbeKind::Docker {
             return Err(
-                "WORKER_PROBE=docker needs the Docker runtime (AGENT_RUNTIME=docker); the process runtime supports http and tcp"
+                "WORKER_PROBE=docker needs the Docker runtime (AGENT_RUNTIME=docker); the process, swarm and simulated runtimes support http and tcp"
                     .into(),
             );
         }
@@ -716,12 +724,6 @@ impl Config {
         }
         if self.worker_cpuset.is_some() {
             return Err("WORKER_CPUSET cannot be used with AGENT_RUNTIME=swarm (cores differ per node); use WORKER_CPUS".into());
-        }
-        if self.worker_probe == ProbeKind::Docker {
-            return Err(
-                "WORKER_PROBE=docker needs AGENT_RUNTIME=docker (a Swarm task's health is on its own node); use http or tcp"
-                    .into(),
-            );
         }
         Ok(())
     }

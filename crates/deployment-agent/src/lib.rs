@@ -49,7 +49,7 @@ pub enum RunError {
     Config(String),
     #[error("cannot reach the Docker engine (DOCKER_HOST); is the socket mounted and readable?")]
     Docker(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cannot start the process runtime")]
+    #[error("cannot start the process or simulated runtime")]
     Process(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
@@ -79,6 +79,11 @@ pub async fn run(
             runtime::SwarmRuntime::connect(&config)
                 .await
                 .map_err(|error| RunError::Docker(error.into()))?,
+        ),
+        RuntimeKind::Simulated => runtime::Runtime::Simulated(
+            runtime::SimulatedRuntime::start(&config)
+                .await
+                .map_err(|error| RunError::Process(error.into()))?,
         ),
     };
     // On Swarm every agent shares the stats of the workers on its own node; only an agent on

@@ -1,8 +1,15 @@
 //! The agent's Prometheus metrics, in a registry owned by the `Agent` handle.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -30,6 +37,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Leader changes this agent has seen.
     pub leader_changes: Counter,
+    /// Time of one controller step (decide, apply, execute and publish), seconds.
+    pub tick: Histogram,
+    /// The longest step so far, seconds.
+    pub tick_max: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -44,6 +55,9 @@ impl Metrics {
         let redis_connected = Gauge::default();
         let leader = Gauge::default();
         let leader_changes = Counter::default();
+        // 50 µs to about 1.6 s, each bucket 1.5 times the last.
+        let tick = Histogram::new(exponential_buckets(0.000_05, 1.5, 26));
+        let tick_max = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "containers",
             "Managed containers by category",
@@ -85,6 +99,16 @@ impl Metrics {
             "Leader changes this agent has seen (elections it won or saw another win)",
             leader_changes.clone(),
         );
+        registry.register(
+            "tick_seconds",
+            "Time of one controller step: decide, apply, execute and publish",
+            tick.clone(),
+        );
+        registry.register(
+            "tick_max_seconds",
+            "The longest controller step since the agent started",
+            tick_max.clone(),
+        );
         Self {
             registry,
             containers,
@@ -96,6 +120,17 @@ impl Metrics {
             redis_connected,
             leader,
             leader_changes,
+            tick,
+            tick_max,
+        }
+    }
+
+    /// Records one controller step that took `took`.
+    pub fn observe_tick(&self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        self.tick.observe(seconds);
+        if seconds > self.tick_max.get() {
+            self.tick_max.set(seconds);
         }
     }
 

@@ -1,18 +1,20 @@
 //! Where workers run. One interface, three engines: Docker (the default, through bollard),
 //! Docker Swarm (one service per worker, across the swarm's nodes) and local processes (the
-//! `worker` binary on loopback ports, for machines without Docker). Only the agent touches
-//! them.
+//! `worker` binary on loopback ports, for machines without Docker); and a simulated one for
+//! the scale benchmark (instances are records, no process). Only the agent touches them.
 
 mod docker;
 mod process;
+mod simulated;
 mod swarm;
 
 use std::time::Duration;
 
-use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, stream::BoxStream};
 
 pub use docker::DockerRuntime;
 pub use process::ProcessRuntime;
+pub use simulated::SimulatedRuntime;
 pub use swarm::SwarmRuntime;
 
 use crate::{model::Worker, score::StatsSample};
@@ -72,6 +74,8 @@ pub enum Runtime {
     Docker(DockerRuntime),
     Process(ProcessRuntime),
     Swarm(SwarmRuntime),
+    /// For the scale benchmark: instances are records, no process.
+    Simulated(SimulatedRuntime),
 }
 
 impl Runtime {
@@ -80,6 +84,7 @@ impl Runtime {
             Self::Docker(_) => "docker",
             Self::Process(_) => "process",
             Self::Swarm(_) => "swarm",
+            Self::Simulated(_) => "simulated",
         }
     }
 
@@ -89,6 +94,7 @@ impl Runtime {
             Self::Docker(docker) => docker.list().await,
             Self::Process(process) => process.list().await,
             Self::Swarm(swarm) => swarm.list().await,
+            Self::Simulated(simulated) => Ok(simulated.list()),
         }
     }
 
@@ -105,6 +111,7 @@ impl Runtime {
                 .map(|instance| instance.worker.name)
                 .filter(|name| name.starts_with(prefix))
                 .collect()),
+            Self::Simulated(simulated) => Ok(simulated.names(prefix)),
         }
     }
 
@@ -114,6 +121,7 @@ impl Runtime {
             Self::Docker(docker) => docker.launch(spec).await,
             Self::Process(process) => process.launch(spec).await,
             Self::Swarm(swarm) => swarm.launch(spec).await,
+            Self::Simulated(simulated) => simulated.launch(spec).await,
         }
     }
 
@@ -123,6 +131,7 @@ impl Runtime {
             Self::Docker(docker) => docker.pause(id).await,
             Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGSTOP),
             Self::Swarm(_) => Err(RuntimeError::Other(NO_PAUSE_IN_SWARM.into())),
+            Self::Simulated(simulated) => simulated.set_paused(id, true),
         }
     }
 
@@ -132,6 +141,7 @@ impl Runtime {
             Self::Docker(docker) => docker.resume(id).await,
             Self::Process(process) => process.signal(id, nix::sys::signal::Signal::SIGCONT),
             Self::Swarm(_) => Err(RuntimeError::Other(NO_PAUSE_IN_SWARM.into())),
+            Self::Simulated(simulated) => simulated.set_paused(id, false),
         }
     }
 
@@ -141,6 +151,10 @@ impl Runtime {
             Self::Docker(docker) => docker.stop(id, grace).await,
             Self::Process(process) => process.stop(id, grace).await,
             Self::Swarm(swarm) => swarm.stop(id, grace).await,
+            Self::Simulated(simulated) => {
+                simulated.stop(id);
+                Ok(())
+            }
         }
     }
 
@@ -150,17 +164,21 @@ impl Runtime {
             Self::Docker(docker) => docker.events(),
             Self::Process(process) => process.events(),
             Self::Swarm(swarm) => swarm.events(),
+            // Records die only when stopped.
+            Self::Simulated(_) => futures_util::stream::pending().boxed(),
         }
     }
 
-    /// The container's HEALTHCHECK status (Docker only: processes have none).
+    /// The container's HEALTHCHECK status (Docker only: processes and records have none).
     pub async fn health(&self, id: &str) -> Result<EngineHealth, RuntimeError> {
         match self {
             Self::Docker(docker) => docker.health(id).await,
-            Self::Process(_) | Self::Swarm(_) => Err(RuntimeError::Other(format!(
-                "the {} runtime reads no HEALTHCHECK; set WORKER_PROBE to http or tcp",
-                self.kind()
-            ))),
+            Self::Process(_) | Self::Swarm(_) | Self::Simulated(_) => {
+                Err(RuntimeError::Other(format!(
+                    "the {} runtime reads no HEALTHCHECK; set WORKER_PROBE to http or tcp",
+                    self.kind()
+                )))
+            }
         }
     }
 
@@ -169,7 +187,7 @@ impl Runtime {
     pub async fn exit_code(&self, id: &str) -> Option<i64> {
         match self {
             Self::Docker(docker) => docker.exit_code(id).await,
-            Self::Process(_) => None,
+            Self::Process(_) | Self::Simulated(_) => None,
             Self::Swarm(swarm) => swarm.exit_code(id).await,
         }
     }
@@ -181,6 +199,7 @@ impl Runtime {
             Self::Docker(docker) => docker.logs(id).await,
             Self::Process(process) => process.logs(id),
             Self::Swarm(swarm) => swarm.logs(id).await,
+            Self::Simulated(_) => Vec::new(),
         }
     }
 
@@ -190,6 +209,7 @@ impl Runtime {
             Self::Docker(docker) => docker.stats(id),
             Self::Process(process) => process.stats(id),
             Self::Swarm(swarm) => swarm.stats(id),
+            Self::Simulated(simulated) => simulated.stats(id),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum Command {
     Plot(PlotArgs),
     /// Compare results files in one table (p50, p99, errors, p99 relative to a baseline).
     Report(ReportArgs),
+    /// Subscribe to an agent's queue several times and measure each snapshot's fan-out (the
+    /// scale benchmark's instrument, `jobs/bench-scale.sh`).
+    Subscribers(SubscribersArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,6 +301,25 @@ pub struct PlotArgs {
     pub events: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct SubscribersArgs {
+    /// The agent's queue WebSocket, `ws://host:port/ws`.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// Subscribers (one WebSocket connection each).
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// How long to listen.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// The agent's HTTP URL: its decision time per tick is read from its `/metrics` at the end.
+    #[arg(long, value_name = "URL")]
+    pub agent: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Output format of `report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -339,7 +361,30 @@ pub async fn execute(
         Command::Split(args) => split(&args, out).await,
         Command::Plot(args) => plot(&args, out).await,
         Command::Report(args) => report(&args, out),
+        Command::Subscribers(args) => subscribers(&args, &shutdown, out).await,
     }
+}
+
+/// `subscribers`.
+pub async fn subscribers(
+    args: &SubscribersArgs,
+    shutdown: &CancellationToken,
+    out: &mut (dyn Write + Send),
+) -> Result<(), Error> {
+    let report = crate::subscribers::run(
+        &args.url,
+        args.count,
+        args.duration,
+        args.agent.as_deref(),
+        shutdown,
+    )
+    .await?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).map_err(|err| Error::Invalid(err.to_string()))?
+    } else {
+        report.to_string()
+    };
+    write_out(out, &format!("{text}\n"))
 }
 
 /// `trace generate`.

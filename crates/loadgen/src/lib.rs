@@ -1,6 +1,7 @@
 //! loadgen: traces (seed 004's generator), open-loop load with per-request records, per-worker
 //! summaries, the queue-simulator middleware (`split` over the workers' `POST /simulate`),
-//! charts, and the comparison table of the policy benchmark.
+//! charts, the comparison table of the policy benchmark, and the queue subscribers of the
+//! scale benchmark.
 //!
 //! Every command is a function of its typed arguments ([`cli`]); `main.rs` only parses the
 //! flags, sets up tracing and the runtime, and calls [`cli::execute`].
@@ -15,6 +16,7 @@ pub mod profile;
 pub mod results;
 pub mod split;
 pub mod stats;
+pub mod subscribers;
 pub mod trace;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -95,6 +95,78 @@ async fn backends_keep_their_counters_across_snapshots() {
     assert_eq!(again.in_flight(), 2);
 }
 
+#[tokio::test]
+async fn backends_that_leave_the_table_wake_their_waiters() {
+    let backends = Backends::new(factory(), 2, SourceKind::Agent);
+    let first = QueueSnapshot::new(
+        1,
+        0,
+        vec![
+            item("a", "10.0.0.1:80", 90.0, Category::Low),
+            item("b", "10.0.0.2:80", 90.0, Category::Low),
+            item("c", "10.0.0.3:80", 90.0, Category::Low),
+        ],
+    );
+    backends.apply_snapshot(&first, 80);
+    let backend = |name: &str| {
+        Arc::clone(
+            &backends
+                .load()
+                .entries
+                .iter()
+                .find(|e| e.backend.dns_name == name)
+                .unwrap()
+                .backend,
+        )
+    };
+    let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+    // Waiting on two traffic threads, registered before the removal.
+    let waiting = [
+        tokio::spawn({
+            let a = Arc::clone(&a);
+            async move { a.removed(0).await }
+        }),
+        tokio::spawn({
+            let a = Arc::clone(&a);
+            async move { a.removed(1).await }
+        }),
+    ];
+    tokio::task::yield_now().await;
+    // `a` leaves, `b` stays (SUNDOWN is still in the table), `c` comes back as another
+    // container at the same address.
+    let second = QueueSnapshot::new(
+        2,
+        0,
+        vec![
+            item("b", "10.0.0.2:80", 10.0, Category::Sundown),
+            item("c2", "10.0.0.3:80", 90.0, Category::Low),
+        ],
+    );
+    backends.apply_snapshot(&second, 80);
+    for waiter in waiting {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiter of a removed backend was not woken")
+            .unwrap();
+    }
+    assert!(a.is_removed());
+    assert!(!b.is_removed());
+    assert!(c.is_removed(), "the old container at a reused address left");
+    assert!(!backend("c2").is_removed());
+    // Already removed: resolves at once; a kept backend does not.
+    tokio::time::timeout(Duration::from_secs(1), a.removed(1))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), b.removed(0))
+            .await
+            .is_err()
+    );
+    // A table replaced wholesale removes everything in it.
+    backends.apply_snapshot(&QueueSnapshot::new(3, 0, Vec::new()), 80);
+    assert!(b.is_removed());
+}
+
 #[test]
 fn ejection_backs_off_and_resets() {
     let backend = Backend::new(

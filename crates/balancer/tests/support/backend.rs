@@ -313,6 +313,9 @@ pub enum Misbehaviour {
     /// Answers `403 {"error":"early"}` at once, without reading the body, and keeps the
     /// connection open.
     AnswerAndWait,
+    /// Never answers and keeps the connection open, reading whatever comes, until the
+    /// balancer closes it or the backend is dropped (a worker on a node that lost power).
+    Silent,
 }
 
 /// A backend over plain TCP that misbehaves as told, counting the requests it saw.
@@ -320,6 +323,8 @@ pub struct RawBackend {
     pub address: SocketAddr,
     seen: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+    /// Cancelled on drop: the connections still open close.
+    closed: CancellationToken,
 }
 
 pub const EARLY_ANSWER: &str = r#"{"error":"early"}"#;
@@ -331,11 +336,14 @@ impl RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed = CancellationToken::new();
         let task = tokio::spawn({
             let seen = Arc::clone(&seen);
+            let closed = closed.clone();
             async move {
                 while let Ok((mut stream, _)) = listener.accept().await {
                     let seen = Arc::clone(&seen);
+                    let closed = closed.clone();
                     tokio::spawn(async move {
                         let mut head = Vec::new();
                         let mut buffer = [0u8; 4096];
@@ -347,6 +355,15 @@ impl RawBackend {
                         }
                         seen.fetch_add(1, Relaxed);
                         if behaviour == Misbehaviour::Drop {
+                            return;
+                        }
+                        if behaviour == Misbehaviour::Silent {
+                            let read_on =
+                                async { while let Ok(1..) = stream.read(&mut buffer).await {} };
+                            tokio::select! {
+                                () = read_on => {}
+                                () = closed.cancelled() => {}
+                            }
                             return;
                         }
                         let answer = format!(
@@ -367,6 +384,7 @@ impl RawBackend {
             address,
             seen,
             task,
+            closed,
         }
     }
 
@@ -379,5 +397,6 @@ impl RawBackend {
 impl Drop for RawBackend {
     fn drop(&mut self) {
         self.task.abort();
+        self.closed.cancel();
     }
 }

@@ -180,7 +180,7 @@ async fn role_changed(agent: &Agent, role: Role) {
     }
 }
 
-/// One decision and its effects, under one lock.
+/// One decision and its effects, under one lock; its time goes to `agent_tick_seconds`.
 fn step(agent: &Agent) {
     let now = Instant::now();
     let effects = {
@@ -195,6 +195,7 @@ fn step(agent: &Agent) {
         world.apply(&decision, now)
     };
     execute(agent, effects);
+    agent.shared().metrics.observe_tick(now.elapsed());
 }
 
 /// STOP_WORKERS_ON_EXIT: every member and standby stopped and removed.

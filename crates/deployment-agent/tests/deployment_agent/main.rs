@@ -3,12 +3,14 @@
 //! a killed container, an agent restart and a Redis outage, and the HTTP API; a paused worker
 //! under load through the real balancer with every routing policy, the last scale request,
 //! and worker names that meet leftover containers. `ha`: two agent processes with one leader
-//! (split brain, restarts under load, calls forwarded to the leader).
+//! (split brain, restarts under load, calls forwarded to the leader). `simulated`: the agent
+//! binary on the simulated runtime with 50 workers (the scale benchmark's runtime).
 
 mod byoa;
 mod dashboard;
 mod ha;
 mod probes;
+mod simulated;
 mod support;
 
 use std::time::{Duration, Instant};
