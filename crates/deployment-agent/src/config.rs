@@ -739,6 +739,7 @@ impl Config {
         self.network = keep(self.network);
         self.docker_host = keep(self.docker_host);
         self.worker_cpuset = self.worker_cpuset.filter(|pool| !pool.0.is_empty());
+        self.worker_constraints.retain(|constraint| !constraint.is_empty());
         self.dashboard_balancer_url = keep(self.dashboard_balancer_url);
         self.agent_id = keep(self.agent_id).map(|id| id.trim().to_owned());
         self.advertise_host = keep(self.advertise_host).map(|host| host.trim().to_owned());
@@ -1109,8 +1110,12 @@ pub struct CpuSet(pub Vec<u32>);
 pub struct EnvList(pub Vec<String>);
 
 /// One Swarm placement constraint: `<attribute>==<value>` or `<attribute>!=<value>`.
+/// Empty (an unset variable, as compose passes it) means none.
 fn parse_constraint(text: &str) -> Result<String, String> {
     let text = text.trim();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
     let (attribute, value) = text
         .split_once("==")
         .or_else(|| text.split_once("!="))

@@ -311,6 +311,10 @@ fn the_swarm_runtime_needs_redis_an_overlay_and_no_standbys() {
     for bad in ["node.role", "==worker", "node.role==", "node role==x"] {
         assert!(parse_constraint(bad).is_err(), "{bad}");
     }
+    assert_eq!(parse_constraint(""), Ok(String::new()));
+    let mut config = swarm();
+    config.worker_constraints = vec![String::new()];
+    assert!(config.normalized().worker_constraints.is_empty(), "unset: none");
     let mut config = Config::defaults();
     config.worker_constraints = vec!["node.role==worker".into()];
     assert!(
