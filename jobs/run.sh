@@ -91,6 +91,20 @@ run_swarm() {
   else
     images+=("$REDIS_IMAGE")
     read -r -a nodes <<<"${SWARM_NODES:-$manager}"
+    # Only what some node lacks (or holds in another version): a load copies every layer.
+    local missing=() name id node
+    for name in "${images[@]}"; do
+      id="$(local_docker image inspect -f '{{.Id}}' "$name")" || die "no image $name here"
+      for node in "${nodes[@]}"; do
+        if [ "$(DOCKER_HOST="$node" docker image inspect -f '{{.Id}}' "$name" 2>/dev/null)" != "$id" ]; then
+          missing+=("$name")
+          break
+        fi
+      done
+    done
+    images=("${missing[@]}")
+  fi
+  if [ -z "$registry" ] && [ "${#images[@]}" -gt 0 ]; then
     log "loading ${images[*]} into ${nodes[*]}"
     archive="$(mktemp)"
     local_docker save -o "$archive" "${images[@]}" || { rm -f "$archive"; die "docker save failed"; }

@@ -10,7 +10,7 @@
 //! It takes down any lab that is up when it starts.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::TcpStream,
     path::Path,
@@ -19,6 +19,7 @@ use std::{
 };
 
 use common::testing::{binary_dir, docker, free_port, repo_root, unique, wait_for};
+use e2e::{Loadgen, QueueRecorder, failures, serving};
 
 /// The lab's nodes, as `jobs/swarm-lab.sh` names them.
 const NODES: [&str; 3] = ["rblab-n1", "rblab-n2", "rblab-n3"];
@@ -67,6 +68,21 @@ impl Lab {
         let mut all = vec!["-H", host.as_str()];
         all.extend_from_slice(args);
         docker(&all)
+    }
+}
+
+impl Lab {
+    /// The docker CLI on one node's engine: its stdout, or None when it fails (a node lost).
+    fn try_on(&self, node: &str, args: &[&str]) -> Option<String> {
+        let output = Command::new("docker")
+            .args(["-H", &format!("unix:///run/rblab/sockets/{node}.sock")])
+            .args(args)
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
 
@@ -317,4 +333,461 @@ impl Drop for RemoveImages {
             .args(&self.0)
             .output();
     }
+}
+
+// ---- The stack on the lab: scaling across nodes, a node lost, the leader's node lost ----
+
+/// A CPU-heavy job (seed 002's API), about 0.1 s of one core.
+const JOB: &str = r#"{"operation":"monte_carlo_pi","data":{"iterations":50000000}}"#;
+/// The stack's settings on the lab: quick decisions, half-CPU workers, 1 to 4 of them.
+const STACK_SETTINGS: [(&str, &str); 10] = [
+    ("SCALE_CHECK_PERIOD", "1s"),
+    ("COOLDOWN_PERIOD", "5s"),
+    ("SCALE_DOWN_STABILIZATION", "10s"),
+    ("DEFAULT_CONTAINER", "1"),
+    ("MIN_CONTAINERS", "1"),
+    ("MAX_CONTAINERS", "4"),
+    ("WORKER_CPUS", "0.5"),
+    ("DRAIN_TIMEOUT", "10s"),
+    ("STOP_GRACE", "5s"),
+    ("AGENT_INSECURE", "false"),
+];
+
+/// The stack deployed on a lab of its own (`jobs/run.sh -e swarm`); the lab goes down, and
+/// the images are removed, on drop.
+struct Deployed {
+    // Dropped in this order: the lab first, then its images.
+    lab: Lab,
+    _images: RemoveImages,
+    client: reqwest::Client,
+}
+
+impl Deployed {
+    fn up(settings: &[(&str, &str)]) -> Option<Self> {
+        if !is_root() {
+            eprintln!("SKIPPED: the swarm lab needs root; nothing was checked");
+            return None;
+        }
+        let tag = format!("e2e-swarm-{}", unique());
+        let mut images: Vec<String> = SERVICES
+            .iter()
+            .map(|service| format!("rustybalancer/{service}:{tag}"))
+            .collect();
+        images.push(format!("rustybalancer/redis:{tag}"));
+        let images = RemoveImages(images);
+        let started = Instant::now();
+        let lab = Lab::up(&tag);
+        let sockets: Vec<String> = NODES
+            .iter()
+            .map(|node| format!("unix:///run/rblab/sockets/{node}.sock"))
+            .collect();
+        let mut env: Vec<(String, String)> = lab.env.clone();
+        env.extend(
+            [
+                ("SKIP_BUILD", "1"),
+                ("SWARM_NODES", &sockets.join(" ")),
+                ("DOCKER_HOST", &sockets[0]),
+                ("ENGINE_SOCKET", "/run/rblab/sockets/{{.Node.Hostname}}.sock"),
+                ("REDIS_IMAGE", &format!("rustybalancer/redis:{tag}")),
+                ("AGENT_TOKEN", "swarm-e2e-token"),
+                ("RUN_TIMEOUT", "240"),
+            ]
+            .iter()
+            .chain(settings)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let output = Command::new("bash")
+            .arg(Path::new("jobs").join("run.sh"))
+            .args(["-e", "swarm"])
+            .current_dir(repo_root())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("cannot run jobs/run.sh");
+        assert!(
+            output.status.success(),
+            "jobs/run.sh -e swarm failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("lab up and stack deployed in {:.1?}", started.elapsed());
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Some(Self {
+            lab,
+            _images: images,
+            client,
+        })
+    }
+
+    /// Each node's agent (node, http base URL), at its task's own address.
+    fn agents(&self) -> Vec<(String, String)> {
+        let output = self.lab.script(&["addr", "rustybalancer_deployment-agent"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let node = fields.next()?.to_owned();
+                let address = fields.nth(1)?;
+                Some((node, format!("http://{address}:9000")))
+            })
+            .collect()
+    }
+
+    fn ws_urls(&self) -> Vec<String> {
+        self.agents()
+            .into_iter()
+            .map(|(_, http)| format!("{}/ws", http.replace("http://", "ws://").replace(":9000", ":9001")))
+            .collect()
+    }
+
+    /// The node whose agent leads, asked of every agent that answers.
+    async fn leader(&self, except: Option<&str>) -> String {
+        let agents = self.agents();
+        common::testing::eventually("an agent leads", Duration::from_secs(90), || {
+            let agents = agents.clone();
+            let client = self.client.clone();
+            async move {
+                for (_, http) in agents {
+                    let Ok(answer) = client.get(format!("{http}/status")).send().await else {
+                        continue;
+                    };
+                    let Ok(status) = answer.json::<serde_json::Value>().await else {
+                        continue;
+                    };
+                    let leader = status["leadership"]["leader"]["id"].as_str()?.to_owned();
+                    if Some(leader.as_str()) != except {
+                        return Some(leader);
+                    }
+                }
+                None
+            }
+        })
+        .await
+    }
+
+    /// The nodes of the running worker tasks, by worker service name (the managers' view).
+    fn worker_nodes(&self, manager: &str) -> BTreeMap<String, String> {
+        let Some(names) = self.lab.try_on(
+            manager,
+            &[
+                "service",
+                "ls",
+                "--filter",
+                "label=application=rustybalancer",
+                "--format",
+                "{{.Name}}",
+            ],
+        ) else {
+            return BTreeMap::new();
+        };
+        let mut nodes = BTreeMap::new();
+        for name in names.lines().filter(|name| !name.is_empty()) {
+            let Some(tasks) = self.lab.try_on(
+                manager,
+                &[
+                    "service",
+                    "ps",
+                    "--filter",
+                    "desired-state=running",
+                    "--format",
+                    "{{.Node}} {{.CurrentState}}",
+                    name,
+                ],
+            ) else {
+                continue;
+            };
+            if let Some(line) = tasks.lines().find(|line| line.contains("Running")) {
+                let node = line.split_whitespace().next().unwrap_or_default();
+                nodes.insert(name.to_owned(), node.to_owned());
+            }
+        }
+        nodes
+    }
+
+    fn balancer(node_index: usize) -> String {
+        format!("http://10.231.0.1{}:8000", node_index + 1)
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
+
+fn node_index(node: &str) -> usize {
+    NODES
+        .iter()
+        .position(|n| *n == node)
+        .unwrap_or_else(|| panic!("not a lab node: {node}"))
+}
+
+/// A steady load of idempotent GETs (a short CPU job each) on one balancer, in the background.
+fn steady_gets(name: &str, balancer: &str, seconds: u32) -> Loadgen {
+    Loadgen::start(
+        &artifacts(),
+        name,
+        &[
+            "--target",
+            &format!("{balancer}/consume_cpu/1"),
+            "--method",
+            "get",
+            "--rate",
+            "20",
+            "--duration",
+            &format!("{seconds}s"),
+            "--timeout",
+            "60s",
+        ],
+    )
+}
+
+fn artifacts() -> std::path::PathBuf {
+    let dir = binary_dir()
+        .parent()
+        .and_then(|dir| dir.parent())
+        .expect("no target directory")
+        .join("e2e");
+    std::fs::create_dir_all(&dir).expect("cannot create target/e2e");
+    dir
+}
+
+/// Ids of the workers taking requests in the latest snapshot.
+fn serving_ids(queue: &QueueRecorder) -> BTreeSet<String> {
+    queue
+        .latest()
+        .map(|snapshot| serving(&snapshot).iter().map(|item| item.id.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
+    let Some(stack) = Deployed::up(&STACK_SETTINGS) else {
+        return;
+    };
+    let queue = QueueRecorder::following(&stack.ws_urls()).await;
+    queue
+        .wait_until("one serving worker", Duration::from_secs(120), |s| {
+            s.items.len() == 1 && serving(s).len() == 1
+        })
+        .await;
+
+    // 1. A load step scales out, with workers on at least two nodes; then back to one.
+    let since = Instant::now();
+    let step = Loadgen::start(
+        &artifacts(),
+        "swarm-scale",
+        &[
+            "--target",
+            &format!("{}/submit", Deployed::balancer(0)),
+            "--body",
+            JOB,
+            "--profile",
+            "1@5s,10@50s",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let mut spread: BTreeMap<String, String> = BTreeMap::new();
+    let spread_deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < spread_deadline {
+        let nodes = stack.worker_nodes("rblab-n1");
+        if nodes.values().collect::<BTreeSet<_>>().len() >= 2 {
+            spread = nodes;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (summary, rows) = step.finish(Duration::from_secs(180)).await;
+    assert_eq!(
+        summary.errors,
+        0,
+        "failed requests during the step: {:?}",
+        failures(&rows)
+    );
+    let peak = queue.peak_active(since);
+    eprintln!(
+        "swarm scale-out: {} requests, peak {peak} workers, spread {spread:?}",
+        summary.requests
+    );
+    assert!(peak >= 2, "no scale-out: {:#?}", queue.journeys(since));
+    assert!(
+        spread.values().collect::<BTreeSet<_>>().len() >= 2,
+        "the workers never ran on two nodes: {:?}",
+        stack.worker_nodes("rblab-n1")
+    );
+    queue
+        .wait_until("back to the minimum", Duration::from_secs(180), |s| {
+            s.items.len() == 1 && serving(s).len() == 1
+        })
+        .await;
+    common::testing::eventually("one worker service left", Duration::from_secs(60), || {
+        let left = stack.worker_nodes("rblab-n1").len();
+        async move { (left == 1).then_some(()) }
+    })
+    .await;
+
+    // 2. A node's daemon killed under a steady load of GETs: nothing fails, its workers are
+    // replaced on the other nodes and their services removed.
+    let leader = stack.leader(None).await;
+    // Two workers, so that one may be on the node lost while the other serves.
+    let scaled = stack
+        .client
+        .post(format!(
+            "{}/scale",
+            stack
+                .agents()
+                .into_iter()
+                .find(|(node, _)| *node == leader)
+                .map(|(_, http)| http)
+                .expect("the leader's agent")
+        ))
+        .bearer_auth("swarm-e2e-token")
+        .json(&serde_json::json!({"min_replicas": 3, "desired_replicas": 3}))
+        .send()
+        .await
+        .expect("POST /scale");
+    assert!(scaled.status().is_success(), "POST /scale: {}", scaled.status());
+    queue
+        .wait_until("three serving workers", Duration::from_secs(120), |s| {
+            serving(s).len() == 3
+        })
+        .await;
+    let before = stack.worker_nodes("rblab-n1");
+    // The node to lose: one with a worker, not the leader's (the next test loses that one).
+    let victim = before
+        .values()
+        .find(|node| **node != leader)
+        .cloned()
+        .unwrap_or_else(|| panic!("every worker is on the leader's node: {before:?}"));
+    let lost: BTreeSet<String> = before
+        .iter()
+        .filter(|(_, node)| **node == victim)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let survivor = NODES
+        .iter()
+        .find(|node| **node != victim)
+        .copied()
+        .expect("a node left");
+    let serving_before = serving_ids(&queue);
+    let load = steady_gets("swarm-node-loss", &Deployed::balancer(node_index(survivor)), 60);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let pid = std::fs::read_to_string(format!("/run/rblab/{victim}/dockerd.pid"))
+        .expect("no pid file of the victim's dockerd");
+    let killed_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let replaced = queue
+        .wait_until(
+            "a replacement worker serving",
+            Duration::from_secs(120),
+            |s| {
+                serving(s)
+                    .iter()
+                    .any(|item| !serving_before.contains(&item.id))
+            },
+        )
+        .await;
+    let took = killed_at.elapsed();
+    eprintln!(
+        "node {victim} lost (daemon killed): first replacement serving after {} ms",
+        took.as_millis()
+    );
+    let _ = replaced;
+    let (summary, rows) = load.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        summary.errors,
+        0,
+        "failed requests while {victim} was lost: {:?}",
+        failures(&rows)
+    );
+    assert!(summary.requests >= 1000, "too few requests: {summary:?}");
+    let survivor_manager = survivor;
+    common::testing::eventually(
+        "the lost node's worker services removed and replaced",
+        Duration::from_secs(120),
+        || {
+            let now = stack.worker_nodes(survivor_manager);
+            let lost = lost.clone();
+            let victim = victim.clone();
+            async move {
+                let gone = lost.iter().all(|name| !now.contains_key(name));
+                let elsewhere = now.len() >= 3 && now.values().all(|node| *node != victim);
+                (gone && elsewhere).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_node_whose_agent_leads_hands_over_and_scaling_goes_on() {
+    let Some(stack) = Deployed::up(&STACK_SETTINGS) else {
+        return;
+    };
+    let queue = QueueRecorder::following(&stack.ws_urls()).await;
+    queue
+        .wait_until("one serving worker", Duration::from_secs(120), |s| {
+            serving(s).len() == 1
+        })
+        .await;
+    let leader = stack.leader(None).await;
+    let survivor = NODES
+        .iter()
+        .find(|node| **node != leader)
+        .copied()
+        .expect("a node left");
+    let load = steady_gets("swarm-leader-loss", &Deployed::balancer(node_index(survivor)), 50);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The leader's node vanishes from the network: its veth is cut.
+    let cut_at = Instant::now();
+    let cut = Command::new("ip")
+        .args(["link", "set", &leader, "down"])
+        .status()
+        .expect("ip link");
+    assert!(cut.success(), "cannot cut {leader}'s veth");
+    let next = stack.leader(Some(&leader)).await;
+    eprintln!(
+        "leader's node {leader} cut off: {next} leads after {} ms",
+        cut_at.elapsed().as_millis()
+    );
+    let (summary, rows) = load.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        summary.errors,
+        0,
+        "failed requests while the leader's node was lost: {:?}",
+        failures(&rows)
+    );
+    // Scaling goes on under the new leader: a load step adds a worker.
+    let since = Instant::now();
+    let step = Loadgen::start(
+        &artifacts(),
+        "swarm-after-leader-loss",
+        &[
+            "--target",
+            &format!("{}/submit", Deployed::balancer(node_index(survivor))),
+            "--body",
+            JOB,
+            "--profile",
+            "10@40s",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let (summary, rows) = step.finish(Duration::from_secs(150)).await;
+    assert_eq!(summary.errors, 0, "failed jobs after the takeover: {:?}", failures(&rows));
+    assert!(
+        queue.peak_active(since) >= 2,
+        "no scale-out under the new leader: {:#?}",
+        queue.journeys(since)
+    );
 }
