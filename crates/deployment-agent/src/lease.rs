@@ -227,6 +227,9 @@ struct Shared {
     role: watch::Sender<Role>,
     state: Mutex<State>,
     leader_changes: AtomicU64,
+    /// Whether this agent may lead now ([`LeaseConfig::candidate`], then
+    /// [`Elector::set_candidate`]).
+    candidate: std::sync::atomic::AtomicBool,
     /// Cancelled once the task has ended (and released the lease).
     stopped: CancellationToken,
     /// Test hook: while set, the task makes no call at all, as if its process were frozen.
@@ -268,6 +271,7 @@ impl Elector {
             role: watch::Sender::new(Role::Follower { leader: None }),
             state: Mutex::new(State::default()),
             leader_changes: AtomicU64::new(0),
+            candidate: std::sync::atomic::AtomicBool::new(config.candidate),
             stopped: CancellationToken::new(),
             #[cfg(test)]
             frozen: std::sync::atomic::AtomicBool::new(false),
@@ -325,11 +329,27 @@ impl Elector {
                 last_seen: Some((agent_id, 0)),
             }),
             leader_changes: AtomicU64::new(1),
+            candidate: std::sync::atomic::AtomicBool::new(true),
             stopped,
             #[cfg(test)]
             frozen: std::sync::atomic::AtomicBool::new(false),
         });
         Elector { shared }
+    }
+
+    /// Whether this agent may lead from now on. An agent that leads and is no longer a
+    /// candidate (with the Swarm runtime: its node's engine stopped answering, or the node is
+    /// no longer a manager) releases the lease at its next round, so that another leads; it
+    /// campaigns again once it is a candidate again. No effect when alone.
+    pub fn set_candidate(&self, candidate: bool) {
+        let was = self.shared.candidate.swap(candidate, Relaxed);
+        if was != candidate && !self.is_solo() {
+            if candidate {
+                info!("this agent may lead again");
+            } else {
+                warn!("this agent may not lead now; it steps down if it leads");
+            }
+        }
     }
 
     pub fn agent_id(&self) -> &str {
@@ -660,6 +680,9 @@ impl Task {
                 return;
             }
         };
+        if !self.shared.candidate.load(Relaxed) && self.held.is_some() {
+            self.resign(&mut conn).await;
+        }
         let mut heartbeat_conn = conn.clone();
         let (acting, max_epoch) = {
             let state = self.shared.lock();
@@ -731,7 +754,7 @@ impl Task {
                     Err(err) => Outcome::Failed(err),
                 }
             }
-            (None, _) if !self.config.candidate => {
+            (None, _) if !self.shared.candidate.load(Relaxed) => {
                 // Never leads: only reads who does.
                 let read: Result<(Option<String>, Option<String>), _> = self
                     .timed(
@@ -900,28 +923,12 @@ impl Task {
 
     /// Deletes the lease if it still holds ours, and this agent's heartbeat.
     async fn release(&mut self) {
-        let held = self.held.take();
-        self.shared.follow(None);
         let Ok(mut conn) = self.connection().await else {
+            self.held = None;
+            self.shared.follow(None);
             return;
         };
-        if let Some(held) = held {
-            let released: Result<i64, _> = self
-                .timed(
-                    redis::cmd("EVAL")
-                        .arg(RELEASE)
-                        .arg(1)
-                        .arg(&self.keys.leader)
-                        .arg(&held.value)
-                        .query_async(&mut conn),
-                )
-                .await;
-            match released {
-                Ok(1) => info!(epoch = held.info.epoch, "released the leader lease"),
-                Ok(_) => debug!("the leader lease was no longer ours"),
-                Err(err) => warn!(cause = %err, "could not release the leader lease"),
-            }
-        }
+        self.resign(&mut conn).await;
         let _: Result<i64, _> = self
             .timed(
                 redis::cmd("HDEL")
@@ -930,6 +937,29 @@ impl Task {
                     .query_async(&mut conn),
             )
             .await;
+    }
+
+    /// Stops acting at once and gives the lease up if this agent holds it.
+    async fn resign(&mut self, conn: &mut ConnectionManager) {
+        let held = self.held.take();
+        self.shared.follow(None);
+        if let Some(held) = held {
+            let released: Result<i64, _> = self
+                .timed(
+                    redis::cmd("EVAL")
+                        .arg(RELEASE)
+                        .arg(1)
+                        .arg(&self.keys.leader)
+                        .arg(&held.value)
+                        .query_async(conn),
+                )
+                .await;
+            match released {
+                Ok(1) => info!(epoch = held.info.epoch, "released the leader lease"),
+                Ok(_) => debug!("the leader lease was no longer ours"),
+                Err(err) => warn!(cause = %err, "could not release the leader lease"),
+            }
+        }
     }
 }
 

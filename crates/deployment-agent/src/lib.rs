@@ -125,6 +125,11 @@ pub async fn run(
         Some(lease) => lease::Elector::start(lease, shutdown.clone()),
         None => lease::Elector::solo(config.resolved_agent_id(), urls),
     };
+    if let runtime::Runtime::Swarm(swarm) = &runtime {
+        let elector = elector.clone();
+        let changed = move |candidate| elector.set_candidate(candidate);
+        tokio::spawn(swarm.clone().watch_candidacy(changed, shutdown.clone()));
+    }
     store.set_fence(elector.fence());
     if !elector.is_solo() {
         // An agent alone in the election leads from its first round.

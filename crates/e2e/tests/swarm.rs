@@ -646,7 +646,7 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
                 .expect("the leader's agent")
         ))
         .bearer_auth("swarm-e2e-token")
-        .json(&serde_json::json!({"min_replicas": 3, "desired_replicas": 3}))
+        .json(&serde_json::json!({"min_replicas": 3, "replicas": 3}))
         .send()
         .await
         .expect("POST /scale");

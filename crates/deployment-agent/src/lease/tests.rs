@@ -439,3 +439,50 @@ async fn an_agent_that_is_no_candidate_never_leads_but_follows_the_leader() {
     bystander.stop().await;
     manager.stop().await;
 }
+
+#[tokio::test]
+async fn a_leader_that_may_no_longer_lead_steps_down_and_another_takes_over() {
+    let server = RedisServer::start();
+    let prefix = "rb:resign";
+    // A long lease: a release is told from an expiry by the time b needs to lead.
+    let lease = Duration::from_secs(6);
+    let start = |id: &str| {
+        let shutdown = CancellationToken::new();
+        Agent {
+            elector: Elector::start(
+                LeaseConfig {
+                    lease,
+                    ..config(&server, prefix, id)
+                },
+                shutdown.clone(),
+            ),
+            shutdown,
+        }
+    };
+    let first = start("manager-a");
+    eventually("a leads", lease, || first.leads()).await;
+    let second = start("manager-b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!second.leads(), "two leaders");
+
+    // a's engine stops answering: it gives the lease up at its next round, well before the
+    // lease would have run out.
+    first.elector.set_candidate(false);
+    let handed_over = eventually("b leads", lease * 2, || second.leads()).await;
+    assert!(!first.leads());
+    assert!(
+        handed_over < lease - Duration::from_secs(1),
+        "b took over only after {handed_over:?}: a did not release the lease (lease {lease:?})"
+    );
+    assert_eq!(
+        first.elector.leader().map(|leader| leader.id),
+        Some("manager-b".to_owned())
+    );
+    // a may lead again, and does once b is gone.
+    first.elector.set_candidate(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(second.leads() && !first.leads());
+    second.stop().await;
+    eventually("a leads again", lease, || first.leads()).await;
+    first.stop().await;
+}

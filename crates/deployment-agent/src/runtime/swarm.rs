@@ -64,6 +64,8 @@ const SAMPLE_TTL: Duration = Duration::from_secs(15);
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest a launch waits for the task's address in Swarm's DNS.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an agent checks that its engine answers as a manager.
+const CANDIDACY_PERIOD: Duration = Duration::from_secs(1);
 /// Longest a Redis call of the stats sharing may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -309,9 +311,43 @@ impl SwarmRuntime {
         })
     }
 
-    /// Whether this node is a manager: only there can the agent lead.
+    /// Whether this node was a manager at start: only there can the agent lead.
     pub fn is_manager(&self) -> bool {
         self.settings.manager
+    }
+
+    /// Whether this agent may lead, checked every second until `shutdown`: its node's engine
+    /// answers (three failed checks in a row: it does not) and the node is a manager.
+    /// `changed` gets every change: a leader whose engine died steps down, so that an agent
+    /// on a live manager leads.
+    pub async fn watch_candidacy(self, changed: impl Fn(bool), shutdown: CancellationToken) {
+        let mut candidate = self.settings.manager;
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(CANDIDACY_PERIOD) => {}
+            }
+            let now = match tokio::time::timeout(CANDIDACY_PERIOD * 2, self.docker.info()).await {
+                Ok(Ok(info)) => {
+                    failures = 0;
+                    info.swarm.and_then(|swarm| swarm.control_available) == Some(true)
+                }
+                _ => {
+                    failures += 1;
+                    candidate && failures < 3
+                }
+            };
+            if now != candidate {
+                if now {
+                    tracing::info!("this node's engine answers as a swarm manager: this agent may lead");
+                } else {
+                    tracing::warn!(failures, "this node's engine does not answer as a swarm manager: this agent may not lead");
+                }
+                candidate = now;
+                changed(now);
+            }
+        }
     }
 
     fn label_filters(&self) -> HashMap<String, Vec<String>> {
