@@ -553,6 +553,19 @@ impl World {
             })
     }
 
+    /// Whether a worker published as taking new requests no longer does (gone, stopping,
+    /// SUNDOWN, unhealthy): such a change is published at once, whatever the pace.
+    pub fn withdraws(&self) -> bool {
+        self.published
+            .iter()
+            .filter(|item| item.utilization_category.accepts_new_requests())
+            .any(|item| {
+                self.members.get(&item.id).is_none_or(|member| {
+                    member.phase == Phase::Stopping || !member.category().accepts_new_requests()
+                })
+            })
+    }
+
     /// The queue to publish when it changed since the last one: `(seq, items)`.
     pub fn next_publication(&mut self, now: Instant) -> Option<(u64, Vec<QueueItem>)> {
         let items = self.queue_items(now);
