@@ -358,17 +358,18 @@ impl Agent {
     }
 
     /// Something in the queue may have changed: published at the pace of PUBLISH_INTERVAL
-    /// (at once after a quiet interval, or when a serving worker is withdrawn; else merged
-    /// into one publication at the interval's end).
+    /// (at once after a quiet interval, or when the routing set changed; else merged into
+    /// one publication at the interval's end).
     pub fn publish(&self) {
         // A follower publishes the leader's snapshots (`relay`), not its own view.
         if !self.is_leading() {
             return;
         }
         let agent = self.clone();
-        self.shared
-            .pacer
-            .changed(|| self.world().withdraws(), move || agent.publish_now());
+        self.shared.pacer.changed(
+            || self.world().routing_changed(),
+            move || agent.publish_now(),
+        );
     }
 
     /// Publishes the queue if it changed since the last push (called by the pacer).

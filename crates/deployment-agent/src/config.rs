@@ -548,7 +548,8 @@ pub struct Config {
     pub ws_send_timeout: Duration,
     /// At most one queue publication per this interval: the first change after a quiet
     /// interval goes out at once, later ones are merged into one at the interval's end; a
-    /// worker taken out of the queue (removed, SUNDOWN, unhealthy) always goes out at once.
+    /// change of the routing set (a worker added or gone, ready, SUNDOWN, unhealthy) always
+    /// goes out at once.
     /// `0s`: every change at once.
     #[arg(long = "publish-interval", env = "PUBLISH_INTERVAL", value_name = "PUBLISH_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub publish_interval: Duration,

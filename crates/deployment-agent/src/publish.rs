@@ -3,8 +3,9 @@
 //! [`Pacer`] holds the publications to at most one per PUBLISH_INTERVAL. The first change
 //! after a quiet interval goes out at once (leading edge); the changes that follow within the
 //! interval are merged into one publication at its end (trailing edge), which carries the
-//! world as it is then. A change that takes a serving worker out of the queue (removed,
-//! SUNDOWN, unhealthy) is urgent and goes out at once whatever the pace. With 1,000 workers,
+//! world as it is then. A change of the routing set (a worker added or gone, or one that
+//! starts or stops taking new requests: ready, SUNDOWN, unhealthy) is urgent and goes out at
+//! once whatever the pace; scores and loads wait. With 1,000 workers,
 //! each stats sample changes a score: without pacing the agent published about 1,200
 //! snapshots of 216 KiB a second, more than its subscribers could read.
 //!

@@ -90,7 +90,7 @@ async fn a_steady_stream_is_published_once_per_interval_and_urgent_changes_at_on
     assert!(published.windows(2).all(|w| w[0] < w[1]), "in order");
     assert!(start.elapsed() < Duration::from_millis(1200));
 
-    // Within an interval, an urgent change (a worker withdrawn) does not wait.
+    // Within an interval, an urgent change (of the routing set) does not wait.
     wait(INTERVAL * 4).await;
     model.change(&pacer, false);
     let before = model.published().len();

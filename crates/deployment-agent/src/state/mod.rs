@@ -553,15 +553,21 @@ impl World {
             })
     }
 
-    /// Whether a worker published as taking new requests no longer does (gone, stopping,
-    /// SUNDOWN, unhealthy): such a change is published at once, whatever the pace.
-    pub fn withdraws(&self) -> bool {
-        self.published
-            .iter()
-            .filter(|item| item.utilization_category.accepts_new_requests())
-            .any(|item| {
+    /// Whether the routing set changed since the last publication: a worker added or gone,
+    /// or one that starts or stops taking new requests (ready, SUNDOWN, unhealthy). Such a
+    /// change is published at once, whatever the pace; scores and loads wait for it.
+    pub fn routing_changed(&self) -> bool {
+        let listed = self
+            .members
+            .values()
+            .filter(|member| member.phase != Phase::Stopping)
+            .count();
+        listed != self.published.len()
+            || self.published.iter().any(|item| {
                 self.members.get(&item.id).is_none_or(|member| {
-                    member.phase == Phase::Stopping || !member.category().accepts_new_requests()
+                    member.phase == Phase::Stopping
+                        || member.category().accepts_new_requests()
+                            != item.utilization_category.accepts_new_requests()
                 })
             })
     }
