@@ -13,7 +13,8 @@
 # The goal is under 100 ms for each time. Run it on an otherwise idle machine (2 cores shared
 # with other work inflate every figure); write the figures into the README.
 #
-#   jobs/bench-scale.sh        (WORKERS=1000 SUBSCRIBERS=10 DURATION=60s SCALE_CHECK_PERIOD=1s)
+#   jobs/bench-scale.sh        (WORKERS=1000 SUBSCRIBERS=10 DURATION=60s SCALE_CHECK_PERIOD=1s
+#                               PUBLISH_INTERVAL=50ms; 0s publishes every change, as before)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -22,6 +23,7 @@ workers="${WORKERS:-1000}"
 subscribers="${SUBSCRIBERS:-10}"
 duration="${DURATION:-60s}"
 period="${SCALE_CHECK_PERIOD:-1s}"
+publish_interval="${PUBLISH_INTERVAL:-50ms}"
 need_cmd curl curl
 need_cmd python3 python3
 [ -x "$TARGET_DIR/deployment-agent" ] && [ -x "$TARGET_DIR/loadgen" ] || build_binaries
@@ -45,7 +47,8 @@ env -i PATH="$PATH" AGENT_RUNTIME=simulated AGENT_HOST=127.0.0.1 AGENT_INSECURE=
   HOST_PORT_HTTP_DEPLOYMENT_AGENT="$http" HOST_PORT_WS_DEPLOYMENT_AGENT="$ws" \
   HOST_PORT_GRPC_DEPLOYMENT_AGENT="$grpc" APP_IDENTIFIER="rbscale$$" AGENT_NAME=rustybalancer-bench \
   MAX_CONTAINERS_LIMIT="$workers" MAX_CONTAINERS="$workers" MIN_CONTAINERS="$workers" \
-  DEFAULT_CONTAINER="$workers" SCALE_CHECK_PERIOD="$period" WS_MAX_SUBSCRIBERS=$((subscribers + 10)) \
+  DEFAULT_CONTAINER="$workers" SCALE_CHECK_PERIOD="$period" PUBLISH_INTERVAL="$publish_interval" \
+  WS_MAX_SUBSCRIBERS=$((subscribers + 10)) \
   RUST_LOG=warn "$TARGET_DIR/deployment-agent" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 
@@ -66,7 +69,7 @@ except Exception:
     print(0)'
 }
 
-log "agent (pid $agent_pid): $workers simulated workers, SCALE_CHECK_PERIOD=$period"
+log "agent (pid $agent_pid): $workers simulated workers, SCALE_CHECK_PERIOD=$period, PUBLISH_INTERVAL=$publish_interval"
 started="$(date +%s%N)"
 deadline=$((SECONDS + 180))
 until [ "$(serving)" -ge "$workers" ]; do

@@ -17,6 +17,7 @@ use crate::{
     lease::{Elector, LeaderInfo, Role},
     metrics::{CategoryLabel, KindLabel, Metrics},
     probe::Prober,
+    publish::{Pacer, Published},
     runtime::{Runtime, now_ms},
     state::{BalancerReport, Event, MemberStatus, PoolStatus, Settings, World},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
@@ -40,7 +41,9 @@ pub(crate) struct Shared {
     world: Mutex<World>,
     /// The version of the overrides last sent to the store (see `write_overrides`).
     overrides_sent: Mutex<u64>,
-    queue: watch::Sender<Arc<QueueSnapshot>>,
+    queue: watch::Sender<Arc<Published>>,
+    /// Paces the publications (PUBLISH_INTERVAL).
+    pacer: Pacer,
     /// Every recorded event, for live subscribers (`/ws/events`); a lagging one skips ahead.
     events: broadcast::Sender<ScalingEvent>,
     pub wake: Notify,
@@ -91,7 +94,12 @@ impl Agent {
         elector: Elector,
         shutdown: common::CancellationToken,
     ) -> Self {
-        let (queue, _) = watch::channel(Arc::new(QueueSnapshot::new(0, now_ms(), Vec::new())));
+        let (queue, _) = watch::channel(Arc::new(Published::new(QueueSnapshot::new(
+            0,
+            now_ms(),
+            Vec::new(),
+        ))));
+        let pacer = Pacer::new(config.publish_interval);
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let config_subscribers = config.ws_max_subscribers;
         let mut world = World::new(Settings::from_config(&config));
@@ -108,6 +116,7 @@ impl Agent {
                 world: Mutex::new(world),
                 overrides_sent: Mutex::new(0),
                 queue,
+                pacer,
                 events,
                 wake: Notify::new(),
                 shutdown,
@@ -142,8 +151,9 @@ impl Agent {
         self.shared.wake.notify_one();
     }
 
-    /// A subscription to the live queue: the current snapshot at once, then every change.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<QueueSnapshot>> {
+    /// A subscription to the live queue: the current snapshot at once, then every change
+    /// (a slow reader skips to the newest).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.shared.queue.subscribe()
     }
 
@@ -153,7 +163,7 @@ impl Agent {
         self.shared.events.subscribe()
     }
 
-    pub fn snapshot(&self) -> Arc<QueueSnapshot> {
+    pub fn snapshot(&self) -> Arc<Published> {
         self.shared.queue.borrow().clone()
     }
 
@@ -347,10 +357,24 @@ impl Agent {
         }
     }
 
-    /// Publishes the queue if it changed since the last push.
+    /// Something in the queue may have changed: published at the pace of PUBLISH_INTERVAL
+    /// (at once after a quiet interval, or when the routing set changed; else merged into
+    /// one publication at the interval's end).
     pub fn publish(&self) {
-        let now = Instant::now();
         // A follower publishes the leader's snapshots (`relay`), not its own view.
+        if !self.is_leading() {
+            return;
+        }
+        let agent = self.clone();
+        self.shared.pacer.changed(
+            || self.world().routing_changed(),
+            move || agent.publish_now(),
+        );
+    }
+
+    /// Publishes the queue if it changed since the last push (called by the pacer).
+    fn publish_now(&self) {
+        let now = Instant::now();
         let Some(epoch) = self.acting_epoch() else {
             return;
         };
@@ -359,7 +383,7 @@ impl Agent {
         };
         let mut snapshot = QueueSnapshot::new(seq, now_ms(), items);
         snapshot.epoch = epoch;
-        let snapshot = Arc::new(snapshot);
+        let snapshot = Arc::new(Published::new(snapshot));
         let metrics = &self.shared.metrics;
         for category in [
             Category::Init,
@@ -472,7 +496,7 @@ impl Agent {
 
     /// A follower republishes the leader's snapshot, unless it is not newer than the last
     /// one: `(epoch, seq)` only grows.
-    pub fn relay(&self, snapshot: QueueSnapshot) {
+    pub(crate) fn relay(&self, snapshot: Published) {
         if self.is_leading() {
             return;
         }

@@ -18,6 +18,9 @@ use crate::{
 /// The shortest LEADER_LEASE: a third of it is the renew period, and every Redis call must
 /// fit in half of that.
 pub const LEADER_LEASE_MIN: Duration = Duration::from_millis(300);
+/// The longest PUBLISH_INTERVAL: a stats sample changes each worker's score every second, so
+/// a longer pace would hold scores back for more than a sample.
+pub const MAX_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the advertised address's lookup of the Redis host may take.
 const ADVERTISE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -543,6 +546,13 @@ pub struct Config {
     /// A WebSocket subscriber that cannot take one message within this is dropped.
     #[arg(long = "ws-send-timeout", env = "WS_SEND_TIMEOUT", value_name = "WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ws_send_timeout: Duration,
+    /// At most one queue publication per this interval: the first change after a quiet
+    /// interval goes out at once, later ones are merged into one at the interval's end; a
+    /// change of the routing set (a worker added or gone, ready, SUNDOWN, unhealthy) always
+    /// goes out at once.
+    /// `0s`: every change at once.
+    #[arg(long = "publish-interval", env = "PUBLISH_INTERVAL", value_name = "PUBLISH_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub publish_interval: Duration,
     /// WebSocket ping period.
     #[arg(long = "ws-ping", env = "WS_PING_PERIOD", value_name = "WS_PING_PERIOD", default_value = "15s", value_parser = parse_duration)]
     pub ws_ping: Duration,
@@ -606,6 +616,13 @@ impl Config {
         }
         if self.ws_send_timeout.is_zero() {
             return Err("WS_SEND_TIMEOUT must be positive".into());
+        }
+        if self.publish_interval > MAX_PUBLISH_INTERVAL {
+            return Err(format!(
+                "PUBLISH_INTERVAL must be at most {} (each worker's stats change its score every second), got {}",
+                humantime::format_duration(MAX_PUBLISH_INTERVAL),
+                humantime::format_duration(self.publish_interval)
+            ));
         }
         if self.start_count() > self.max_containers {
             return Err(format!(

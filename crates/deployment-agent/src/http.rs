@@ -288,8 +288,13 @@ fn iso_timestamp(at: SystemTime) -> String {
     rfc.trim_end_matches('Z').to_owned()
 }
 
-async fn queue(State(agent): State<Agent>) -> Json<Value> {
-    Json(serde_json::to_value(&*agent.snapshot()).unwrap_or(Value::Null))
+/// The current snapshot, as the WebSocket subscribers get it (the same shared text).
+async fn queue(State(agent): State<Agent>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from(agent.snapshot().json()),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ mod grpc;
 mod http;
 mod metrics;
 mod probe;
+mod publish;
 mod relay;
 mod runtime;
 mod state;

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use axum::{body::Bytes, extract::ws::Utf8Bytes};
 use common::{CancellationToken, queue::QueueSnapshot};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::agent::Agent;
+use crate::{agent::Agent, publish::Published};
 
 /// Longest wait for the leader's WebSocket to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,14 +66,18 @@ async fn follow(agent: &Agent, url: &str) {
             }
             Ok(None) | Err(_) => return,
         };
-        let text = match &message {
-            Message::Text(text) => text.as_bytes(),
-            Message::Binary(bytes) => bytes.as_ref(),
+        let json = match message {
+            Message::Text(text) => Bytes::from(text),
+            Message::Binary(bytes) => bytes,
             Message::Close(_) => return,
             _ => continue,
         };
-        match serde_json::from_slice::<QueueSnapshot>(text) {
-            Ok(snapshot) => agent.relay(snapshot),
+        match serde_json::from_slice::<QueueSnapshot>(&json) {
+            // The leader's text is sent on as it came, not serialized again.
+            Ok(snapshot) => agent.relay(match Utf8Bytes::try_from(json) {
+                Ok(json) => Published::received(snapshot, json),
+                Err(_) => Published::new(snapshot),
+            }),
             Err(err) => {
                 tracing::warn!(cause = %err, "ignoring a message from the leader that is not a snapshot")
             }

@@ -83,8 +83,13 @@ async fn subscriber(agent: Agent, mut socket: WebSocket) {
     let mut queue = agent.subscribe();
     let shutdown = agent.shutdown_token();
     let timeout = agent.config().ws_send_timeout;
+    // The Arc, not the text, under the channel's lock: serializing there would hold the
+    // publisher back.
     let first = queue.borrow_and_update().clone();
-    if send_json(&mut socket, &*first, timeout).await.is_err() {
+    if send_within(&mut socket, Message::Text(first.json()), timeout)
+        .await
+        .is_err()
+    {
         return;
     }
     let mut ping = tokio::time::interval(agent.config().ws_ping);
@@ -99,8 +104,9 @@ async fn subscriber(agent: Agent, mut socket: WebSocket) {
                 if changed.is_err() {
                     break;
                 }
+                // The newest snapshot, whatever came in between: a slow subscriber skips.
                 let snapshot = queue.borrow_and_update().clone();
-                if send_json(&mut socket, &*snapshot, timeout).await.is_err() {
+                if send_within(&mut socket, Message::Text(snapshot.json()), timeout).await.is_err() {
                     break;
                 }
             }

@@ -111,6 +111,22 @@ fn security_defaults_and_the_container_ceiling() {
 }
 
 #[test]
+fn the_publish_interval_defaults_to_50ms_and_is_at_most_a_second() {
+    let mut config = Config::defaults();
+    assert_eq!(config.publish_interval, Duration::from_millis(50));
+    config.publish_interval = Duration::ZERO;
+    assert_eq!(config.validate(), Ok(()), "0s: every change at once");
+    config.publish_interval = Duration::from_secs(1);
+    assert_eq!(config.validate(), Ok(()));
+    config.publish_interval = Duration::from_millis(1500);
+    let message = config.validate().unwrap_err();
+    assert!(
+        message.contains("PUBLISH_INTERVAL must be at most 1s") && message.contains("1s 500ms"),
+        "{message}"
+    );
+}
+
+#[test]
 fn probe_and_container_settings_parse_and_name_what_is_wrong() {
     let config = Config::defaults();
     assert_eq!(config.worker_probe, ProbeKind::Http);

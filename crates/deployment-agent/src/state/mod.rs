@@ -553,6 +553,25 @@ impl World {
             })
     }
 
+    /// Whether the routing set changed since the last publication: a worker added or gone,
+    /// or one that starts or stops taking new requests (ready, SUNDOWN, unhealthy). Such a
+    /// change is published at once, whatever the pace; scores and loads wait for it.
+    pub fn routing_changed(&self) -> bool {
+        let listed = self
+            .members
+            .values()
+            .filter(|member| member.phase != Phase::Stopping)
+            .count();
+        listed != self.published.len()
+            || self.published.iter().any(|item| {
+                self.members.get(&item.id).is_none_or(|member| {
+                    member.phase == Phase::Stopping
+                        || member.category().accepts_new_requests()
+                            != item.utilization_category.accepts_new_requests()
+                })
+            })
+    }
+
     /// The queue to publish when it changed since the last one: `(seq, items)`.
     pub fn next_publication(&mut self, now: Instant) -> Option<(u64, Vec<QueueItem>)> {
         let items = self.queue_items(now);

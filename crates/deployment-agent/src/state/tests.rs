@@ -394,3 +394,40 @@ fn a_follower_keeps_the_leaders_standby_as_a_standby_even_if_it_saw_it_running()
     let _ = world.reconcile(listing(&instance, true), &[registered], now);
     assert_eq!(world.member_ids(), ["id-app-worker-1"]);
 }
+
+#[test]
+fn a_change_of_the_routing_set_is_told_apart_from_a_change_of_scores() {
+    let now = Instant::now();
+    let mut world = world();
+    let a = ready(&mut world, "app-worker-1");
+    let b = ready(&mut world, "app-worker-2");
+    assert!(world.routing_changed(), "nothing published yet");
+    assert!(world.next_publication(now).is_some());
+    assert!(!world.routing_changed());
+
+    // A score changes: paced.
+    world.members.get_mut(&a).unwrap().overall = 12.0;
+    assert!(!world.routing_changed(), "a score is not the routing set");
+    assert!(world.next_publication(now).is_some());
+
+    // A new worker (INIT) appears: at once.
+    let starting = member("app-worker-3");
+    let c = starting.instance.worker.id.clone();
+    world.members.insert(c.clone(), starting);
+    assert!(world.routing_changed(), "a worker added");
+    world.next_publication(now);
+    // It becomes ready: at once.
+    world.members.get_mut(&c).unwrap().phase = Phase::Ready;
+    assert!(world.routing_changed(), "a worker starts taking requests");
+    world.next_publication(now);
+
+    // SUNDOWN, then gone: at once each time.
+    assert!(world.drain(&b, now).is_some());
+    assert!(world.routing_changed(), "a worker in SUNDOWN");
+    world.next_publication(now);
+    world.members.remove(&b);
+    assert!(world.routing_changed(), "a worker gone");
+    world.next_publication(now);
+    world.members.remove(&a);
+    assert!(world.routing_changed(), "a serving worker gone");
+}
