@@ -756,7 +756,8 @@ impl Config {
         self.network = keep(self.network);
         self.docker_host = keep(self.docker_host);
         self.worker_cpuset = self.worker_cpuset.filter(|pool| !pool.0.is_empty());
-        self.worker_constraints.retain(|constraint| !constraint.is_empty());
+        self.worker_constraints
+            .retain(|constraint| !constraint.is_empty());
         self.dashboard_balancer_url = keep(self.dashboard_balancer_url);
         self.agent_id = keep(self.agent_id).map(|id| id.trim().to_owned());
         self.advertise_host = keep(self.advertise_host).map(|host| host.trim().to_owned());

@@ -342,7 +342,7 @@ impl Elector {
     /// no longer a manager) releases the lease at its next round, so that another leads; it
     /// campaigns again once it is a candidate again. No effect when alone.
     pub fn set_candidate(&self, candidate: bool) {
-        let was = self.shared.candidate.swap(candidate, Relaxed);
+        let was = self.shared.candidate.swap(candidate, Ordering::Relaxed);
         if was != candidate && !self.is_solo() {
             if candidate {
                 info!("this agent may lead again");
@@ -680,7 +680,7 @@ impl Task {
                 return;
             }
         };
-        if !self.shared.candidate.load(Relaxed) && self.held.is_some() {
+        if !self.shared.candidate.load(Ordering::Relaxed) && self.held.is_some() {
             self.resign(&mut conn).await;
         }
         let mut heartbeat_conn = conn.clone();
@@ -754,7 +754,7 @@ impl Task {
                     Err(err) => Outcome::Failed(err),
                 }
             }
-            (None, _) if !self.shared.candidate.load(Relaxed) => {
+            (None, _) if !self.shared.candidate.load(Ordering::Relaxed) => {
                 // Never leads: only reads who does.
                 let read: Result<(Option<String>, Option<String>), _> = self
                     .timed(

@@ -387,7 +387,10 @@ impl Deployed {
                 ("SKIP_BUILD", "1"),
                 ("SWARM_NODES", &sockets.join(" ")),
                 ("DOCKER_HOST", &sockets[0]),
-                ("ENGINE_SOCKET", "/run/rblab/sockets/{{.Node.Hostname}}.sock"),
+                (
+                    "ENGINE_SOCKET",
+                    "/run/rblab/sockets/{{.Node.Hostname}}.sock",
+                ),
                 ("REDIS_IMAGE", &format!("rustybalancer/redis:{tag}")),
                 ("AGENT_TOKEN", "swarm-e2e-token"),
                 ("RUN_TIMEOUT", "240"),
@@ -438,7 +441,12 @@ impl Deployed {
     fn ws_urls(&self) -> Vec<String> {
         self.agents()
             .into_iter()
-            .map(|(_, http)| format!("{}/ws", http.replace("http://", "ws://").replace(":9000", ":9001")))
+            .map(|(_, http)| {
+                format!(
+                    "{}/ws",
+                    http.replace("http://", "ws://").replace(":9000", ":9001")
+                )
+            })
             .collect()
     }
 
@@ -559,7 +567,12 @@ fn artifacts() -> std::path::PathBuf {
 fn serving_ids(queue: &QueueRecorder) -> BTreeSet<String> {
     queue
         .latest()
-        .map(|snapshot| serving(&snapshot).iter().map(|item| item.id.clone()).collect())
+        .map(|snapshot| {
+            serving(&snapshot)
+                .iter()
+                .map(|item| item.id.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -650,7 +663,11 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
         .send()
         .await
         .expect("POST /scale");
-    assert!(scaled.status().is_success(), "POST /scale: {}", scaled.status());
+    assert!(
+        scaled.status().is_success(),
+        "POST /scale: {}",
+        scaled.status()
+    );
     queue
         .wait_until("three serving workers", Duration::from_secs(120), |s| {
             serving(s).len() == 3
@@ -674,7 +691,11 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
         .copied()
         .expect("a node left");
     let serving_before = serving_ids(&queue);
-    let load = steady_gets("swarm-node-loss", &Deployed::balancer(node_index(survivor)), 60);
+    let load = steady_gets(
+        "swarm-node-loss",
+        &Deployed::balancer(node_index(survivor)),
+        60,
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     let pid = std::fs::read_to_string(format!("/run/rblab/{victim}/dockerd.pid"))
         .expect("no pid file of the victim's dockerd");
@@ -746,7 +767,11 @@ async fn losing_the_node_whose_agent_leads_hands_over_and_scaling_goes_on() {
         .find(|node| **node != leader)
         .copied()
         .expect("a node left");
-    let load = steady_gets("swarm-leader-loss", &Deployed::balancer(node_index(survivor)), 50);
+    let load = steady_gets(
+        "swarm-leader-loss",
+        &Deployed::balancer(node_index(survivor)),
+        50,
+    );
     tokio::time::sleep(Duration::from_secs(8)).await;
     // The leader's node vanishes from the network: its veth is cut.
     let cut_at = Instant::now();
@@ -784,7 +809,12 @@ async fn losing_the_node_whose_agent_leads_hands_over_and_scaling_goes_on() {
         ],
     );
     let (summary, rows) = step.finish(Duration::from_secs(150)).await;
-    assert_eq!(summary.errors, 0, "failed jobs after the takeover: {:?}", failures(&rows));
+    assert_eq!(
+        summary.errors,
+        0,
+        "failed jobs after the takeover: {:?}",
+        failures(&rows)
+    );
     assert!(
         queue.peak_active(since) >= 2,
         "no scale-out under the new leader: {:#?}",

@@ -330,7 +330,10 @@ fn the_swarm_runtime_needs_redis_an_overlay_and_no_standbys() {
     assert_eq!(parse_constraint(""), Ok(String::new()));
     let mut config = swarm();
     config.worker_constraints = vec![String::new()];
-    assert!(config.normalized().worker_constraints.is_empty(), "unset: none");
+    assert!(
+        config.normalized().worker_constraints.is_empty(),
+        "unset: none"
+    );
     let mut config = Config::defaults();
     config.worker_constraints = vec!["node.role==worker".into()];
     assert!(

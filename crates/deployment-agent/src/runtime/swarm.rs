@@ -340,9 +340,14 @@ impl SwarmRuntime {
             };
             if now != candidate {
                 if now {
-                    tracing::info!("this node's engine answers as a swarm manager: this agent may lead");
+                    tracing::info!(
+                        "this node's engine answers as a swarm manager: this agent may lead"
+                    );
                 } else {
-                    tracing::warn!(failures, "this node's engine does not answer as a swarm manager: this agent may not lead");
+                    tracing::warn!(
+                        failures,
+                        "this node's engine does not answer as a swarm manager: this agent may not lead"
+                    );
                 }
                 candidate = now;
                 changed(now);
