@@ -40,12 +40,15 @@ cargo test --release --workspace --locked --exclude e2e
 
 # Last, alone on the machine: the whole stack through jobs/run.sh and jobs/reset.sh. It prints
 # the cold-start and scale-out figures and where the chart of the run is.
-stage "end-to-end tests: the prod, slim and dev stacks on Docker (about 8 minutes)"
+stage "end-to-end tests: the prod, slim and dev stacks on Docker, the stack on a three-node swarm lab (about 15 minutes)"
 cargo test --release -p e2e --locked -- --nocapture --test-threads=1
 
 leftover="$(docker ps -aq --filter label=managed-by=rustybalancer-tests | wc -l)"
 [ "$leftover" -eq 0 ] || die "tests left $leftover container(s) behind"
 leftover="$(docker ps -a --format '{{.Names}}' | grep -c '^rbe2e-' || true)"
 [ "$leftover" -eq 0 ] || die "the end-to-end test left $leftover container(s) behind"
+if ip netns list 2>/dev/null | grep -q '^rblab' || [ -e /run/rblab ] || [ -e /var/lib/rblab ]; then
+  die "the swarm tests left the swarm lab behind (jobs/swarm-lab.sh down removes it)"
+fi
 stage ""
 log "all tests passed in $((SECONDS - suite_started)) s"
