@@ -6,7 +6,7 @@
 
 use std::{
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -225,13 +225,14 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
             })
         })
         .collect();
-    let standby = {
+    let (standby, balancers) = {
         let world = agent.world();
-        json!({
+        let standby = json!({
             "ready": world.standby_names(),
             "preparing": world.preparing_count(),
             "target": agent.config().warm_pool,
-        })
+        });
+        (standby, world.reporting_balancers(Instant::now()))
     };
     Json(json!({
         "status": "running",
@@ -241,6 +242,7 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
         "warm_standby": standby,
         "pool": agent.pool_status(),
         "leadership": agent.leadership(),
+        "balancers": balancers,
     }))
 }
 

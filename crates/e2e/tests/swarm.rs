@@ -587,6 +587,29 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
             s.items.len() == 1 && serving(s).len() == 1
         })
         .await;
+    // The balancers run on every node, and the leader has the reports of all three.
+    let leader = stack.leader(None).await;
+    let leader_http = stack
+        .agents()
+        .into_iter()
+        .find(|(node, _)| *node == leader)
+        .map(|(_, http)| http)
+        .expect("the leader's agent");
+    let balancers = common::testing::eventually(
+        "the leader has reports from three balancers",
+        Duration::from_secs(60),
+        || {
+            let (client, url) = (stack.client.clone(), format!("{leader_http}/status"));
+            async move {
+                let status: serde_json::Value =
+                    client.get(url).send().await.ok()?.json().await.ok()?;
+                let balancers = status["balancers"].as_array()?.clone();
+                (balancers.len() == NODES.len()).then_some(balancers)
+            }
+        },
+    )
+    .await;
+    eprintln!("the leader {leader} has the reports of the balancers {balancers:?}");
 
     // 1. A load step scales out, with workers on at least two nodes; then back to one.
     let since = Instant::now();

@@ -508,6 +508,19 @@ impl World {
         self.members.keys().cloned().collect()
     }
 
+    /// The balancers whose last report is fresh (younger than `REPORT_TTL`), sorted: the
+    /// load this agent adds up.
+    pub fn reporting_balancers(&self, now: Instant) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .balancers
+            .iter()
+            .filter(|(_, report)| now.duration_since(report.at) < REPORT_TTL)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// The names of the ready warm standbys.
     pub fn standby_names(&self) -> Vec<String> {
         self.standby

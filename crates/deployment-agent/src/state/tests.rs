@@ -431,3 +431,26 @@ fn a_change_of_the_routing_set_is_told_apart_from_a_change_of_scores() {
     world.members.remove(&a);
     assert!(world.routing_changed(), "a serving worker gone");
 }
+
+#[test]
+fn the_balancers_listed_are_those_with_a_fresh_report() {
+    let mut world = world();
+    let now = Instant::now();
+    let report = |at| BalancerReport {
+        at,
+        queued_without_backend: 0,
+        in_flight: HashMap::new(),
+    };
+    world.report("balancer-on-n2", report(now), 0.0);
+    world.report("balancer-on-n1", report(now), 0.0);
+    world.report("balancer-gone", report(now), 0.0);
+    // A later report of the third, then none: it ages out.
+    let later = now + REPORT_TTL;
+    world.report("balancer-on-n1", report(later), 0.0);
+    world.report("balancer-on-n2", report(later), 0.0);
+    assert_eq!(
+        world.reporting_balancers(later),
+        vec!["balancer-on-n1", "balancer-on-n2"]
+    );
+    assert_eq!(world.reporting_balancers(now).len(), 3);
+}
