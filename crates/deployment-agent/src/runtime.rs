@@ -229,6 +229,24 @@ pub enum EngineHealth {
     Unhealthy(String),
 }
 
+/// A worker's environment from the config: `TARGET_PORT`, then WORKER_ENV.
+fn worker_env(config: &crate::config::Config) -> Vec<String> {
+    let mut env = vec![format!("TARGET_PORT={}", config.target_port)];
+    env.extend(config.worker_env.0.iter().cloned());
+    env
+}
+
+/// A worker's own labels from WORKER_LABELS (never one of the agent's: those it sets itself).
+fn worker_labels(config: &crate::config::Config) -> std::collections::HashMap<String, String> {
+    config
+        .worker_labels
+        .0
+        .iter()
+        .filter(|(key, _)| !crate::config::is_agent_label(key))
+        .cloned()
+        .collect()
+}
+
 /// Most log lines and bytes kept for a crash report.
 pub const LOG_LINES: usize = 10;
 pub const LOG_BYTES: usize = 2048;

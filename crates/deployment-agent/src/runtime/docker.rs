@@ -18,7 +18,7 @@ use futures_util::{StreamExt, stream::BoxStream};
 
 use super::{EngineHealth, Instance, LaunchSpec, RuntimeError, RuntimeEvent};
 use crate::{
-    config::{AddressMode, Config, is_agent_label},
+    config::{AddressMode, Config},
     model::Worker,
     score::StatsSample,
 };
@@ -72,8 +72,6 @@ impl DockerRuntime {
             )?,
         };
         let docker = docker.negotiate_version().await?;
-        let mut env = vec![format!("TARGET_PORT={}", config.target_port)];
-        env.extend(config.worker_env.0.iter().cloned());
         Ok(Self {
             docker,
             settings: std::sync::Arc::new(Settings {
@@ -86,20 +84,14 @@ impl DockerRuntime {
                 cpus: config.worker_cpus,
                 memory: config.worker_memory,
                 pids_limit: config.worker_pids_limit,
-                env,
+                env: super::worker_env(config),
                 host_cores: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
                 entrypoint: Some(config.worker_command.0.clone()).filter(|c| !c.is_empty()),
                 cmd: Some(config.worker_args.0.clone()).filter(|c| !c.is_empty()),
                 user: Some(config.worker_user.clone()).filter(|u| !u.is_empty()),
                 read_only: config.worker_read_only,
                 tmpfs: config.worker_tmpfs.0.iter().cloned().collect(),
-                labels: config
-                    .worker_labels
-                    .0
-                    .iter()
-                    .filter(|(key, _)| !is_agent_label(key))
-                    .cloned()
-                    .collect(),
+                labels: super::worker_labels(config),
             }),
         })
     }

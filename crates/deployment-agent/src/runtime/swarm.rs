@@ -12,7 +12,7 @@
 //! the worker's overlay address, the same path the balancers use.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -43,7 +43,7 @@ use super::{
     DockerRuntime, Instance, LaunchSpec, RuntimeError, RuntimeEvent, docker::status_code, now_ms,
 };
 use crate::{
-    config::{AddressMode, Config, is_agent_label},
+    config::{AddressMode, Config},
     model::Worker,
     score::StatsSample,
 };
@@ -66,6 +66,11 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(90);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an agent checks that its engine answers as a manager.
 const CANDIDACY_PERIOD: Duration = Duration::from_secs(1);
+/// An engine that has not answered for this long is lost (a raft election takes less).
+const ENGINE_LOST_AFTER: Duration = Duration::from_secs(15);
+/// An exit still seen is reported again after this: an agent that took the lead meanwhile
+/// learns of it too.
+const REPORT_AGAIN: Duration = Duration::from_secs(5);
 /// Longest a Redis call of the stats sharing may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -265,8 +270,6 @@ impl SwarmRuntime {
                 "AGENT_RUNTIME=swarm needs AGENT_NETWORK and REDIS_URL".into(),
             ));
         };
-        let mut env = vec![format!("TARGET_PORT={}", config.target_port)];
-        env.extend(config.worker_env.0.iter().cloned());
         Ok(Self {
             docker,
             local,
@@ -280,7 +283,7 @@ impl SwarmRuntime {
                 cpus: config.worker_cpus,
                 memory: config.worker_memory,
                 pids_limit: config.worker_pids_limit,
-                env,
+                env: super::worker_env(config),
                 command: Some(config.worker_command.0.clone()).filter(|c| !c.is_empty()),
                 args: Some(config.worker_args.0.clone()).filter(|c| !c.is_empty()),
                 user: Some(config.worker_user.clone()).filter(|u| !u.is_empty()),
@@ -291,13 +294,7 @@ impl SwarmRuntime {
                     .iter()
                     .map(|(path, _)| path.clone())
                     .collect(),
-                labels: config
-                    .worker_labels
-                    .0
-                    .iter()
-                    .filter(|(key, _)| !is_agent_label(key))
-                    .cloned()
-                    .collect(),
+                labels: super::worker_labels(config),
                 constraints: config.worker_constraints.clone(),
                 stop_grace: config.stop_grace,
                 redis_url,
@@ -316,13 +313,14 @@ impl SwarmRuntime {
         self.settings.manager
     }
 
-    /// Whether this agent may lead, checked every second until `shutdown`: its node's engine
-    /// answers (three failed checks in a row: it does not) and the node is a manager.
-    /// `changed` gets every change: a leader whose engine died steps down, so that an agent
-    /// on a live manager leads.
+    /// Whether this agent may lead, checked every second until `shutdown`: its node is a
+    /// manager, and its engine answers (not answering for ENGINE_LOST_AFTER: it does not; a
+    /// manager's engine stops answering for a few seconds while Swarm elects a new raft
+    /// leader). `changed` gets every change: a leader whose node is demoted or whose engine
+    /// died steps down, so that an agent on a live manager leads.
     pub async fn watch_candidacy(self, changed: impl Fn(bool), shutdown: CancellationToken) {
         let mut candidate = self.settings.manager;
-        let mut failures = 0u32;
+        let mut answered = Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -330,13 +328,10 @@ impl SwarmRuntime {
             }
             let now = match tokio::time::timeout(CANDIDACY_PERIOD * 2, self.docker.info()).await {
                 Ok(Ok(info)) => {
-                    failures = 0;
+                    answered = Instant::now();
                     info.swarm.and_then(|swarm| swarm.control_available) == Some(true)
                 }
-                _ => {
-                    failures += 1;
-                    candidate && failures < 3
-                }
+                _ => candidate && answered.elapsed() < ENGINE_LOST_AFTER,
             };
             if now != candidate {
                 if now {
@@ -345,7 +340,6 @@ impl SwarmRuntime {
                     );
                 } else {
                     tracing::warn!(
-                        failures,
                         "this node's engine does not answer as a swarm manager: this agent may not lead"
                     );
                 }
@@ -513,7 +507,8 @@ impl SwarmRuntime {
     /// Exits the agent did not cause, from Swarm's own view, read every second on a manager
     /// (nothing on other nodes, which cannot read it): a task that failed or was rejected, a
     /// task on a node Swarm marks down, a task Swarm replaced, a service removed by someone
-    /// else. Each service's exit is reported once.
+    /// else. An exit is reported again every REPORT_AGAIN while its service is there (so an
+    /// agent that takes the lead after the first report learns of it too).
     pub fn events(&self) -> BoxStream<'static, RuntimeEvent> {
         if !self.settings.manager {
             return futures_util::stream::pending().boxed();
@@ -527,7 +522,7 @@ impl SwarmRuntime {
                 match runtime.read_view().await {
                     Ok((services, tasks, down)) => {
                         warned = false;
-                        for event in view.update(&services, &tasks, &down) {
+                        for event in view.update(&services, &tasks, &down, Instant::now()) {
                             if tx.send(event).await.is_err() {
                                 return;
                             }
@@ -576,7 +571,9 @@ impl SwarmRuntime {
                 node.status
                     .as_ref()
                     .and_then(|status| status.state)
-                    .is_some_and(|state| state != NodeState::READY)
+                    // `unknown` is passing (every node is, for a moment, after a new raft
+                    // leader takes over); `down` is Swarm's verdict.
+                    .is_some_and(|state| matches!(state, NodeState::DOWN | NodeState::DISCONNECTED))
             })
             .filter_map(|node| {
                 let name = node
@@ -804,8 +801,8 @@ impl SwarmRuntime {
 struct View {
     /// Services seen in the previous read (id -> name).
     known: HashMap<String, String>,
-    /// Services whose exit was reported.
-    reported: HashSet<String>,
+    /// Services whose exit was reported, and when.
+    reported: HashMap<String, Instant>,
 }
 
 impl View {
@@ -815,10 +812,11 @@ impl View {
         services: &HashMap<String, String>,
         tasks: &HashMap<String, Vec<Task>>,
         down: &HashMap<String, String>,
+        now: Instant,
     ) -> Vec<RuntimeEvent> {
         let mut events = Vec::new();
         for (id, name) in &self.known {
-            if !services.contains_key(id) && !self.reported.contains(id) {
+            if !services.contains_key(id) && !self.reported.contains_key(id) {
                 events.push(RuntimeEvent::Exited {
                     id: id.clone(),
                     reason: format!("service {name} removed"),
@@ -827,12 +825,16 @@ impl View {
             }
         }
         for id in services.keys() {
-            if self.reported.contains(id) {
+            if self
+                .reported
+                .get(id)
+                .is_some_and(|at| now.saturating_duration_since(*at) < REPORT_AGAIN)
+            {
                 continue;
             }
             let tasks = tasks.get(id).map(Vec::as_slice).unwrap_or_default();
             if let Some((reason, code)) = exit_of(tasks, down) {
-                self.reported.insert(id.clone());
+                self.reported.insert(id.clone(), now);
                 events.push(RuntimeEvent::Exited {
                     id: id.clone(),
                     reason,
@@ -840,7 +842,7 @@ impl View {
                 });
             }
         }
-        self.reported.retain(|id| services.contains_key(id));
+        self.reported.retain(|id, _| services.contains_key(id));
         self.known = services.clone();
         events
     }

@@ -139,18 +139,28 @@ fn exits_come_from_failed_tasks_lost_nodes_replacements_and_removals() {
             .map(|RuntimeEvent::Exited { id, .. }| id)
             .collect()
     };
+    let t0 = Instant::now();
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
     assert_eq!(
-        ids(view.update(&services, &tasks, &HashMap::new())),
+        ids(view.update(&services, &tasks, &HashMap::new(), at(0))),
         Vec::<String>::new()
     );
-    assert_eq!(ids(view.update(&services, &tasks, &down)), vec!["s2"]);
     assert_eq!(
-        ids(view.update(&services, &tasks, &down)),
+        ids(view.update(&services, &tasks, &down, at(1))),
+        vec!["s2"]
+    );
+    assert_eq!(
+        ids(view.update(&services, &tasks, &down, at(2))),
         Vec::<String>::new()
+    );
+    // Still there later: reported again (an agent that took the lead meanwhile hears it).
+    assert_eq!(
+        ids(view.update(&services, &tasks, &down, at(7))),
+        vec!["s2"]
     );
     // s2 removed by the agent after its exit: not reported again; s1 removed by someone else.
     assert_eq!(
-        ids(view.update(&HashMap::new(), &HashMap::new(), &down)),
+        ids(view.update(&HashMap::new(), &HashMap::new(), &down, at(8))),
         vec!["s1"]
     );
 }
