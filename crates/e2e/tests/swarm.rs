@@ -441,12 +441,7 @@ impl Deployed {
     fn ws_urls(&self) -> Vec<String> {
         self.agents()
             .into_iter()
-            .map(|(_, http)| {
-                format!(
-                    "{}/ws",
-                    http.replace("http://", "ws://").replace(":9000", ":9001")
-                )
-            })
+            .map(|(_, http)| ws_url(&http))
             .collect()
     }
 
@@ -517,6 +512,14 @@ impl Deployed {
     fn balancer(node_index: usize) -> String {
         format!("http://10.231.0.1{}:8000", node_index + 1)
     }
+}
+
+/// An agent's queue WebSocket from its HTTP base URL.
+fn ws_url(http: &str) -> String {
+    format!(
+        "{}/ws",
+        http.replace("http://", "ws://").replace(":9000", ":9001")
+    )
 }
 
 fn is_root() -> bool {
@@ -763,6 +766,15 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
             .expect("kill")
             .success()
     );
+    // Follow the queue through the agents of the live nodes: the one on the lost node lives
+    // on without its engine (and its DNS), so it may no longer hear the leader.
+    let live: Vec<String> = stack
+        .agents()
+        .into_iter()
+        .filter(|(node, _)| *node != victim)
+        .map(|(_, http)| ws_url(&http))
+        .collect();
+    let queue = QueueRecorder::following(&live).await;
     let replaced = queue
         .wait_until(
             "a replacement worker serving",
