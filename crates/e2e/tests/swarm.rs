@@ -470,7 +470,8 @@ impl Deployed {
         .await
     }
 
-    /// The nodes of the running worker tasks, by worker service name (the managers' view).
+    /// The nodes of the running worker tasks, by worker service id (the managers' view; a
+    /// replacement may get the name of the worker it replaces).
     fn worker_nodes(&self, manager: &str) -> BTreeMap<String, String> {
         let Some(names) = self.lab.try_on(
             manager,
@@ -480,7 +481,7 @@ impl Deployed {
                 "--filter",
                 "label=application=rustybalancer",
                 "--format",
-                "{{.Name}}",
+                "{{.ID}}",
             ],
         ) else {
             return BTreeMap::new();
