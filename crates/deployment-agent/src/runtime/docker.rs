@@ -101,7 +101,7 @@ impl DockerRuntime {
         self.docker.clone()
     }
 
-    fn label_filters(&self) -> HashMap<String, Vec<String>> {
+    pub(super) fn label_filters(&self) -> HashMap<String, Vec<String>> {
         let s = &self.settings;
         HashMap::from([(
             "label".to_owned(),

@@ -349,15 +349,9 @@ impl SwarmRuntime {
         }
     }
 
+    /// The labels every worker carries, as engine filters (the same on every node).
     fn label_filters(&self) -> HashMap<String, Vec<String>> {
-        let s = &self.settings;
-        HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("application={}", s.app),
-                format!("managed-by={}", s.agent_name),
-            ],
-        )])
+        self.local.label_filters()
     }
 
     async fn services(&self) -> Result<Vec<Service>, RuntimeError> {
