@@ -18,6 +18,7 @@ use crate::{
     metrics::{CategoryLabel, KindLabel, Metrics},
     probe::Prober,
     publish::{Pacer, Published},
+    relay::Freshness,
     runtime::{Runtime, now_ms},
     state::{BalancerReport, Event, MemberStatus, PoolStatus, Settings, World},
     store::{ConfigOverrides, EventKind, ScalingEvent, Store},
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     shutdown: common::CancellationToken,
     /// WS_MAX_SUBSCRIBERS places, one per connected WebSocket subscriber.
     subscriber_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether a follower's copy of the leader's queue is fresh (see `relay`).
+    relayed: Freshness,
 }
 
 /// Who leads, as `/status` shows it.
@@ -102,6 +105,7 @@ impl Agent {
         let pacer = Pacer::new(config.publish_interval);
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let config_subscribers = config.ws_max_subscribers;
+        let relayed = Freshness::new(config.leader_lease);
         let mut world = World::new(Settings::from_config(&config));
         world.set_leading(elector.acting_epoch().is_some());
         Self {
@@ -123,6 +127,7 @@ impl Agent {
                 subscriber_slots: Arc::new(tokio::sync::Semaphore::new(
                     config_subscribers.min(tokio::sync::Semaphore::MAX_PERMITS),
                 )),
+                relayed,
             }),
         }
     }
@@ -445,6 +450,18 @@ impl Agent {
             .ok()
     }
 
+    /// Whether this follower's copy of the leader's queue is fresh; its queue subscribers
+    /// are closed and new ones refused while it is stale.
+    pub(crate) fn relay_freshness(&self) -> &Freshness {
+        &self.shared.relayed
+    }
+
+    /// Whether this agent's queue is a stale copy: it follows and has not heard the leader's
+    /// queue for a while. A leader's own queue never is.
+    pub fn queue_stale(&self) -> bool {
+        self.shared.relayed.is_stale() && !self.is_leading()
+    }
+
     /// Cancelled when the agent shuts down.
     pub fn shutdown_token(&self) -> common::CancellationToken {
         self.shared.shutdown.clone()
@@ -564,5 +581,6 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::CrashLoop => "crash_loop",
         EventKind::ProbeError => "probe_error",
         EventKind::LeaderElected => "leader_elected",
+        EventKind::LeaderStepDown => "leader_step_down",
     }
 }

@@ -120,10 +120,26 @@ impl DeploymentAgent for AgentService {
         &self,
         _: Request<pb::WatchQueueRequest>,
     ) -> Result<Response<QueueStream>, Status> {
+        let freshness = self.agent.relay_freshness();
+        if self.agent.queue_stale() {
+            return Err(Status::unavailable(format!(
+                "this agent follows and has not heard the leader's queue for over {:?}; use another agent",
+                freshness.stale_after()
+            )));
+        }
         let shutdown = self.agent.shutdown_token();
+        let mut stale = freshness.subscribe();
+        // Ends on shutdown, or when this follower loses the leader's queue (the balancer
+        // then follows another agent).
+        let ended = async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                true = crate::relay::turns_stale(&mut stale) => {}
+            }
+        };
         let stream = tokio_stream::wrappers::WatchStream::new(self.agent.subscribe())
             .map(|current| Ok(snapshot(&current)))
-            .take_until(async move { shutdown.cancelled().await });
+            .take_until(ended);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
 
-use crate::{agent::Agent, config::Access};
+use crate::{agent::Agent, config::Access, store::EventKind};
 
 /// Largest body a mutating call accepts.
 const MAX_BODY: usize = 16 * 1024;
@@ -41,6 +41,7 @@ pub fn router(agent: Agent) -> Router {
         .route("/metrics", get(metrics))
         .route("/scale", post(scale))
         .route("/containers/{id}/drain", post(drain))
+        .route("/leadership/step-down", post(step_down))
         .route("/ws", get(crate::ws::upgrade))
         .route("/ws/events", get(crate::ws::upgrade_events))
         .merge(crate::dashboard::routes(agent.config().dashboard))
@@ -414,6 +415,74 @@ async fn scale(State(agent): State<Agent>, body: Bytes) -> Response {
             "replicas": target.unwrap_or(bounds.desired_replicas),
             "min_replicas": bounds.min_replicas,
             "max_replicas": bounds.max_replicas,
+        })),
+    )
+        .into_response()
+}
+
+/// Longest hold a step-down may ask for.
+const MAX_HOLD_SECONDS: u64 = 300;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDownBody {
+    /// How long the leader stays out of the election (default: three leases).
+    hold_seconds: Option<u64>,
+}
+
+/// Hands the lead to another agent (maintenance of the leader's host): the leader releases
+/// the lease and does not campaign for the hold. A follower forwards it to the leader.
+async fn step_down(State(agent): State<Agent>, body: Bytes) -> Response {
+    let body: StepDownBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StepDownBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(body) => body,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{}} or {{\"hold_seconds\": n}}: {err}"),
+                );
+            }
+        }
+    };
+    let hold = match body.hold_seconds {
+        Some(seconds) if seconds == 0 || seconds > MAX_HOLD_SECONDS => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("hold_seconds must be 1 to {MAX_HOLD_SECONDS}, got {seconds}"),
+            );
+        }
+        Some(seconds) => std::time::Duration::from_secs(seconds),
+        None => agent.config().leader_lease * 3,
+    };
+    let elector = &agent.shared().elector;
+    if elector.is_solo() {
+        return error(
+            StatusCode::CONFLICT,
+            "this agent leads alone (AGENT_REPLICAS=1): there is no other agent to lead",
+        );
+    }
+    if !elector.step_down(hold) {
+        return error(
+            StatusCode::CONFLICT,
+            "this agent does not lead any more; ask again",
+        );
+    }
+    agent.event(
+        EventKind::LeaderStepDown,
+        None,
+        format!(
+            "{} steps down as asked; not campaigning for {hold:?}",
+            agent.id()
+        ),
+    );
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "agent_id": agent.id(),
+            "stepping_down": true,
+            "hold_ms": hold.as_millis() as u64,
         })),
     )
         .into_response()

@@ -230,6 +230,8 @@ struct Shared {
     /// Whether this agent may lead now ([`LeaseConfig::candidate`], then
     /// [`Elector::set_candidate`]).
     candidate: std::sync::atomic::AtomicBool,
+    /// Set by [`Elector::step_down`]: this agent does not campaign before this instant.
+    hold_off: Mutex<Option<Instant>>,
     /// Cancelled once the task has ended (and released the lease).
     stopped: CancellationToken,
     /// Test hook: while set, the task makes no call at all, as if its process were frozen.
@@ -272,6 +274,7 @@ impl Elector {
             state: Mutex::new(State::default()),
             leader_changes: AtomicU64::new(0),
             candidate: std::sync::atomic::AtomicBool::new(config.candidate),
+            hold_off: Mutex::new(None),
             stopped: CancellationToken::new(),
             #[cfg(test)]
             frozen: std::sync::atomic::AtomicBool::new(false),
@@ -330,6 +333,7 @@ impl Elector {
             }),
             leader_changes: AtomicU64::new(1),
             candidate: std::sync::atomic::AtomicBool::new(true),
+            hold_off: Mutex::new(None),
             stopped,
             #[cfg(test)]
             frozen: std::sync::atomic::AtomicBool::new(false),
@@ -350,6 +354,25 @@ impl Elector {
                 warn!("this agent may not lead now; it steps down if it leads");
             }
         }
+    }
+
+    /// Hands the lead over: a leader releases the lease at its next round (within a third
+    /// of the lease), and this agent does not campaign for `hold`, so that another one
+    /// leads. Returns false, changing nothing, unless it leads in an election.
+    pub fn step_down(&self, hold: Duration) -> bool {
+        if self.is_solo() || !self.shared.is_acting() {
+            return false;
+        }
+        *self
+            .shared
+            .hold_off
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
+        info!(
+            ?hold,
+            "stepping down as asked; not campaigning for the hold"
+        );
+        true
     }
 
     pub fn agent_id(&self) -> &str {
@@ -526,6 +549,17 @@ impl Shared {
         self.lock().acting.is_some()
     }
 
+    /// Whether this agent may hold the lease now: a candidate not holding off after a step
+    /// down.
+    fn may_lead(&self) -> bool {
+        let held_off = self
+            .hold_off
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until);
+        self.candidate.load(Ordering::Relaxed) && !held_off
+    }
+
     #[cfg(test)]
     fn frozen(&self) -> bool {
         self.frozen.load(Ordering::SeqCst)
@@ -680,7 +714,7 @@ impl Task {
                 return;
             }
         };
-        if !self.shared.candidate.load(Ordering::Relaxed) && self.held.is_some() {
+        if !self.shared.may_lead() && self.held.is_some() {
             self.resign(&mut conn).await;
         }
         let mut heartbeat_conn = conn.clone();
@@ -754,8 +788,8 @@ impl Task {
                     Err(err) => Outcome::Failed(err),
                 }
             }
-            (None, _) if !self.shared.candidate.load(Ordering::Relaxed) => {
-                // Never leads: only reads who does.
+            (None, _) if !self.shared.may_lead() => {
+                // May not lead now: only reads who does.
                 let read: Result<(Option<String>, Option<String>), _> = self
                     .timed(
                         redis::cmd("MGET")

@@ -80,6 +80,8 @@ pub enum EventKind {
     ProbeError,
     /// This agent became the leader (took the lease with a new epoch).
     LeaderElected,
+    /// The leader was asked to hand the lead over (`POST /leadership/step-down`).
+    LeaderStepDown,
 }
 
 /// One scoring sample of a container.

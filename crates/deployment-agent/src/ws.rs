@@ -16,7 +16,7 @@ use axum::{
     Json,
     extract::{
         State,
-        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code},
     },
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -69,7 +69,26 @@ fn full(agent: &Agent) -> Response {
     response
 }
 
+/// The answer of a follower whose copy of the leader's queue is stale (see `relay`).
+fn stale(agent: &Agent) -> Response {
+    let after = agent.relay_freshness().stale_after();
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody::new(format!(
+            "this agent follows and has not heard the leader's queue for over {after:?}; use another agent"
+        ))),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 pub async fn upgrade(State(agent): State<Agent>, upgrade: WebSocketUpgrade) -> Response {
+    if agent.queue_stale() {
+        return stale(&agent);
+    }
     let Some(slot) = agent.subscriber_slot() else {
         return full(&agent);
     };
@@ -81,6 +100,7 @@ pub async fn upgrade(State(agent): State<Agent>, upgrade: WebSocketUpgrade) -> R
 
 async fn subscriber(agent: Agent, mut socket: WebSocket) {
     let mut queue = agent.subscribe();
+    let mut stale = agent.relay_freshness().subscribe();
     let shutdown = agent.shutdown_token();
     let timeout = agent.config().ws_send_timeout;
     // The Arc, not the text, under the channel's lock: serializing there would hold the
@@ -98,6 +118,15 @@ async fn subscriber(agent: Agent, mut socket: WebSocket) {
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = send_within(&mut socket, Message::Close(None), timeout).await;
+                break;
+            }
+            true = crate::relay::turns_stale(&mut stale) => {
+                // A follower that lost the leader: the subscriber goes to another agent.
+                let close = CloseFrame {
+                    code: close_code::AGAIN,
+                    reason: "this agent has lost the leader's queue; use another agent".into(),
+                };
+                let _ = send_within(&mut socket, Message::Close(Some(close)), timeout).await;
                 break;
             }
             changed = queue.changed() => {

@@ -326,6 +326,41 @@ struct OnPurpose;
 /// Removes the images on drop (`up` builds them on the host engine).
 struct RemoveImages(Vec<String>);
 
+impl Drop for Deployed {
+    /// On failure, the agents' last words, before the lab goes down.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for node in NODES {
+            let Some(ids) = self.lab.try_on(
+                node,
+                &[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    "name=rustybalancer_deployment-agent",
+                ],
+            ) else {
+                continue;
+            };
+            for id in ids.split_whitespace() {
+                let host = format!("unix:///run/rblab/sockets/{node}.sock");
+                let output = Command::new("docker")
+                    .args(["-H", &host, "logs", "--tail", "60", id])
+                    .output();
+                if let Ok(output) = output {
+                    eprintln!(
+                        "--- agent on {node} ({id}), last lines:\n{}{}",
+                        String::from_utf8_lossy(&output.stdout),
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Drop for RemoveImages {
     fn drop(&mut self) {
         let _ = Command::new("docker")
@@ -443,6 +478,37 @@ impl Deployed {
             .into_iter()
             .map(|(_, http)| ws_url(&http))
             .collect()
+    }
+
+    /// Waits until every agent answers `/status` and names `leader` (a hung agent fails it).
+    async fn agree_on_leader(&self, leader: &str) {
+        let agents = self.agents();
+        assert_eq!(agents.len(), NODES.len(), "agents: {agents:?}");
+        common::testing::eventually(
+            &format!("every agent answers and names {leader} the leader"),
+            Duration::from_secs(30),
+            || {
+                let agents = agents.clone();
+                let client = self.client.clone();
+                async move {
+                    for (_, http) in agents {
+                        let status: serde_json::Value = client
+                            .get(format!("{http}/status"))
+                            .send()
+                            .await
+                            .ok()?
+                            .json()
+                            .await
+                            .ok()?;
+                        if status["leadership"]["leader"]["id"] != leader {
+                            return None;
+                        }
+                    }
+                    Some(())
+                }
+            },
+        )
+        .await;
     }
 
     /// The node whose agent leads, asked of every agent that answers.
@@ -669,6 +735,55 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
         async move { (left == 1).then_some(()) }
     })
     .await;
+
+    // Only an agent on a manager leads: the leader's node demoted to a worker, its agent
+    // steps down and one on a manager leads; promoted again, it is a candidate again. The
+    // queue goes on through every agent, the demoted one's included.
+    let demoted = stack.leader(None).await;
+    let manager = NODES
+        .iter()
+        .find(|node| **node != demoted)
+        .copied()
+        .expect("another manager");
+    let before_demotion = queue.latest().expect("a snapshot").position();
+    stack.lab.on(manager, &["node", "demote", &demoted]);
+    let next = stack.leader(Some(&demoted)).await;
+    eprintln!("{demoted} demoted to a swarm worker: {next} leads");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        stack.leader(None).await,
+        next,
+        "the agent on the demoted node {demoted} leads again"
+    );
+    stack.lab.on(manager, &["node", "promote", &demoted]);
+    common::testing::eventually("three managers again", Duration::from_secs(60), || {
+        let reachable = stack
+            .lab
+            .try_on(manager, &["node", "ls", "--format", "{{.ManagerStatus}}"])
+            .unwrap_or_default();
+        async move {
+            let managers = reachable
+                .lines()
+                .filter(|status| matches!(status.trim(), "Leader" | "Reachable"))
+                .count();
+            (managers == NODES.len()).then_some(())
+        }
+    })
+    .await;
+    stack.agree_on_leader(&next).await;
+    let mut relays = Vec::new();
+    for url in stack.ws_urls() {
+        relays.push(QueueRecorder::start(&url).await);
+    }
+    for relay in &relays {
+        relay
+            .wait_until(
+                "every agent's queue from the new leader",
+                Duration::from_secs(30),
+                |s| s.position() > before_demotion && serving(s).len() == 1,
+            )
+            .await;
+    }
 
     // 2. A node's daemon killed under a steady load of GETs: nothing fails, its workers are
     // replaced on the other nodes and their services removed.

@@ -133,7 +133,11 @@ async fn follow(agent: &Agent) {
             .world()
             .follow(&desired.containers, desired.overrides, Instant::now());
     }
-    // The leader's events, for this agent's event log and dashboard.
+    take_leaders_events(agent).await;
+}
+
+/// The leader's events this agent has not taken yet, for its event log and dashboard.
+async fn take_leaders_events(agent: &Agent) {
     if let Some(events) = agent.store().take_new_events(FOLLOWED_EVENTS).await {
         for event in events {
             agent.broadcast(event);
@@ -148,6 +152,8 @@ async fn role_changed(agent: &Agent, role: Role) {
     match role {
         Role::Leader { epoch, .. } => {
             tracing::info!(agent = agent.id(), epoch, "leading");
+            // The last events of the previous leader (a step-down, say) before its own.
+            take_leaders_events(agent).await;
             reconcile::reconcile(agent).await;
             let desired = agent
                 .store()

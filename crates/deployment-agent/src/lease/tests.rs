@@ -489,3 +489,38 @@ async fn a_leader_that_may_no_longer_lead_steps_down_and_another_takes_over() {
     eventually("a leads again", lease, || first.leads()).await;
     first.stop().await;
 }
+
+#[tokio::test]
+async fn a_leader_asked_to_step_down_hands_over_and_holds_off() {
+    let server = RedisServer::start();
+    let prefix = unique_prefix("step-down");
+    let first = Agent::start(&server, &prefix, "a");
+    eventually("a leads", SOON, || first.leads()).await;
+    let second = Agent::start(&server, &prefix, "b");
+    assert!(
+        !second.elector.step_down(Duration::from_secs(1)),
+        "a follower stepped down"
+    );
+
+    let hold = Duration::from_secs(3);
+    assert!(first.elector.step_down(hold));
+    let asked = StdInstant::now();
+    eventually("b leads", SOON, || second.leads()).await;
+    assert!(!first.leads());
+    eventually("a follows b", SOON, || {
+        first
+            .elector
+            .leader()
+            .is_some_and(|leader| leader.id == "b")
+    })
+    .await;
+    // b gone within the hold: a does not campaign until the hold has passed.
+    second.stop().await;
+    eventually("a leads again", hold * 2, || first.leads()).await;
+    assert!(
+        asked.elapsed() >= hold,
+        "a led again {:?} after stepping down, within its hold of {hold:?}",
+        asked.elapsed()
+    );
+    first.stop().await;
+}

@@ -1099,8 +1099,9 @@ impl World {
     ) -> Effects {
         self.follow(registry, overrides, now);
         self.leading = true;
-        // Publish this agent's own view at once, under its epoch.
+        // Publish this agent's own view at once, under its epoch, even an empty one.
         self.published.clear();
+        self.republish = true;
         let start = self.overrides.default_containers.unwrap_or(start);
         self.requested = Some(start.max(self.active_count()));
         let mut effects = Effects {

@@ -194,6 +194,9 @@ pub struct World {
     taken_names: BTreeSet<String>,
     /// The items last published, to publish only on change.
     published: Vec<QueueItem>,
+    /// The next publication goes out even if the items did not change (a new leader
+    /// publishes under its epoch, an empty pool included).
+    republish: bool,
     seq: u64,
     /// This agent leads (always, without leader election).
     leading: bool,
@@ -478,6 +481,7 @@ impl World {
             early_exits: std::collections::VecDeque::new(),
             taken_names: BTreeSet::new(),
             published: Vec::new(),
+            republish: false,
             seq: 0,
             leading: true,
         }
@@ -575,7 +579,8 @@ impl World {
             .values()
             .filter(|member| member.phase != Phase::Stopping)
             .count();
-        listed != self.published.len()
+        self.republish
+            || listed != self.published.len()
             || self.published.iter().any(|item| {
                 self.members.get(&item.id).is_none_or(|member| {
                     member.phase == Phase::Stopping
@@ -588,9 +593,10 @@ impl World {
     /// The queue to publish when it changed since the last one: `(seq, items)`.
     pub fn next_publication(&mut self, now: Instant) -> Option<(u64, Vec<QueueItem>)> {
         let items = self.queue_items(now);
-        if items == self.published {
+        if items == self.published && !self.republish {
             return None;
         }
+        self.republish = false;
         self.seq += 1;
         self.published = items.clone();
         Some((self.seq, items))

@@ -454,3 +454,18 @@ fn the_balancers_listed_are_those_with_a_fresh_report() {
     );
     assert_eq!(world.reporting_balancers(now).len(), 3);
 }
+
+#[test]
+fn a_new_leader_publishes_at_once_even_an_empty_pool() {
+    let now = Instant::now();
+    let mut world = world();
+    assert_eq!(world.next_publication(now), None, "nothing to publish yet");
+    let effects = world.take_over(&[], ConfigOverrides::default(), 0, "leads".into(), now);
+    assert!(effects.publish);
+    assert!(
+        world.routing_changed(),
+        "a takeover's publication waits for no pace"
+    );
+    assert_eq!(world.next_publication(now), Some((1, Vec::new())));
+    assert_eq!(world.next_publication(now), None, "then only on change");
+}

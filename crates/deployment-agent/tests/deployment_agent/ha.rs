@@ -8,7 +8,13 @@
 //! - both agents restarted one after the other under load through the balancer: no failed
 //!   request, the desired count and the bounds kept;
 //! - `POST /scale` on the follower gets the leader's answer (status and body), marked
-//!   `X-Forwarded-To-Leader`.
+//!   `X-Forwarded-To-Leader`;
+//! - the leader asked to step down (through the follower) hands over; its own queue
+//!   subscribers, on the same connection, get the new leader's snapshots as it scales, and it
+//!   does not lead again during its hold;
+//! - an agent whose leader's queue it cannot reach (a leader in Redis at a silent address)
+//!   closes its queue subscribers (`/ws` with 1013, `WatchQueue` ended) and refuses new ones
+//!   (503, `UNAVAILABLE`), and takes them again once it leads.
 //!
 //! Each test removes the agents, the balancer, Redis and every container it made (labelled
 //! with its own application), also when it fails: [`Cluster`] holds them in drop order.
@@ -666,4 +672,338 @@ async fn post_scale_on_the_follower_answers_as_on_the_leader() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Every queue snapshot one WebSocket connection received, and how it ended.
+struct Subscriber {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<common::queue::QueueSnapshot>>>,
+    closed: tokio::sync::watch::Receiver<Option<u16>>,
+    _task: AbortOnDrop,
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Subscriber {
+    async fn connect(url: &str) -> Self {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let (socket, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("WebSocket connect timed out")
+        .unwrap_or_else(|err| panic!("WebSocket connect to {url}: {err}"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (closing, closed) = tokio::sync::watch::channel(None);
+        let sink = seen.clone();
+        let task = tokio::spawn(async move {
+            let (_, mut read) = socket.split();
+            while let Some(Ok(message)) = read.next().await {
+                match message {
+                    Message::Text(text) => sink
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_str(&text).expect("a snapshot")),
+                    Message::Close(frame) => {
+                        let code = frame.map_or(1005, |frame| u16::from(frame.code));
+                        closing.send_replace(Some(code));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            closing.send_replace(Some(1006));
+        });
+        Self {
+            seen,
+            closed,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    fn latest(&self) -> Option<common::queue::QueueSnapshot> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+
+    fn closed(&self) -> Option<u16> {
+        *self.closed.borrow()
+    }
+}
+
+fn ws_url(agent: &AgentProcess) -> String {
+    format!("ws://{}/ws", agent.ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_asked_to_step_down_hands_over_and_relays_its_successors_queue() {
+    let cluster = Cluster::start(&[("DEFAULT_CONTAINER", "1")]).await;
+    let (old, new, epoch) = cluster.leader(Duration::from_secs(30)).await;
+    cluster.wait_for_workers(old, 1).await;
+    let on_old = Subscriber::connect(&ws_url(&cluster.agents[old])).await;
+    let on_new = Subscriber::connect(&ws_url(&cluster.agents[new])).await;
+
+    // Bad asks change nothing.
+    let step_down = |agent: usize, body: Value, token: bool| {
+        let mut request = cluster
+            .client
+            .post(cluster.agents[agent].url("/leadership/step-down"))
+            .json(&body);
+        if token {
+            request = request.bearer_auth(TOKEN);
+        }
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            let forwarded = answer
+                .headers()
+                .get("x-forwarded-to-leader")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            (status, answer.json::<Value>().await.unwrap(), forwarded)
+        }
+    };
+    let (status, _, _) = step_down(new, json!({}), false).await;
+    assert_eq!(status, 401, "a step-down without the token");
+    let (status, body, _) = step_down(old, json!({"hold_seconds": 0}), true).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("hold_seconds"),
+        "{body}"
+    );
+    let (status, body, _) = step_down(old, json!({"hold": 3}), true).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        cluster.leader(Duration::from_secs(5)).await,
+        (old, new, epoch)
+    );
+
+    // Asked through the follower: the leader steps down and the follower leads.
+    let asked = Instant::now();
+    let asked_ms = now_ms();
+    let (status, body, forwarded) = step_down(new, json!({"hold_seconds": 30}), true).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(forwarded.as_deref(), Some(IDS[old]), "{body}");
+    assert_eq!(body["agent_id"], IDS[old], "{body}");
+    let (handed_over, new_epoch) = cluster.leads_above(new, epoch, asked).await;
+    println!(
+        "{} stepped down; {} leads with epoch {new_epoch} after {} ms",
+        IDS[old],
+        IDS[new],
+        handed_over.as_millis()
+    );
+    assert_eq!(
+        cluster.leader(Duration::from_secs(10)).await,
+        (new, old, new_epoch)
+    );
+
+    // The new leader scales; the old leader's subscriber, on the same connection, follows.
+    let (status, body, forwarded) = cluster.scale(old, &json!({"replicas": 2}), true).await;
+    assert_eq!(status, 202, "POST /scale through the old leader: {body}");
+    assert_eq!(forwarded.as_deref(), Some(IDS[new]));
+    let two = cluster.wait_for_workers(new, 2).await;
+    for (name, subscriber) in [("old leader", &on_old), ("new leader", &on_new)] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let latest = subscriber.latest();
+            let serving: BTreeSet<String> = latest
+                .iter()
+                .flat_map(|snapshot| snapshot.items.iter())
+                .filter(|item| item.utilization_category.accepts_new_requests())
+                .map(|item| item.id.clone())
+                .collect();
+            if latest.as_ref().is_some_and(|s| s.epoch == new_epoch) && serving == two {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {name}'s subscriber never got the new leader's queue with {two:?}; closed: {:?}, latest: {latest:#?}",
+                subscriber.closed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            subscriber.closed(),
+            None,
+            "the {name}'s subscriber was closed"
+        );
+    }
+    // What the old leader relays is exactly the new leader's queue.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (relayed, own) = (on_old.latest(), on_new.latest());
+        if relayed.is_some() && relayed == own {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old leader relays {relayed:#?} while the new one publishes {own:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The log says who stepped down and who took over.
+    let kinds: Vec<String> = cluster
+        .events_since(new, asked_ms)
+        .await
+        .into_iter()
+        .map(|(_, kind, _)| kind)
+        .collect();
+    let position = |kind: &str| kinds.iter().position(|k| k == kind);
+    assert!(
+        position("leader_step_down").is_some()
+            && position("leader_step_down") < position("leader_elected"),
+        "events since the step-down: {kinds:?}"
+    );
+
+    // Within its hold it does not lead again, even with the new leader gone.
+    let mut cluster = cluster;
+    cluster.agents[new].stop(Duration::from_secs(5)).await;
+    tokio::time::sleep(LEASE * 4).await;
+    let status = cluster
+        .leadership(old)
+        .await
+        .expect("the old leader answers");
+    assert_eq!(
+        status.role, "follower",
+        "it led again within its hold: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_that_cannot_hear_its_leader_sends_its_subscribers_elsewhere_until_it_leads() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start();
+    let app = format!("rbghost{}", std::process::id());
+    let prefix = format!("rustybalancer:{app}");
+    // A leader that holds the lease in Redis but whose queue is a silent socket.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let ghost = json!({
+        "id": "ghost",
+        "epoch": 7,
+        "since_ms": now_ms(),
+        "http_url": format!("http://{silent_addr}"),
+        "ws_url": format!("ws://{silent_addr}/ws"),
+        "grpc_url": format!("http://{silent_addr}"),
+    });
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let leader_key = format!("{prefix}:leader");
+    let _: () = conn.set_ex(&leader_key, "ghost/7", 120).await.unwrap();
+    let _: () = conn.set(format!("{prefix}:leader:epoch"), 7).await.unwrap();
+    let _: () = conn
+        .set(format!("{prefix}:leader:info"), ghost.to_string())
+        .await
+        .unwrap();
+
+    let lease = format!("{}ms", LEASE.as_millis());
+    let agent = AgentProcess::start(&[
+        ("APP_IDENTIFIER", &app),
+        ("REDIS_URL", &redis.url),
+        ("AGENT_REPLICAS", "2"),
+        ("AGENT_ID", "cut-off"),
+        ("LEADER_LEASE", &lease),
+        ("AGENT_ADVERTISE_HOST", "127.0.0.1"),
+        ("AGENT_TOKEN", TOKEN),
+        ("WS_PING_PERIOD", "1s"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let status: Value = client
+        .get(agent.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["leadership"]["leader"]["id"], "ghost", "{status}");
+    assert_eq!(status["leadership"]["role"], "follower", "{status}");
+
+    // A subscriber taken while it still hopes to reach the leader, on both protocols.
+    let on_ws = Subscriber::connect(&ws_url(&agent)).await;
+    let mut grpc = proto::v1::deployment_agent_client::DeploymentAgentClient::connect(format!(
+        "http://{}",
+        agent.grpc
+    ))
+    .await
+    .unwrap();
+    let mut watch = grpc
+        .watch_queue(proto::v1::WatchQueueRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    // Stale after max(2 x lease, 5 s): the subscribers are sent away.
+    let mut closed = on_ws.closed.clone();
+    tokio::time::timeout(Duration::from_secs(15), closed.wait_for(Option::is_some))
+        .await
+        .expect("the WebSocket subscriber was not closed")
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(on_ws.closed(), Some(1013), "close code (try again later)");
+    assert!(
+        waited >= Duration::from_secs(4),
+        "closed after {waited:?}, before the leader could have been missed"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(item) = watch.message().await.transpose() {
+            item.expect("a snapshot");
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "WatchQueue did not end when the queue went stale"
+    );
+    // New subscribers are refused, with a reason.
+    let refused = client
+        .get(format!("http://{}/ws", agent.ws))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("leader's queue"),
+        "{body}"
+    );
+    let refused = grpc
+        .watch_queue(proto::v1::WatchQueueRequest::default())
+        .await
+        .expect_err("WatchQueue on a stale follower");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+
+    // The ghost's lease gone, the agent leads: its queue is its own, subscribers welcome.
+    let _: () = conn.del(&leader_key).await.unwrap();
+    common::testing::eventually("the agent leads", Duration::from_secs(10), || {
+        let request = client.get(agent.url("/status")).send();
+        async move {
+            let status: Value = request.await.ok()?.json().await.ok()?;
+            (status["leadership"]["role"] == "leader").then_some(())
+        }
+    })
+    .await;
+    let again = Subscriber::connect(&ws_url(&agent)).await;
+    common::testing::eventually("a snapshot of epoch 8", Duration::from_secs(10), || {
+        let latest = again.latest();
+        async move { latest.filter(|s| s.epoch == 8).map(|_| ()) }
+    })
+    .await;
+    drop(silent);
 }
