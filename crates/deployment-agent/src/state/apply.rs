@@ -412,6 +412,16 @@ impl World {
     /// Brings the world in line with the engine: adopts labelled containers it does not know,
     /// forgets members that are gone, removes exited leftovers and stale registry entries
     /// (`registry`: what the store holds), and refills the warm pool.
+    /// Whether the worker named `name` is being launched or prepared as a standby (its
+    /// launch has not returned yet).
+    fn launch_under_way(&self, name: &str) -> bool {
+        self.launching
+            .iter()
+            .map(|launch| &launch.spec)
+            .chain(&self.preparing)
+            .any(|spec| spec.name == name)
+    }
+
     pub fn reconcile(
         &mut self,
         listing: Listing,
@@ -439,13 +449,7 @@ impl World {
             if !instance.running || self.members.contains_key(id) {
                 continue;
             }
-            if self
-                .launching
-                .iter()
-                .map(|launch| &launch.spec)
-                .chain(&self.preparing)
-                .any(|spec| spec.name == instance.worker.name)
-            {
+            if self.launch_under_way(&instance.worker.name) {
                 continue; // its launch is still returning
             }
             if instance.paused {
@@ -480,7 +484,13 @@ impl World {
             .collect();
         self.standby
             .retain(|standby| running.contains(&standby.worker.id.as_str()));
-        for instance in listing.instances.iter().filter(|i| !i.running) {
+        // Exited leftovers go; not one whose launch is under way (a Swarm service's task
+        // takes seconds to be scheduled and run).
+        let leftovers = listing
+            .instances
+            .iter()
+            .filter(|i| !i.running && !self.launch_under_way(&i.worker.name));
+        for instance in leftovers {
             effects.actions.push(Action::Remove {
                 id: instance.worker.id.clone(),
                 grace: self.settings.stop_grace,

@@ -469,3 +469,36 @@ fn a_new_leader_publishes_at_once_even_an_empty_pool() {
     assert_eq!(world.next_publication(now), Some((1, Vec::new())));
     assert_eq!(world.next_publication(now), None, "then only on change");
 }
+
+#[test]
+fn reconcile_leaves_a_worker_whose_launch_is_under_way_and_removes_exited_leftovers() {
+    let now = Instant::now();
+    let mut world = world();
+    // A Swarm service created, its task not running yet: its launch has not returned.
+    world.launching.push(Launch {
+        spec: LaunchSpec {
+            name: "app-worker-2".into(),
+            core_id: None,
+            epoch: 1,
+        },
+        cancelled: false,
+    });
+    let not_running = |name: &str| Instance {
+        running: false,
+        ..member(name).instance
+    };
+    let listing = Listing {
+        instances: vec![not_running("app-worker-2"), not_running("app-worker-7")],
+        taken: None,
+    };
+    let effects = world.reconcile(listing, &[], now);
+    let removed: Vec<&str> = effects
+        .actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Remove { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, ["id-app-worker-7"], "{:?}", effects.actions);
+}
