@@ -24,7 +24,7 @@ use crate::{
     backend::{Backend, Backends, Clock, Ejection, Removed},
     body::{InFlight, ResponseBody, Tee},
     cache::{self, Cache, Cached, Lookup},
-    error::ProxyError,
+    error::{Chain, ProxyError},
     headers::{self, IDEMPOTENCY_KEY, X_BACKEND, X_CACHE},
     metrics::{Metrics, RetryReason},
     policy::{Picker, Tried},
@@ -335,7 +335,7 @@ impl Shared {
         let mut tried = Tried::default();
         let mut connect_failures = 0;
         let mut retried = false;
-        let mut last_error = ProxyError::Connect;
+        let mut last_error = ProxyError::Connect(None);
         let mut now = self.clock.nanos(started);
         loop {
             let (picked, others) = {
@@ -409,7 +409,7 @@ impl Shared {
                     Some(outcome) => outcome,
                     None => {
                         retried = true;
-                        last_error = ProxyError::Upstream;
+                        last_error = ProxyError::Upstream(None);
                         now = self.clock.now();
                         self.metrics.retried(RetryReason::Removed);
                         tracing::debug!(backend = %backend.dns_name, "backend left the table while its answer was awaited; retrying on another backend");
@@ -442,17 +442,17 @@ impl Shared {
                                 "backend ejected after consecutive connect failures"
                             );
                         }
-                        tracing::debug!(backend = %backend.dns_name, cause = %err, "connect failed");
-                        last_error = ProxyError::Connect;
+                        tracing::debug!(backend = %backend.dns_name, cause = %Chain(&err), "connect failed");
+                        last_error = ProxyError::Connect(Some(err));
                         connect_failures += 1;
                         if connect_failures < MAX_CONNECT_ATTEMPTS {
                             self.metrics.retried(RetryReason::Connect);
                             continue;
                         }
-                        return Err(ProxyError::Connect.on(&backend));
+                        return Err(last_error.on(&backend));
                     }
-                    tracing::debug!(backend = %backend.dns_name, cause = %err, "request to backend failed");
-                    last_error = ProxyError::Upstream;
+                    tracing::debug!(backend = %backend.dns_name, cause = %Chain(&err), "request to backend failed");
+                    last_error = ProxyError::Upstream(Some(err));
                     if idempotent && body.replayable() && !retried && others {
                         if self.budget.withdraw(now) {
                             retried = true;
@@ -461,7 +461,7 @@ impl Shared {
                         }
                         self.metrics.retries_denied.fetch_add(1, Relaxed);
                     }
-                    return Err(ProxyError::Upstream.on(&backend));
+                    return Err(last_error.on(&backend));
                 }
                 Ok(Ok((response, mut lease))) => {
                     if !body.replayable() {
@@ -489,7 +489,7 @@ impl Shared {
                         if self.budget.withdraw(now) {
                             in_flight.failed();
                             retried = true;
-                            last_error = ProxyError::Upstream;
+                            last_error = ProxyError::Upstream(None);
                             self.metrics.retried(RetryReason::Status);
                             tracing::debug!(backend = %backend.dns_name, status = status.as_u16(), "retrying on another backend");
                             continue;
