@@ -638,6 +638,11 @@ impl BodySource {
         Self::Stream(Arc::new(Slot::new(body, Vec::new(), limit)))
     }
 
+    /// The source, leaving `Empty` in its place.
+    pub fn take(&mut self) -> Self {
+        std::mem::replace(self, Self::Empty)
+    }
+
     /// Whether [`BodySource::buffer`] must run before the next attempt.
     pub fn needs_buffering(&self) -> bool {
         matches!(self, Self::Buffer { .. })
