@@ -1,13 +1,14 @@
 //! Errors of the proxy path, classified as upstream (a backend's fault) or downstream (the
-//! client's), and mapped to a status and `{"error": "..."}` without internals.
+//! client's), and mapped to a status and `{"error": "..."}` without internals. The internals
+//! stay available to logs as the error's `source`.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use bytes::Bytes;
 use common::ErrorBody;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ResponseBody;
+use crate::{body::ResponseBody, upstream::SendError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -29,10 +30,12 @@ pub enum ProxyError {
     BodyTimeout,
     #[error("not found")]
     NotFound,
+    /// The last connect failure, if any.
     #[error("no backend could be reached")]
-    Connect,
+    Connect(#[source] Option<SendError>),
+    /// The backend's failure, if it was one (not a 502/503 answer, nor the backend leaving).
     #[error("the backend failed to answer")]
-    Upstream,
+    Upstream(#[source] Option<SendError>),
     #[error("the backend did not answer within {0:?}")]
     Timeout(Duration),
 }
@@ -47,14 +50,17 @@ impl ProxyError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Connect | Self::Upstream => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// A backend's fault (as opposed to the client's or plain unavailability).
     pub fn is_upstream(&self) -> bool {
-        matches!(self, Self::Connect | Self::Upstream | Self::Timeout(_))
+        matches!(
+            self,
+            Self::Connect(_) | Self::Upstream(_) | Self::Timeout(_)
+        )
     }
 
     /// Whether the client may send the same request again later.
@@ -63,8 +69,8 @@ impl ProxyError {
             self,
             Self::QueueFull
                 | Self::QueueTimeout(_)
-                | Self::Connect
-                | Self::Upstream
+                | Self::Connect(_)
+                | Self::Upstream(_)
                 | Self::Timeout(_)
         )
     }
@@ -102,4 +108,40 @@ pub fn json_response(status: StatusCode, json: &str) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// An error and its sources for a log line: `error: cause: cause`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cause_is_the_source_never_the_answer() {
+        let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+        let error = ProxyError::Connect(Some(SendError::Connect(timed_out)));
+        assert_eq!(error.to_string(), "no backend could be reached");
+        let cause = error.source().expect("the send error");
+        assert_eq!(Chain(cause).to_string(), "connect: connect timed out");
+        assert_eq!(
+            Chain(&error).to_string(),
+            "no backend could be reached: connect: connect timed out"
+        );
+        assert!(ProxyError::Upstream(None).source().is_none());
+    }
 }

@@ -73,7 +73,7 @@ impl Histogram {
 }
 
 /// Why a request was retried.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryReason {
     Connect,
     Reset,

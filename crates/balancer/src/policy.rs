@@ -235,4 +235,4 @@ fn weight(candidate: &Candidate) -> f64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,10 +1,26 @@
 //! The proxy path: one request in, one backend chosen, the request streamed to it and the
 //! answer streamed back; cache, retries, timeouts, admission and WebSocket tunnels around it.
+//!
+//! A request goes through named phases, each a method of `Shared` (in the manner of
+//! Pingora's `ProxyHttp`), so that every front end can share them:
+//! 1. `admit`: refuse what is never forwarded (CONNECT, denied paths, a head or a body over
+//!    the limits, a bad `Content-Length`) and describe the rest (`Admitted`).
+//! 2. `cache_lookup`: a cached answer, or the `Lookup` to carry on with.
+//! 3. `prepare`: the request as the backend sees it (`Upstream`): its body source, its head
+//!    without hop-by-hop headers and with `X-Forwarded-*`, `Host` and an upgrade's headers,
+//!    and the `Origin` its answer needs.
+//! 4. `forward`: the attempts under the request's `RetryPolicy`: `pick` a backend (or wait
+//!    in the admission queue), send within the deadline, `settle` the outcome: an `Answer`,
+//!    a retry, or a failure.
+//! 5. `respond`: the backend's answer on its way back, or a tunnel for an upgrade.
+//!
+//! `handle` runs them for hyper: CORS, the span, a failure turned into an answer, latency.
 
 use std::{
     convert::Infallible,
     future::Future,
     net::IpAddr,
+    ops::ControlFlow,
     pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
     task::Poll,
@@ -12,7 +28,8 @@ use std::{
 };
 
 use http::{
-    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    request::Parts, uri::PathAndQuery,
 };
 use http_body::Body as _;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
@@ -24,23 +41,20 @@ use crate::{
     backend::{Backend, Backends, Clock, Ejection, Removed},
     body::{InFlight, ResponseBody, Tee},
     cache::{self, Cache, Cached, Lookup},
-    error::ProxyError,
+    error::{Chain, ProxyError},
     headers::{self, IDEMPOTENCY_KEY, X_BACKEND, X_CACHE},
-    metrics::{Metrics, RetryReason},
+    metrics::Metrics,
     policy::{Picker, Tried},
-    retry::RetryBudget,
+    retry::{Outcome, RetryBudget, RetryPolicy, Verdict},
     route::{self, DenyPaths, RetryRoutes},
-    timer,
-    upstream::{BodyFault, BodySource, ClientBody, Lease, SendError},
+    timer::{self, Elapsed},
+    upstream::{BodyFault, BodySource, ClientBody, Lease, RequestBody, SendError},
 };
 
 /// Bodies up to this size with a known length are read before sending, so a retry can send
 /// them again; larger ones are streamed. `RETRY_ROUTES` requests use `RETRY_BUFFER_BYTES`
 /// instead, whether their length is known or not.
 const REPLAY_BODY_BYTES: u64 = 64 << 10;
-
-/// Attempts after connect failures, each on another backend.
-const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// The settings of the proxy path.
 #[derive(Debug, Clone)]
@@ -127,6 +141,35 @@ impl ProxyError {
     }
 }
 
+/// What admission (phase 1) found out about a request.
+struct Admitted {
+    /// Its `Content-Length`, if any.
+    declared: Option<u64>,
+    /// The protocol of the upgrade it asks for (WebSocket), if any.
+    upgrade: Option<HeaderValue>,
+    /// Its `Host`, else its target's authority.
+    host: Option<HeaderValue>,
+    path: PathAndQuery,
+    /// Matched by `RETRY_ROUTES`: safe to replay, its body buffered up to
+    /// `RETRY_BUFFER_BYTES`.
+    replay_route: bool,
+}
+
+/// The request as the backend sees it (phase 3), sent once per attempt.
+struct Upstream {
+    method: Method,
+    /// The head: cloned for an attempt that another may follow, taken by the last one.
+    headers: Option<HeaderMap>,
+    body: BodySource,
+    /// Safe to send again: by method, by the client's `Idempotency-Key`, or by the
+    /// operator's `RETRY_ROUTES`.
+    idempotent: bool,
+    origin: Origin,
+    /// The client's body when it is not forwarded (an upgrade's, or one already at its end),
+    /// kept until the answer is made: once it is dropped, hyper drains or closes the rest.
+    _unsent: Option<Incoming>,
+}
+
 /// What the answer needs to know about the request.
 struct Origin {
     lookup: Lookup,
@@ -137,7 +180,19 @@ struct Origin {
     http1: bool,
 }
 
+/// A backend's answer to an attempt (phase 4), for `respond`.
+struct Answer {
+    response: Response<Incoming>,
+    lease: Lease,
+    in_flight: InFlight,
+}
+
+/// What sending one attempt came to: the answer's head, a failure, or the deadline.
+type Sent = Result<Result<(Response<Incoming>, Lease), SendError>, Elapsed>;
+
 impl Shared {
+    /// One request for hyper: a CORS preflight answered, the phases run in a span, a failure
+    /// made an answer (logged and counted), CORS headers added, the latency observed.
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -195,6 +250,7 @@ impl Shared {
         Ok(response)
     }
 
+    /// One request through the phases (see the module's documentation).
     async fn proxy(
         &self,
         request: Request<Incoming>,
@@ -202,10 +258,30 @@ impl Shared {
         shard: usize,
         peer: Option<HeaderValue>,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        let admitted = self.admit(&parts)?;
+        let lookup = match self.cache_lookup(&parts, &admitted).await {
+            ControlFlow::Break(hit) => return Ok(hit),
+            ControlFlow::Continue(lookup) => lookup,
+        };
+        let mut upstream = self.prepare(parts, body, admitted, lookup, peer);
+        let Answer {
+            response,
+            lease,
+            in_flight,
+        } = self.forward(&mut upstream, started, shard).await?;
+        // An answer before the whole body arrived: relayed, then the client's connection
+        // closes (its body is read a little longer, see `StreamBody`).
+        let close = !upstream.body.ended() && upstream.origin.http1;
+        Ok(self.respond(response, lease, in_flight, upstream.origin, close))
+    }
 
+    /// Phase 1, admission: refuses what is never forwarded (CONNECT, a denied path, a head
+    /// over `MAX_HEADER_BYTES`, a `Content-Length` that is no number or over
+    /// `MAX_BODY_BYTES`) and works out what the next phases need.
+    fn admit(&self, parts: &Parts) -> Result<Admitted, ProxyError> {
         if parts.method == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed(parts.method).into());
+            return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
         }
         // Denied paths and retry routes match the normalised path, worked out once.
         let settings = &self.settings;
@@ -215,14 +291,14 @@ impl Shared {
             .as_ref()
             .is_some_and(|path| settings.deny_paths.denies(path))
         {
-            return Err(ProxyError::NotFound.into());
+            return Err(ProxyError::NotFound);
         }
         let replay_route = route_path
             .as_ref()
             .is_some_and(|path| settings.retry_routes.matches(&parts.method, path));
-        let limit = self.settings.max_header_bytes;
+        let limit = settings.max_header_bytes;
         if headers::head_size(&parts.uri, &parts.method, &parts.headers) > limit {
-            return Err(ProxyError::HeadersTooLarge(limit).into());
+            return Err(ProxyError::HeadersTooLarge(limit));
         }
         let declared = match parts.headers.get(header::CONTENT_LENGTH) {
             Some(value) => Some(
@@ -234,184 +310,190 @@ impl Shared {
             ),
             None => None,
         };
-        let max_body = self.settings.max_body_bytes;
+        let max_body = settings.max_body_bytes;
         if declared.is_some_and(|n| n > max_body) {
-            return Err(ProxyError::BodyTooLarge(max_body).into());
+            return Err(ProxyError::BodyTooLarge(max_body));
         }
-        let upgrade = headers::upgrade_requested(&parts.headers);
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-
-        // The cache.
-        let lookup = match &self.cache {
-            Some(_) if upgrade.is_none() => {
-                cache::lookup(&parts.method, &parts.uri, &parts.headers)
-            }
-            _ => Lookup::Bypass,
-        };
-        if let Some(cache) = &self.cache {
-            if let Lookup::Use { static_path } = lookup {
-                if static_path || cache.may_hold_dynamic() {
-                    let key = cache::key(host.as_ref(), &path);
-                    // Boxed, like the other rare steps: keeps the request's future small.
-                    if let Some(hit) = Box::pin(cache.get(&key, lookup)).await {
-                        cache.hits.fetch_add(1, Relaxed);
-                        self.metrics.local.record(hit.status.as_u16());
-                        return Ok(hit_response(&hit));
-                    }
-                }
-            }
-            if lookup != Lookup::Bypass {
-                cache.misses.fetch_add(1, Relaxed);
-            }
-        }
-
-        // The body: none, small and replayable (read once a backend is chosen), or streamed.
-        let mut body = if upgrade.is_some() || body.is_end_stream() {
-            BodySource::Empty
-        } else {
-            let body = ClientBody::new(body, settings.body_read_timeout);
-            let buffer = if replay_route {
-                settings.retry_buffer_bytes
-            } else {
-                REPLAY_BODY_BYTES
-            };
-            let fits = match declared {
-                Some(len) => len <= buffer,
-                // A chunked body is buffered for a retry route up to the bound, then streamed.
-                None => replay_route && buffer > 0,
-            };
-            if fits {
-                BodySource::Buffer {
-                    body,
-                    limit: buffer,
-                }
-            } else {
-                BodySource::stream(body, max_body)
-            }
-        };
-
-        // The request head as the backend sees it.
-        let on_upgrade = parts.extensions.remove::<OnUpgrade>();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_forwarded(&mut parts.headers, peer, host.as_ref());
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(host) = &host {
-                parts.headers.insert(header::HOST, host.clone());
-            }
-        }
-        if let Some(protocol) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol.clone());
-        }
-        // Safe to send again: by method, by the client's Idempotency-Key, or by the operator's
-        // RETRY_ROUTES.
-        let idempotent = parts.method.is_idempotent()
-            || parts.headers.contains_key(IDEMPOTENCY_KEY)
-            || replay_route;
-        let origin = Origin {
-            lookup,
+        Ok(Admitted {
+            declared,
+            upgrade: headers::upgrade_requested(&parts.headers),
             host,
-            path,
-            on_upgrade: if upgrade.is_some() { on_upgrade } else { None },
-            http1: parts.version <= Version::HTTP_11,
-        };
-        let method = parts.method;
-        let mut template = Some(parts.headers);
+            path: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            replay_route,
+        })
+    }
 
+    /// Phase 2, the cache: a fresh copy is the answer (`Break`); otherwise the `Lookup` says
+    /// what the backend's answer may do with the cache (`Continue`).
+    async fn cache_lookup(
+        &self,
+        parts: &Parts,
+        request: &Admitted,
+    ) -> ControlFlow<Response<ResponseBody>, Lookup> {
+        let Some(cache) = &self.cache else {
+            return ControlFlow::Continue(Lookup::Bypass);
+        };
+        let lookup = match request.upgrade {
+            None => cache::lookup(&parts.method, &parts.uri, &parts.headers),
+            Some(_) => Lookup::Bypass,
+        };
+        if let Lookup::Use { static_path } = lookup {
+            if static_path || cache.may_hold_dynamic() {
+                let key = cache::key(request.host.as_ref(), &request.path);
+                // Boxed, like the other rare steps: keeps the request's future small.
+                if let Some(hit) = Box::pin(cache.get(&key, lookup)).await {
+                    cache.hits.fetch_add(1, Relaxed);
+                    self.metrics.local.record(hit.status.as_u16());
+                    return ControlFlow::Break(hit_response(&hit));
+                }
+            }
+        }
+        if lookup != Lookup::Bypass {
+            cache.misses.fetch_add(1, Relaxed);
+        }
+        ControlFlow::Continue(lookup)
+    }
+
+    /// Phase 3, the request as the backend sees it: its body source (see `body_source`), its
+    /// head without hop-by-hop headers, with `X-Forwarded-*` (`peer` is the client), `Host`
+    /// and an upgrade's `Connection` and `Upgrade`; the `Origin` its answer needs.
+    fn prepare(
+        &self,
+        parts: Parts,
+        body: Incoming,
+        request: Admitted,
+        lookup: Lookup,
+        peer: Option<HeaderValue>,
+    ) -> Upstream {
+        let Parts {
+            method,
+            version,
+            mut headers,
+            mut extensions,
+            ..
+        } = parts;
+        let (body, unsent) = if request.upgrade.is_some() || body.is_end_stream() {
+            (BodySource::Empty, Some(body))
+        } else {
+            let body = ClientBody::new(body, self.settings.body_read_timeout);
+            (self.body_source(body, &request), None)
+        };
+        let on_upgrade = extensions.remove::<OnUpgrade>();
+        headers::strip_hop_by_hop(&mut headers);
+        headers::add_forwarded(&mut headers, peer, request.host.as_ref());
+        if !headers.contains_key(header::HOST) {
+            if let Some(host) = &request.host {
+                headers.insert(header::HOST, host.clone());
+            }
+        }
+        if let Some(protocol) = &request.upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let idempotent =
+            method.is_idempotent() || headers.contains_key(IDEMPOTENCY_KEY) || request.replay_route;
+        Upstream {
+            method,
+            headers: Some(headers),
+            body,
+            idempotent,
+            origin: Origin {
+                lookup,
+                host: request.host,
+                path: request.path,
+                on_upgrade: request.upgrade.and(on_upgrade),
+                http1: version <= Version::HTTP_11,
+            },
+            _unsent: unsent,
+        }
+    }
+
+    /// A request body's source: small and replayable (read in full once a backend is chosen,
+    /// so that a retry can send it again), or streamed.
+    fn body_source(&self, body: ClientBody, request: &Admitted) -> BodySource {
+        let buffer = if request.replay_route {
+            self.settings.retry_buffer_bytes
+        } else {
+            REPLAY_BODY_BYTES
+        };
+        let fits = match request.declared {
+            Some(len) => len <= buffer,
+            // A chunked body is buffered for a retry route up to the bound, then streamed.
+            None => request.replay_route && buffer > 0,
+        };
+        if fits {
+            BodySource::Buffer {
+                body,
+                limit: buffer,
+            }
+        } else {
+            BodySource::stream(body, self.settings.max_body_bytes)
+        }
+    }
+
+    /// Phase 4, the attempts under the request's `RetryPolicy`, until an answer to relay or
+    /// a failure to report. Each attempt picks a backend it has not tried (waiting in the
+    /// admission queue while none is routable), reads a body to buffer, and sends within the
+    /// request's deadline; an attempt that could be retried also watches its backend leave
+    /// the table (its node lost: neither an answer nor a reset will come), without a task or
+    /// a lock of another thread.
+    async fn forward(
+        &self,
+        upstream: &mut Upstream,
+        started: Instant,
+        shard: usize,
+    ) -> Result<Answer, Failure> {
         let deadline = tokio::time::Instant::from_std(started + self.settings.request_timeout);
         self.budget.deposit(self.clock.nanos(started));
-        let mut tried = Tried::default();
-        let mut connect_failures = 0;
-        let mut retried = false;
-        let mut last_error = ProxyError::Connect;
+        let mut retry = RetryPolicy::new(upstream.idempotent);
         let mut now = self.clock.nanos(started);
         loop {
-            let (picked, others) = {
-                let table = self.backends.load();
-                let picked = self.picker.pick(&table, &tried, now);
-                let others = table.candidates.len() > tried.len() + 1;
-                (picked, others)
-            };
-            let backend = match picked {
-                Some(backend) => backend,
-                None if tried.is_empty() => {
-                    Box::pin(
-                        self.admission
-                            .wait(&self.backends, &self.picker, &tried, &self.clock),
-                    )
-                    .await
-                    .map_err(Failure::from)?
+            let (backend, others) = match self.pick(retry.tried(), now) {
+                (Some(backend), others) => (backend, others),
+                (None, others) if retry.tried().is_empty() => {
+                    (self.queue(retry.tried()).await?, others)
                 }
-                None => return Err(last_error.into()),
+                (None, _) => return Err(retry.take_error().into()),
             };
             // In flight on its backend from here, while its body is still arriving, until the
             // answer is finished: a drain waits for the upload too.
             let in_flight = InFlight::start(Arc::clone(&backend));
-            if body.needs_buffering() {
-                let read = std::mem::replace(&mut body, BodySource::Empty).buffer(max_body);
+            if upstream.body.needs_buffering() {
+                let max_body = self.settings.max_body_bytes;
                 // Boxed, like the other rare steps: keeps the request's future small.
-                body = match timer::timeout_at(deadline, Box::pin(read)).await {
-                    Ok(Ok(read)) => read,
-                    Ok(Err(fault)) => return Err(body_error(fault, max_body).into()),
-                    Err(_elapsed) => return Err(ProxyError::BodyTimeout.into()),
-                };
+                let read = Box::pin(upstream.body.take().buffer(max_body));
+                upstream.body = buffered(timer::timeout_at(deadline, read).await, max_body)?;
             }
-            let (Some(request_body), Some(headers)) = (
-                body.attempt(),
-                if others {
-                    template.clone()
-                } else {
-                    template.take()
-                },
-            ) else {
-                return Err(last_error.on(&backend));
+            let Some(request) = upstream.request(&backend, others) else {
+                return Err(retry.take_error().on(&backend));
             };
-            tried.add(&backend);
-
-            let mut request = Request::new(request_body);
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = Uri::from(origin.path.clone());
-            *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = headers;
-            if !request.headers().contains_key(header::HOST) {
-                request
-                    .headers_mut()
-                    .insert(header::HOST, backend.host_header.clone());
-            }
+            retry.sent_to(&backend, upstream.body.replayable(), others);
 
             let sent = Instant::now();
             let mut send = std::pin::pin!(timer::timeout_at(
                 deadline,
                 backend.pool(shard).send(request)
             ));
-            // A request that could be retried also watches its backend leave the table (its
-            // node lost: neither an answer nor a reset will come), without a task or a lock of
-            // another thread; the others only wait.
-            let outcome = if idempotent && body.replayable() && !retried && others {
+            let outcome = if retry.may_resend() {
                 let until = UntilRemoved {
                     send: send.as_mut(),
                     removed: Some(backend.removed(shard)),
-                    leave: Some(|| self.retry_removed(&tried)),
+                    leave: Some(|| self.leave(&mut retry)),
                 };
                 match until.await {
                     Some(outcome) => outcome,
                     None => {
-                        retried = true;
-                        last_error = ProxyError::Upstream;
                         now = self.clock.now();
-                        self.metrics.retried(RetryReason::Removed);
                         tracing::debug!(backend = %backend.dns_name, "backend left the table while its answer was awaited; retrying on another backend");
                         continue;
                     }
@@ -419,116 +501,162 @@ impl Shared {
             } else {
                 send.await
             };
-            match outcome {
-                Err(_elapsed) => {
-                    in_flight.failed();
-                    self.metrics.timeouts.fetch_add(1, Relaxed);
-                    return Err(ProxyError::Timeout(self.settings.request_timeout).on(&backend));
-                }
-                Ok(Err(err)) => {
-                    let fault = body.fault();
-                    if fault != BodyFault::None {
-                        return Err(body_error(fault, max_body).into());
-                    }
-                    in_flight.failed();
-                    drop(in_flight);
-                    now = self.clock.now();
-                    if let SendError::Connect(_) = &err {
-                        if backend.connect_failed(now, self.settings.ejection) {
-                            tracing::warn!(
-                                backend = %backend.dns_name,
-                                address = %backend.address,
-                                failures = backend.consecutive_failures(),
-                                "backend ejected after consecutive connect failures"
-                            );
-                        }
-                        tracing::debug!(backend = %backend.dns_name, cause = %err, "connect failed");
-                        last_error = ProxyError::Connect;
-                        connect_failures += 1;
-                        if connect_failures < MAX_CONNECT_ATTEMPTS {
-                            self.metrics.retried(RetryReason::Connect);
-                            continue;
-                        }
-                        return Err(ProxyError::Connect.on(&backend));
-                    }
-                    tracing::debug!(backend = %backend.dns_name, cause = %err, "request to backend failed");
-                    last_error = ProxyError::Upstream;
-                    if idempotent && body.replayable() && !retried && others {
-                        if self.budget.withdraw(now) {
-                            retried = true;
-                            self.metrics.retried(RetryReason::Reset);
-                            continue;
-                        }
-                        self.metrics.retries_denied.fetch_add(1, Relaxed);
-                    }
-                    return Err(ProxyError::Upstream.on(&backend));
-                }
-                Ok(Ok((response, mut lease))) => {
-                    if !body.replayable() {
-                        // The upload may still be streaming; never reuse its connection.
-                        lease.forbid_reuse();
-                    }
-                    backend.connected();
-                    let answered = Instant::now();
-                    now = self.clock.nanos(answered);
-                    backend.observe_latency(
-                        answered.saturating_duration_since(sent),
-                        now,
-                        self.settings.ewma_decay,
-                    );
-                    let status = response.status();
-                    backend.statuses.record(status.as_u16());
-                    if matches!(
-                        status,
-                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                    ) && idempotent
-                        && body.replayable()
-                        && !retried
-                        && others
-                    {
-                        if self.budget.withdraw(now) {
-                            in_flight.failed();
-                            retried = true;
-                            last_error = ProxyError::Upstream;
-                            self.metrics.retried(RetryReason::Status);
-                            tracing::debug!(backend = %backend.dns_name, status = status.as_u16(), "retrying on another backend");
-                            continue;
-                        }
-                        self.metrics.retries_denied.fetch_add(1, Relaxed);
-                    }
-                    if status.is_server_error() {
-                        in_flight.failed();
-                    }
-                    // An answer before the whole body arrived: relayed, then the client's
-                    // connection closes (its body is read a little longer, see `StreamBody`).
-                    let close = !body.ended() && origin.http1;
-                    return Ok(self.respond(response, lease, in_flight, origin, close));
-                }
+            match self.settle(
+                outcome,
+                &backend,
+                in_flight,
+                sent,
+                &mut retry,
+                &upstream.body,
+            ) {
+                ControlFlow::Continue(at) => now = at,
+                ControlFlow::Break(done) => return done,
             }
         }
     }
 
-    /// Whether a request whose backend left the table goes elsewhere (its attempt dropped, the
-    /// connection closed): a backend it has not tried is routable and the retry budget allows
-    /// a retry.
-    fn retry_removed(&self, tried: &Tried) -> bool {
-        let elsewhere = self
-            .backends
-            .load()
-            .candidates
-            .iter()
-            .any(|candidate| !tried.contains(&candidate.backend));
-        if !elsewhere {
-            return false;
-        }
-        if self.budget.withdraw(self.clock.now()) {
-            return true;
-        }
-        self.metrics.retries_denied.fetch_add(1, Relaxed);
-        false
+    /// A backend for the next attempt that it has not tried (`None`: none is routable), and
+    /// whether another would remain for a retry.
+    fn pick(&self, tried: &Tried, now: u64) -> (Option<Arc<Backend>>, bool) {
+        let table = self.backends.load();
+        let picked = self.picker.pick(&table, tried, now);
+        let others = table.candidates.len() > tried.len() + 1;
+        (picked, others)
     }
 
-    /// The backend's answer on its way back: hop-by-hop headers out, `X-Backend` and
+    /// The admission queue, while no backend is routable (boxed, like the other rare steps:
+    /// keeps the request's future small).
+    fn queue<'a>(
+        &'a self,
+        tried: &'a Tried,
+    ) -> Pin<Box<impl Future<Output = Result<Arc<Backend>, ProxyError>> + 'a>> {
+        Box::pin(
+            self.admission
+                .wait(&self.backends, &self.picker, tried, &self.clock),
+        )
+    }
+
+    /// Whether a request whose backend left the table goes elsewhere (its attempt dropped, the
+    /// connection closed): the retry policy's word, counted.
+    fn leave(&self, retry: &mut RetryPolicy) -> bool {
+        let elsewhere = retry.elsewhere(&self.backends.load());
+        let verdict = retry.decide(
+            Outcome::Removed { elsewhere },
+            &self.budget,
+            self.clock.now(),
+        );
+        self.tally(verdict)
+    }
+
+    /// What one attempt's outcome means: an `Answer` or a failure (`Break`), or another
+    /// attempt from `now` (`Continue`), as the retry policy says. Counts the attempt on its
+    /// backend: errors, connect failures and ejection, latency, statuses.
+    fn settle(
+        &self,
+        outcome: Sent,
+        backend: &Arc<Backend>,
+        in_flight: InFlight,
+        sent: Instant,
+        retry: &mut RetryPolicy,
+        body: &BodySource,
+    ) -> ControlFlow<Result<Answer, Failure>, u64> {
+        let (response, mut lease) = match outcome {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(err)) => {
+                let fault = body.fault();
+                if fault != BodyFault::None {
+                    let max_body = self.settings.max_body_bytes;
+                    return ControlFlow::Break(Err(body_error(fault, max_body).into()));
+                }
+                in_flight.failed();
+                drop(in_flight);
+                let now = self.clock.now();
+                self.send_failed(backend, &err, now);
+                if self.tally(retry.decide(Outcome::Failed(err), &self.budget, now)) {
+                    return ControlFlow::Continue(now);
+                }
+                return ControlFlow::Break(Err(retry.take_error().on(backend)));
+            }
+            Err(Elapsed) => {
+                in_flight.failed();
+                self.metrics.timeouts.fetch_add(1, Relaxed);
+                let timeout = ProxyError::Timeout(self.settings.request_timeout);
+                return ControlFlow::Break(Err(timeout.on(backend)));
+            }
+        };
+        if !body.replayable() {
+            // The upload may still be streaming; never reuse its connection.
+            lease.forbid_reuse();
+        }
+        let status = response.status();
+        let now = self.answered(backend, sent, status);
+        if matches!(
+            status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+        ) && self.tally(retry.decide(Outcome::Unavailable, &self.budget, now))
+        {
+            in_flight.failed();
+            tracing::debug!(backend = %backend.dns_name, status = status.as_u16(), "retrying on another backend");
+            return ControlFlow::Continue(now);
+        }
+        if status.is_server_error() {
+            in_flight.failed();
+        }
+        ControlFlow::Break(Ok(Answer {
+            response,
+            lease,
+            in_flight,
+        }))
+    }
+
+    /// Logs a failed send; a connect failure counts towards the backend's ejection.
+    fn send_failed(&self, backend: &Backend, err: &SendError, now: u64) {
+        if let SendError::Connect(_) = err {
+            if backend.connect_failed(now, self.settings.ejection) {
+                tracing::warn!(
+                    backend = %backend.dns_name,
+                    address = %backend.address,
+                    failures = backend.consecutive_failures(),
+                    "backend ejected after consecutive connect failures"
+                );
+            }
+            tracing::debug!(backend = %backend.dns_name, cause = %Chain(err), "connect failed");
+        } else {
+            tracing::debug!(backend = %backend.dns_name, cause = %Chain(err), "request to backend failed");
+        }
+    }
+
+    /// Records an answer's head from `backend` (sent at `sent`): connected, its latency, its
+    /// status. Returns the clock's time of the answer.
+    fn answered(&self, backend: &Backend, sent: Instant, status: StatusCode) -> u64 {
+        backend.connected();
+        let answered = Instant::now();
+        let now = self.clock.nanos(answered);
+        backend.observe_latency(
+            answered.saturating_duration_since(sent),
+            now,
+            self.settings.ewma_decay,
+        );
+        backend.statuses.record(status.as_u16());
+        now
+    }
+
+    /// Counts the retry policy's verdict; whether the request is sent again.
+    fn tally(&self, verdict: Verdict) -> bool {
+        match verdict {
+            Verdict::Retry(reason) => {
+                self.metrics.retried(reason);
+                true
+            }
+            Verdict::Denied => {
+                self.metrics.retries_denied.fetch_add(1, Relaxed);
+                false
+            }
+            Verdict::GiveUp => false,
+        }
+    }
+
+    /// Phase 5, the backend's answer on its way back: hop-by-hop headers out, `X-Backend` and
     /// `X-Cache` in, a copy for the cache, or a tunnel for an upgrade.
     fn respond(
         &self,
@@ -598,6 +726,34 @@ impl Shared {
     }
 }
 
+impl Upstream {
+    /// One attempt's request to `backend`; `others`: another attempt may follow, so the head
+    /// is cloned rather than taken. `None` once the body cannot be sent again.
+    fn request(&mut self, backend: &Backend, others: bool) -> Option<Request<RequestBody>> {
+        let (Some(body), Some(headers)) = (
+            self.body.attempt(),
+            if others {
+                self.headers.clone()
+            } else {
+                self.headers.take()
+            },
+        ) else {
+            return None;
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = Uri::from(self.origin.path.clone());
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, backend.host_header.clone());
+        }
+        Some(request)
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An attempt that gives up when its backend leaves the table and `leave` says the request
     /// goes elsewhere (`None`); else it waits for the answer as if nothing happened. A named
@@ -627,6 +783,18 @@ impl<F: Future, L: FnOnce() -> bool> Future for UntilRemoved<'_, F, L> {
             }
         }
         Poll::Pending
+    }
+}
+
+/// A body read in full for replay, within the request's deadline, or the client's answer.
+fn buffered(
+    read: Result<Result<BodySource, BodyFault>, Elapsed>,
+    max_body: u64,
+) -> Result<BodySource, ProxyError> {
+    match read {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(fault)) => Err(body_error(fault, max_body)),
+        Err(Elapsed) => Err(ProxyError::BodyTimeout),
     }
 }
 

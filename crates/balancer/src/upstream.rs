@@ -188,30 +188,16 @@ struct IdleConn {
     since: Instant,
 }
 
-/// Why a request could not be sent.
-#[derive(Debug)]
+/// Why a request could not be sent. Its text is its own; the cause is its `source` (logs
+/// print the chain with `error::Chain`).
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No TCP connection to the backend (refused, unreachable, timed out, name not found).
-    Connect(std::io::Error),
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
     /// The connection failed after the request was (maybe) sent.
+    #[error(transparent)]
     Request(hyper::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Connect(err) => write!(f, "connect: {err}"),
-            Self::Request(err) => {
-                write!(f, "{err}")?;
-                let mut source = std::error::Error::source(err);
-                while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
-                    source = cause.source();
-                }
-                Ok(())
-            }
-        }
-    }
 }
 
 /// The idle connections to one backend.
@@ -650,6 +636,11 @@ pub enum BodySource {
 impl BodySource {
     pub fn stream(body: ClientBody, limit: u64) -> Self {
         Self::Stream(Arc::new(Slot::new(body, Vec::new(), limit)))
+    }
+
+    /// The source, leaving `Empty` in its place.
+    pub fn take(&mut self) -> Self {
+        std::mem::replace(self, Self::Empty)
     }
 
     /// Whether [`BodySource::buffer`] must run before the next attempt.

@@ -8,7 +8,7 @@ use crate::{
     upstream::PoolConfig,
 };
 
-fn table(scores: &[f64]) -> Backends {
+pub(crate) fn table(scores: &[f64]) -> Backends {
     let backends = Backends::new(
         PoolConfig {
             connect_timeout: Duration::from_secs(1),
