@@ -47,8 +47,8 @@ ensure_docker
 need_cmd nginx nginx
 
 if [ "$build" -eq 1 ]; then
-  log "building worker, balancer and loadgen (release, static)"
-  cargo build --release -p worker -p balancer -p loadgen --bins
+  log "building worker, balancer and loadgen (profile $BUILD_PROFILE, static)"
+  cargo build --profile "$BUILD_PROFILE" --locked -p worker -p balancer -p loadgen --bins
   build_image worker
 fi
 BIN="$TARGET_DIR"

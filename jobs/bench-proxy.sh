@@ -31,8 +31,8 @@ need_cmd wrk wrk
 INSTRUCTIONS="${INSTRUCTIONS:-1}"
 if [ "$INSTRUCTIONS" != 0 ]; then need_cmd valgrind valgrind; fi
 
-log "building worker and balancer (release)"
-cargo build --release -p worker -p balancer --bins
+log "building worker and balancer (profile $BUILD_PROFILE)"
+cargo build --profile "$BUILD_PROFILE" --locked -p worker -p balancer --bins
 BIN="$TARGET_DIR"
 [ -x "$BIN/balancer" ] && [ -x "$BIN/worker" ] || die "no binaries in $BIN"
 

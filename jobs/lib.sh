@@ -2,7 +2,16 @@
 # Source it; it does nothing by itself.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release"
+# The cargo profile of the binaries (BUILD_PROFILE): `dist` (fat LTO, one codegen unit: what
+# images and benchmarks run) unless told otherwise; jobs/test.sh and `run.sh -e dev` use the
+# quicker `release`. use_profile NAME switches it and the directory the binaries are in.
+BUILD_PROFILE_GIVEN="${BUILD_PROFILE:-}"
+use_profile() {
+  case "$1" in dist|release) ;; *) echo "error: BUILD_PROFILE must be dist or release, got '$1'" >&2; exit 2 ;; esac
+  BUILD_PROFILE="$1"
+  TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/$1"
+}
+use_profile "${BUILD_PROFILE:-dist}"
 IMAGE_REPO="${IMAGE_REPO:-rustybalancer}"
 IMAGE_TAG="${IMAGE_TAG:-dev}"
 # The classic builder: BuildKit would try to fetch its frontend, and nothing can be pulled.
@@ -70,10 +79,11 @@ ensure_rust() {
   cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup component add clippy"
 }
 
-# build_binaries : the one release build of the workspace (static, see .cargo/config.toml).
+# build_binaries : the one build of the workspace's binaries in BUILD_PROFILE (static, see
+# .cargo/config.toml).
 build_binaries() {
-  log "building the static binaries"
-  (cd "$ROOT" && cargo build --release --workspace --bins --locked)
+  log "building the static binaries (profile $BUILD_PROFILE)"
+  (cd "$ROOT" && cargo build --profile "$BUILD_PROFILE" --workspace --bins --locked)
 }
 
 # build_image SERVICE : rustybalancer/SERVICE:TAG from deploy/SERVICE.Dockerfile and its binary.

@@ -23,6 +23,8 @@
 # /var/run/docker.sock; may hold {{.Node.Hostname}}, as the swarm lab's does). DOCKER_GID: its
 # group on the nodes (default: the group of that socket here, when it exists here).
 # BALANCER_REPLICAS: N balancers instead of one per node (adds docker-stack.replicated.yaml).
+# BUILD_PROFILE: the binaries' cargo profile, `dist` (fat LTO; prod, slim, swarm) or `release`
+# (quicker to build; the default of dev).
 # The swarm lab (jobs/swarm-lab.sh up) prints the line to deploy on it.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -120,7 +122,9 @@ run_swarm() {
 
   files=(-c "$ROOT/docker-stack.yaml")
   [ -z "${BALANCER_REPLICAS:-}" ] || files+=(-c "$ROOT/docker-stack.replicated.yaml")
-  for ((i = 1; i < ${#extra[@]}; i += 2)); do files+=(-c "${extra[$i]}"); done
+  # dev rebuilds often: the quicker profile unless BUILD_PROFILE says otherwise.
+if [ "$environment" = dev ] && [ -z "$BUILD_PROFILE_GIVEN" ]; then use_profile release; fi
+for ((i = 1; i < ${#extra[@]}; i += 2)); do files+=(-c "${extra[$i]}"); done
   # Swarm cannot switch a service between global and replicated: a balancer deployed the other
   # way is removed first (its traffic port is down until the new one runs).
   local want=global have

@@ -3,6 +3,9 @@
 # formatting, lints, one release build of the workspace and every test (unit, HTTP, process,
 # Docker). Exits non-zero on the first failure.
 set -euo pipefail
+# One compilation for everything: the tests' quicker profile, also for the images the
+# end-to-end tests build (jobs/run.sh and jobs/swarm-lab.sh inherit it).
+export BUILD_PROFILE=release
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 

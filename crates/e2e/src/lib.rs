@@ -77,6 +77,8 @@ impl Stack {
             .to_path_buf();
         let mut env: Vec<(String, String)> = [
             ("SKIP_BUILD", "1".to_owned()),
+            // The binaries this test runs on were built in the tests' profile.
+            ("BUILD_PROFILE", "release".to_owned()),
             (
                 "CARGO_TARGET_DIR",
                 target_dir.to_string_lossy().into_owned(),

@@ -46,6 +46,8 @@ impl Lab {
                     target_dir.to_string_lossy().into_owned(),
                 ),
                 ("IMAGE_TAG".to_owned(), tag.to_owned()),
+                // The binaries this test runs on were built in the tests' profile.
+                ("BUILD_PROFILE".to_owned(), "release".to_owned()),
             ],
         };
         let output = lab.script(&["up"]);

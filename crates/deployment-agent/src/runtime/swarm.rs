@@ -62,6 +62,9 @@ const STATS_POLL: Duration = Duration::from_secs(1);
 const SAMPLE_TTL: Duration = Duration::from_secs(15);
 /// Longest a launch waits for its task to run.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long after its creation a service may be unknown to the manager the agent asks (its
+/// copy of the Swarm store lags behind the Raft leader's).
+const NOT_YET_VISIBLE: Duration = Duration::from_secs(10);
 /// Longest a launch waits for the task's address in Swarm's DNS.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an agent checks that its engine answers as a manager.
@@ -434,16 +437,34 @@ impl SwarmRuntime {
     }
 
     async fn wait_running(&self, id: &str, name: &str) -> Result<Instance, RuntimeError> {
-        let deadline = Instant::now() + LAUNCH_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + LAUNCH_TIMEOUT;
         let mut last = String::from("no task yet");
+        // A manager that is not the Raft leader forwards the create to the leader and answers
+        // before its own copy of the store has the service: for a while, "not found" means
+        // "not seen here yet".
+        let not_yet = |err: &bollard::errors::Error| {
+            status_code(err) == Some(404) && started.elapsed() < NOT_YET_VISIBLE
+        };
         loop {
-            let tasks = self.service_tasks(id).await?;
+            let tasks = match self.service_tasks(id).await {
+                Ok(tasks) => tasks,
+                Err(RuntimeError::Docker(err)) if not_yet(&err) => Vec::new(),
+                Err(err) => return Err(err),
+            };
             if let Some(task) = current_task(tasks) {
                 let status = task.status.clone().unwrap_or_default();
                 let state = status.state.unwrap_or(TaskState::NEW);
                 let message = status.err.or(status.message).unwrap_or_default();
                 if state == TaskState::RUNNING {
-                    let service = self.docker.inspect_service(id, None).await?;
+                    let service = match self.docker.inspect_service(id, None).await {
+                        Ok(service) => service,
+                        Err(err) if not_yet(&err) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                        Err(err) => return Err(err.into()),
+                    };
                     let instance = self.instance(&service, Some(&task)).await;
                     if !instance.worker.address.starts_with(':') {
                         return Ok(instance);
