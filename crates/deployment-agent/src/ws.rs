@@ -49,6 +49,19 @@ fn limits(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         .max_frame_size(MAX_INCOMING)
 }
 
+/// A subscriber refused: 503, the reason, and when to try again.
+fn unavailable(message: String, retry_after: &'static str) -> Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(ErrorBody::new(message)),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+    response
+}
+
 /// The answer past WS_MAX_SUBSCRIBERS.
 fn full(agent: &Agent) -> Response {
     let max = agent.config().ws_max_subscribers;
@@ -56,33 +69,21 @@ fn full(agent: &Agent) -> Response {
         max,
         "WebSocket subscriber refused: WS_MAX_SUBSCRIBERS reached"
     );
-    let mut response = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(ErrorBody::new(format!(
-            "too many WebSocket subscribers (WS_MAX_SUBSCRIBERS={max}); try again later"
-        ))),
+    unavailable(
+        format!("too many WebSocket subscribers (WS_MAX_SUBSCRIBERS={max}); try again later"),
+        "5",
     )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    response
 }
 
 /// The answer of a follower whose copy of the leader's queue is stale (see `relay`).
 fn stale(agent: &Agent) -> Response {
     let after = agent.relay_freshness().stale_after();
-    let mut response = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(ErrorBody::new(format!(
+    unavailable(
+        format!(
             "this agent follows and has not heard the leader's queue for over {after:?}; use another agent"
-        ))),
+        ),
+        "1",
     )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }
 
 pub async fn upgrade(State(agent): State<Agent>, upgrade: WebSocketUpgrade) -> Response {

@@ -210,10 +210,19 @@ impl Cluster {
     /// `POST /scale` on `agent` with `body` (and the token when `token`): status, body,
     /// `X-Forwarded-To-Leader`.
     async fn scale(&self, agent: usize, body: &Value, token: bool) -> (u16, Value, Option<String>) {
-        let mut request = self
-            .client
-            .post(self.agents[agent].url("/scale"))
-            .json(body);
+        self.post(agent, "/scale", body, token).await
+    }
+
+    /// `POST path` on `agent` with `body` (and the token when `token`): status, body (JSON,
+    /// else its text), `X-Forwarded-To-Leader`.
+    async fn post(
+        &self,
+        agent: usize,
+        path: &str,
+        body: &Value,
+        token: bool,
+    ) -> (u16, Value, Option<String>) {
+        let mut request = self.client.post(self.agents[agent].url(path)).json(body);
         if token {
             request = request.bearer_auth(TOKEN);
         }
@@ -751,24 +760,9 @@ async fn a_leader_asked_to_step_down_hands_over_and_relays_its_successors_queue(
     let on_new = Subscriber::connect(&ws_url(&cluster.agents[new])).await;
 
     // Bad asks change nothing.
-    let step_down = |agent: usize, body: Value, token: bool| {
-        let mut request = cluster
-            .client
-            .post(cluster.agents[agent].url("/leadership/step-down"))
-            .json(&body);
-        if token {
-            request = request.bearer_auth(TOKEN);
-        }
-        async move {
-            let answer = request.send().await.unwrap();
-            let status = answer.status().as_u16();
-            let forwarded = answer
-                .headers()
-                .get("x-forwarded-to-leader")
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned);
-            (status, answer.json::<Value>().await.unwrap(), forwarded)
-        }
+    let on = &cluster;
+    let step_down = move |agent: usize, body: Value, token: bool| async move {
+        on.post(agent, "/leadership/step-down", &body, token).await
     };
     let (status, _, _) = step_down(new, json!({}), false).await;
     assert_eq!(status, 401, "a step-down without the token");
