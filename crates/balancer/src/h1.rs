@@ -261,6 +261,39 @@ fn lines_end_in_crlf(head: &[u8]) -> bool {
     true
 }
 
+/// The refusals of one side's heads.
+struct HeadRefusals {
+    malformed: Refusal,
+    bare_lf: Refusal,
+    too_large: Refusal,
+    too_many: Refusal,
+}
+
+/// The length of the head `httparse` found in `buf` (`parsed`), `None` while it is partial,
+/// after the checks `httparse` does not make: lines end in CRLF (RFC 9112 section 2.2, also
+/// while partial, so a bare LF is refused at once), the head is within `limits` (also while
+/// partial, so a client cannot make the buffer grow past them).
+fn head_len(
+    buf: &[u8],
+    limits: Limits,
+    parsed: httparse::Result<usize>,
+    refusals: &HeadRefusals,
+) -> Result<Option<usize>, Refusal> {
+    let head = match parsed {
+        Ok(httparse::Status::Complete(len)) => buf.get(..len),
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => return Err(refusals.too_many),
+        Err(_) => return Err(refusals.malformed),
+    };
+    if !lines_end_in_crlf(head.unwrap_or(buf)) {
+        return Err(refusals.bare_lf);
+    }
+    if head.unwrap_or(buf).len() > limits.max_head_bytes {
+        return Err(refusals.too_large);
+    }
+    Ok(head.map(<[u8]>::len))
+}
+
 /// A `Content-Length` value (RFC 9110 section 8.6): digits only, never empty, no sign; a list
 /// of equal values (`42, 42`) is that value; overflow refused. `None`: invalid.
 fn content_length(value: &[u8]) -> Option<u64> {

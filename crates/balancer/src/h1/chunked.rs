@@ -262,13 +262,11 @@ impl ChunkedDecoder {
     }
 }
 
+/// A hex digit's value (RFC 9110 section 5.6.1's HEXDIG, either case).
 fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn bad(message: &'static str) -> Refusal {

@@ -2,12 +2,20 @@
 //! path relays with certainty is `Complete`; the rest is a [`Fallback`] or a [`Refusal`].
 
 use super::{
-    Coding, ConnectionTokens, Fallback, Framing, HeaderIndex, HeaderSpan, Limits, MAX_HEADERS,
-    Parsed, Refusal, Span, content_length, is, lines_end_in_crlf, transfer_coding,
+    Coding, ConnectionTokens, Fallback, Framing, HeadRefusals, HeaderIndex, HeaderSpan, Limits,
+    MAX_HEADERS, Parsed, Refusal, Span, content_length, head_len, is, transfer_coding,
 };
 
 /// The HTTP/2 connection preface's first line (RFC 9113 section 3.4).
 const H2C_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// How a client's head is refused (RFC 9112 section 2.2; RFC 6585 section 5).
+const REFUSALS: HeadRefusals = HeadRefusals {
+    malformed: Refusal::bad_request("the request head is malformed"),
+    bare_lf: Refusal::bad_request("a line of the request head does not end in CRLF"),
+    too_large: Refusal::too_large("the request head is too large"),
+    too_many: Refusal::too_large("the request has too many header fields"),
+};
 
 /// A parsed request head: offsets into the buffer it was parsed from.
 #[derive(Clone, Debug)]
@@ -53,34 +61,13 @@ pub(crate) fn parse_request(buf: &[u8], limits: Limits) -> Result<Parsed<Request
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let mut request = httparse::Request::new(fields.get_mut(..max_headers).unwrap_or_default());
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            // RFC 9112 section 2.2: a CR not followed by LF, or a bare LF, is refused now.
-            if !lines_end_in_crlf(buf) {
-                return Err(Refusal::bad_request(
-                    "a line of the request head does not end in CRLF",
-                ));
-            }
-            if buf.len() > limits.max_head_bytes {
-                return Err(Refusal::too_large("the request head is too large"));
-            }
-            return Ok(Parsed::Partial);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refusal::too_large("the request has too many header fields"));
-        }
-        Err(httparse::Error::Version) => return Ok(Parsed::Fallback(Fallback::Version)),
-        Err(_) => return Err(Refusal::bad_request("the request head is malformed")),
+    let parsed = request.parse(buf);
+    if let Err(httparse::Error::Version) = parsed {
+        return Ok(Parsed::Fallback(Fallback::Version));
+    }
+    let Some(len) = head_len(buf, limits, parsed, &REFUSALS)? else {
+        return Ok(Parsed::Partial);
     };
-    if len > limits.max_head_bytes {
-        return Err(Refusal::too_large("the request head is too large"));
-    }
-    if !lines_end_in_crlf(buf.get(..len).unwrap_or_default()) {
-        return Err(Refusal::bad_request(
-            "a line of the request head does not end in CRLF",
-        ));
-    }
     if request.version != Some(1) {
         return Ok(Parsed::Fallback(Fallback::Version));
     }

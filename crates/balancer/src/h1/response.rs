@@ -2,8 +2,16 @@
 //! whether the connection may carry another request after it.
 
 use super::{
-    Coding, ConnectionTokens, Fallback, Framing, HeaderIndex, Limits, MAX_HEADERS, Parsed, Refusal,
-    Span, content_length, is, lines_end_in_crlf, transfer_coding,
+    Coding, ConnectionTokens, Fallback, Framing, HeadRefusals, HeaderIndex, Limits, MAX_HEADERS,
+    Parsed, Refusal, Span, content_length, head_len, is, transfer_coding,
+};
+
+/// How a backend's head is refused: all 502 (RFC 9110 section 15.6.3).
+const REFUSALS: HeadRefusals = HeadRefusals {
+    malformed: Refusal::bad_gateway("the response head is malformed"),
+    bare_lf: Refusal::bad_gateway("a line of the response head does not end in CRLF"),
+    too_large: Refusal::bad_gateway("the response head is too large"),
+    too_many: Refusal::bad_gateway("the response has too many header fields"),
 };
 
 /// A parsed response head: offsets into the buffer it was parsed from.
@@ -42,34 +50,10 @@ pub(crate) fn parse_response(
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let mut response = httparse::Response::new(fields.get_mut(..max_headers).unwrap_or_default());
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            if !lines_end_in_crlf(buf) {
-                return Err(Refusal::bad_gateway(
-                    "a line of the response head does not end in CRLF",
-                ));
-            }
-            if buf.len() > limits.max_head_bytes {
-                return Err(Refusal::bad_gateway("the response head is too large"));
-            }
-            return Ok(Parsed::Partial);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refusal::bad_gateway(
-                "the response has too many header fields",
-            ));
-        }
-        Err(_) => return Err(Refusal::bad_gateway("the response head is malformed")),
+    let parsed = response.parse(buf);
+    let Some(len) = head_len(buf, limits, parsed, &REFUSALS)? else {
+        return Ok(Parsed::Partial);
     };
-    if len > limits.max_head_bytes {
-        return Err(Refusal::bad_gateway("the response head is too large"));
-    }
-    if !lines_end_in_crlf(buf.get(..len).unwrap_or_default()) {
-        return Err(Refusal::bad_gateway(
-            "a line of the response head does not end in CRLF",
-        ));
-    }
     let (Some(version), Some(status)) = (response.version, response.code) else {
         return Err(Refusal::bad_gateway("the status line is malformed"));
     };
