@@ -45,7 +45,10 @@ pub fn request(data: &[u8]) {
             Ok(Parsed::Complete { len: again, .. }) => assert_eq!(again, len),
             other => panic!("its own bytes parse otherwise: {other:?}"),
         }
-        assert!(matches!(head.framing, Framing::None | Framing::Length(_) | Framing::Chunked));
+        assert!(matches!(
+            head.framing,
+            Framing::None | Framing::Length(_) | Framing::Chunked
+        ));
         let mut out = Vec::new();
         write_request(data, &head, Some(b"192.0.2.1"), &mut out);
         let roomy = Limits {
