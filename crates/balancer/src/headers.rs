@@ -35,16 +35,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    // The fields named by every `Connection` field (RFC 9110 7.6.1), not only the first.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -143,6 +143,20 @@ mod tests {
         let mut left: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
         left.sort();
         assert_eq!(left, ["content-type", "x-request-id"]);
+    }
+
+    #[test]
+    fn fields_named_by_a_second_connection_field_go_too() {
+        let mut headers = map(&[
+            ("connection", "x-first"),
+            ("connection", "x-second"),
+            ("x-first", "1"),
+            ("x-second", "2"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
