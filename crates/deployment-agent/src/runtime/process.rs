@@ -21,6 +21,8 @@ use crate::{config::Config, model::Worker, score::StatsSample};
 
 const APP_VAR: &str = "RUSTYBALANCER_APPLICATION";
 const OWNER_VAR: &str = "RUSTYBALANCER_MANAGED_BY";
+/// Longest wait, after a worker exits, for the rest of its stderr.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// Processes whose stderr tail is kept.
 const LOGS_KEPT: usize = 64;
 /// Linux reports CPU times in clock ticks of 1/100 s.
@@ -134,13 +136,19 @@ impl ProcessRuntime {
             .ok_or_else(|| RuntimeError::Other("worker exited at once".into()))?;
         lock(&self.shared.children).insert(pid);
         lock(&self.shared.watched).insert(pid);
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(keep_stderr(Arc::downgrade(&self.shared), pid, stderr));
-        }
+        let stderr = child
+            .stderr
+            .take()
+            .map(|stderr| tokio::spawn(keep_stderr(Arc::downgrade(&self.shared), pid, stderr)));
         // Reap our own child so it does not linger as a zombie, and report its exit code.
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let status = child.wait().await.ok();
+            // Its last lines are read before the exit is told (a crash report carries them);
+            // bounded, since a process it left behind may hold the pipe open.
+            if let Some(stderr) = stderr {
+                let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
+            }
             let Some(shared) = shared.upgrade() else {
                 return;
             };
