@@ -482,10 +482,11 @@ impl Deployed {
             .collect()
     }
 
-    /// The node of the leading agent, once it is not the node of any worker: a leader on a
-    /// worker's node is asked to step down until another one leads.
+    /// The node of the leading agent, once it runs neither a worker nor Redis (so that losing
+    /// it loses only the agent): a leader on such a node is asked to step down until one
+    /// elsewhere leads.
     async fn lead_away_from_the_worker(&self) -> String {
-        for _ in 0..NODES.len() {
+        for _ in 0..=NODES.len() {
             let leader = self.leader(None).await;
             let manager = NODES
                 .iter()
@@ -493,7 +494,24 @@ impl Deployed {
                 .copied()
                 .expect("another manager");
             let workers = self.worker_nodes(manager);
-            if !workers.is_empty() && workers.values().all(|node| *node != leader) {
+            let redis = self
+                .lab
+                .try_on(
+                    manager,
+                    &[
+                        "service",
+                        "ps",
+                        "rustybalancer_redis",
+                        "--filter",
+                        "desired-state=running",
+                        "--format",
+                        "{{.Node}}",
+                    ],
+                )
+                .unwrap_or_default();
+            let busy = workers.values().any(|node| *node == leader)
+                || redis.lines().any(|node| node.trim() == leader);
+            if !workers.is_empty() && !busy {
                 return leader;
             }
             let http = self
@@ -506,17 +524,18 @@ impl Deployed {
                 .client
                 .post(format!("{http}/leadership/step-down"))
                 .bearer_auth("swarm-e2e-token")
-                .json(&serde_json::json!({"hold_seconds": 120}))
+                .json(&serde_json::json!({"hold_seconds": 180}))
                 .send()
                 .await
                 .expect("POST /leadership/step-down");
             assert_eq!(answer.status(), 202, "step-down on {leader}");
             let next = self.leader(Some(&leader)).await;
             eprintln!(
-                "a worker runs on {leader}'s node ({workers:?}): it stepped down, {next} leads"
+                "{leader} runs a worker ({workers:?}) or Redis ({}): it stepped down, {next} leads",
+                redis.trim()
             );
         }
-        panic!("no agent away from the workers' nodes leads");
+        panic!("no agent away from the workers and Redis leads");
     }
 
     /// Waits until every agent answers `/status` and names `leader` (a hung agent fails it).
@@ -552,9 +571,9 @@ impl Deployed {
 
     /// The node whose agent leads, asked of every agent that answers.
     async fn leader(&self, except: Option<&str>) -> String {
-        let agents = self.agents();
         common::testing::eventually("an agent leads", Duration::from_secs(90), || {
-            let agents = agents.clone();
+            // The addresses afresh each time: an agent's task may have been replaced.
+            let agents = self.agents();
             let client = self.client.clone();
             async move {
                 for (_, http) in agents {
@@ -564,9 +583,11 @@ impl Deployed {
                     let Ok(status) = answer.json::<serde_json::Value>().await else {
                         continue;
                     };
-                    let leader = status["leadership"]["leader"]["id"].as_str()?.to_owned();
-                    if Some(leader.as_str()) != except {
-                        return Some(leader);
+                    let Some(leader) = status["leadership"]["leader"]["id"].as_str() else {
+                        continue; // this one knows no leader: ask the next
+                    };
+                    if Some(leader) != except {
+                        return Some(leader.to_owned());
                     }
                 }
                 None
