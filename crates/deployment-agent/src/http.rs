@@ -426,12 +426,13 @@ const MAX_HOLD_SECONDS: u64 = 300;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StepDownBody {
-    /// How long the leader stays out of the election (default: three leases).
+    /// How long the leader yields the lead to the other agents (default: three leases).
     hold_seconds: Option<u64>,
 }
 
 /// Hands the lead to another agent (maintenance of the leader's host): the leader releases
-/// the lease and does not campaign for the hold. A follower forwards it to the leader.
+/// the lease and, for the hold, takes it again only if no other agent does (see
+/// `lease::HOLD_VACANT_LEASES`). A follower forwards it to the leader.
 async fn step_down(State(agent): State<Agent>, body: Bytes) -> Response {
     let body: StepDownBody = if body.iter().all(u8::is_ascii_whitespace) {
         StepDownBody::default()
@@ -473,7 +474,7 @@ async fn step_down(State(agent): State<Agent>, body: Bytes) -> Response {
         EventKind::LeaderStepDown,
         None,
         format!(
-            "{} steps down as asked; not campaigning for {hold:?}",
+            "{} steps down as asked; yielding the lead for {hold:?}",
             agent.id()
         ),
     );

@@ -59,6 +59,9 @@ const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 const AGENT_FRESH_LEASES: u32 = 3;
 /// Agents not seen for this many leases are deleted from the hash by the leader.
 const AGENT_FORGET_LEASES: u32 = 10;
+/// An agent that stepped down takes the lead again within its hold only once the lease has
+/// stayed free this many leases: the other candidates had their chance and none took it.
+const HOLD_VACANT_LEASES: u32 = 2;
 
 /// Takes the lease if nobody holds it: `SET NX PX`, then the next epoch and the leader's info.
 /// A lease still holding `ARGV[5]` (this agent's last value; empty for none) is renewed
@@ -230,7 +233,8 @@ struct Shared {
     /// Whether this agent may lead now ([`LeaseConfig::candidate`], then
     /// [`Elector::set_candidate`]).
     candidate: std::sync::atomic::AtomicBool,
-    /// Set by [`Elector::step_down`]: this agent does not campaign before this instant.
+    /// Set by [`Elector::step_down`]: until this instant this agent yields the lead to the
+    /// other candidates (see [`HOLD_VACANT_LEASES`]).
     hold_off: Mutex<Option<Instant>>,
     /// Cancelled once the task has ended (and released the lease).
     stopped: CancellationToken,
@@ -295,6 +299,7 @@ impl Elector {
             timeout: (tick / 2).min(CALL_TIMEOUT_MAX),
             held: None,
             forget: Vec::new(),
+            vacant_since: None,
             config,
         };
         tokio::spawn(task.run(shutdown));
@@ -357,8 +362,10 @@ impl Elector {
     }
 
     /// Hands the lead over: a leader releases the lease at its next round (within a third
-    /// of the lease), and this agent does not campaign for `hold`, so that another one
-    /// leads. Returns false, changing nothing, unless it leads in an election.
+    /// of the lease), and for `hold` this agent yields to the other candidates: it campaigns
+    /// only once the lease has stayed free for [`HOLD_VACANT_LEASES`] leases (no other agent
+    /// could take it), so a step-down never leaves the agents without a leader for longer.
+    /// Returns false, changing nothing, unless it leads in an election.
     pub fn step_down(&self, hold: Duration) -> bool {
         if self.is_solo() || !self.shared.is_acting() {
             return false;
@@ -370,7 +377,7 @@ impl Elector {
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + hold);
         info!(
             ?hold,
-            "stepping down as asked; not campaigning for the hold"
+            "stepping down as asked; yielding the lead to the other agents for the hold"
         );
         true
     }
@@ -549,15 +556,38 @@ impl Shared {
         self.lock().acting.is_some()
     }
 
-    /// Whether this agent may hold the lease now: a candidate not holding off after a step
-    /// down.
-    fn may_lead(&self) -> bool {
-        let held_off = self
+    /// Whether this agent may campaign now: a candidate that is not yielding after a step
+    /// down, or that yields but has seen the lease free since `vacant_since` for
+    /// [`HOLD_VACANT_LEASES`] leases.
+    fn may_lead(&self, vacant_since: Option<Instant>, lease: Duration) -> bool {
+        if !self.candidate.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        let yielding = self
             .hold_off
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|until| Instant::now() < until);
-        self.candidate.load(Ordering::Relaxed) && !held_off
+            .is_some_and(|until| now < until);
+        !yielding
+            || vacant_since
+                .is_some_and(|since| now.duration_since(since) >= lease * HOLD_VACANT_LEASES)
+    }
+
+    /// Whether this agent yields the lead after a step-down.
+    fn yielding(&self) -> bool {
+        self.hold_off
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Ends a step-down's hold early (this agent took the lease that nobody else took).
+    fn end_hold(&self) {
+        self.hold_off
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     #[cfg(test)]
@@ -628,6 +658,8 @@ enum Outcome {
     Renewed,
     /// Someone else holds it (their info, if readable).
     HeldBy(Option<LeaderInfo>),
+    /// Nobody holds it (read by an agent that yields after a step-down).
+    Vacant,
     Refused,
     Failed(LeaseError),
 }
@@ -646,6 +678,8 @@ struct Task {
     held: Option<Held>,
     /// Stale agent entries to delete with the next heartbeat (when leading).
     forget: Vec<String>,
+    /// Since when a yielding agent has seen the lease free, round after round.
+    vacant_since: Option<Instant>,
 }
 
 impl Task {
@@ -714,7 +748,8 @@ impl Task {
                 return;
             }
         };
-        if !self.shared.may_lead() && self.held.is_some() {
+        let may_lead = self.may_lead();
+        if !may_lead && self.held.is_some() {
             self.resign(&mut conn).await;
         }
         let mut heartbeat_conn = conn.clone();
@@ -723,7 +758,7 @@ impl Task {
             (state.acting.is_some(), state.max_epoch)
         };
         let (outcome, agents) = tokio::join!(
-            self.lease_call(&mut conn, acting, max_epoch),
+            self.lease_call(&mut conn, acting, max_epoch, may_lead),
             self.heartbeat(&mut heartbeat_conn)
         );
         match agents {
@@ -733,6 +768,10 @@ impl Task {
             }
         }
         self.settle(started, outcome);
+    }
+
+    fn may_lead(&self) -> bool {
+        self.shared.may_lead(self.vacant_since, self.config.lease)
     }
 
     async fn connection(&mut self) -> Result<ConnectionManager, LeaseError> {
@@ -767,6 +806,7 @@ impl Task {
         conn: &mut ConnectionManager,
         acting: bool,
         max_epoch: u64,
+        may_lead: bool,
     ) -> Outcome {
         let lease_ms = millis(self.config.lease);
         match (&self.held, acting) {
@@ -788,7 +828,7 @@ impl Task {
                     Err(err) => Outcome::Failed(err),
                 }
             }
-            (None, _) if !self.shared.may_lead() => {
+            (None, _) if !may_lead => {
                 // May not lead now: only reads who does.
                 let read: Result<(Option<String>, Option<String>), _> = self
                     .timed(
@@ -800,6 +840,7 @@ impl Task {
                     .await;
                 match read {
                     Ok((Some(value), Some(info))) => Outcome::HeldBy(parse_info(&info, &value)),
+                    Ok((None, _)) => Outcome::Vacant,
                     Ok(_) => Outcome::HeldBy(None),
                     Err(err) => Outcome::Failed(err),
                 }
@@ -905,6 +946,9 @@ impl Task {
     fn settle(&mut self, started: Instant, outcome: Outcome) {
         let until = started + self.config.lease * 2 / 3;
         let was_acting = self.shared.is_acting();
+        if !matches!(outcome, Outcome::Vacant) {
+            self.vacant_since = None;
+        }
         match outcome {
             Outcome::Renewed => {
                 if let Some(held) = &self.held {
@@ -925,8 +969,20 @@ impl Task {
                         "took the leader lease back"
                     );
                 }
+                if self.shared.yielding() {
+                    warn!(
+                        vacant = ?self.config.lease * HOLD_VACANT_LEASES,
+                        "no other agent took the lead this agent stepped down from; leading again"
+                    );
+                    self.shared.end_hold();
+                }
                 self.shared.lead(&held, until);
                 self.held = Some(held);
+            }
+            Outcome::Vacant => {
+                self.held = None;
+                self.vacant_since.get_or_insert(started);
+                self.shared.follow(None);
             }
             Outcome::HeldBy(leader) => {
                 self.held = None;

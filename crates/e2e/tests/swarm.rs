@@ -493,25 +493,43 @@ impl Deployed {
                 .find(|node| **node != leader)
                 .copied()
                 .expect("another manager");
-            let workers = self.worker_nodes(manager);
-            let redis = self
-                .lab
-                .try_on(
-                    manager,
-                    &[
-                        "service",
-                        "ps",
-                        "rustybalancer_redis",
-                        "--filter",
-                        "desired-state=running",
-                        "--format",
-                        "{{.Node}}",
-                    ],
-                )
-                .unwrap_or_default();
+            // Where the worker runs, once Swarm tells (a CLI call may fail under load, and
+            // an empty answer must not count as "no worker here").
+            let workers = common::testing::eventually(
+                "Swarm tells where the worker runs",
+                Duration::from_secs(60),
+                || {
+                    let workers = self.worker_nodes(manager);
+                    async move { (!workers.is_empty()).then_some(workers) }
+                },
+            )
+            .await;
+            let redis = common::testing::eventually(
+                "Swarm tells where Redis runs",
+                Duration::from_secs(60),
+                || {
+                    let redis = self
+                        .lab
+                        .try_on(
+                            manager,
+                            &[
+                                "service",
+                                "ps",
+                                "rustybalancer_redis",
+                                "--filter",
+                                "desired-state=running",
+                                "--format",
+                                "{{.Node}}",
+                            ],
+                        )
+                        .filter(|nodes| !nodes.trim().is_empty());
+                    async move { redis }
+                },
+            )
+            .await;
             let busy = workers.values().any(|node| *node == leader)
                 || redis.lines().any(|node| node.trim() == leader);
-            if !workers.is_empty() && !busy {
+            if !busy {
                 return leader;
             }
             let http = self

@@ -491,7 +491,7 @@ async fn a_leader_that_may_no_longer_lead_steps_down_and_another_takes_over() {
 }
 
 #[tokio::test]
-async fn a_leader_asked_to_step_down_hands_over_and_holds_off() {
+async fn a_leader_asked_to_step_down_hands_over_and_yields_until_nobody_else_leads() {
     let server = RedisServer::start();
     let prefix = unique_prefix("step-down");
     let first = Agent::start(&server, &prefix, "a");
@@ -502,9 +502,8 @@ async fn a_leader_asked_to_step_down_hands_over_and_holds_off() {
         "a follower stepped down"
     );
 
-    let hold = Duration::from_secs(3);
-    assert!(first.elector.step_down(hold));
-    let asked = StdInstant::now();
+    // A hold far longer than the test: a yields for all of it while another may lead.
+    assert!(first.elector.step_down(Duration::from_secs(300)));
     eventually("b leads", SOON, || second.leads()).await;
     assert!(!first.leads());
     eventually("a follows b", SOON, || {
@@ -514,13 +513,27 @@ async fn a_leader_asked_to_step_down_hands_over_and_holds_off() {
             .is_some_and(|leader| leader.id == "b")
     })
     .await;
-    // b gone within the hold: a does not campaign until the hold has passed.
+    // While b lives, a never takes the lead back.
+    let watch_until = StdInstant::now() + LEASE * (HOLD_VACANT_LEASES + 2);
+    while StdInstant::now() < watch_until {
+        assert!(second.leads() && !first.leads(), "a took the lead back");
+        tokio::time::sleep(LEASE / 10).await;
+    }
+    // b gone: a waits for the lease to stay free HOLD_VACANT_LEASES leases, then leads
+    // (nobody else would): the hold never leaves the agents without a leader.
     second.stop().await;
-    eventually("a leads again", hold * 2, || first.leads()).await;
+    let gone = StdInstant::now();
+    eventually("a leads again", SOON, || first.leads()).await;
     assert!(
-        asked.elapsed() >= hold,
-        "a led again {:?} after stepping down, within its hold of {hold:?}",
-        asked.elapsed()
+        gone.elapsed() >= LEASE * HOLD_VACANT_LEASES,
+        "a led again {:?} after b left, before the lease stayed free {HOLD_VACANT_LEASES} leases",
+        gone.elapsed()
+    );
+    // Its hold is over: leading again, it does not resign.
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(
+        first.leads(),
+        "a resigned again after taking the vacant lease"
     );
     first.stop().await;
 }

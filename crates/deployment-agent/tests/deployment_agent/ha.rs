@@ -10,8 +10,8 @@
 //! - `POST /scale` on the follower gets the leader's answer (status and body), marked
 //!   `X-Forwarded-To-Leader`;
 //! - the leader asked to step down (through the follower) hands over; its own queue
-//!   subscribers, on the same connection, get the new leader's snapshots as it scales, and it
-//!   does not lead again during its hold;
+//!   subscribers, on the same connection, get the new leader's snapshots as it scales; during
+//!   its hold it leads again only once nobody else leads for two leases;
 //! - an agent whose leader's queue it cannot reach (a leader in Redis at a silent address)
 //!   closes its queue subscribers (`/ws` with 1013, `WatchQueue` ended) and refuses new ones
 //!   (503, `UNAVAILABLE`), and takes them again once it leads.
@@ -857,17 +857,29 @@ async fn a_leader_asked_to_step_down_hands_over_and_relays_its_successors_queue(
         "events since the step-down: {kinds:?}"
     );
 
-    // Within its hold it does not lead again, even with the new leader gone.
+    // Within its hold it yields, it does not abstain: with the new leader gone and nobody
+    // else to lead, it leads again once the lease has stayed free for two leases.
     let mut cluster = cluster;
     cluster.agents[new].stop(Duration::from_secs(5)).await;
-    tokio::time::sleep(LEASE * 4).await;
-    let status = cluster
-        .leadership(old)
-        .await
-        .expect("the old leader answers");
+    let gone = Instant::now();
+    let mut role = String::new();
+    while Instant::now() < gone + LEASE * 10 {
+        if let Some(status) = cluster.leadership(old).await {
+            role = status.role;
+            if role == "leader" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
-        status.role, "follower",
-        "it led again within its hold: {status:?}"
+        role, "leader",
+        "the old leader never led again, alone, within its hold"
+    );
+    assert!(
+        gone.elapsed() >= LEASE * 2,
+        "it led again {:?} after the new leader left, before the lease stayed free two leases",
+        gone.elapsed()
     );
 }
 
