@@ -41,6 +41,10 @@ build_binaries
 stage "cargo test (unit, HTTP, process, Docker)"
 cargo test --release --workspace --locked --exclude e2e
 
+# The balancer's tests ran on its HTTP/1.1 fast path (the default); once more on hyper only.
+stage "the balancer's tests on the hyper path (BALANCER_TEST_HTTP1_PATH=hyper)"
+BALANCER_TEST_HTTP1_PATH=hyper cargo test --release --locked -p balancer --test balancer
+
 # Last, alone on the machine: the whole stack through jobs/run.sh and jobs/reset.sh. It prints
 # the cold-start and scale-out figures and where the chart of the run is.
 stage "end-to-end tests: the prod, slim and dev stacks on Docker, the stack on a three-node swarm lab (about 15 minutes)"

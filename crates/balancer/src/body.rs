@@ -90,13 +90,26 @@ impl Tee {
     fn push(&mut self, data: &Bytes) -> bool {
         self.len += data.len() as u64;
         if self.len > self.cache.max_entry_bytes() {
+            self.chunks.clear();
             return false;
         }
         self.chunks.push(data.clone());
         true
     }
 
-    fn finish(self) {
+    /// Keeps a copy of `data` (the fast path's bytes); past the entry limit the copy is
+    /// given up and `finish` stores nothing.
+    pub(crate) fn push_slice(&mut self, data: &[u8]) {
+        if self.len <= self.cache.max_entry_bytes() {
+            let _ = self.push(&Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// Stores the copy, unless the body outgrew the entry limit.
+    pub(crate) fn finish(self) {
+        if self.len > self.cache.max_entry_bytes() {
+            return;
+        }
         let mut body = BytesMut::with_capacity(usize::try_from(self.len).unwrap_or(0));
         for chunk in &self.chunks {
             body.extend_from_slice(chunk);

@@ -185,6 +185,15 @@ fn parse_header_limit(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `fast` or `hyper`: whether the HTTP/1.1 fast path serves.
+fn parse_http1_path(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "fast" => Ok(true),
+        "hyper" => Ok(false),
+        other => Err(format!("expected `fast` or `hyper`, got `{other}`")),
+    }
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration.is_zero() {
@@ -473,6 +482,13 @@ pub struct Config {
     #[arg(long = "retry-buffer-bytes", env = "RETRY_BUFFER_BYTES", value_name = "RETRY_BUFFER_BYTES",
           default_value_t = DEFAULT_RETRY_BUFFER_BYTES)]
     pub retry_buffer_bytes: u64,
+
+    /// How HTTP/1.1 requests are served: `fast` (the strict fast path for the common case,
+    /// hyper for the rest) or `hyper` (everything on hyper, as before the fast path).
+    #[arg(long = "http1-path", env = "BALANCER_HTTP1_PATH", value_name = "BALANCER_HTTP1_PATH",
+          default_value = "fast", value_parser = parse_http1_path)]
+    pub http1_fast_path: bool,
+
     /// The deployment agent's token, sent as `authorization: Bearer` metadata on every gRPC
     /// call (load reports); the agent refuses the reports without it.
     #[arg(long = "agent-token", env = "AGENT_TOKEN", value_name = "AGENT_TOKEN",
@@ -531,6 +547,7 @@ impl Default for Config {
             body_read_timeout: Duration::from_secs(30),
             retry_routes: crate::route::RetryRoutes::default(),
             retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+            http1_fast_path: true,
             agent_token: None,
         }
     }

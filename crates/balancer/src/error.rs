@@ -75,23 +75,34 @@ impl ProxyError {
         )
     }
 
-    /// The answer to the client.
-    pub fn into_response(self, retry_after_secs: u64) -> Response<ResponseBody> {
-        let status = self.status();
-        let mut response = json_response(status, &ErrorBody::new(self.to_string()).to_json());
-        if matches!(self, Self::QueueFull | Self::QueueTimeout(_)) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        }
-        if matches!(
+    /// Whether the answer carries `Retry-After` (no backend now; later may do).
+    pub fn retry_after(&self) -> bool {
+        matches!(self, Self::QueueFull | Self::QueueTimeout(_))
+    }
+
+    /// Whether the client's connection closes after the answer: the request's own bytes are
+    /// in doubt (a bad head, a body not read to its end).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
             self,
             Self::BadRequest(_)
                 | Self::HeadersTooLarge(_)
                 | Self::BodyTooLarge(_)
                 | Self::ClientBody
                 | Self::BodyTimeout
-        ) {
+        )
+    }
+
+    /// The answer to the client.
+    pub fn into_response(self, retry_after_secs: u64) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut response = json_response(status, &ErrorBody::new(self.to_string()).to_json());
+        if self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if self.closes_connection() {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

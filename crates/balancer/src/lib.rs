@@ -16,6 +16,7 @@ mod body;
 mod cache;
 mod cors;
 mod error;
+mod fast;
 // The fast path's wire format (#16): not wired into the proxy yet, the fast path wires it next.
 #[allow(dead_code)]
 pub(crate) mod h1;
@@ -129,6 +130,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
             body_read_timeout: config.body_read_timeout,
             retry_routes: config.retry_routes.clone(),
             retry_buffer_bytes: config.retry_buffer_bytes,
+            fast_path: config.http1_fast_path,
         },
     });
 

@@ -54,7 +54,7 @@ use crate::{
 /// Bodies up to this size with a known length are read before sending, so a retry can send
 /// them again; larger ones are streamed. `RETRY_ROUTES` requests use `RETRY_BUFFER_BYTES`
 /// instead, whether their length is known or not.
-const REPLAY_BODY_BYTES: u64 = 64 << 10;
+pub(crate) const REPLAY_BODY_BYTES: u64 = 64 << 10;
 
 /// The settings of the proxy path.
 #[derive(Debug, Clone)]
@@ -70,6 +70,8 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     pub retry_routes: RetryRoutes,
     pub retry_buffer_bytes: u64,
+    /// HTTP/1.1 on the fast path (`fast`), the rest on hyper; `false`: all on hyper.
+    pub fast_path: bool,
 }
 
 /// Everything the proxy path shares.
@@ -517,7 +519,7 @@ impl Shared {
 
     /// A backend for the next attempt that it has not tried (`None`: none is routable), and
     /// whether another would remain for a retry.
-    fn pick(&self, tried: &Tried, now: u64) -> (Option<Arc<Backend>>, bool) {
+    pub(crate) fn pick(&self, tried: &Tried, now: u64) -> (Option<Arc<Backend>>, bool) {
         let table = self.backends.load();
         let picked = self.picker.pick(&table, tried, now);
         let others = table.candidates.len() > tried.len() + 1;
@@ -526,7 +528,7 @@ impl Shared {
 
     /// The admission queue, while no backend is routable (boxed, like the other rare steps:
     /// keeps the request's future small).
-    fn queue<'a>(
+    pub(crate) fn queue<'a>(
         &'a self,
         tried: &'a Tried,
     ) -> Pin<Box<impl Future<Output = Result<Arc<Backend>, ProxyError>> + 'a>> {
@@ -538,7 +540,7 @@ impl Shared {
 
     /// Whether a request whose backend left the table goes elsewhere (its attempt dropped, the
     /// connection closed): the retry policy's word, counted.
-    fn leave(&self, retry: &mut RetryPolicy) -> bool {
+    pub(crate) fn leave(&self, retry: &mut RetryPolicy) -> bool {
         let elsewhere = retry.elsewhere(&self.backends.load());
         let verdict = retry.decide(
             Outcome::Removed { elsewhere },
@@ -610,7 +612,7 @@ impl Shared {
     }
 
     /// Logs a failed send; a connect failure counts towards the backend's ejection.
-    fn send_failed(&self, backend: &Backend, err: &SendError, now: u64) {
+    pub(crate) fn send_failed(&self, backend: &Backend, err: &SendError, now: u64) {
         if let SendError::Connect(_) = err {
             if backend.connect_failed(now, self.settings.ejection) {
                 tracing::warn!(
@@ -628,7 +630,7 @@ impl Shared {
 
     /// Records an answer's head from `backend` (sent at `sent`): connected, its latency, its
     /// status. Returns the clock's time of the answer.
-    fn answered(&self, backend: &Backend, sent: Instant, status: StatusCode) -> u64 {
+    pub(crate) fn answered(&self, backend: &Backend, sent: Instant, status: StatusCode) -> u64 {
         backend.connected();
         let answered = Instant::now();
         let now = self.clock.nanos(answered);
@@ -642,7 +644,7 @@ impl Shared {
     }
 
     /// Counts the retry policy's verdict; whether the request is sent again.
-    fn tally(&self, verdict: Verdict) -> bool {
+    pub(crate) fn tally(&self, verdict: Verdict) -> bool {
         match verdict {
             Verdict::Retry(reason) => {
                 self.metrics.retried(reason);
@@ -758,11 +760,21 @@ pin_project_lite::pin_project! {
     /// An attempt that gives up when its backend leaves the table and `leave` says the request
     /// goes elsewhere (`None`); else it waits for the answer as if nothing happened. A named
     /// future, not an `async` block: it keeps the request's future small.
-    struct UntilRemoved<'a, F, L> {
+    pub(crate) struct UntilRemoved<'a, F, L> {
         send: Pin<&'a mut F>,
         #[pin]
         removed: Option<Removed<'a>>,
         leave: Option<L>,
+    }
+}
+
+impl<'a, F, L> UntilRemoved<'a, F, L> {
+    pub(crate) fn new(send: Pin<&'a mut F>, removed: Removed<'a>, leave: L) -> Self {
+        Self {
+            send,
+            removed: Some(removed),
+            leave: Some(leave),
+        }
     }
 }
 

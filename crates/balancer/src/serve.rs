@@ -38,6 +38,7 @@ use tokio::{
 };
 
 use crate::{
+    fast,
     proxy::{Proxy, Shared},
     timer::{self, PooledTimer},
 };
@@ -159,7 +160,7 @@ pub async fn serve(
 /// Checking it costs the connection one atomic load per poll, where a shared watch channel
 /// would take its lock on every poll.
 #[derive(Debug, Default)]
-struct Drain {
+pub(crate) struct Drain {
     requested: AtomicBool,
     waker: AtomicWaker,
 }
@@ -170,6 +171,23 @@ impl Drain {
         self.waker.wake();
     }
 
+    /// Whether a drain was requested.
+    pub(crate) fn requested(&self) -> bool {
+        self.requested.load(Acquire)
+    }
+
+    /// Until a drain is requested.
+    pub(crate) async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.poll_requested(cx) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
     /// `true` once a drain was requested; registers the task to be woken for it otherwise.
     fn poll_requested(&self, cx: &Context<'_>) -> bool {
         if self.requested.load(Acquire) {
@@ -177,6 +195,35 @@ impl Drain {
         }
         self.waker.register(cx.waker());
         self.requested.load(Acquire)
+    }
+}
+
+/// Serves one connection (or its rest, after the fast path) with hyper: HTTP/1.1 with
+/// upgrades, or h2c; a drain asks it to finish its current request and close.
+async fn serve_hyper<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: IO,
+    shared: Arc<Shared>,
+    shard: usize,
+    peer: SocketAddr,
+    drain: &Drain,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = Proxy::new(shared, shard, peer.ip());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut draining = false;
+    let served = std::future::poll_fn(|cx| {
+        if !draining && drain.poll_requested(cx) {
+            draining = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(err) = served {
+        tracing::debug!(cause = %err, %peer, "connection ended with an error");
     }
 }
 
@@ -196,8 +243,12 @@ async fn traffic_thread(
         .timer(PooledTimer)
         // As for the upstream connections: one buffer, one write (see `upstream`).
         .writev(false)
+        // A client that half-closes after its request still gets the answer (as on the fast
+        // path, and with nginx and HAProxy); hyper's default drops the request.
+        .half_close(true)
         .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(PooledTimer);
+    let builder = Arc::new(builder);
     let mut drains: Vec<Arc<Drain>> = Vec::new();
     let mut connections = JoinSet::new();
 
@@ -216,29 +267,30 @@ async fn traffic_thread(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = Proxy::new(Arc::clone(&shared), shard, peer.ip());
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
                 // Forget the signals of closed connections now and then.
                 if drains.len() >= 64 && drains.len() >= 2 * connections.len() {
                     drains.retain(|drain| Arc::strong_count(drain) > 1);
                 }
                 let drain = Arc::new(Drain::default());
                 drains.push(Arc::clone(&drain));
+                let shared = Arc::clone(&shared);
+                let builder = Arc::clone(&builder);
+                let header_read_timeout = options.header_read_timeout;
                 connections.spawn(async move {
-                    let mut connection = std::pin::pin!(connection);
-                    let mut draining = false;
-                    let served = std::future::poll_fn(|cx| {
-                        if !draining && drain.poll_requested(cx) {
-                            draining = true;
-                            connection.as_mut().graceful_shutdown();
+                    if shared.settings.fast_path {
+                        let connection = fast::Connection::new(
+                            Arc::clone(&shared),
+                            shard,
+                            peer.ip(),
+                            stream,
+                            header_read_timeout,
+                            Arc::clone(&drain),
+                        );
+                        if let fast::Served::Fallback(rewind) = connection.serve().await {
+                            serve_hyper(&builder, rewind, shared, shard, peer, &drain).await;
                         }
-                        connection.as_mut().poll(cx)
-                    })
-                    .await;
-                    if let Err(err) = served {
-                        tracing::debug!(cause = %err, %peer, "connection ended with an error");
+                    } else {
+                        serve_hyper(&builder, stream, shared, shard, peer, &drain).await;
                     }
                     drop(permit);
                 });

@@ -198,6 +198,13 @@ pub enum SendError {
     /// The connection failed after the request was (maybe) sent.
     #[error(transparent)]
     Request(hyper::Error),
+    /// The fast path's connection failed after the request was (maybe) sent.
+    #[error("the connection to the backend failed")]
+    Io(#[source] std::io::Error),
+    /// The fast path read an answer it cannot relay (malformed, or framed in a way it does
+    /// not take).
+    #[error("the backend's answer was refused")]
+    Answer(#[source] crate::h1::Refusal),
 }
 
 /// The idle connections to one backend.
@@ -206,6 +213,8 @@ pub struct Pool {
     address: String,
     config: PoolConfig,
     idle: Mutex<Vec<IdleConn>>,
+    /// The fast path's idle sockets (plain HTTP/1.1, no hyper state), most recent last.
+    idle_raw: Mutex<Vec<(TcpStream, Instant)>>,
     pub opened: AtomicU64,
 }
 
@@ -223,6 +232,7 @@ impl Pool {
             address,
             config,
             idle: Mutex::new(Vec::new()),
+            idle_raw: Mutex::new(Vec::new()),
             opened: AtomicU64::new(0),
         }
     }
@@ -233,8 +243,42 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn idle_raw(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, Instant)>> {
+        self.idle_raw
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn idle_count(&self) -> usize {
-        self.idle().len()
+        self.idle().len() + self.idle_raw().len()
+    }
+
+    /// The fast path's most recently used idle socket that is still fresh.
+    pub fn checkout_raw(&self) -> Option<TcpStream> {
+        let now = Instant::now();
+        let mut idle = self.idle_raw();
+        let (stream, since) = idle.pop()?;
+        if now.duration_since(since) < self.config.idle_timeout {
+            return Some(stream);
+        }
+        // The rest are older still.
+        idle.clear();
+        None
+    }
+
+    /// Returns a fast-path socket after a complete request and a complete answer.
+    pub fn checkin_raw(&self, stream: TcpStream) {
+        let mut idle = self.idle_raw();
+        if idle.len() < self.config.max_idle {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    /// A new socket to the backend for the fast path.
+    pub async fn connect_raw(&self) -> Result<TcpStream, SendError> {
+        let stream = self.tcp_connect().await?;
+        self.opened.fetch_add(1, Relaxed);
+        Ok(stream)
     }
 
     /// The most recently used idle connection that is still fresh.
@@ -277,9 +321,18 @@ impl Pool {
             idle.drain(..keep).collect()
         };
         drop(stale);
+        let stale_raw: Vec<(TcpStream, Instant)> = {
+            let mut idle = self.idle_raw();
+            let keep = idle
+                .iter()
+                .position(|(_, since)| now.duration_since(*since) < self.config.idle_timeout)
+                .unwrap_or(idle.len());
+            idle.drain(..keep).collect()
+        };
+        drop(stale_raw);
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn tcp_connect(&self) -> Result<TcpStream, SendError> {
         let stream = tokio::time::timeout(
             self.config.connect_timeout,
             TcpStream::connect(self.address.as_str()),
@@ -293,6 +346,11 @@ impl Pool {
         })?
         .map_err(SendError::Connect)?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let stream = self.tcp_connect().await?;
         let write_closed = Arc::new(AtomicBool::new(false));
         // One buffer and a plain write per request, not a `writev` of head and body parts:
         // fewer instructions for the small messages that dominate (bounded all the same by

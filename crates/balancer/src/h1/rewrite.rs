@@ -28,7 +28,7 @@ const HOP_BY_HOP: [&[u8]; 10] = [
     b"proxy-connection",
 ];
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|hop| hop.eq_ignore_ascii_case(name))
 }
 
@@ -92,6 +92,7 @@ pub(crate) fn write_response(
     buf: &[u8],
     head: &ResponseHead,
     backend: &[u8],
+    x_cache: Option<&[u8]>,
     close: bool,
     out: &mut Vec<u8>,
 ) {
@@ -124,6 +125,11 @@ pub(crate) fn write_response(
     out.extend_from_slice(b"x-backend: ");
     out.extend_from_slice(backend);
     out.extend_from_slice(b"\r\n");
+    if let Some(x_cache) = x_cache {
+        out.extend_from_slice(b"x-cache: ");
+        out.extend_from_slice(x_cache);
+        out.extend_from_slice(b"\r\n");
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }

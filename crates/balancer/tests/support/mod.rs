@@ -224,8 +224,24 @@ pub struct TestBalancer {
     task: Option<JoinHandle<Stopped>>,
 }
 
+/// The HTTP/1.1 path the tests' balancers take: `BALANCER_TEST_HTTP1_PATH` (`fast`, the
+/// default, or `hyper`), so that `jobs/test.sh` runs every test against both.
+pub fn http1_fast_path() -> bool {
+    match std::env::var("BALANCER_TEST_HTTP1_PATH").as_deref() {
+        Err(_) | Ok("fast") => true,
+        Ok("hyper") => false,
+        Ok(other) => panic!("BALANCER_TEST_HTTP1_PATH: expected fast or hyper, got {other}"),
+    }
+}
+
 impl TestBalancer {
-    pub async fn start(config: Config) -> Self {
+    pub async fn start(mut config: Config) -> Self {
+        config.http1_fast_path = http1_fast_path();
+        Self::start_as_configured(config).await
+    }
+
+    /// With `config` as it is (its HTTP/1.1 path too).
+    pub async fn start_as_configured(config: Config) -> Self {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = http.local_addr().unwrap();
@@ -453,4 +469,5 @@ impl std::ops::DerefMut for BalancerProcess {
     }
 }
 
+#[allow(unused_imports)] // not every test binary starts a worker process
 pub use common::testing::WorkerProcess;

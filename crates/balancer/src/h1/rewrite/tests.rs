@@ -139,7 +139,7 @@ fn the_response_as_today() {
     let buf = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Backend: spoofed\r\nContent-Length: 2\r\n\r\n";
     let head = response(buf);
     let mut out = Vec::new();
-    write_response(buf, &head, b"worker-1:8080", false, &mut out);
+    write_response(buf, &head, b"worker-1:8080", None, false, &mut out);
     let (line, fields) = fields_of(&out);
     assert_eq!(line, "HTTP/1.1 200 OK");
     let mut expected = today(buf, head.headers.as_slice(), None, None);
@@ -153,14 +153,14 @@ fn the_response_as_today() {
 fn a_response_is_rechunked_when_not_delimited_by_its_length() {
     let buf = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut out = Vec::new();
-    write_response(buf, &response(buf), b"w", true, &mut out);
+    write_response(buf, &response(buf), b"w", None, true, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nx-backend: w\r\nconnection: close\r\n\r\n"
     );
     let buf = b"HTTP/1.1 200 \r\nX: y\r\n\r\n";
     let mut out = Vec::new();
-    write_response(buf, &response(buf), b"w", false, &mut out);
+    write_response(buf, &response(buf), b"w", None, false, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "HTTP/1.1 200 \r\nX: y\r\ntransfer-encoding: chunked\r\nx-backend: w\r\n\r\n"
