@@ -119,6 +119,27 @@ enum Why {
     LargeBody,
 }
 
+impl Why {
+    /// Its index in `metrics::FALLBACK_REASONS`.
+    fn reason(self) -> usize {
+        use crate::h1::Fallback;
+        match self {
+            Self::Head(Fallback::Version) => 0,
+            Self::Head(Fallback::H2c) => 1,
+            Self::Head(Fallback::TargetForm) => 2,
+            Self::Head(Fallback::Connect) => 3,
+            Self::Head(Fallback::Upgrade) => 4,
+            Self::Head(Fallback::Expect) => 5,
+            Self::Head(Fallback::Host) => 6,
+            Self::Head(Fallback::TransferCoding) => 7,
+            Self::Head(Fallback::ConnectionTokens) => 8,
+            Self::Cors => 9,
+            Self::ChunkedBody => 10,
+            Self::LargeBody => 11,
+        }
+    }
+}
+
 impl std::fmt::Display for Why {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -227,6 +248,7 @@ impl Connection {
                     None => return self.fallback(Why::LargeBody),
                 },
             };
+            self.shared.metrics.fast_path_requests.fetch_add(1, Relaxed);
             match next {
                 Next::KeepAlive => {}
                 Next::Close => {
@@ -239,6 +261,7 @@ impl Connection {
 
     fn fallback(self, why: Why) -> Served {
         tracing::trace!(%why, "to hyper");
+        self.shared.metrics.fell_back(why.reason());
         Served::Fallback(Rewind {
             prefix: self.buf,
             at: 0,
@@ -263,6 +286,7 @@ impl Connection {
                     Ok(Parsed::Fallback(why)) => return Err(Stop::Fallback(Why::Head(why))),
                     Err(refusal) => {
                         self.shared.metrics.local.record(refusal.status);
+                        self.shared.metrics.fast_path_requests.fetch_add(1, Relaxed);
                         let error = match refusal.status {
                             431 => ProxyError::HeadersTooLarge(limits.max_head_bytes),
                             _ => ProxyError::BadRequest(refusal.message),
@@ -774,35 +798,40 @@ async fn send_once(
             }
             return Err(SendError::Io(err));
         }
+        // Whether any byte of an answer arrived (then the request is not sent again here).
+        let mut heard = false;
         loop {
+            if !answer.is_empty() {
+                match parse_response(answer, limits, is_head) {
+                    Ok(Parsed::Partial) => {}
+                    Ok(Parsed::Complete { head, len }) if head.interim => {
+                        // 1xx: not relayed (as hyper's client); the final answer follows,
+                        // maybe already in the buffer.
+                        answer.drain(..len);
+                        continue;
+                    }
+                    Ok(Parsed::Complete { head, len }) => {
+                        return Ok(Answered { stream, head, len });
+                    }
+                    Ok(Parsed::Fallback(why)) => {
+                        tracing::debug!(%why, "an answer the fast path does not relay");
+                        return Err(SendError::Answer(crate::h1::Refusal::bad_gateway(
+                            "the backend's answer is framed in a way this proxy does not relay",
+                        )));
+                    }
+                    Err(refusal) => return Err(SendError::Answer(refusal)),
+                }
+            }
             match read_some(&mut stream, answer).await {
-                Ok(0) if reused && answer.is_empty() => break,
+                Ok(0) | Err(_) if reused && !heard => break,
                 Ok(0) => {
                     return Err(SendError::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the backend closed the connection before a whole answer head",
                     )));
                 }
-                Err(_) if reused && answer.is_empty() => break,
                 Err(err) => return Err(SendError::Io(err)),
-                Ok(_) => {}
-            }
-            match parse_response(answer, limits, is_head) {
-                Ok(Parsed::Partial) => {}
-                Ok(Parsed::Complete { head, len }) if head.interim => {
-                    // 1xx: not relayed (as hyper's client); the final answer follows.
-                    answer.drain(..len);
-                }
-                Ok(Parsed::Complete { head, len }) => {
-                    return Ok(Answered { stream, head, len });
-                }
-                Ok(Parsed::Fallback(why)) => {
-                    tracing::debug!(?why, "an answer the fast path does not relay");
-                    return Err(SendError::Answer(crate::h1::Refusal::bad_gateway(
-                        "the backend's answer is framed in a way this proxy does not relay",
-                    )));
-                }
-                Err(refusal) => return Err(SendError::Answer(refusal)),
+                Ok(_) => heard = true,
             }
         }
         tracing::trace!("idle upstream connection was closed");

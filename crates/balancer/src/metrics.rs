@@ -82,6 +82,23 @@ pub enum RetryReason {
     Removed,
 }
 
+/// Why the HTTP/1.1 fast path handed a connection to hyper: the `reason` label of
+/// `balancer_http1_fallbacks_total`.
+pub const FALLBACK_REASONS: [&str; 12] = [
+    "version",
+    "h2c",
+    "target_form",
+    "connect",
+    "upgrade",
+    "expect",
+    "host",
+    "transfer_coding",
+    "connection_tokens",
+    "cors",
+    "chunked_body",
+    "large_body",
+];
+
 /// Counters of the proxy path that are not per backend.
 #[derive(Debug)]
 pub struct Metrics {
@@ -91,6 +108,10 @@ pub struct Metrics {
     retries: [AtomicU64; 4],
     pub retries_denied: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Requests the HTTP/1.1 fast path answered (refusals included).
+    pub fast_path_requests: AtomicU64,
+    /// Connections the fast path handed to hyper, by [`FALLBACK_REASONS`].
+    fallbacks: [AtomicU64; FALLBACK_REASONS.len()],
     /// 1 while some agent's queue is followed.
     pub agent_connected: AtomicU64,
     /// The URL of the agent whose queue is followed, if any.
@@ -124,6 +145,13 @@ pub struct ReportStreamView {
 }
 
 impl Metrics {
+    /// Counts a connection handed to hyper; `reason` indexes [`FALLBACK_REASONS`].
+    pub fn fell_back(&self, reason: usize) {
+        if let Some(count) = self.fallbacks.get(reason) {
+            count.fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn new() -> Self {
         Self {
             latency: Histogram::new(),
@@ -131,6 +159,8 @@ impl Metrics {
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
             retries_denied: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            fast_path_requests: AtomicU64::new(0),
+            fallbacks: std::array::from_fn(|_| AtomicU64::new(0)),
             agent_connected: AtomicU64::new(0),
             agent_url: ArcSwapOption::empty(),
             agent_snapshots: AtomicU64::new(0),
@@ -317,6 +347,27 @@ impl Collector for State {
                 (&[("reason", "status")], retries[2].load(Relaxed)),
                 (&[("reason", "removed")], retries[3].load(Relaxed)),
             ],
+        )?;
+        counter(
+            &mut encoder,
+            "balancer_http1_fast_path_requests",
+            "Requests the HTTP/1.1 fast path answered (refusals included; BALANCER_HTTP1_PATH).",
+            &[(&[], self.metrics.fast_path_requests.load(Relaxed))],
+        )?;
+        let fallbacks: Vec<([(&str, &str); 1], u64)> = FALLBACK_REASONS
+            .iter()
+            .zip(&self.metrics.fallbacks)
+            .map(|(reason, count)| ([("reason", *reason)], count.load(Relaxed)))
+            .collect();
+        let series: Vec<(&[(&str, &str)], u64)> = fallbacks
+            .iter()
+            .map(|(labels, count)| (&labels[..], *count))
+            .collect();
+        counter(
+            &mut encoder,
+            "balancer_http1_fallbacks",
+            "Connections the HTTP/1.1 fast path handed to hyper at a message boundary, by reason.",
+            &series,
         )?;
         counter(
             &mut encoder,

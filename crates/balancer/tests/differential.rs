@@ -256,16 +256,14 @@ async fn statuses(balancer: SocketAddr, case: &Case) -> Vec<u16> {
     let mut found = Vec::new();
     let mut at = 0usize;
     while let Some(offset) = find(&answer[at..], b"HTTP/1.") {
+        // A status line; the bodies here (`ok`, JSON errors) never hold one.
         let start = at + offset;
-        let line_start = start == 0 || answer[start - 1] == b'\n';
-        if line_start {
-            if let Some(code) = answer
-                .get(start + 9..start + 12)
-                .and_then(|code| std::str::from_utf8(code).ok())
-                .and_then(|code| code.parse().ok())
-            {
-                found.push(code);
-            }
+        if let Some(code) = answer
+            .get(start + 9..start + 12)
+            .and_then(|code| std::str::from_utf8(code).ok())
+            .and_then(|code| code.parse().ok())
+        {
+            found.push(code);
         }
         at = start + 7;
     }
@@ -334,11 +332,162 @@ async fn the_fast_path_forwards_what_hyper_forwards_or_refuses() {
         "the paths differ:\n{}",
         differ.join("\n")
     );
+    // Each path did the work: the fast one answered the common cases itself and handed the
+    // rest to hyper, by reason; the other never took the fast path.
+    let text = fast.metrics().await;
+    let served = support::metric(&text, "balancer_http1_fast_path_requests_total");
+    assert!(served >= 20, "the fast path answered {served} requests");
+    for reason in [
+        "version",
+        "h2c",
+        "target_form",
+        "expect",
+        "host",
+        "transfer_coding",
+        "chunked_body",
+    ] {
+        let name = format!("balancer_http1_fallbacks_total{{reason=\"{reason}\"}}");
+        assert!(
+            support::metric(&text, &name) >= 1,
+            "no fallback for {reason}"
+        );
+    }
+    let text = hyper.metrics().await;
+    assert_eq!(
+        support::metric(&text, "balancer_http1_fast_path_requests_total"),
+        0
+    );
     // The common cases go through the fast path unchanged (not refused).
     for common in ["get", "post with a length", "pipelined GETs", "head"] {
         assert!(
             !stricter.contains(&common),
             "the fast path refused {common}"
+        );
+    }
+}
+
+/// A backend that answers every request with the bytes it is given (then closes if told).
+struct Canned {
+    address: SocketAddr,
+    answer: Arc<Mutex<(Vec<u8>, bool)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Canned {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new((Vec::new(), false)));
+        let canned = Arc::clone(&answer);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let canned = Arc::clone(&canned);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        while let Some(end) = find(&request, b"\r\n\r\n") {
+                            request.drain(..end + 4);
+                            let (bytes, close) = canned.lock().unwrap().clone();
+                            if stream.write_all(&bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            answer,
+            task,
+        }
+    }
+}
+
+impl Drop for Canned {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_relays_answers_as_hyper_does() {
+    let backend = Canned::start().await;
+    let config = || static_config(&[backend.address]);
+    let fast = TestBalancer::start_as_configured(balancer::Config {
+        http1_fast_path: true,
+        cache_capacity: 0,
+        ..config()
+    })
+    .await;
+    let hyper = TestBalancer::start_as_configured(balancer::Config {
+        http1_fast_path: false,
+        cache_capacity: 0,
+        ..config()
+    })
+    .await;
+    let answers: [(&str, &[u8], bool); 10] = [
+        ("a length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+        (
+            "chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            false,
+        ),
+        (
+            "chunked with an extension and trailers",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+            false,
+        ),
+        ("read to the close", b"HTTP/1.1 200 OK\r\n\r\nhello world", true),
+        ("204", b"HTTP/1.1 204 No Content\r\n\r\n", false),
+        (
+            "an interim 103 first",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
+        (
+            "Connection: close",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            true,
+        ),
+        ("a 503", b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy", false),
+        (
+            "a length that is no number",
+            b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\nhello",
+            true,
+        ),
+        ("bare LF", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", false),
+    ];
+    let client = reqwest::Client::new();
+    for (name, bytes, close) in answers {
+        *backend.answer.lock().unwrap() = (bytes.to_vec(), close);
+        let mut got = Vec::new();
+        for balancer in [&fast, &hyper] {
+            let mut seen = Vec::new();
+            // Twice: the second request may reuse the first's upstream connection.
+            for _ in 0..2 {
+                let response = client.get(balancer.url("/x")).send().await.unwrap();
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_else(|err| format!("{err}"));
+                seen.push((status, body));
+            }
+            got.push(seen);
+        }
+        println!("{name}: fast {:?}, hyper {:?}", got[0], got[1]);
+        let stricter = got[0].iter().all(|(status, _)| *status == 502) && name == "bare LF";
+        assert!(
+            got[0] == got[1] || stricter,
+            "{name}: fast {:?}, hyper {:?}",
+            got[0],
+            got[1]
         );
     }
 }

@@ -90,7 +90,7 @@ pub fn response(data: &[u8]) {
             assert_eq!(head.framing, Framing::None);
         }
         let mut out = Vec::new();
-        write_response(data, &head, b"backend-1", false, &mut out);
+        write_response(data, &head, b"backend-1", None, false, &mut out);
         let roomy = Limits {
             max_head_bytes: usize::MAX,
             max_headers: h1::MAX_HEADERS,

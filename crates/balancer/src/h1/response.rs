@@ -27,6 +27,9 @@ pub(crate) struct ResponseHead {
     /// HTTP/1.1 response, no `Connection: close`, a delimited body, not both
     /// `Transfer-Encoding` and `Content-Length` (RFC 9112 sections 6.3 and 9.3).
     pub reusable: bool,
+    /// Chunked after other codings (`gzip, chunked`): the body is framed as chunked, and its
+    /// `Transfer-Encoding` fields are relayed as they are (the codings are the content's).
+    pub codings: bool,
     pub connection: ConnectionTokens,
     pub headers: HeaderIndex,
 }
@@ -65,6 +68,7 @@ pub(crate) fn parse_response(
     let mut connection = ConnectionTokens::default();
     let mut length: Option<u64> = None;
     let mut has_te = false;
+    let mut codings = false;
     let mut bad_length = false;
     for field in headers.as_slice() {
         let name = field.name.of(buf);
@@ -96,7 +100,8 @@ pub(crate) fn parse_response(
         match transfer_coding(values) {
             Some(Coding::Chunked) => Framing::Chunked,
             Some(Coding::ChunkedAfterOthers) => {
-                return Ok(Parsed::Fallback(Fallback::TransferCoding));
+                codings = true;
+                Framing::Chunked
             }
             Some(Coding::NotChunked) | None => Framing::ReadToClose,
         }
@@ -124,6 +129,7 @@ pub(crate) fn parse_response(
             framing,
             interim,
             reusable,
+            codings,
             connection,
             headers,
         },

@@ -110,6 +110,10 @@ pub(crate) fn write_response(
     let rechunked = matches!(head.framing, Framing::Chunked | Framing::ReadToClose);
     for field in head.headers.as_slice() {
         let name = field.name.of(buf);
+        if head.codings && name.eq_ignore_ascii_case(b"transfer-encoding") {
+            write_field(buf, field, out);
+            continue;
+        }
         if is_hop_by_hop(name)
             || head.connection.names(buf, name)
             || name.eq_ignore_ascii_case(b"x-backend")
@@ -119,7 +123,7 @@ pub(crate) fn write_response(
         }
         write_field(buf, field, out);
     }
-    if rechunked {
+    if rechunked && !head.codings {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"x-backend: ");

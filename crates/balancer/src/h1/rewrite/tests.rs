@@ -166,3 +166,15 @@ fn a_response_is_rechunked_when_not_delimited_by_its_length() {
         "HTTP/1.1 200 \r\nX: y\r\ntransfer-encoding: chunked\r\nx-backend: w\r\n\r\n"
     );
 }
+
+#[test]
+fn codings_before_chunked_are_relayed_with_x_cache() {
+    let buf =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\n\r\n";
+    let mut out = Vec::new();
+    write_response(buf, &response(buf), b"w", Some(b"MISS"), false, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\nx-backend: w\r\nx-cache: MISS\r\n\r\n"
+    );
+}
