@@ -9,7 +9,8 @@
 //! again), answered with no body, a `Content-Length` body, a chunked body or a body read to
 //! the close. Anything else goes to hyper at a message boundary, with the bytes already read
 //! handed over (`Served::Fallback`): upgrades, `Expect`, HTTP/1.0, other target forms, h2c,
-//! chunked and large request bodies, and every connection while CORS is configured.
+//! chunked and large request bodies, and a browser's request (one with an `Origin`) while
+//! CORS is configured.
 //!
 //! Picking, the admission queue, retries and the retry budget, the cache, the limits, the
 //! metrics and the timeouts are the proxy's own (`proxy::Shared`), as for hyper.
@@ -144,7 +145,7 @@ impl std::fmt::Display for Why {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Head(why) => write!(f, "{why}"),
-            Self::Cors => f.write_str("CORS is configured"),
+            Self::Cors => f.write_str("a request with an Origin while CORS is configured"),
             Self::ChunkedBody => f.write_str("a chunked request body"),
             Self::LargeBody => f.write_str("a request body too large to buffer"),
         }
@@ -228,15 +229,24 @@ impl Connection {
 
     /// Serves requests until the connection closes or a message goes to hyper.
     pub(crate) async fn serve(mut self) -> Served {
-        if self.shared.settings.cors != crate::cors::Cors::Off {
-            return self.fallback(Why::Cors);
-        }
+        let cors = self.shared.settings.cors != crate::cors::Cors::Off;
         loop {
             let Head { head, len } = match self.read_head().await {
                 Ok(head) => head,
                 Err(Stop::Closed) => return Served::Closed,
                 Err(Stop::Fallback(why)) => return self.fallback(why),
             };
+            // A browser's request (it names its `Origin`) with CORS configured: preflights
+            // and the CORS headers are hyper's. Other clients send none and stay here.
+            if cors
+                && head
+                    .headers
+                    .as_slice()
+                    .iter()
+                    .any(|field| field.name.of(&self.buf).eq_ignore_ascii_case(b"origin"))
+            {
+                return self.fallback(Why::Cors);
+            }
             let next = match head.framing {
                 Framing::Chunked => return self.fallback(Why::ChunkedBody),
                 Framing::Length(n) if n > self.shared.settings.max_body_bytes => {

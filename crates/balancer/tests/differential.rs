@@ -491,3 +491,57 @@ async fn the_fast_path_relays_answers_as_hyper_does() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cors_a_browsers_request_goes_to_hyper_and_the_rest_stays_fast() {
+    /// The balancer's command line, for a setting whose type is the balancer's own.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: balancer::Config,
+    }
+    use clap::Parser;
+    let recorder = Recorder::start().await;
+    let parsed = Cli::try_parse_from(["balancer", "--cors-origins", "*"]).unwrap();
+    let balancer = TestBalancer::start_as_configured(balancer::Config {
+        http1_fast_path: true,
+        cors: parsed.config.cors,
+        ..static_config(&[recorder.address])
+    })
+    .await;
+    balancer.wait_ready().await;
+    let served = || async {
+        let text = balancer.metrics().await;
+        (
+            support::metric(&text, "balancer_http1_fast_path_requests_total"),
+            support::metric(&text, "balancer_http1_fallbacks_total{reason=\"cors\"}"),
+        )
+    };
+    let client = reqwest::Client::new();
+    let plain = client.get(balancer.url("/plain")).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(
+        served().await,
+        (1, 0),
+        "a request without Origin stays fast"
+    );
+
+    let browser = reqwest::Client::new()
+        .get(balancer.url("/page"))
+        .header("origin", "http://dashboard.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 200);
+    assert!(
+        browser
+            .headers()
+            .get("access-control-allow-origin")
+            .is_some(),
+        "{:?}",
+        browser.headers()
+    );
+    assert_eq!(served().await, (1, 1), "a browser's request went to hyper");
+    assert_eq!(recorder.take().len(), 2);
+}
