@@ -547,10 +547,10 @@ impl Connection {
             len,
             &head,
             tee.as_mut(),
+            in_flight,
             shared.settings.request_timeout,
         )
         .await;
-        drop(in_flight);
         match relayed {
             Relayed::Complete { reusable } => {
                 if let Some(tee) = tee {
@@ -916,11 +916,17 @@ async fn relay(
     len: usize,
     head: &ResponseHead,
     mut tee: Option<&mut Tee>,
+    in_flight: InFlight,
     idle: Duration,
 ) -> Relayed {
+    // Released once the backend's answer is read whole, before its last bytes go to the
+    // client (as the hyper path's body does): a client that has the whole answer never sees
+    // the request still in flight.
+    let mut in_flight = Some(in_flight);
     let early = answer.get(len..).unwrap_or_default().len();
     match head.framing {
         Framing::None => {
+            in_flight.take();
             if write_all_vectored(client, &[head_out]).await.is_err() {
                 return Relayed::Broken;
             }
@@ -934,6 +940,9 @@ async fn relay(
             let body = answer.get(len..len + first).unwrap_or_default();
             if let Some(tee) = tee.as_deref_mut() {
                 tee.push_slice(body);
+            }
+            if first as u64 == total {
+                in_flight.take();
             }
             if write_all_vectored(client, &[head_out, body]).await.is_err() {
                 return Relayed::Broken;
@@ -956,6 +965,9 @@ async fn relay(
                 let chunk = answer.get(..take).unwrap_or_default();
                 if let Some(tee) = tee.as_deref_mut() {
                     tee.push_slice(chunk);
+                }
+                if take as u64 == left {
+                    in_flight.take();
                 }
                 if client.write_all(chunk).await.is_err() {
                     return Relayed::Broken;
@@ -990,6 +1002,9 @@ async fn relay(
                         break;
                     }
                     at += decoded.consumed;
+                }
+                if decoder.is_done() {
+                    in_flight.take();
                 }
                 // The bytes as the backend sent them: the framing is the same.
                 if client
@@ -1050,6 +1065,7 @@ async fn relay(
                     _ => return Relayed::Broken,
                 }
             }
+            in_flight.take();
             if client.write_all(b"0\r\n\r\n").await.is_err() {
                 return Relayed::Broken;
             }
