@@ -34,7 +34,8 @@
 # Knobs (defaults): ROUNDS (3), DURATION (10s), CONNECTIONS (64), THREADS (2, of wrk),
 # WARMUP (3s), BENCH_PATH (/health), LARGE (1), LARGE_ROUNDS (1), LARGE_DURATION (10s),
 # H2C (1), H2_REQUESTS (200000), INSTRUCTIONS (1), INSTRUCTIONS_DURATION (8s), BUILD_PROFILE
-# (dist, see lib.sh).
+# (dist, see lib.sh), CALLGRIND_DIR (unset: where to keep the callgrind profiles, for
+# callgrind_annotate; build with CARGO_PROFILE_DIST_STRIP=none to see the balancer's symbols).
 #
 # Installs nginx, HAProxy, wrk, h2load and valgrind with apt-get when they are missing; builds
 # the binaries. Everything listens on 127.0.0.1 ports picked at run time and is stopped on exit.
@@ -581,6 +582,7 @@ instructions() {
     warn "no instruction count for $name (${requests:-0} requests)"
     return 1
   fi
+  if [ -n "${CALLGRIND_DIR:-}" ]; then mkdir -p "$CALLGRIND_DIR" && cp "$out" "$CALLGRIND_DIR/"; fi
   echo "$name $((total / requests)) $requests" >>"$WORK/instructions"
   printf '  %-9s %8d instructions/request (%d requests)\n' "$name" "$((total / requests))" "$requests" >&2
 }

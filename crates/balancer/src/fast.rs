@@ -4,12 +4,13 @@
 //! channel, no boxed future per request, the heads rewritten into one reused buffer and
 //! written with vectored writes.
 //!
-//! It takes the common case only: keep-alive HTTP/1.1 requests with no body or a
-//! `Content-Length` body small enough to be read before sending (so that a retry can send it
-//! again), answered with no body, a `Content-Length` body, a chunked body or a body read to
-//! the close. Anything else goes to hyper at a message boundary, with the bytes already read
-//! handed over (`Served::Fallback`): upgrades, `Expect`, HTTP/1.0, other target forms, h2c,
-//! chunked and large request bodies, and a browser's request (one with an `Origin`) while
+//! It takes the common case only: keep-alive HTTP/1.1 requests with no body, or a
+//! `Content-Length` or chunked body small enough to be buffered (so that a retry can send it
+//! again; a chunked one is relayed as sent, extensions and trailers kept), answered with no
+//! body, a `Content-Length` body, a chunked body or a body read to the close. Anything else
+//! goes to hyper at a message boundary, with the bytes already read handed over
+//! (`Served::Fallback`): upgrades, `Expect`, HTTP/1.0, other target forms, h2c, bodies larger
+//! than the buffer (streamed by hyper), and a browser's request (one with an `Origin`) while
 //! CORS is configured.
 //!
 //! Picking, the admission queue, retries and the retry budget, the cache, the limits, the
@@ -116,7 +117,6 @@ impl AsyncWrite for Rewind {
 enum Why {
     Head(crate::h1::Fallback),
     Cors,
-    ChunkedBody,
     LargeBody,
 }
 
@@ -135,8 +135,7 @@ impl Why {
             Self::Head(Fallback::TransferCoding) => 7,
             Self::Head(Fallback::ConnectionTokens) => 8,
             Self::Cors => 9,
-            Self::ChunkedBody => 10,
-            Self::LargeBody => 11,
+            Self::LargeBody => 10,
         }
     }
 }
@@ -146,7 +145,6 @@ impl std::fmt::Display for Why {
         match self {
             Self::Head(why) => write!(f, "{why}"),
             Self::Cors => f.write_str("a request with an Origin while CORS is configured"),
-            Self::ChunkedBody => f.write_str("a chunked request body"),
             Self::LargeBody => f.write_str("a request body too large to buffer"),
         }
     }
@@ -248,7 +246,6 @@ impl Connection {
                 return self.fallback(Why::Cors);
             }
             let next = match head.framing {
-                Framing::Chunked => return self.fallback(Why::ChunkedBody),
                 Framing::Length(n) if n > self.shared.settings.max_body_bytes => {
                     let error = ProxyError::BodyTooLarge(self.shared.settings.max_body_bytes);
                     self.fail(error, None, Instant::now()).await
@@ -370,7 +367,20 @@ impl Connection {
         if body_len > buffer {
             return None;
         }
-        let body_len = usize::try_from(body_len).ok()?;
+        let mut body_len = usize::try_from(body_len).ok()?;
+        if head.framing == Framing::Chunked {
+            // Read whole (up to the bound) before a backend is chosen, and relayed as sent.
+            match self.read_chunked(len, buffer, started).await {
+                Ok(Some(n)) => body_len = n,
+                Ok(None) => return None,
+                Err(error) => {
+                    // The body's end is unknown: nothing after it can be read.
+                    self.buf.clear();
+                    self.fail(error, None, started).await;
+                    return Some(Next::Close);
+                }
+            }
+        }
 
         // Phase 2, the cache.
         let mut cache_key = None;
@@ -460,6 +470,52 @@ impl Connection {
             .await;
         self.consume(len + body_len);
         Some(next)
+    }
+
+    /// Reads a chunked request body that starts at `buf[start..]` until its end is buffered,
+    /// within the body read gap and the request's deadline: `Ok(Some(n))`, its `n` bytes as
+    /// sent (sizes, extensions, trailers), relayed so; `Ok(None)`: more than `bound` bytes,
+    /// nothing consumed, for hyper to stream. Framing errors are 400, a decoded body over
+    /// `MAX_BODY_BYTES` is 413.
+    async fn read_chunked(
+        &mut self,
+        start: usize,
+        bound: u64,
+        started: Instant,
+    ) -> Result<Option<usize>, ProxyError> {
+        let settings = &self.shared.settings;
+        let bound = usize::try_from(bound).unwrap_or(usize::MAX);
+        let deadline = tokio::time::Instant::from_std(started + settings.request_timeout);
+        let mut decoder = ChunkedDecoder::new(CHUNK_LIMITS);
+        let mut at = start;
+        loop {
+            while let Some(input) = self.buf.get(at..).filter(|input| !input.is_empty()) {
+                let decoded = decoder
+                    .decode(input)
+                    .map_err(|refusal| ProxyError::BadRequest(refusal.message))?;
+                at += decoded.consumed;
+                if decoder.decoded() > settings.max_body_bytes {
+                    return Err(ProxyError::BodyTooLarge(settings.max_body_bytes));
+                }
+                if at - start > bound {
+                    return Ok(None);
+                }
+                if decoded.done {
+                    return Ok(Some(at - start));
+                }
+            }
+            let gap = tokio::time::Instant::now() + settings.body_read_timeout;
+            match timer::timeout_at(
+                gap.min(deadline),
+                read_some(&mut self.stream, &mut self.buf),
+            )
+            .await
+            {
+                Ok(Ok(0) | Err(_)) => return Err(ProxyError::ClientBody),
+                Ok(Ok(_)) => {}
+                Err(Elapsed) => return Err(ProxyError::BodyTimeout),
+            }
+        }
     }
 
     /// Drops `n` bytes of the client's buffer (a request done), keeping what follows it.

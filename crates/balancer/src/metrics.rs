@@ -84,7 +84,7 @@ pub enum RetryReason {
 
 /// Why the HTTP/1.1 fast path handed a connection to hyper: the `reason` label of
 /// `balancer_http1_fallbacks_total`.
-pub const FALLBACK_REASONS: [&str; 12] = [
+pub const FALLBACK_REASONS: [&str; 11] = [
     "version",
     "h2c",
     "target_form",
@@ -95,7 +95,6 @@ pub const FALLBACK_REASONS: [&str; 12] = [
     "transfer_coding",
     "connection_tokens",
     "cors",
-    "chunked_body",
     "large_body",
 ];
 

@@ -135,6 +135,22 @@ fn cases() -> Vec<Case> {
             "POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
         case(
+            "post chunked with an extension, then a get",
+            "POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b\r\nhel\r\n2\r\nlo\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        case(
+            // Alone: hyper's path then answers a pipelined request only after a timeout.
+            "post chunked with a trailer",
+            "POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\nX-T: 1\r\n\r\n",
+        ),
+        case(
+            "post chunked, larger than the fast path buffers",
+            format!(
+                "POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n11800\r\n{}\r\n0\r\n\r\n",
+                "b".repeat(0x11800)
+            ),
+        ),
+        case(
             "CL then TE, smuggling a request",
             "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
         ),
@@ -232,6 +248,12 @@ fn cases() -> Vec<Case> {
     cases.push(Case {
         name: "half-closed after a GET",
         bytes: b"GET /half HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+        half_close: true,
+    });
+    cases.push(Case {
+        name: "post chunked, cut off before its end",
+        bytes: b"POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+            .to_vec(),
         half_close: true,
     });
     cases
@@ -344,7 +366,7 @@ async fn the_fast_path_forwards_what_hyper_forwards_or_refuses() {
         "expect",
         "host",
         "transfer_coding",
-        "chunked_body",
+        "large_body",
     ] {
         let name = format!("balancer_http1_fallbacks_total{{reason=\"{reason}\"}}");
         assert!(
@@ -544,4 +566,85 @@ async fn with_cors_a_browsers_request_goes_to_hyper_and_the_rest_stays_fast() {
     );
     assert_eq!(served().await, (1, 1), "a browser's request went to hyper");
     assert_eq!(recorder.take().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_stays_on_the_fast_path_relayed_as_sent() {
+    // A backend that keeps the raw bytes of each request it reads, up to the chunked body's
+    // final CRLF after its trailer, and answers `ok`.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let raw = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let kept = Arc::clone(&raw);
+    let backend = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if got.ends_with(b"0\r\nX-T: 1\r\n\r\n") {
+                        kept.lock().unwrap().extend_from_slice(&got);
+                        got.clear();
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let balancer = TestBalancer::start_as_configured(balancer::Config {
+        http1_fast_path: true,
+        ..static_config(&[address])
+    })
+    .await;
+    balancer.wait_ready().await;
+
+    let body = "3;a=b\r\nhel\r\n2\r\nlo\r\n0\r\nX-T: 1\r\n\r\n";
+    let request = format!(
+        "POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}\
+         POST /bad HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"
+    );
+    let statuses = statuses(
+        balancer.address,
+        &Case {
+            name: "chunked",
+            bytes: request.into_bytes(),
+            half_close: false,
+        },
+    )
+    .await;
+    // The first relayed and answered; the second's chunk size is not hex: 400, closed.
+    assert_eq!(statuses, [200, 400]);
+    let raw = String::from_utf8(raw.lock().unwrap().clone()).unwrap();
+    assert!(raw.starts_with("POST /p HTTP/1.1\r\n"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.ends_with(&format!("\r\n\r\n{body}")),
+        "the body with its extension and trailer, as sent: {raw}"
+    );
+    assert!(!raw.contains("/bad"), "{raw}");
+
+    let text = balancer.metrics().await;
+    assert_eq!(
+        support::metric(&text, "balancer_http1_fast_path_requests_total"),
+        2
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|line| line.starts_with("balancer_http1_fallbacks_total") && !line.ends_with(" 0")),
+        "nothing went to hyper:\n{text}"
+    );
+    backend.abort();
 }
