@@ -186,22 +186,34 @@ pub fn key(host: Option<&HeaderValue>, path: &http::uri::PathAndQuery) -> String
 }
 
 /// Whether the path ends in a static file extension.
-pub fn is_static_path(path: &str) -> bool {
-    let last = path.rsplit('/').next().unwrap_or("");
-    match last.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() || !ext.is_empty() => STATIC_EXTENSIONS
-            .iter()
-            .any(|known| known.eq_ignore_ascii_case(ext)),
+/// On bytes: '/' and '.' are ASCII, and this runs for every GET.
+pub fn is_static_path(path: &[u8]) -> bool {
+    let last = path
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(path, |slash| path.get(slash + 1..).unwrap_or_default());
+    match last.iter().rposition(|&b| b == b'.') {
+        Some(dot) if last.len() > 1 => {
+            let ext = last.get(dot + 1..).unwrap_or_default();
+            STATIC_EXTENSIONS
+                .iter()
+                .any(|known| known.as_bytes().eq_ignore_ascii_case(ext))
+        }
         _ => false,
     }
 }
 
 /// Whether a request may use the cache.
 pub fn lookup(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Lookup {
+    lookup_path(method, uri.path().as_bytes(), headers)
+}
+
+/// [`lookup`] for a request whose path is at hand without its `Uri`.
+pub fn lookup_path(method: &Method, path: &[u8], headers: &HeaderMap) -> Lookup {
     if method != Method::GET || headers.contains_key(header::AUTHORIZATION) {
         return Lookup::Bypass;
     }
-    let static_path = is_static_path(uri.path());
+    let static_path = is_static_path(path);
     let mut refresh = false;
     for directive in directives(headers) {
         match directive {

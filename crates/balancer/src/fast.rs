@@ -339,10 +339,11 @@ impl Connection {
         // Phase 1, admission.
         let (denied, replay_route) = {
             let target = head.target.of(&self.buf);
-            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-            let path = std::str::from_utf8(path).unwrap_or("/");
             let route_path = (!settings.deny_paths.is_empty() || !settings.retry_routes.is_empty())
-                .then(|| route::Path::new(path));
+                .then(|| {
+                    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+                    route::Path::new(std::str::from_utf8(path).unwrap_or("/"))
+                });
             (
                 route_path
                     .as_ref()
@@ -458,15 +459,8 @@ impl Connection {
 
         // Phase 5, the answer on its way back.
         let close = head.connection.close || self.drain.requested();
-        let cache_key = match (cache_key, lookup) {
-            (Some(key), _) => Some(key),
-            (None, Lookup::Use { .. } | Lookup::Refresh { .. }) if answered.head.status == 200 => {
-                Some(key(&self.buf, head))
-            }
-            (None, _) => None,
-        };
         let next = self
-            .respond(answered, in_flight, lookup, cache_key, close, started)
+            .respond(answered, in_flight, head, lookup, cache_key, close, started)
             .await;
         self.consume(len + body_len);
         Some(next)
@@ -557,10 +551,12 @@ impl Connection {
 
     /// Phase 5: the answer's head rewritten and its body relayed; the upstream socket back in
     /// its pool once both messages were complete; a copy for the cache.
+    #[allow(clippy::too_many_arguments)]
     async fn respond(
         &mut self,
         answered: Answered,
         in_flight: InFlight,
+        request: &RequestHead,
         lookup: Lookup,
         cache_key: Option<String>,
         close: bool,
@@ -590,7 +586,9 @@ impl Connection {
             (Some(cache), Lookup::Use { static_path } | Lookup::Refresh { static_path })
                 if head.status == 200 =>
             {
-                tee(cache, &self.answer, &head, &backend, cache_key, static_path)
+                let buf = &self.buf;
+                let key = || cache_key.or_else(|| Some(key(buf, request)));
+                tee(cache, &self.answer, &head, &backend, key, static_path)
             }
             _ => None,
         };
@@ -650,8 +648,8 @@ fn lookup(buf: &[u8], head: &RequestHead) -> Lookup {
         }
     }
     let target = head.target.of(buf);
-    let uri = http::Uri::try_from(target).unwrap_or_default();
-    cache::lookup(&http::Method::GET, &uri, &headers)
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    cache::lookup_path(&http::Method::GET, path, &headers)
 }
 
 /// The cache key of a request, as the hyper path makes it.
@@ -668,13 +666,24 @@ fn tee(
     buf: &[u8],
     head: &ResponseHead,
     backend: &Backend,
-    key: Option<String>,
+    key: impl FnOnce() -> Option<String>,
     static_path: bool,
 ) -> Option<Tee> {
     if let Framing::Length(n) = head.framing {
         if n > cache.max_entry_bytes() {
             return None;
         }
+    }
+    // Outside static paths only a `Cache-Control` makes an answer storable: most answers
+    // are refused here, before a `HeaderMap` or a key is made.
+    if !static_path
+        && !head
+            .headers
+            .as_slice()
+            .iter()
+            .any(|field| field.name.of(buf).eq_ignore_ascii_case(b"cache-control"))
+    {
+        return None;
     }
     let mut headers = HeaderMap::new();
     for field in head.headers.as_slice() {
@@ -698,7 +707,7 @@ fn tee(
     let ttl = cache::storable(static_path, status, &headers, cache.default_ttl())?;
     Some(Tee::new(
         cache.clone(),
-        key?,
+        key()?,
         status,
         headers,
         ttl,

@@ -73,31 +73,29 @@ pub(crate) struct HeaderSpan {
     pub value: Span,
 }
 
-/// The header fields of a head, in the order received, in a fixed array (no allocation).
+/// The header fields of a head, in the order received: one allocation of their spans, so a
+/// head stays small to move (a fixed array of `MAX_HEADERS` made every move of a head a
+/// copy of 1.6 KB, several per request).
 #[derive(Clone, Debug)]
 pub(crate) struct HeaderIndex {
-    fields: [HeaderSpan; MAX_HEADERS],
-    len: usize,
+    fields: Vec<HeaderSpan>,
 }
 
 impl HeaderIndex {
     fn new(buf: &[u8], headers: &[httparse::Header<'_>]) -> Self {
-        let mut index = Self {
-            fields: [HeaderSpan::default(); MAX_HEADERS],
-            len: 0,
-        };
-        for (slot, header) in index.fields.iter_mut().zip(headers) {
-            *slot = HeaderSpan {
-                name: Span::within(buf, header.name.as_bytes()),
-                value: Span::within(buf, header.value),
-            };
-            index.len += 1;
+        Self {
+            fields: headers
+                .iter()
+                .map(|header| HeaderSpan {
+                    name: Span::within(buf, header.name.as_bytes()),
+                    value: Span::within(buf, header.value),
+                })
+                .collect(),
         }
-        index
     }
 
     pub fn as_slice(&self) -> &[HeaderSpan] {
-        self.fields.get(..self.len).unwrap_or_default()
+        &self.fields
     }
 }
 
@@ -251,14 +249,17 @@ fn is_tchar(b: u8) -> bool {
 /// RFC 9112 section 2.2 lets a recipient accept, but a proxy that does so while the next hop
 /// does not is a smuggling vector.
 fn lines_end_in_crlf(head: &[u8]) -> bool {
-    let mut previous = 0u8;
-    for &b in head {
-        if b == b'\n' && previous != b'\r' {
-            return false;
-        }
-        previous = b;
-    }
-    true
+    // Without a branch per byte, so that it is vectorised: the LFs not after a CR are
+    // counted (a byte-by-byte loop with an early exit cost ~1,000 instructions per request).
+    let (Some(&first), Some(rest)) = (head.first(), head.get(1..)) else {
+        return true;
+    };
+    let bare = rest
+        .iter()
+        .zip(head)
+        .map(|(&b, &previous)| usize::from((b == b'\n') & (previous != b'\r')))
+        .sum::<usize>();
+    first != b'\n' && bare == 0
 }
 
 /// The refusals of one side's heads.

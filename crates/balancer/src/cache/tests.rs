@@ -21,7 +21,7 @@ fn static_extensions() {
         "/font.woff2",
         "/index.html",
     ] {
-        assert!(is_static_path(path), "{path}");
+        assert!(is_static_path(path.as_bytes()), "{path}");
     }
     for path in [
         "/",
@@ -31,7 +31,7 @@ fn static_extensions() {
         "/.css/x",
         "/health",
     ] {
-        assert!(!is_static_path(path), "{path}");
+        assert!(!is_static_path(path.as_bytes()), "{path}");
     }
 }
 

@@ -56,6 +56,10 @@ fn lines_need_crlf() {
     assert!(lines_end_in_crlf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
     assert!(!lines_end_in_crlf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
     assert!(!lines_end_in_crlf(b"\n"));
+    assert!(!lines_end_in_crlf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
+    assert!(!lines_end_in_crlf(b"a\r\rb\n"));
+    assert!(lines_end_in_crlf(b""));
+    assert!(lines_end_in_crlf(b"GET / HTTP/1.1\r"));
 }
 
 #[test]
