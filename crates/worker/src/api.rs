@@ -12,7 +12,7 @@ use axum::{
     Json, Router,
     body::{Body, Bytes},
     extract::{MatchedPath, Path, Request, State, rejection::PathRejection},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get, post},
@@ -155,21 +155,21 @@ async fn health() -> &'static str {
 }
 
 #[tracing::instrument(skip_all)]
-async fn submit(State(state): State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+async fn submit(State(state): State<AppState>, body: Body) -> Result<Finished, ApiError> {
     let body = read_body(body, state.0.config.max_body_bytes).await?;
     let job = request::parse_submit(&body, &state.0.config).map_err(ApiError::bad_request)?;
     execute(&state, job, None).await
 }
 
-async fn work(state: State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+async fn work(state: State<AppState>, body: Body) -> Result<Finished, ApiError> {
     intensity_job(state, body, Weight::Normal).await
 }
 
-async fn heavy(state: State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+async fn heavy(state: State<AppState>, body: Body) -> Result<Finished, ApiError> {
     intensity_job(state, body, Weight::Heavy).await
 }
 
-async fn light(state: State<AppState>, body: Body) -> Result<Json<JobAnswer>, ApiError> {
+async fn light(state: State<AppState>, body: Body) -> Result<Finished, ApiError> {
     intensity_job(state, body, Weight::Light).await
 }
 
@@ -178,7 +178,7 @@ async fn intensity_job(
     State(state): State<AppState>,
     body: Body,
     weight: Weight,
-) -> Result<Json<JobAnswer>, ApiError> {
+) -> Result<Finished, ApiError> {
     let config = &state.0.config;
     let body = read_body(body, config.max_body_bytes).await?;
     let intensity = request::parse_intensity_body(&body, config.max_intensity)
@@ -193,7 +193,7 @@ async fn intensity_job(
 async fn consume_cpu(
     State(state): State<AppState>,
     segment: Result<Path<String>, PathRejection>,
-) -> Result<Json<JobAnswer>, ApiError> {
+) -> Result<Finished, ApiError> {
     let intensity = path_intensity(&state, segment)?;
     let job = Job::Spin {
         iterations: Weight::Normal.iterations(intensity, state.0.config.work_unit),
@@ -205,7 +205,7 @@ async fn consume_cpu(
 async fn consume_memory(
     State(state): State<AppState>,
     segment: Result<Path<String>, PathRejection>,
-) -> Result<Json<JobAnswer>, ApiError> {
+) -> Result<Finished, ApiError> {
     let intensity = path_intensity(&state, segment)?;
     let job = Job::Memory {
         bytes: u64::from(intensity) * state.0.config.memory_unit_mb * (1 << 20),
@@ -386,11 +386,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
-async fn execute(
-    state: &AppState,
-    job: Job,
-    intensity: Option<u32>,
-) -> Result<Json<JobAnswer>, ApiError> {
+async fn execute(state: &AppState, job: Job, intensity: Option<u32>) -> Result<Finished, ApiError> {
     let operation = job.operation();
     let outcome = state
         .0
@@ -408,15 +404,18 @@ async fn execute(
                 .job_duration
                 .get_or_create(&JobLabels { operation })
                 .observe(took.as_secs_f64());
-            Ok(Json(JobAnswer {
-                job_id: state.next_job_id(),
-                worker_id: state.0.worker_id.clone(),
-                operation,
-                result,
-                time_taken: format!("{:.3}s", took.as_secs_f64()),
-                time_taken_ms: took.as_secs_f64() * 1e3,
-                intensity,
-            }))
+            Ok(Finished {
+                answer: JobAnswer {
+                    job_id: state.next_job_id(),
+                    worker_id: state.0.worker_id.clone(),
+                    operation,
+                    result,
+                    time_taken: format!("{:.3}s", took.as_secs_f64()),
+                    time_taken_ms: took.as_secs_f64() * 1e3,
+                    intensity,
+                },
+                took,
+            })
         }
         Err(PoolError::Saturated) => {
             let stats = state.0.pool.stats();
@@ -437,6 +436,26 @@ async fn execute(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the job failed",
         )),
+    }
+}
+
+/// A finished job's JSON answer, with its run time on the pool (queueing excluded) in a
+/// `Server-Timing: job;dur=<ms>` header: what a balancer learns job costs from (issue #17).
+pub struct Finished {
+    answer: JobAnswer,
+    took: Duration,
+}
+
+impl IntoResponse for Finished {
+    fn into_response(self) -> Response {
+        let timing = format!("job;dur={:.3}", self.took.as_secs_f64() * 1e3);
+        let mut response = Json(self.answer).into_response();
+        if let Ok(value) = HeaderValue::from_str(&timing) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("server-timing"), value);
+        }
+        response
     }
 }
 

@@ -77,15 +77,28 @@ async fn submit_runs_every_operation() {
     assert_eq!(primes["result"], 78_498);
 
     let started = Instant::now();
-    let slept: Value = worker
+    let slept = worker
         .post(
             "/submit",
             json!({"operation": "sleep", "data": {"seconds": 0.2}}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
+    // The job's run time for a balancer that learns costs: `job;dur=<ms>`, as in the body.
+    let timing = slept.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let slept: Value = slept.json().await.unwrap();
+    let dur: f64 = timing
+        .strip_prefix("job;dur=")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("Server-Timing: {timing}"));
+    assert!(dur >= 200.0, "{timing}");
+    let in_body = slept["time_taken_ms"].as_f64().unwrap();
+    assert!(
+        (dur - in_body).abs() < 0.01,
+        "{timing} against {in_body} ms"
+    );
     assert!(slept["result"].as_f64().unwrap() >= 0.2);
     assert!(started.elapsed() >= Duration::from_millis(200));
 
