@@ -15,6 +15,7 @@ mod backend;
 mod body;
 mod cache;
 mod cors;
+pub mod cost;
 mod error;
 mod fast;
 // The fast path's wire format (#16): not wired into the proxy yet, the fast path wires it next.

@@ -15,7 +15,7 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         if !text.starts_with('/') {
             return Err(format!("`{text}` is not a path prefix; write it as /path"));

@@ -1,0 +1,298 @@
+//! What a request costs (issue #17, seed 002's estimates), the groundwork: the rules that find
+//! a job's class and size in its request, and the online fit that turns a size into expected
+//! service seconds. Not wired into picking yet.
+//!
+//! A request's cost comes, in this order, from an explicit `X-Cost` header (a size in the
+//! application's own unit), from the first `COST_RULES` rule matching its method and path
+//! (JSON pointers into a small JSON body), or else from its route's learned mean. What cannot
+//! be read falls back with a counted [`Fallback`] reason and never becomes an error to the
+//! client.
+
+use std::{fmt, str::FromStr};
+
+use http::Method;
+use serde_json::Value;
+
+use crate::route::{Path, Prefix};
+
+/// An RFC 6901 JSON pointer: empty (the whole document) or `/`-separated reference tokens
+/// in which `~` is only ever followed by `0` or `1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer(String);
+
+impl FromStr for Pointer {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if !text.is_empty() && !text.starts_with('/') {
+            return Err(format!(
+                "`{text}` is not a JSON pointer: it must start with /"
+            ));
+        }
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
+                return Err(format!(
+                    "`{text}` is not a JSON pointer: ~ must be followed by 0 or 1"
+                ));
+            }
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One `COST_RULES` rule: `METHOD PATH_PREFIX class=POINTER size=POINTER[|POINTER...]`. The
+/// class is a string (or a number) in the body; the size the first of its pointers that
+/// holds a non-negative number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    method: Method,
+    prefix: Prefix,
+    class: Pointer,
+    sizes: Vec<Pointer>,
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut words = text.split_whitespace();
+        let (Some(method), Some(prefix)) = (words.next(), words.next()) else {
+            return Err(format!(
+                "`{text}` is not a rule: write METHOD /prefix class=POINTER size=POINTER"
+            ));
+        };
+        let method =
+            Method::from_str(method).map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        let prefix = Prefix::parse(prefix)?;
+        let (mut class, mut sizes) = (None, None);
+        for word in words {
+            match word.split_once('=') {
+                Some(("class", pointer)) if class.is_none() => class = Some(pointer.parse()?),
+                Some(("size", pointers)) if sizes.is_none() => {
+                    sizes = Some(
+                        pointers
+                            .split('|')
+                            .map(Pointer::from_str)
+                            .collect::<Result<Vec<_>, _>>()?,
+                    );
+                }
+                _ => {
+                    return Err(format!(
+                        "`{word}` in `{text}`: expected class=POINTER and size=POINTER, once each"
+                    ));
+                }
+            }
+        }
+        let (Some(class), Some(sizes)) = (class, sizes) else {
+            return Err(format!("`{text}` needs both class= and size="));
+        };
+        Ok(Self {
+            method,
+            prefix,
+            class,
+            sizes,
+        })
+    }
+}
+
+/// `COST_RULES`: rules separated by `;`, the first that matches a request applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CostRules(Vec<Rule>);
+
+impl FromStr for CostRules {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.split(';')
+            .map(str::trim)
+            .filter(|rule| !rule.is_empty())
+            .map(Rule::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+}
+
+/// Why a request's cost could not be read where it was looked for (counted, never an error
+/// to the client): its route's learned mean stands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// `X-Cost` is not a finite non-negative number.
+    BadHeader,
+    /// The body is over `COST_BODY_LIMIT`.
+    BodyTooLarge,
+    /// The body is not JSON.
+    NotJson,
+    /// The class pointer, or every size pointer, finds nothing.
+    MissingField,
+    /// The class is not a string or a number, or the size found is not a non-negative number.
+    NotNumeric,
+}
+
+impl Fallback {
+    pub const ALL: [Self; 5] = [
+        Self::BadHeader,
+        Self::BodyTooLarge,
+        Self::NotJson,
+        Self::MissingField,
+        Self::NotNumeric,
+    ];
+
+    /// Its label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadHeader => "bad_header",
+            Self::BodyTooLarge => "body_too_large",
+            Self::NotJson => "not_json",
+            Self::MissingField => "missing_field",
+            Self::NotNumeric => "not_numeric",
+        }
+    }
+}
+
+/// A request's job as the rules see it: which rule (route), its class and its size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The index of the rule in `COST_RULES`.
+    pub rule: usize,
+    pub class: String,
+    pub size: f64,
+}
+
+/// An `X-Cost` value: a finite, non-negative number.
+pub fn explicit(value: &[u8]) -> Result<f64, Fallback> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|cost| cost.is_finite() && *cost >= 0.0)
+        .ok_or(Fallback::BadHeader)
+}
+
+impl CostRules {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first rule for this method and path, by index: the body is worth buffering (up
+    /// to `COST_BODY_LIMIT`) only for these.
+    pub fn rule_for(&self, method: &Method, path: &Path) -> Option<usize> {
+        self.0
+            .iter()
+            .position(|rule| rule.method == method && rule.prefix.contains(path))
+    }
+
+    /// The job in `body` by rule `rule` (from [`Self::rule_for`]); `limit` is
+    /// `COST_BODY_LIMIT`.
+    pub fn job(&self, rule: usize, body: &[u8], limit: usize) -> Result<Job, Fallback> {
+        let Some(found) = self.0.get(rule) else {
+            return Err(Fallback::MissingField);
+        };
+        if body.len() > limit {
+            return Err(Fallback::BodyTooLarge);
+        }
+        let document: Value = serde_json::from_slice(body).map_err(|_| Fallback::NotJson)?;
+        let class = match document.pointer(&found.class.0) {
+            None => return Err(Fallback::MissingField),
+            Some(Value::String(class)) => class.clone(),
+            Some(Value::Number(class)) => class.to_string(),
+            Some(_) => return Err(Fallback::NotNumeric),
+        };
+        let size = found
+            .sizes
+            .iter()
+            .find_map(|pointer| document.pointer(&pointer.0))
+            .ok_or(Fallback::MissingField)?;
+        let size = size
+            .as_f64()
+            .filter(|size| size.is_finite() && *size >= 0.0)
+            .ok_or(Fallback::NotNumeric)?;
+        Ok(Job { rule, class, size })
+    }
+}
+
+/// How fast an old sample's weight fades: each new sample multiplies the earlier ones'
+/// weights by this, so the fit follows about the last 200 samples.
+const DECAY: f64 = 0.995;
+
+/// The online fit of one route and class: expected service seconds = a + b × size, by
+/// least squares weighted towards recent samples (a running, numerically stable form), from a
+/// prior: one pseudo-sample of `prior` seconds at size 0, whose weight fades like any other.
+/// The slope is kept non-negative (a larger job never costs less).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    weight: f64,
+    mean_size: f64,
+    mean_seconds: f64,
+    /// Weighted sums of squared size deviations and of size × seconds deviations.
+    sxx: f64,
+    sxy: f64,
+    samples: u64,
+    /// The mean relative error of the predictions made before each sample (decayed alike).
+    error: f64,
+}
+
+impl Fit {
+    pub fn new(prior_seconds: f64) -> Self {
+        Self {
+            weight: 1.0,
+            mean_size: 0.0,
+            mean_seconds: prior_seconds.max(0.0),
+            sxx: 0.0,
+            sxy: 0.0,
+            samples: 0,
+            error: 0.0,
+        }
+    }
+
+    /// Takes a completed job: its size and the seconds it took. A sample that is not a
+    /// finite non-negative pair is ignored.
+    pub fn observe(&mut self, size: f64, seconds: f64) {
+        if !(size.is_finite() && seconds.is_finite() && size >= 0.0 && seconds >= 0.0) {
+            return;
+        }
+        let predicted = self.predict(size);
+        let relative = (predicted - seconds).abs() / seconds.max(1e-6);
+        self.samples += 1;
+        self.error += (relative - self.error) / (self.samples.min(200) as f64);
+        self.weight = self.weight * DECAY + 1.0;
+        let dx = size - self.mean_size;
+        self.mean_size += dx / self.weight;
+        self.mean_seconds += (seconds - self.mean_seconds) / self.weight;
+        self.sxx = self.sxx * DECAY + dx * (size - self.mean_size);
+        self.sxy = self.sxy * DECAY + dx * (seconds - self.mean_seconds);
+    }
+
+    /// The slope and the intercept: seconds per unit of size, and seconds at size 0.
+    pub fn line(&self) -> (f64, f64) {
+        let slope = if self.sxx > f64::EPSILON * (1.0 + self.mean_size * self.mean_size) {
+            (self.sxy / self.sxx).max(0.0)
+        } else {
+            0.0
+        };
+        (slope, self.mean_seconds - slope * self.mean_size)
+    }
+
+    /// Expected seconds for a job of `size`, never below zero.
+    pub fn predict(&self, size: f64) -> f64 {
+        let (slope, intercept) = self.line();
+        (intercept + slope * size).max(0.0)
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// The mean relative error of recent predictions (0.1: off by 10 % on average).
+    pub fn error(&self) -> f64 {
+        self.error
+    }
+}
+
+#[cfg(test)]
+mod tests;
