@@ -1,4 +1,4 @@
-//! The admin port: `/health`, `/ready`, `/backends`, `/metrics`.
+//! The admin port: `/health`, `/ready`, `/backends`, `/metrics`, `/costs`.
 
 use std::sync::{
     Arc,
@@ -30,8 +30,21 @@ pub fn router(state: AdminState) -> Router {
         .route("/ready", get(ready))
         .route("/backends", get(backends))
         .route("/metrics", get(metrics))
+        .route("/costs", get(costs))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// What jobs cost: each route and class's fit (from `COST_RULES` or `X-Cost`, learned from
+/// the backends' `Server-Timing`), and the requests whose cost could not be read, by reason.
+async fn costs(State(state): State<AdminState>) -> Json<Value> {
+    let costs = &state.shared.costs;
+    let fallbacks: serde_json::Map<String, Value> = crate::cost::Fallback::ALL
+        .iter()
+        .zip(costs.fallbacks())
+        .map(|(reason, count)| (reason.label().to_owned(), json!(count)))
+        .collect();
+    Json(json!({ "fits": costs.fits(), "fallbacks": fallbacks }))
 }
 
 async fn health() -> &'static str {

@@ -477,6 +477,20 @@ pub struct Config {
           default_value = "", value_parser = crate::route::RetryRoutes::parse)]
     pub retry_routes: crate::route::RetryRoutes,
 
+    /// Where a job's cost is read (issue #17), one rule per route separated by `;`:
+    /// `METHOD /prefix class=POINTER size=POINTER[|POINTER...]`, RFC 6901 pointers into the
+    /// request's JSON body (`POST /submit class=/operation size=/data/iterations`). With the
+    /// backend's `Server-Timing` answers, the balancer learns each route and class's
+    /// expected seconds = a + b × size (`GET /costs` on the admin port).
+    #[arg(long = "cost-rules", env = "COST_RULES", value_name = "COST_RULES",
+          default_value = "", value_parser = crate::cost::CostRules::parse)]
+    pub cost_rules: crate::cost::CostRules,
+
+    /// Largest request body read for a COST_RULES rule; a larger one is not costed.
+    #[arg(long = "cost-body-limit", env = "COST_BODY_LIMIT", value_name = "COST_BODY_LIMIT",
+          default_value_t = crate::cost::DEFAULT_BODY_LIMIT)]
+    pub cost_body_limit: usize,
+
     /// Largest body of a RETRY_ROUTES request kept in memory for a replay; larger bodies are
     /// streamed and never replayed.
     #[arg(long = "retry-buffer-bytes", env = "RETRY_BUFFER_BYTES", value_name = "RETRY_BUFFER_BYTES",
@@ -546,6 +560,8 @@ impl Default for Config {
             deny_paths: crate::route::DenyPaths::default(),
             body_read_timeout: Duration::from_secs(30),
             retry_routes: crate::route::RetryRoutes::default(),
+            cost_rules: crate::cost::CostRules::default(),
+            cost_body_limit: crate::cost::DEFAULT_BODY_LIMIT,
             retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
             http1_fast_path: true,
             agent_token: None,

@@ -1,6 +1,7 @@
-//! What a request costs (issue #17, seed 002's estimates), the groundwork: the rules that find
-//! a job's class and size in its request, and the online fit that turns a size into expected
-//! service seconds. Not wired into picking yet.
+//! What a request costs (issue #17, seed 002's estimates): the rules that find a job's class
+//! and size in its request, the online fit that turns a size into expected service seconds,
+//! and [`Costs`], which learns the fits from the backends' `Server-Timing` answers (shown on
+//! the admin port's `GET /costs`). Picking does not use them yet.
 //!
 //! A request's cost comes, in this order, from an explicit `X-Cost` header (a size in the
 //! application's own unit), from the first `COST_RULES` rule matching its method and path
@@ -8,7 +9,15 @@
 //! be read falls back with a counted [`Fallback`] reason and never becomes an error to the
 //! client.
 
-use std::{fmt, str::FromStr};
+use std::{
+    collections::HashMap,
+    fmt,
+    str::FromStr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 use http::Method;
 use serde_json::Value;
@@ -174,7 +183,15 @@ pub fn explicit(value: &[u8]) -> Result<f64, Fallback> {
         .ok_or(Fallback::BadHeader)
 }
 
+/// `COST_BODY_LIMIT`'s default.
+pub const DEFAULT_BODY_LIMIT: usize = 64 << 10;
+
 impl CostRules {
+    /// For clap: the value of `COST_RULES`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -221,9 +238,9 @@ impl CostRules {
 const DECAY: f64 = 0.995;
 
 /// The online fit of one route and class: expected service seconds = a + b × size, by
-/// least squares weighted towards recent samples (a running, numerically stable form), from a
-/// prior: one pseudo-sample of `prior` seconds at size 0, whose weight fades like any other.
-/// The slope is kept non-negative (a larger job never costs less).
+/// least squares weighted towards recent samples (a running, numerically stable form). It
+/// expects its prior until the first sample, which replaces it. The slope is kept
+/// non-negative (a larger job never costs less).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fit {
     weight: f64,
@@ -233,16 +250,19 @@ pub struct Fit {
     sxx: f64,
     sxy: f64,
     samples: u64,
-    /// The mean relative error of the predictions made before each sample (decayed alike).
+    /// The mean relative error of the predictions made before each sample after the first
+    /// (over about the last 200).
     error: f64,
+    prior: f64,
 }
 
 impl Fit {
     pub fn new(prior_seconds: f64) -> Self {
         Self {
-            weight: 1.0,
+            weight: 0.0,
             mean_size: 0.0,
-            mean_seconds: prior_seconds.max(0.0),
+            mean_seconds: 0.0,
+            prior: prior_seconds.max(0.0),
             sxx: 0.0,
             sxy: 0.0,
             samples: 0,
@@ -256,10 +276,12 @@ impl Fit {
         if !(size.is_finite() && seconds.is_finite() && size >= 0.0 && seconds >= 0.0) {
             return;
         }
-        let predicted = self.predict(size);
-        let relative = (predicted - seconds).abs() / seconds.max(1e-6);
+        if self.samples > 0 {
+            // The prior's guess is not counted against the fit.
+            let relative = (self.predict(size) - seconds).abs() / seconds.max(1e-6);
+            self.error += (relative - self.error) / (self.samples.min(200) as f64);
+        }
         self.samples += 1;
-        self.error += (relative - self.error) / (self.samples.min(200) as f64);
         self.weight = self.weight * DECAY + 1.0;
         let dx = size - self.mean_size;
         self.mean_size += dx / self.weight;
@@ -268,8 +290,12 @@ impl Fit {
         self.sxy = self.sxy * DECAY + dx * (seconds - self.mean_seconds);
     }
 
-    /// The slope and the intercept: seconds per unit of size, and seconds at size 0.
+    /// The slope and the intercept: seconds per unit of size, and seconds at size 0 (the
+    /// prior before any sample).
     pub fn line(&self) -> (f64, f64) {
+        if self.samples == 0 {
+            return (0.0, self.prior);
+        }
         let slope = if self.sxx > f64::EPSILON * (1.0 + self.mean_size * self.mean_size) {
             (self.sxy / self.sxx).max(0.0)
         } else {
@@ -280,6 +306,9 @@ impl Fit {
 
     /// Expected seconds for a job of `size`, never below zero.
     pub fn predict(&self, size: f64) -> f64 {
+        if self.samples == 0 {
+            return self.prior;
+        }
         let (slope, intercept) = self.line();
         (intercept + slope * size).max(0.0)
     }
@@ -292,6 +321,179 @@ impl Fit {
     pub fn error(&self) -> f64 {
         self.error
     }
+}
+
+/// The fits kept at most (route and class pairs); jobs of further classes are not learned.
+const MAX_FITS: usize = 256;
+
+/// The seconds a fit expects before its first sample.
+pub const PRIOR_SECONDS: f64 = 0.1;
+
+/// The route of jobs costed by `X-Cost` alone (no rule matched).
+const EXPLICIT: usize = usize::MAX;
+
+/// The cost rules and what was learned with them, shared by every traffic thread.
+#[derive(Debug)]
+pub struct Costs {
+    rules: CostRules,
+    body_limit: usize,
+    fits: Mutex<HashMap<(usize, String), Fit>>,
+    fallbacks: [AtomicU64; Fallback::ALL.len()],
+}
+
+/// One fit as `GET /costs` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FitView {
+    /// The rule (`POST /submit`), or `X-Cost` for jobs costed by the header alone.
+    pub route: String,
+    pub class: String,
+    pub samples: u64,
+    /// Expected seconds = intercept + slope × size.
+    pub intercept_seconds: f64,
+    pub slope_seconds_per_unit: f64,
+    /// The mean relative error of its recent predictions.
+    pub error: f64,
+}
+
+impl Costs {
+    pub fn new(rules: CostRules, body_limit: usize) -> Self {
+        Self {
+            rules,
+            body_limit,
+            fits: Mutex::new(HashMap::new()),
+            fallbacks: Default::default(),
+        }
+    }
+
+    /// Learns from one answered request: its job (by `X-Cost`, else the first rule, reading
+    /// `body`) and the seconds its backend says it took (`Server-Timing`, `None`: nothing to
+    /// learn). What cannot be read is counted by reason and skipped.
+    pub fn learn(
+        &self,
+        method: &Method,
+        path: &str,
+        x_cost: Option<&[u8]>,
+        body: Option<&[u8]>,
+        server_timing: Option<&[u8]>,
+    ) {
+        let Some(seconds) = server_timing.and_then(duration_seconds) else {
+            return;
+        };
+        let rule = (!self.rules.is_empty())
+            .then(|| self.rules.rule_for(method, &Path::new(path)))
+            .flatten();
+        // `X-Cost`, else the rule's pointers, else the route's mean (size 0, class `*`).
+        let explicit_size = match x_cost.map(explicit) {
+            Some(Ok(size)) => Some(size),
+            Some(Err(fallback)) => {
+                self.count(fallback);
+                None
+            }
+            None => None,
+        };
+        let job = match (explicit_size, rule) {
+            (Some(size), rule) => Job {
+                rule: rule.unwrap_or(EXPLICIT),
+                class: "X-Cost".to_owned(),
+                size,
+            },
+            (None, Some(rule)) => {
+                let read = match body {
+                    Some(body) => self.rules.job(rule, body, self.body_limit),
+                    // Streamed to the backend, not kept: larger than what is buffered.
+                    None => Err(Fallback::BodyTooLarge),
+                };
+                read.unwrap_or_else(|fallback| {
+                    self.count(fallback);
+                    Job {
+                        rule,
+                        class: "*".to_owned(),
+                        size: 0.0,
+                    }
+                })
+            }
+            (None, None) => return,
+        };
+        let mut fits = self
+            .fits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = fits.len() >= MAX_FITS;
+        let key = (job.rule, job.class);
+        if !full || fits.contains_key(&key) {
+            fits.entry(key)
+                .or_insert_with(|| Fit::new(PRIOR_SECONDS))
+                .observe(job.size, seconds);
+        }
+    }
+
+    fn count(&self, fallback: Fallback) {
+        if let Some(count) = Fallback::ALL
+            .iter()
+            .position(|known| *known == fallback)
+            .and_then(|at| self.fallbacks.get(at))
+        {
+            count.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The fits, by route and class.
+    pub fn fits(&self) -> Vec<FitView> {
+        let fits = self
+            .fits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut views: Vec<FitView> = fits
+            .iter()
+            .map(|((rule, class), fit)| {
+                let (slope, intercept) = fit.line();
+                FitView {
+                    route: self.rules.0.get(*rule).map_or_else(
+                        || "X-Cost".to_owned(),
+                        |rule| format!("{} {}", rule.method, rule.prefix),
+                    ),
+                    class: class.clone(),
+                    samples: fit.samples(),
+                    intercept_seconds: intercept,
+                    slope_seconds_per_unit: slope,
+                    error: fit.error(),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.route, &a.class).cmp(&(&b.route, &b.class)));
+        views
+    }
+
+    /// Requests whose cost could not be read, by [`Fallback::ALL`].
+    pub fn fallbacks(&self) -> [u64; Fallback::ALL.len()] {
+        std::array::from_fn(|at| self.fallbacks.get(at).map_or(0, |n| n.load(Relaxed)))
+    }
+}
+
+/// The seconds in a `Server-Timing` value: the `dur` (milliseconds) of its `job` metric, else
+/// of its first metric that has one (RFC-less but common: `name;dur=123.4;desc="..."`).
+pub fn duration_seconds(value: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut first = None;
+    for metric in text.split(',') {
+        let mut parts = metric.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let dur = parts.find_map(|param| {
+            let (key, value) = param.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("dur")
+                .then(|| value.trim().trim_matches('"').parse::<f64>().ok())
+                .flatten()
+        });
+        let Some(ms) = dur.filter(|ms| ms.is_finite() && *ms >= 0.0) else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case("job") {
+            return Some(ms / 1e3);
+        }
+        first.get_or_insert(ms / 1e3);
+    }
+    first
 }
 
 #[cfg(test)]

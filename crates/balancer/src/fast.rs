@@ -457,6 +457,24 @@ impl Connection {
             }
         };
 
+        // What the job cost, for the fits (issue #17): only when the backend says.
+        if let Some(timing) = field(&self.answer, &answered.head.headers, b"server-timing") {
+            let target = head.target.of(&self.buf);
+            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+            let raw = self.buf.get(len..len + body_len);
+            let decoded = match head.framing {
+                Framing::Chunked => raw.and_then(dechunk),
+                _ => None,
+            };
+            shared.costs.learn(
+                &http_method,
+                std::str::from_utf8(path).unwrap_or("/"),
+                field(&self.buf, &head.headers, b"x-cost"),
+                decoded.as_deref().or(raw),
+                Some(timing),
+            );
+        }
+
         // Phase 5, the answer on its way back.
         let close = head.connection.close || self.drain.requested();
         let next = self
@@ -624,6 +642,32 @@ impl Connection {
 async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     buf.reserve(READ_CHUNK);
     stream.read_buf(buf).await
+}
+
+/// The value of the first field named `name` (lowercase) in a head read into `buf`.
+fn field<'b>(buf: &'b [u8], headers: &crate::h1::HeaderIndex, name: &[u8]) -> Option<&'b [u8]> {
+    headers
+        .as_slice()
+        .iter()
+        .find(|field| field.name.of(buf).eq_ignore_ascii_case(name))
+        .map(|field| field.value.of(buf))
+}
+
+/// The data of a whole chunked body (checked when it was read).
+fn dechunk(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = ChunkedDecoder::new(CHUNK_LIMITS);
+    let mut data = Vec::new();
+    let mut at = 0usize;
+    while !decoder.is_done() {
+        let input = raw.get(at..).filter(|input| !input.is_empty())?;
+        let decoded = decoder.decode(input).ok()?;
+        if decoded.consumed == 0 {
+            return None;
+        }
+        data.extend_from_slice(input.get(decoded.data).unwrap_or_default());
+        at += decoded.consumed;
+    }
+    Some(data)
 }
 
 /// `GET`, `HEAD`, `PUT`, `DELETE`, `OPTIONS`, `TRACE` (RFC 9110 section 9.2.2).

@@ -133,6 +133,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
             retry_buffer_bytes: config.retry_buffer_bytes,
             fast_path: config.http1_fast_path,
         },
+        costs: cost::Costs::new(config.cost_rules.clone(), config.cost_body_limit),
     });
 
     // Background tasks stop when the traffic port has drained.

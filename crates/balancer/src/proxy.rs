@@ -51,6 +51,12 @@ use crate::{
     upstream::{BodyFault, BodySource, ClientBody, Lease, RequestBody, SendError},
 };
 
+/// A job's cost as its client states it (issue #17).
+pub(crate) const X_COST: &str = "x-cost";
+
+/// Where a backend says how long it worked on a request (`job;dur=<ms>`).
+pub(crate) const SERVER_TIMING: &str = "server-timing";
+
 /// Bodies up to this size with a known length are read before sending, so a retry can send
 /// them again; larger ones are streamed. `RETRY_ROUTES` requests use `RETRY_BUFFER_BYTES`
 /// instead, whether their length is known or not.
@@ -85,6 +91,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub settings: Settings,
+    /// What jobs cost, learned from the backends' `Server-Timing` (issue #17).
+    pub costs: crate::cost::Costs,
 }
 
 /// The proxy as the hyper service of one client connection (a cheap handle).
@@ -180,6 +188,8 @@ struct Origin {
     on_upgrade: Option<OnUpgrade>,
     /// An HTTP/1 client, whose connection can be asked to close after the answer.
     http1: bool,
+    /// The client's `X-Cost`, for learning what the job cost.
+    x_cost: Option<HeaderValue>,
 }
 
 /// A backend's answer to an attempt (phase 4), for `respond`.
@@ -272,6 +282,15 @@ impl Shared {
             lease,
             in_flight,
         } = self.forward(&mut upstream, started, shard).await?;
+        if let Some(timing) = response.headers().get(SERVER_TIMING) {
+            self.costs.learn(
+                &upstream.method,
+                upstream.origin.path.path(),
+                upstream.origin.x_cost.as_ref().map(HeaderValue::as_bytes),
+                upstream.body.kept(),
+                Some(timing.as_bytes()),
+            );
+        }
         // An answer before the whole body arrived: relayed, then the client's connection
         // closes (its body is read a little longer, see `StreamBody`).
         let close = !upstream.body.ended() && upstream.origin.http1;
@@ -392,6 +411,7 @@ impl Shared {
         };
         let on_upgrade = extensions.remove::<OnUpgrade>();
         headers::strip_hop_by_hop(&mut headers);
+        let x_cost = headers.get(X_COST).cloned();
         headers::add_forwarded(&mut headers, peer, request.host.as_ref());
         if !headers.contains_key(header::HOST) {
             if let Some(host) = &request.host {
@@ -415,6 +435,7 @@ impl Shared {
                 path: request.path,
                 on_upgrade: request.upgrade.and(on_upgrade),
                 http1: version <= Version::HTTP_11,
+                x_cost,
             },
             _unsent: unsent,
         }

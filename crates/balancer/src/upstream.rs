@@ -772,6 +772,15 @@ impl BodySource {
         }
     }
 
+    /// The whole body when it was kept in memory (`None`: streamed, or not read yet).
+    pub fn kept(&self) -> Option<&[u8]> {
+        match self {
+            Self::Empty => Some(&[]),
+            Self::Full(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
     /// Whether every attempt can send the whole body again (not only after connect failures).
     pub fn replayable(&self) -> bool {
         matches!(self, Self::Empty | Self::Full(_))

@@ -43,6 +43,96 @@ async fn json_error(response: reqwest::Response) -> (StatusCode, String) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Costs (issue #17)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancer_learns_what_jobs_cost_from_the_workers_server_timing() {
+    /// The balancer's command line, for settings whose types are the balancer's own.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+    use clap::Parser;
+    let parsed = Cli::try_parse_from([
+        "balancer",
+        "--cost-rules",
+        "POST /submit class=/operation size=/data/iterations|/data/limit|/data/seconds",
+        // As in the compose stacks: hyper's path then keeps a chunked body too.
+        "--retry-routes",
+        "POST /submit",
+    ])
+    .unwrap()
+    .config;
+    let worker = TestWorker::start("worker-costs").await;
+    let balancer = TestBalancer::start(Config {
+        cost_rules: parsed.cost_rules,
+        retry_routes: parsed.retry_routes,
+        ..support::static_config(&[worker.address])
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for step in 1..=12u64 {
+        let job = json!({"operation": "monte_carlo_pi", "data": {"iterations": step * 100_000}});
+        let answer = balancer.post_json("/submit", &job).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert!(answer.headers().contains_key("server-timing"));
+    }
+    // A chunked body is read as well (its data, not its framing).
+    let body = r#"{"operation":"primes","data":{"limit":50000}}"#;
+    let (first, second) = body.split_at(20);
+    let chunked = format!(
+        "POST /submit HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    let answer = raw_exchange(
+        balancer.address,
+        chunked.as_bytes(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A bad X-Cost is counted and the rule stands in; a good one is its own class.
+    for x_cost in ["lots", "3"] {
+        let answer = client
+            .post(balancer.url("/submit"))
+            .header("x-cost", x_cost)
+            .json(&json!({"operation": "primes", "data": {"limit": 1000}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+
+    let costs: Value = client
+        .get(balancer.admin_url("/costs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fit = |class: &str| {
+        costs["fits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|fit| fit["class"] == class)
+            .unwrap_or_else(|| panic!("no fit for {class}: {costs}"))
+            .clone()
+    };
+    let pi = fit("monte_carlo_pi");
+    assert_eq!(pi["route"], "POST /submit");
+    assert_eq!(pi["samples"], 12);
+    assert!(pi["slope_seconds_per_unit"].as_f64().unwrap() > 0.0, "{pi}");
+    assert_eq!(fit("primes")["samples"], 2, "{costs}");
+    assert_eq!(fit("X-Cost")["samples"], 1, "{costs}");
+    assert_eq!(costs["fallbacks"]["bad_header"], 1, "{costs}");
+}
+
+// ---------------------------------------------------------------------------------------
 // Proxying
 
 #[tokio::test]

@@ -137,6 +137,7 @@ fn the_fit_converges_on_noisy_data_over_three_orders_of_magnitude() {
 fn the_fit_starts_from_its_prior_and_follows_a_change() {
     let mut fit = Fit::new(0.5);
     assert_eq!(fit.predict(1e6), 0.5);
+    assert_eq!(fit.line(), (0.0, 0.5));
     assert_eq!(fit.samples(), 0);
     // One size only: the mean of what it took, no slope.
     for _ in 0..50 {
@@ -190,4 +191,68 @@ proptest! {
         let good = format!(r#"{{"operation":"primes","data":{{"limit":{size}}}}}"#);
         prop_assert_eq!(rules.job(0, good.as_bytes(), 128).map(|job| job.size), Ok(f64::from(size)));
     }
+}
+
+#[test]
+fn server_timing_gives_the_jobs_seconds() {
+    assert_eq!(duration_seconds(b"job;dur=250"), Some(0.25));
+    assert_eq!(
+        duration_seconds(b"db;dur=5, job;desc=\"x\";dur=\"1500\""),
+        Some(1.5)
+    );
+    assert_eq!(duration_seconds(b"db;dur=5, cache"), Some(0.005));
+    for none in [&b"job"[..], b"job;dur=-1", b"job;dur=x", b"", b"\xff;dur=1"] {
+        assert_eq!(duration_seconds(none), None, "{none:?}");
+    }
+}
+
+#[test]
+fn costs_learn_by_header_then_rule_then_route_and_count_what_falls_back() {
+    let costs = Costs::new(rules(), 64);
+    let post = Method::POST;
+    let learn = |x_cost: Option<&str>, body: Option<&str>, timing: Option<&str>| {
+        costs.learn(
+            &post,
+            "/submit",
+            x_cost.map(str::as_bytes),
+            body.map(str::as_bytes),
+            timing.map(str::as_bytes),
+        );
+    };
+    let pi = r#"{"operation":"pi","data":{"iterations":100}}"#;
+    learn(None, Some(pi), Some("job;dur=100"));
+    learn(None, Some(pi), None); // nothing to learn from
+    learn(Some("lots"), Some(pi), Some("job;dur=100")); // the rule stands in
+    learn(Some("7"), Some(pi), Some("job;dur=70"));
+    learn(None, Some("{}"), Some("job;dur=10")); // the route's mean
+    learn(None, None, Some("job;dur=10")); // streamed: the route's mean
+    costs.learn(&Method::GET, "/other", None, None, Some(b"job;dur=1"));
+
+    let fits = costs.fits();
+    let seen: Vec<(&str, &str, u64)> = fits
+        .iter()
+        .map(|fit| (fit.route.as_str(), fit.class.as_str(), fit.samples))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST /submit", "*", 2),
+            ("POST /submit", "X-Cost", 1),
+            ("POST /submit", "pi", 2)
+        ]
+    );
+    let counted: Vec<(&str, u64)> = Fallback::ALL
+        .iter()
+        .map(|reason| reason.label())
+        .zip(costs.fallbacks())
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("bad_header", 1),
+            ("body_too_large", 1),
+            ("missing_field", 1)
+        ]
+    );
 }
