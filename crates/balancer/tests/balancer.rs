@@ -47,23 +47,13 @@ async fn json_error(response: reqwest::Response) -> (StatusCode, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_learns_what_jobs_cost_from_the_workers_server_timing() {
-    /// The balancer's command line, for settings whose types are the balancer's own.
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
-    use clap::Parser;
-    let parsed = Cli::try_parse_from([
-        "balancer",
+    let parsed = support::parsed_config(&[
         "--cost-rules",
         "POST /submit class=/operation size=/data/iterations|/data/limit|/data/seconds",
         // As in the compose stacks: hyper's path then keeps a chunked body too.
         "--retry-routes",
         "POST /submit",
-    ])
-    .unwrap()
-    .config;
+    ]);
     let worker = TestWorker::start("worker-costs").await;
     let balancer = TestBalancer::start(Config {
         cost_rules: parsed.cost_rules,

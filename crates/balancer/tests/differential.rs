@@ -516,18 +516,11 @@ async fn the_fast_path_relays_answers_as_hyper_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cors_a_browsers_request_goes_to_hyper_and_the_rest_stays_fast() {
-    /// The balancer's command line, for a setting whose type is the balancer's own.
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: balancer::Config,
-    }
-    use clap::Parser;
     let recorder = Recorder::start().await;
-    let parsed = Cli::try_parse_from(["balancer", "--cors-origins", "*"]).unwrap();
+    let parsed = support::parsed_config(&["--cors-origins", "*"]);
     let balancer = TestBalancer::start_as_configured(balancer::Config {
         http1_fast_path: true,
-        cors: parsed.config.cors,
+        cors: parsed.cors,
         ..static_config(&[recorder.address])
     })
     .await;

@@ -50,6 +50,20 @@ pub fn config() -> Config {
 }
 
 /// A config over static backends.
+/// The balancer's command line parsed (`args` without the program name), for settings whose
+/// types are the balancer's own and made only by parsing.
+pub fn parsed_config(args: &[&str]) -> Config {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+    use clap::Parser;
+    Cli::try_parse_from(std::iter::once("balancer").chain(args.iter().copied()))
+        .unwrap()
+        .config
+}
+
 pub fn static_config(backends: &[SocketAddr]) -> Config {
     Config {
         backends: backends
