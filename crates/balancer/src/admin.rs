@@ -88,6 +88,8 @@ async fn backends(State(state): State<AdminState>) -> Json<Value> {
                 "weight": if entry.accepts { entry.score.max(0.0) } else { 0.0 },
                 "accepts_new_requests": entry.accepts,
                 "in_flight": backend.in_flight(),
+                "slots": backend.slots(),
+                "work_in_flight_seconds": backend.work_us() as f64 / 1e6,
                 "completed": backend.completed.load(Relaxed),
                 "errors": backend.errors.load(Relaxed),
                 "latency_ewma_ms": backend.latency_ewma_ms(),
@@ -98,6 +100,20 @@ async fn backends(State(state): State<AdminState>) -> Json<Value> {
             })
         })
         .collect();
+    let queue = {
+        let queue = shared.backends.queue();
+        let view = queue.view();
+        let settings = queue.settings();
+        json!({
+            "waiting": view.waiting,
+            "bytes": view.bytes,
+            "work_seconds": view.work_seconds,
+            "capacity": settings.capacity,
+            "max_bytes": settings.max_bytes,
+            "timeout_ms": u64::try_from(settings.timeout.as_millis()).unwrap_or(u64::MAX),
+            "max_queue_delay_factor": settings.delay_factor,
+        })
+    };
     Json(json!({
         "source": match shared.backends.source() {
             SourceKind::Static => "static",
@@ -114,6 +130,7 @@ async fn backends(State(state): State<AdminState>) -> Json<Value> {
         "seq": table.seq,
         "policy": shared.picker.policy().as_str(),
         "queued_without_backend": shared.admission.waiting(),
+        "queue": queue,
         "backends": items,
     }))
 }

@@ -703,8 +703,9 @@ impl ReportStream {
     }
 }
 
-/// One report: per backend in flight now, completed and errors since the previous report,
-/// latency EWMA; and the demand waiting for a backend.
+/// One report: per backend in flight now (requests and expected seconds), completed and
+/// errors since the previous report, latency EWMA; the demand waiting for a backend; the
+/// requests waiting for a free slot and their expected seconds.
 fn build_report(
     balancer_id: &str,
     backends: &Backends,
@@ -712,6 +713,7 @@ fn build_report(
     previous: &mut HashMap<u64, (u64, u64)>,
 ) -> LoadReport {
     let table = backends.load_full();
+    let queue = backends.queue().view();
     let mut seen = HashMap::with_capacity(table.entries.len());
     let loads = table
         .entries
@@ -729,6 +731,7 @@ fn build_report(
                 completed: completed.saturating_sub(last_completed),
                 errors: errors.saturating_sub(last_errors),
                 latency_ewma_ms: backend.latency_ewma_ms(),
+                work_seconds: backend.work_us() as f64 / 1e6,
             }
         })
         .collect();
@@ -740,6 +743,8 @@ fn build_report(
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         backends: loads,
         queued_without_backend: admission.take_peak(),
+        queued_work_seconds: queue.work_seconds,
+        queued_for_slot: queue.waiting,
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
     },
     task::{Context, Poll},
@@ -24,7 +24,10 @@ use common::queue::{Category, QueueItem, QueueSnapshot};
 use http::{HeaderValue, uri::Authority};
 use tokio::sync::{Notify, futures::Notified};
 
-use crate::upstream::{Pool, PoolConfig};
+use crate::{
+    dispatch::{QueueSettings, WorkQueue},
+    upstream::{Pool, PoolConfig},
+};
 
 /// Monotonic nanoseconds since the balancer started; cheap to store in atomics.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +134,13 @@ pub struct Backend {
     /// Wakes the requests waiting for its answers when it leaves; one per traffic thread like
     /// the pools, so a request registers without touching another thread's lock.
     removal: Box<[Notify]>,
+    /// Requests it takes at once (its concurrency limit, scaled by `MAX_CPU_THRESHOLD`);
+    /// 0 = unlimited.
+    slots: AtomicU64,
+    /// The expected seconds of its requests in flight, in microseconds (issue #17).
+    work_us: AtomicU64,
+    /// The table it belongs to: a slot freed on a limited backend goes to the work queue.
+    owner: Weak<BackendsInner>,
 }
 
 impl Backend {
@@ -141,6 +151,7 @@ impl Backend {
         address: String,
         pool: PoolConfig,
         shards: usize,
+        owner: Weak<BackendsInner>,
     ) -> Option<Self> {
         let authority: Authority = address.parse().ok()?;
         let header = HeaderValue::from_str(&dns_name)
@@ -169,7 +180,66 @@ impl Backend {
             ejected_total: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             removal: (0..shards.max(1)).map(|_| Notify::new()).collect(),
+            slots: AtomicU64::new(0),
+            work_us: AtomicU64::new(0),
+            owner,
         })
+    }
+
+    /// Requests it takes at once; 0 = unlimited.
+    pub fn slots(&self) -> u64 {
+        self.slots.load(Relaxed)
+    }
+
+    /// Whether it can take one more request now.
+    pub fn has_slot(&self) -> bool {
+        let slots = self.slots();
+        slots == 0 || self.in_flight() < slots
+    }
+
+    /// The expected work in flight on it, in microseconds.
+    pub fn work_us(&self) -> u64 {
+        self.work_us.load(Relaxed)
+    }
+
+    /// Takes one of its slots, if one is free (always, when unlimited); the request is then
+    /// in flight on it. Returns the count in flight before.
+    pub fn take_slot(&self, work_us: u64) -> Option<u64> {
+        let slots = self.slots();
+        let before = if slots == 0 {
+            self.in_flight.fetch_add(1, Relaxed)
+        } else {
+            self.in_flight
+                .fetch_update(Relaxed, Relaxed, |n| (n < slots).then_some(n + 1))
+                .ok()?
+        };
+        if work_us != 0 {
+            self.work_us.fetch_add(work_us, Relaxed);
+        }
+        Some(before)
+    }
+
+    /// Puts a request in flight whatever the limit (one that must go to this backend);
+    /// returns the count in flight before.
+    pub fn take_slot_anyway(&self, work_us: u64) -> u64 {
+        if work_us != 0 {
+            self.work_us.fetch_add(work_us, Relaxed);
+        }
+        self.in_flight.fetch_add(1, Relaxed)
+    }
+
+    /// Gives back a slot from [`Self::take_slot`]; on a limited backend the slot goes to the
+    /// next request waiting in the work queue, if any.
+    pub fn give_slot(&self, work_us: u64) {
+        if work_us != 0 {
+            self.work_us.fetch_sub(work_us, Relaxed);
+        }
+        self.in_flight.fetch_sub(1, Relaxed);
+        if self.slots() != 0 {
+            if let Some(owner) = self.owner.upgrade() {
+                Backends(owner).pump();
+            }
+        }
     }
 
     /// The connection pool of traffic thread `shard`.
@@ -323,6 +393,8 @@ pub struct Table {
     pub seq: u64,
     /// `epoch` of the agent snapshot this table came from.
     pub epoch: u64,
+    /// Whether some candidate has a concurrency limit (requests may wait for a slot).
+    pub limited: bool,
 }
 
 /// A backend that may take new requests.
@@ -355,10 +427,44 @@ struct BackendsInner {
     source: SourceKind,
     /// Serialises writers (the agent task, or start-up); readers never take it.
     writer: std::sync::Mutex<()>,
+    /// Requests waiting for a free slot on a limited backend.
+    queue: WorkQueue,
+    clock: Clock,
+    /// `MAX_CPU_THRESHOLD` in percent: the share of a backend's concurrency it is given.
+    threshold: f64,
+}
+
+/// The work queue's settings and the clock it reads (the proxy's own).
+#[derive(Debug, Clone, Copy)]
+pub struct Dispatch {
+    pub queue: QueueSettings,
+    pub clock: Clock,
+    /// `MAX_CPU_THRESHOLD`, percent (1-100).
+    pub threshold: f64,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Self {
+            queue: QueueSettings::default(),
+            clock: Clock::new(),
+            threshold: 100.0,
+        }
+    }
 }
 
 impl Backends {
+    #[cfg(test)]
     pub fn new(pool: PoolConfig, shards: usize, source: SourceKind) -> Self {
+        Self::with_dispatch(pool, shards, source, Dispatch::default())
+    }
+
+    pub fn with_dispatch(
+        pool: PoolConfig,
+        shards: usize,
+        source: SourceKind,
+        dispatch: Dispatch,
+    ) -> Self {
         Self(Arc::new(BackendsInner {
             table: ArcSwap::from_pointee(Table::default()),
             changed: Notify::new(),
@@ -367,7 +473,37 @@ impl Backends {
             next_key: AtomicU64::new(1),
             source,
             writer: std::sync::Mutex::new(()),
+            queue: WorkQueue::new(dispatch.queue),
+            clock: dispatch.clock,
+            threshold: dispatch.threshold.clamp(1.0, 100.0),
         }))
+    }
+
+    /// Now, by the clock the proxy reads.
+    #[cfg(test)]
+    pub fn now(&self) -> u64 {
+        self.0.clock.now()
+    }
+
+    /// The requests waiting for a free slot.
+    pub fn queue(&self) -> &WorkQueue {
+        &self.0.queue
+    }
+
+    /// Hands free slots to the requests waiting for one (see [`WorkQueue::pump`]).
+    pub fn pump(&self) {
+        if !self.0.queue.is_empty() {
+            self.0.queue.pump(&self.load(), self.0.clock.now());
+        }
+    }
+
+    /// The slots a backend of concurrency limit `concurrency` gets: a share
+    /// `MAX_CPU_THRESHOLD` of it, at least one (a one-thread worker still takes a job).
+    fn slots_for(&self, concurrency: u32) -> u64 {
+        if concurrency == 0 {
+            return 0;
+        }
+        ((f64::from(concurrency) * self.0.threshold / 100.0).floor() as u64).max(1)
     }
 
     pub fn source(&self) -> SourceKind {
@@ -388,8 +524,9 @@ impl Backends {
         &self.0.changed
     }
 
-    /// Replaces the table with static backends (`host:port` each).
-    pub fn set_static(&self, addresses: &[String]) {
+    /// Replaces the table with static backends (`host:port` each), each taking at most
+    /// `concurrency` requests at once (`BACKEND_CONCURRENCY`; 0 = unlimited).
+    pub fn set_static(&self, addresses: &[String], concurrency: u32) {
         let items = addresses
             .iter()
             .map(|address| Spec {
@@ -398,6 +535,7 @@ impl Backends {
                 address: address.clone(),
                 score: 100.0,
                 category: None,
+                concurrency,
             })
             .collect();
         self.replace(items, (0, 0));
@@ -448,6 +586,7 @@ impl Backends {
                         spec.address.clone(),
                         self.0.pool,
                         self.0.shards,
+                        Arc::downgrade(&self.0),
                     ) {
                         Some(backend) => Arc::new(backend),
                         None => {
@@ -457,6 +596,9 @@ impl Backends {
                     }
                 }
             };
+            backend
+                .slots
+                .store(self.slots_for(spec.concurrency), Relaxed);
             let accepts = spec.category.is_none_or(Category::accepts_new_requests);
             entries.push(Entry {
                 backend,
@@ -485,13 +627,17 @@ impl Backends {
             candidates = candidates.len(),
             "routing table replaced"
         );
+        let limited = candidates.iter().any(|c| c.backend.slots() != 0);
         self.0.table.store(Arc::new(Table {
             entries,
             candidates,
             seq,
             epoch,
+            limited,
         }));
         self.0.changed.notify_waiters();
+        // A backend joined or a limit grew: its slots go to the requests waiting.
+        self.pump();
         // After the new table is in place, so that a request woken here picks from it.
         for entry in &current.entries {
             if !kept.contains(&entry.backend.key) {
@@ -508,6 +654,7 @@ struct Spec {
     address: String,
     score: f64,
     category: Option<Category>,
+    concurrency: u32,
 }
 
 impl Spec {
@@ -533,6 +680,7 @@ impl Spec {
             address,
             score: item.score,
             category: Some(item.utilization_category),
+            concurrency: item.concurrency,
         }
     }
 }

@@ -28,28 +28,64 @@ use crate::{
 #[derive(Debug)]
 pub struct InFlight {
     backend: Arc<Backend>,
+    /// Its expected seconds, in microseconds (0 without a cost).
+    work_us: u64,
+    /// Whether it was sent while its backend had a thread to spare: its response time is
+    /// then its service time, worth learning (issue #17).
+    alone: bool,
+    /// Granted to a request that went away before sending: not counted as completed.
+    abandoned: bool,
 }
 
 impl InFlight {
-    pub fn start(backend: Arc<Backend>) -> Self {
-        backend.in_flight.fetch_add(1, Relaxed);
-        Self { backend }
+    /// In flight on `backend`, whatever its limit (a WebSocket or a backend without one).
+    pub fn start(backend: Arc<Backend>, work_us: u64) -> Self {
+        let before = backend.take_slot_anyway(work_us);
+        Self::new(backend, work_us, before)
+    }
+
+    /// In flight on `backend` if it has a free slot.
+    pub fn reserve(backend: &Arc<Backend>, work_us: u64) -> Option<Self> {
+        let before = backend.take_slot(work_us)?;
+        Some(Self::new(Arc::clone(backend), work_us, before))
+    }
+
+    fn new(backend: Arc<Backend>, work_us: u64, before: u64) -> Self {
+        let alone = before < backend.slots().max(1);
+        Self {
+            backend,
+            work_us,
+            alone,
+            abandoned: false,
+        }
     }
 
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
 
+    /// Whether it went out while its backend had room: nothing waited before it there.
+    pub fn alone(&self) -> bool {
+        self.alone
+    }
+
     /// Counts an error against the backend (the request still completes when dropped).
     pub fn failed(&self) {
         self.backend.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Gives the slot back without counting a completed request (its request went away).
+    pub fn abandon(mut self) {
+        self.abandoned = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Relaxed);
-        self.backend.completed.fetch_add(1, Relaxed);
+        if !self.abandoned {
+            self.backend.completed.fetch_add(1, Relaxed);
+        }
+        self.backend.give_slot(self.work_us);
     }
 }
 

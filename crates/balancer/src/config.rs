@@ -33,6 +33,10 @@ pub enum Policy {
     LeastRequest,
     /// Each candidate in turn.
     RoundRobin,
+    /// The candidate with the least expected seconds in flight per unit of capacity (its
+    /// concurrency limit), this request's included (issue #17). The default when `COST_RULES`
+    /// is set.
+    LeastWork,
 }
 
 impl Policy {
@@ -43,6 +47,7 @@ impl Policy {
             Self::P2cEwma => "p2c-ewma",
             Self::LeastRequest => "least-request",
             Self::RoundRobin => "round-robin",
+            Self::LeastWork => "least-work",
         }
     }
 }
@@ -52,6 +57,44 @@ impl fmt::Display for Policy {
         f.write_str(self.as_str())
     }
 }
+
+/// `BALANCER_POLICY` as given; `None` (empty) picks by the other settings, see
+/// [`Config::resolved_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyChoice(pub Option<Policy>);
+
+impl From<Policy> for PolicyChoice {
+    fn from(policy: Policy) -> Self {
+        Self(Some(policy))
+    }
+}
+
+fn parse_policy(text: &str) -> Result<PolicyChoice, String> {
+    use clap::ValueEnum;
+    if text.trim().is_empty() {
+        return Ok(PolicyChoice(None));
+    }
+    Policy::from_str(text.trim(), true)
+        .map(Into::into)
+        .map_err(|_| {
+            let names: Vec<&str> = Policy::value_variants()
+                .iter()
+                .map(|p| p.as_str())
+                .collect();
+            format!("unknown policy {text:?}; one of {}", names.join(", "))
+        })
+}
+
+/// A factor of at least 1.
+fn parse_factor(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(factor) if factor.is_finite() && factor >= 1.0 => Ok(factor),
+        _ => Err(format!("{text:?} is not a number of at least 1")),
+    }
+}
+
+/// `QUEUE_MAX_BYTES`'s default: 64 MiB.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 << 20;
 
 /// One entry of `BACKENDS`: `host:port`, or `host` (then `TARGET_PORT` is appended).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,14 +361,44 @@ pub struct Config {
           default_value_t = DEFAULT_TARGET_PORT)]
     pub target_port: u16,
 
-    /// Routing policy.
+    /// Routing policy; empty: `least-work` when COST_RULES is set, else `p2c-ewma`.
     #[arg(
         long,
         env = "BALANCER_POLICY",
         value_name = "BALANCER_POLICY",
-        default_value = "p2c-ewma"
+        default_value = "",
+        value_parser = parse_policy
     )]
-    pub policy: Policy,
+    pub policy: PolicyChoice,
+
+    /// Requests each static backend (BACKENDS) takes at once; more wait in the balancer's
+    /// queue, cheapest first (issue #17). 0 = unlimited. With the agent, each container's
+    /// limit comes from the agent.
+    #[arg(
+        long = "backend-concurrency",
+        env = "BACKEND_CONCURRENCY",
+        value_name = "BACKEND_CONCURRENCY",
+        default_value_t = 0
+    )]
+    pub backend_concurrency: u32,
+
+    /// The share of a backend's concurrency limit it is given, in percent (seed 002's
+    /// MAX_CPU_THRESHOLD: a request that would push every backend past it waits).
+    #[arg(long = "max-cpu-threshold", env = "MAX_CPU_THRESHOLD", value_name = "MAX_CPU_THRESHOLD",
+          default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub max_cpu_threshold: u8,
+
+    /// How long a request waiting for a free slot can be passed over by cheaper ones, as a
+    /// multiple of its own expected seconds (at least 50 ms); then it goes first.
+    #[arg(long = "max-queue-delay-factor", env = "MAX_QUEUE_DELAY_FACTOR",
+          value_name = "MAX_QUEUE_DELAY_FACTOR", default_value = "10", value_parser = parse_factor)]
+    pub max_queue_delay_factor: f64,
+
+    /// Bytes (heads and bodies) the requests waiting for a free slot may hold in all; past
+    /// it, 503.
+    #[arg(long = "queue-max-bytes", env = "QUEUE_MAX_BYTES", value_name = "QUEUE_MAX_BYTES",
+          default_value_t = DEFAULT_QUEUE_MAX_BYTES)]
+    pub queue_max_bytes: u64,
 
     /// Seed of the routing random numbers (default: random). Fixed in tests.
     #[arg(long, env = "BALANCER_SEED", value_name = "BALANCER_SEED")]
@@ -532,7 +605,11 @@ impl Default for Config {
             report_interval: Duration::from_millis(500),
             balancer_id: None,
             target_port: DEFAULT_TARGET_PORT,
-            policy: Policy::P2cEwma,
+            policy: PolicyChoice::default(),
+            backend_concurrency: 0,
+            max_cpu_threshold: 100,
+            max_queue_delay_factor: 10.0,
+            queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             seed: None,
             ewma_decay: Duration::from_secs(10),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
@@ -632,6 +709,15 @@ impl Config {
             }
         }
         urls
+    }
+
+    /// BALANCER_POLICY, else `least-work` when costs are known (COST_RULES), else `p2c-ewma`.
+    pub fn resolved_policy(&self) -> Policy {
+        self.policy.0.unwrap_or(if self.cost_rules.is_empty() {
+            Policy::P2cEwma
+        } else {
+            Policy::LeastWork
+        })
     }
 
     /// Traffic threads: the configured number, else the CPU quota rounded up.

@@ -365,9 +365,122 @@ impl Costs {
         }
     }
 
-    /// Learns from one answered request: its job (by `X-Cost`, else the first rule, reading
-    /// `body`) and the seconds its backend says it took (`Server-Timing`, `None`: nothing to
-    /// learn). What cannot be read is counted by reason and skipped.
+    /// Whether a rule covers this method and path: its body is worth reading (up to
+    /// `COST_BODY_LIMIT`) before the request is dispatched.
+    pub fn wants_body(&self, method: &Method, path: &str) -> bool {
+        !self.rules.is_empty() && self.rules.rule_for(method, &Path::new(path)).is_some()
+    }
+
+    /// Whether `COST_RULES` has any rule.
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// A request's job: by `X-Cost`, else the first rule (reading `body`; `None`: streamed,
+    /// not kept), else the rule's mean (class `*`, size 0). `None` when neither the header
+    /// nor a rule applies. What cannot be read is counted by reason, never an error.
+    pub fn job(
+        &self,
+        method: &Method,
+        path: &str,
+        x_cost: Option<&[u8]>,
+        body: Option<&[u8]>,
+    ) -> Option<Job> {
+        if self.rules.is_empty() && x_cost.is_none() {
+            return None;
+        }
+        let rule = (!self.rules.is_empty())
+            .then(|| self.rules.rule_for(method, &Path::new(path)))
+            .flatten();
+        let explicit_size = match x_cost.map(explicit) {
+            Some(Ok(size)) => Some(size),
+            Some(Err(fallback)) => {
+                self.count(fallback);
+                None
+            }
+            None => None,
+        };
+        match (explicit_size, rule) {
+            (Some(size), rule) => Some(Job {
+                rule: rule.unwrap_or(EXPLICIT),
+                class: "X-Cost".to_owned(),
+                size,
+            }),
+            (None, Some(rule)) => {
+                let read = match body {
+                    Some(body) => self.rules.job(rule, body, self.body_limit),
+                    // Streamed to the backend, not kept: larger than what is buffered.
+                    None => Err(Fallback::BodyTooLarge),
+                };
+                Some(read.unwrap_or_else(|fallback| {
+                    self.count(fallback);
+                    Job {
+                        rule,
+                        class: "*".to_owned(),
+                        size: 0.0,
+                    }
+                }))
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The seconds `job` is expected to take: its fit's prediction, else (a class not seen
+    /// yet) the prediction of its rule's mean, else the prior.
+    pub fn expected(&self, job: &Job) -> f64 {
+        let fits = self
+            .fits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let own = fits.get(&(job.rule, job.class.clone()));
+        let mean = || fits.get(&(job.rule, "*".to_owned()));
+        own.or_else(mean)
+            .map_or(PRIOR_SECONDS, |fit| fit.predict(job.size))
+    }
+
+    /// Learns that `job` took `seconds` (a backend's `Server-Timing`, or the response time
+    /// of a request that waited behind no other).
+    pub fn observe(&self, job: &Job, seconds: f64) {
+        if !seconds.is_finite() || seconds < 0.0 {
+            return;
+        }
+        let mut fits = self
+            .fits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = fits.len() >= MAX_FITS;
+        let key = (job.rule, job.class.clone());
+        if !full || fits.contains_key(&key) {
+            fits.entry(key)
+                .or_insert_with(|| Fit::new(PRIOR_SECONDS))
+                .observe(job.size, seconds);
+        }
+    }
+
+    /// [`Self::expected`] in microseconds.
+    pub fn expected_us(&self, job: &Job) -> u64 {
+        (self.expected(job) * 1e6).round().clamp(0.0, 1e15) as u64
+    }
+
+    /// Learns from one answered request of job `job`: the seconds its backend says it took
+    /// (`server_timing`), else its response time `waited` when it waited behind no other on
+    /// its backend (`in_flight.alone()`): then that time is its service time.
+    pub(crate) fn learn_from(
+        &self,
+        job: &Job,
+        server_timing: Option<&[u8]>,
+        in_flight: &crate::body::InFlight,
+        waited: std::time::Duration,
+    ) {
+        match server_timing.and_then(duration_seconds) {
+            Some(seconds) => self.observe(job, seconds),
+            None if in_flight.alone() => self.observe(job, waited.as_secs_f64()),
+            None => {}
+        }
+    }
+
+    /// Learns from one answered request: its job (see [`Self::job`]) and the seconds its
+    /// backend says it took (`Server-Timing`; `None`: nothing to learn).
     pub fn learn(
         &self,
         method: &Method,
@@ -379,51 +492,8 @@ impl Costs {
         let Some(seconds) = server_timing.and_then(duration_seconds) else {
             return;
         };
-        let rule = (!self.rules.is_empty())
-            .then(|| self.rules.rule_for(method, &Path::new(path)))
-            .flatten();
-        // `X-Cost`, else the rule's pointers, else the route's mean (size 0, class `*`).
-        let explicit_size = match x_cost.map(explicit) {
-            Some(Ok(size)) => Some(size),
-            Some(Err(fallback)) => {
-                self.count(fallback);
-                None
-            }
-            None => None,
-        };
-        let job = match (explicit_size, rule) {
-            (Some(size), rule) => Job {
-                rule: rule.unwrap_or(EXPLICIT),
-                class: "X-Cost".to_owned(),
-                size,
-            },
-            (None, Some(rule)) => {
-                let read = match body {
-                    Some(body) => self.rules.job(rule, body, self.body_limit),
-                    // Streamed to the backend, not kept: larger than what is buffered.
-                    None => Err(Fallback::BodyTooLarge),
-                };
-                read.unwrap_or_else(|fallback| {
-                    self.count(fallback);
-                    Job {
-                        rule,
-                        class: "*".to_owned(),
-                        size: 0.0,
-                    }
-                })
-            }
-            (None, None) => return,
-        };
-        let mut fits = self
-            .fits
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let full = fits.len() >= MAX_FITS;
-        let key = (job.rule, job.class);
-        if !full || fits.contains_key(&key) {
-            fits.entry(key)
-                .or_insert_with(|| Fit::new(PRIOR_SECONDS))
-                .observe(job.size, seconds);
+        if let Some(job) = self.job(method, path, x_cost, body) {
+            self.observe(&job, seconds);
         }
     }
 

@@ -16,6 +16,10 @@ pub enum ProxyError {
     QueueFull,
     #[error("no backend became available within {0:?}; retry later")]
     QueueTimeout(Duration),
+    #[error("every backend is busy and the queue is full; retry later")]
+    SlotsFull,
+    #[error("every backend stayed busy for {0:?}; retry later")]
+    SlotTimeout(Duration),
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(u64),
     #[error("the request headers are larger than {0} bytes")]
@@ -28,6 +32,9 @@ pub enum ProxyError {
     ClientBody,
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    /// The client closed its connection while its request waited for a slot.
+    #[error("the client closed its connection")]
+    ClientGone,
     #[error("not found")]
     NotFound,
     /// The last connect failure, if any.
@@ -43,12 +50,16 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::QueueFull | Self::QueueTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueFull | Self::QueueTimeout(_) | Self::SlotsFull | Self::SlotTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest(_) | Self::ClientBody => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            // nginx's "client closed request": never seen by the client, counted as such.
+            Self::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Connect(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -69,6 +80,8 @@ impl ProxyError {
             self,
             Self::QueueFull
                 | Self::QueueTimeout(_)
+                | Self::SlotsFull
+                | Self::SlotTimeout(_)
                 | Self::Connect(_)
                 | Self::Upstream(_)
                 | Self::Timeout(_)
@@ -77,7 +90,10 @@ impl ProxyError {
 
     /// Whether the answer carries `Retry-After` (no backend now; later may do).
     pub fn retry_after(&self) -> bool {
-        matches!(self, Self::QueueFull | Self::QueueTimeout(_))
+        matches!(
+            self,
+            Self::QueueFull | Self::QueueTimeout(_) | Self::SlotsFull | Self::SlotTimeout(_)
+        )
     }
 
     /// Whether the client's connection closes after the answer: the request's own bytes are
@@ -90,6 +106,7 @@ impl ProxyError {
                 | Self::BodyTooLarge(_)
                 | Self::ClientBody
                 | Self::BodyTimeout
+                | Self::ClientGone
         )
     }
 

@@ -34,6 +34,8 @@ use crate::{
     backend::Backend,
     body::{InFlight, Tee},
     cache::{self, Lookup},
+    cost::Job,
+    dispatch::Ask,
     error::ProxyError,
     h1::{
         Framing, Limits, Parsed,
@@ -425,6 +427,16 @@ impl Connection {
             })
             || replay_route;
 
+        // The job's cost (issue #17): by X-Cost, else by a rule on the body, read first.
+        let job = match self.job(&http_method, head, len, body_len, started).await {
+            Ok(job) => job,
+            Err(error) => {
+                self.buf.clear();
+                self.fail(error, None, started).await;
+                return Some(Next::Close);
+            }
+        };
+
         // Phase 4, the attempts (the body read in full once a backend is chosen, so that a
         // retry can send it again).
         let forwarded = forward(
@@ -440,9 +452,10 @@ impl Connection {
             },
             &mut self.answer,
             started,
+            job.as_ref(),
         )
         .await;
-        let (answered, in_flight) = match forwarded {
+        let (answered, in_flight, waited) = match forwarded {
             Ok(answered) => answered,
             Err((error, backend)) => {
                 // A body not read to its end leaves the connection's framing in doubt.
@@ -457,22 +470,10 @@ impl Connection {
             }
         };
 
-        // What the job cost, for the fits (issue #17): only when the backend says.
-        if let Some(timing) = field(&self.answer, &answered.head.headers, b"server-timing") {
-            let target = head.target.of(&self.buf);
-            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-            let raw = self.buf.get(len..len + body_len);
-            let decoded = match head.framing {
-                Framing::Chunked => raw.and_then(dechunk),
-                _ => None,
-            };
-            shared.costs.learn(
-                &http_method,
-                std::str::from_utf8(path).unwrap_or("/"),
-                field(&self.buf, &head.headers, b"x-cost"),
-                decoded.as_deref().or(raw),
-                Some(timing),
-            );
+        // What the job cost, for the fits (issue #17).
+        if let Some(job) = &job {
+            let timing = field(&self.answer, &answered.head.headers, b"server-timing");
+            shared.costs.learn_from(job, timing, &in_flight, waited);
         }
 
         // Phase 5, the answer on its way back.
@@ -482,6 +483,59 @@ impl Connection {
             .await;
         self.consume(len + body_len);
         Some(next)
+    }
+
+    /// The request's job for the cost fits and the work queue (issue #17): by `X-Cost`, else
+    /// by the first cost rule on its body, which is read in full first (it is buffered
+    /// anyway: at most 64 KiB here), so that its cost is known before a backend is chosen.
+    async fn job(
+        &mut self,
+        method: &http::Method,
+        head: &RequestHead,
+        len: usize,
+        body_len: usize,
+        started: Instant,
+    ) -> Result<Option<Job>, ProxyError> {
+        let costs = &self.shared.costs;
+        let x_cost = field(&self.buf, &head.headers, b"x-cost");
+        if x_cost.is_none() && !costs.has_rules() {
+            return Ok(None);
+        }
+        let target = head.target.of(&self.buf);
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let path = std::str::from_utf8(path).unwrap_or("/");
+        let wants_body = costs.wants_body(method, path);
+        if x_cost.is_none() && !wants_body {
+            return Ok(None);
+        }
+        // A valid X-Cost needs no body; a bad one falls back to the rule, which does.
+        let explicit = x_cost.is_some_and(|value| crate::cost::explicit(value).is_ok());
+        if wants_body && !explicit && self.buf.len() < len + body_len {
+            let settings = &self.shared.settings;
+            let deadline = tokio::time::Instant::from_std(started + settings.request_timeout);
+            let gap = settings.body_read_timeout;
+            read_body(
+                &mut self.stream,
+                &mut self.buf,
+                len + body_len,
+                gap,
+                deadline,
+            )
+            .await?;
+        }
+        let raw = self.buf.get(len..len + body_len);
+        let decoded = match head.framing {
+            Framing::Chunked => raw.and_then(dechunk),
+            _ => None,
+        };
+        let target = head.target.of(&self.buf);
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        Ok(costs.job(
+            method,
+            std::str::from_utf8(path).unwrap_or("/"),
+            field(&self.buf, &head.headers, b"x-cost"),
+            decoded.as_deref().or(raw),
+        ))
     }
 
     /// Reads a chunked request body that starts at `buf[start..]` until its end is buffered,
@@ -801,7 +855,8 @@ async fn forward(
     request: Request<'_>,
     answer: &mut Vec<u8>,
     started: Instant,
-) -> Result<(Answered, InFlight), (ProxyError, Option<Arc<Backend>>)> {
+    job: Option<&Job>,
+) -> Result<(Answered, InFlight, Duration), (ProxyError, Option<Arc<Backend>>)> {
     let Request {
         head,
         client,
@@ -814,16 +869,18 @@ async fn forward(
     shared.budget.deposit(shared.clock.nanos(started));
     let mut retry = RetryPolicy::new(idempotent);
     let mut now = shared.clock.nanos(started);
+    let ask = Ask {
+        work_us: job.map_or(0, |job| shared.costs.expected_us(job)),
+        bytes: (head.len() + body.len()) as u64,
+    };
     loop {
-        let (backend, others) = match shared.pick(retry.tried(), now) {
-            (Some(backend), others) => (backend, others),
-            (None, others) if retry.tried().is_empty() => match shared.queue(retry.tried()).await {
-                Ok(backend) => (backend, others),
-                Err(error) => return Err((error, None)),
-            },
-            (None, _) => return Err((retry.take_error(), None)),
+        let acquired = acquire_watching(shared, retry.tried(), now, ask, client).await;
+        let (in_flight, others) = match acquired {
+            Ok(Some(acquired)) => acquired,
+            Ok(None) => return Err((retry.take_error(), None)),
+            Err(error) => return Err((error, None)),
         };
-        let in_flight = InFlight::start(Arc::clone(&backend));
+        let backend = Arc::clone(in_flight.backend());
         if buf.len() < body.end {
             let gap = shared.settings.body_read_timeout;
             if let Err(error) = read_body(client, buf, body.end, gap, deadline).await {
@@ -888,10 +945,46 @@ async fn forward(
                 if status.is_server_error() {
                     in_flight.failed();
                 }
-                return Ok((answered, in_flight));
+                return Ok((answered, in_flight, sent.elapsed()));
             }
         }
     }
+}
+
+/// A slot for the next attempt (see `Shared::acquire`), watching the client meanwhile: one
+/// that closes its connection while its request waits for a slot gives its place up (its
+/// waiting future is dropped, which takes it off the queue). Most requests get a slot at
+/// once, without a look at the client.
+async fn acquire_watching(
+    shared: &Shared,
+    tried: &crate::policy::Tried,
+    now: u64,
+    ask: Ask,
+    client: &TcpStream,
+) -> Result<Option<(InFlight, bool)>, ProxyError> {
+    let acquire = shared.acquire(tried, now, ask);
+    tokio::pin!(acquire);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            acquired = &mut acquire => return acquired,
+            gone = client_gone(client), if watching => {
+                if gone {
+                    return Err(ProxyError::ClientGone);
+                }
+                // More bytes (a body still arriving, a pipelined request): not a goodbye.
+                watching = false;
+            }
+        }
+    }
+}
+
+/// Resolves when the client's socket is readable: `true` when it reached its end (the
+/// client closed or half-closed it) or failed.
+async fn client_gone(client: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(client.peek(&mut probe).await, Ok(0) | Err(_))
 }
 
 /// Sends one request on a pooled socket (or a new one) and reads the answer's head into

@@ -16,6 +16,7 @@ mod body;
 mod cache;
 mod cors;
 pub mod cost;
+mod dispatch;
 mod error;
 mod fast;
 // The fast path's wire format (#16): not wired into the proxy yet, the fast path wires it next.
@@ -51,9 +52,10 @@ pub use resolve::Resolver;
 
 use crate::{
     admission::Admission,
-    backend::{Backends, Clock, Ejection, SourceKind},
+    backend::{Backends, Clock, Dispatch, Ejection, SourceKind},
     cache::{Cache, CacheConfig},
     config::Source,
+    dispatch::QueueSettings,
     metrics::{Exporter, Metrics},
     policy::Picker,
     proxy::{Settings, Shared},
@@ -91,12 +93,22 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
     };
     let source = config.source();
     let threads = config.resolved_threads();
-    let backends = Backends::new(
+    let backends = Backends::with_dispatch(
         pool,
         threads,
         match source {
             Source::Static(_) => SourceKind::Static,
             Source::Agent(_) => SourceKind::Agent,
+        },
+        Dispatch {
+            queue: QueueSettings {
+                capacity: config.queue_capacity,
+                max_bytes: config.queue_max_bytes,
+                timeout: config.queue_timeout,
+                delay_factor: config.max_queue_delay_factor,
+            },
+            clock,
+            threshold: f64::from(config.max_cpu_threshold),
         },
     );
     let cache = Cache::new(CacheConfig {
@@ -107,9 +119,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
     });
     let admission = Arc::new(Admission::new(config.queue_capacity, config.queue_timeout));
     let seed = config.resolved_seed();
+    let policy = config.resolved_policy();
     let shared = Arc::new(Shared {
         backends: backends.clone(),
-        picker: Picker::new(config.policy, seed, config.ewma_decay),
+        picker: Picker::new(policy, seed, config.ewma_decay),
         cache: cache.clone(),
         budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_min_per_sec),
         admission: Arc::clone(&admission),
@@ -140,7 +153,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
     let background = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     match &source {
-        Source::Static(addresses) => backends.set_static(addresses),
+        Source::Static(addresses) => backends.set_static(addresses, config.backend_concurrency),
         Source::Agent(urls) => {
             tasks.spawn(agent::subscribe(
                 agent::Subscription {
@@ -226,7 +239,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
     tracing::info!(
         %address,
         %admin_address,
-        policy = %config.policy,
+        %policy,
         threads,
         source = ?source,
         reports = if report_urls.is_empty() { "off".to_owned() } else { report_urls.join(",") },

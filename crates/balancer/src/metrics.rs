@@ -448,6 +448,35 @@ impl Collector for State {
             &[(&[], self.admission.admitted.load(Relaxed))],
         )?;
 
+        let work = self.backends.queue();
+        let view = work.view();
+        gauge(
+            &mut encoder,
+            "balancer_work_queue_depth",
+            "Requests waiting for a free slot on a backend with a concurrency limit.",
+            vec![(vec![], i64::try_from(view.waiting).unwrap_or(i64::MAX))],
+        )?;
+        gauge(
+            &mut encoder,
+            "balancer_work_queue_bytes",
+            "Bytes held by the requests waiting for a free slot (QUEUE_MAX_BYTES bounds it).",
+            vec![(vec![], i64::try_from(view.bytes).unwrap_or(i64::MAX))],
+        )?;
+        let c = &work.counters;
+        counter(
+            &mut encoder,
+            "balancer_work_queue_requests",
+            "Requests through the work queue, by outcome: queued; granted a slot (overdue: by the aging bound); full, timeout and cancelled (the client went away) leave without one.",
+            &[
+                (&[("outcome", "queued")], c.queued.load(Relaxed)),
+                (&[("outcome", "granted")], c.granted.load(Relaxed)),
+                (&[("outcome", "overdue")], c.overdue.load(Relaxed)),
+                (&[("outcome", "full")], c.full.load(Relaxed)),
+                (&[("outcome", "timeout")], c.timeouts.load(Relaxed)),
+                (&[("outcome", "cancelled")], c.cancelled.load(Relaxed)),
+            ],
+        )?;
+
         let per_backend = |f: &dyn Fn(&crate::backend::Entry) -> f64| {
             table
                 .entries
@@ -460,6 +489,12 @@ impl Collector for State {
             "balancer_backend_in_flight",
             "Requests in flight per backend.",
             per_backend(&|e| e.backend.in_flight() as f64),
+        )?;
+        gauge(
+            &mut encoder,
+            "balancer_backend_work_seconds",
+            "Expected seconds of the requests in flight per backend (from the cost fits).",
+            per_backend(&|e| e.backend.work_us() as f64 / 1e6),
         )?;
         gauge(
             &mut encoder,

@@ -100,14 +100,28 @@ impl Picker {
 
     /// A backend from `table` for a new request, or `None` when no candidate is left.
     pub fn pick(&self, table: &Table, tried: &Tried, now: u64) -> Option<Arc<Backend>> {
+        self.pick_for(table, tried, now, Want::default())
+    }
+
+    /// A backend for a request of expected work `want.work_us`; with `want.free_only`, only
+    /// among backends with a free slot.
+    pub fn pick_for(
+        &self,
+        table: &Table,
+        tried: &Tried,
+        now: u64,
+        want: Want,
+    ) -> Option<Arc<Backend>> {
         let candidates = &table.candidates;
         if candidates.is_empty() {
             return None;
         }
-        let healthy = |c: &Candidate| !tried.contains(&c.backend) && !c.backend.is_ejected(now);
-        let untried = |c: &Candidate| !tried.contains(&c.backend);
-        self.pick_with(candidates, &healthy, now)
-            .or_else(|| self.pick_with(candidates, &untried, now))
+        let free = |c: &Candidate| !want.free_only || c.backend.has_slot();
+        let healthy =
+            |c: &Candidate| !tried.contains(&c.backend) && !c.backend.is_ejected(now) && free(c);
+        let untried = |c: &Candidate| !tried.contains(&c.backend) && free(c);
+        self.pick_with(candidates, &healthy, now, want.work_us)
+            .or_else(|| self.pick_with(candidates, &untried, now, want.work_us))
             .map(|c| Arc::clone(&c.backend))
     }
 
@@ -116,6 +130,7 @@ impl Picker {
         candidates: &'t [Candidate],
         eligible: &dyn Fn(&Candidate) -> bool,
         now: u64,
+        work_us: u64,
     ) -> Option<&'t Candidate> {
         match self.policy {
             Policy::RoundRobin => {
@@ -136,6 +151,13 @@ impl Picker {
                     })
             }
             Policy::P2cEwma => self.p2c(candidates, eligible, now),
+            Policy::LeastWork => {
+                let start = self.rng.below(candidates.len());
+                (0..candidates.len())
+                    .map(|i| &candidates[(start + i) % candidates.len()])
+                    .filter(|c| eligible(c))
+                    .min_by(|a, b| work_per_slot(a, work_us).total_cmp(&work_per_slot(b, work_us)))
+            }
         }
     }
 
@@ -227,6 +249,25 @@ impl Picker {
         }
         latency * (pending + 1.0) / weight(candidate)
     }
+}
+
+/// What a request asks of the picker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    /// Its expected seconds, in microseconds.
+    pub work_us: u64,
+    /// Only backends with a free slot (late binding: the others are full).
+    pub free_only: bool,
+}
+
+/// `least-work`'s measure: the expected seconds in flight on a backend with this request
+/// added, per unit of capacity (its slots; 1 when unlimited), with the request count as a
+/// tie-break between backends without costs.
+pub(crate) fn work_per_slot(candidate: &Candidate, work_us: u64) -> f64 {
+    let backend = &candidate.backend;
+    let capacity = backend.slots().max(1) as f64;
+    let work = backend.work_us().saturating_add(work_us) as f64;
+    (work + (backend.in_flight() + 1) as f64 * 1e-3) / capacity
 }
 
 /// The weight used by the load-aware policies: the score, at least 1.

@@ -41,10 +41,12 @@ use crate::{
     backend::{Backend, Backends, Clock, Ejection, Removed},
     body::{InFlight, ResponseBody, Tee},
     cache::{self, Cache, Cached, Lookup},
+    cost::Job,
+    dispatch::Ask,
     error::{Chain, ProxyError},
     headers::{self, IDEMPOTENCY_KEY, X_BACKEND, X_CACHE},
     metrics::Metrics,
-    policy::{Picker, Tried},
+    policy::{Picker, Tried, Want},
     retry::{Outcome, RetryBudget, RetryPolicy, Verdict},
     route::{self, DenyPaths, RetryRoutes},
     timer::{self, Elapsed},
@@ -180,6 +182,19 @@ struct Upstream {
     _unsent: Option<Incoming>,
 }
 
+impl Upstream {
+    /// What the request holds in memory while it waits for a slot: its head and a kept body.
+    fn held_bytes(&self) -> u64 {
+        let head: usize = self.headers.as_ref().map_or(0, |headers| {
+            headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum()
+        });
+        (head + self.body.kept().map_or(0, <[u8]>::len)) as u64
+    }
+}
+
 /// What the answer needs to know about the request.
 struct Origin {
     lookup: Lookup,
@@ -197,6 +212,8 @@ struct Answer {
     response: Response<Incoming>,
     lease: Lease,
     in_flight: InFlight,
+    /// From sending the request to its answer's head.
+    waited: Duration,
 }
 
 /// What sending one attempt came to: the answer's head, a failure, or the deadline.
@@ -277,24 +294,49 @@ impl Shared {
             ControlFlow::Continue(lookup) => lookup,
         };
         let mut upstream = self.prepare(parts, body, admitted, lookup, peer);
+        let job = self.job(&mut upstream, started).await?;
         let Answer {
             response,
             lease,
             in_flight,
-        } = self.forward(&mut upstream, started, shard).await?;
-        if let Some(timing) = response.headers().get(SERVER_TIMING) {
-            self.costs.learn(
-                &upstream.method,
-                upstream.origin.path.path(),
-                upstream.origin.x_cost.as_ref().map(HeaderValue::as_bytes),
-                upstream.body.kept(),
-                Some(timing.as_bytes()),
-            );
+            waited,
+        } = self
+            .forward(&mut upstream, started, shard, job.as_ref())
+            .await?;
+        if let Some(job) = &job {
+            let timing = response.headers().get(SERVER_TIMING);
+            self.costs
+                .learn_from(job, timing.map(HeaderValue::as_bytes), &in_flight, waited);
         }
         // An answer before the whole body arrived: relayed, then the client's connection
         // closes (its body is read a little longer, see `StreamBody`).
         let close = !upstream.body.ended() && upstream.origin.http1;
         Ok(self.respond(response, lease, in_flight, upstream.origin, close))
+    }
+
+    /// The request's job for the cost fits and the work queue (issue #17). On a route with
+    /// a cost rule, a body small enough to buffer is read first, so its cost is known before
+    /// a backend is chosen.
+    async fn job(&self, upstream: &mut Upstream, started: Instant) -> Result<Option<Job>, Failure> {
+        let path = upstream.origin.path.path();
+        let x_cost = upstream.origin.x_cost.as_ref().map(HeaderValue::as_bytes);
+        let wants_body = self.costs.wants_body(&upstream.method, path);
+        if x_cost.is_none() && !wants_body {
+            return Ok(None);
+        }
+        // A valid X-Cost needs no body; a bad one falls back to the rule, which does.
+        let explicit = x_cost.is_some_and(|value| crate::cost::explicit(value).is_ok());
+        if wants_body && !explicit && upstream.body.needs_buffering() {
+            let deadline = tokio::time::Instant::from_std(started + self.settings.request_timeout);
+            let max_body = self.settings.max_body_bytes;
+            let read = Box::pin(upstream.body.take().buffer(max_body));
+            upstream.body = buffered(timer::timeout_at(deadline, read).await, max_body)?;
+        }
+        let path = upstream.origin.path.path();
+        let x_cost = upstream.origin.x_cost.as_ref().map(HeaderValue::as_bytes);
+        Ok(self
+            .costs
+            .job(&upstream.method, path, x_cost, upstream.body.kept()))
     }
 
     /// Phase 1, admission: refuses what is never forwarded (CONNECT, a denied path, a head
@@ -475,22 +517,24 @@ impl Shared {
         upstream: &mut Upstream,
         started: Instant,
         shard: usize,
+        job: Option<&Job>,
     ) -> Result<Answer, Failure> {
         let deadline = tokio::time::Instant::from_std(started + self.settings.request_timeout);
         self.budget.deposit(self.clock.nanos(started));
         let mut retry = RetryPolicy::new(upstream.idempotent);
         let mut now = self.clock.nanos(started);
+        let ask = Ask {
+            work_us: job.map_or(0, |job| self.costs.expected_us(job)),
+            bytes: upstream.held_bytes(),
+        };
         loop {
-            let (backend, others) = match self.pick(retry.tried(), now) {
-                (Some(backend), others) => (backend, others),
-                (None, others) if retry.tried().is_empty() => {
-                    (self.queue(retry.tried()).await?, others)
-                }
-                (None, _) => return Err(retry.take_error().into()),
-            };
             // In flight on its backend from here, while its body is still arriving, until the
             // answer is finished: a drain waits for the upload too.
-            let in_flight = InFlight::start(Arc::clone(&backend));
+            let (in_flight, others) = match self.acquire(retry.tried(), now, ask).await? {
+                Some(acquired) => acquired,
+                None => return Err(retry.take_error().into()),
+            };
+            let backend = Arc::clone(in_flight.backend());
             if upstream.body.needs_buffering() {
                 let max_body = self.settings.max_body_bytes;
                 // Boxed, like the other rare steps: keeps the request's future small.
@@ -538,18 +582,64 @@ impl Shared {
         }
     }
 
-    /// A backend for the next attempt that it has not tried (`None`: none is routable), and
-    /// whether another would remain for a retry.
-    pub(crate) fn pick(&self, tried: &Tried, now: u64) -> (Option<Arc<Backend>>, bool) {
-        let table = self.backends.load();
-        let picked = self.picker.pick(&table, tried, now);
-        let others = table.candidates.len() > tried.len() + 1;
-        (picked, others)
+    /// A slot for the next attempt on a backend it has not tried, and whether another
+    /// backend would remain for a retry; `None` when a retry finds none left.
+    ///
+    /// Without concurrency limits, the policy picks and the request goes at once. With
+    /// them, it goes at once to a backend with a free slot if no request is waiting;
+    /// otherwise it waits in the work queue, cheapest first (see `dispatch`). While no
+    /// backend is routable at all, a first attempt waits in the admission queue.
+    pub(crate) async fn acquire(
+        &self,
+        tried: &Tried,
+        now: u64,
+        ask: Ask,
+    ) -> Result<Option<(InFlight, bool)>, ProxyError> {
+        loop {
+            let table = self.backends.load();
+            let others = table.candidates.len() > tried.len() + 1;
+            let want = Want {
+                work_us: ask.work_us,
+                free_only: table.limited,
+            };
+            let queue = self.backends.queue();
+            // A retry takes a free slot at once; a first attempt queues behind others.
+            if !table.limited || !tried.is_empty() || queue.is_empty() {
+                if let Some(backend) = self.picker.pick_for(&table, tried, now, want) {
+                    let in_flight = if table.limited {
+                        match InFlight::reserve(&backend, ask.work_us) {
+                            Some(in_flight) => in_flight,
+                            // Taken meanwhile: look again.
+                            None => continue,
+                        }
+                    } else {
+                        InFlight::start(backend, ask.work_us)
+                    };
+                    return Ok(Some((in_flight, others)));
+                }
+            }
+            let untried = table.candidates.iter().any(|c| !tried.contains(&c.backend));
+            if table.limited && untried {
+                drop(table);
+                let wait = queue.wait(ask, tried, self.clock.now(), || self.backends.pump());
+                let in_flight = Box::pin(wait).await?;
+                return Ok(Some((in_flight, others)));
+            }
+            if !tried.is_empty() {
+                return Ok(None);
+            }
+            drop(table);
+            let backend = self.queue(tried).await?;
+            if !self.backends.load().limited {
+                let others = self.backends.load().candidates.len() > 1;
+                return Ok(Some((InFlight::start(backend, ask.work_us), others)));
+            }
+        }
     }
 
     /// The admission queue, while no backend is routable (boxed, like the other rare steps:
     /// keeps the request's future small).
-    pub(crate) fn queue<'a>(
+    fn queue<'a>(
         &'a self,
         tried: &'a Tried,
     ) -> Pin<Box<impl Future<Output = Result<Arc<Backend>, ProxyError>> + 'a>> {
@@ -629,6 +719,7 @@ impl Shared {
             response,
             lease,
             in_flight,
+            waited: sent.elapsed(),
         }))
     }
 

@@ -123,6 +123,303 @@ async fn the_balancer_learns_what_jobs_cost_from_the_workers_server_timing() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Late binding (issue #17)
+
+const WORKER_RULE: &str =
+    "POST /submit class=/operation size=/data/iterations|/data/limit|/data/seconds";
+
+fn sleep_job(seconds: f64) -> Value {
+    json!({"operation": "sleep", "data": {"seconds": seconds}})
+}
+
+async fn one_thread_worker(id: &str) -> TestWorker {
+    TestWorker::start_with(worker::Config {
+        worker_id: Some(id.to_owned()),
+        threads: Some(1),
+        ..worker::Config::default()
+    })
+    .await
+}
+
+/// A balancer in front of `workers`, each taking one request at once, with the worker's cost
+/// rule; `extra` are more command-line settings.
+async fn late_binding_balancer(workers: &[&TestWorker], extra: &[&str]) -> TestBalancer {
+    let mut args = vec!["--cost-rules", WORKER_RULE, "--backend-concurrency", "1"];
+    args.extend_from_slice(extra);
+    let parsed = support::parsed_config(&args);
+    let addresses: Vec<_> = workers.iter().map(|worker| worker.address).collect();
+    TestBalancer::start(Config {
+        cost_rules: parsed.cost_rules,
+        backend_concurrency: parsed.backend_concurrency,
+        max_queue_delay_factor: parsed.max_queue_delay_factor,
+        ..support::static_config(&addresses)
+    })
+    .await
+}
+
+/// Sleep jobs of 50 and 300 ms, one at a time, so that the fits know what `seconds` costs.
+async fn learn_sleep(balancer: &TestBalancer) {
+    for seconds in [0.05, 0.3, 0.05, 0.3] {
+        let answer = balancer.post_json("/submit", &sleep_job(seconds)).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+}
+
+/// Waits until `/backends` satisfies `ready`.
+async fn until_backends(
+    balancer: &TestBalancer,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let view = balancer.backends().await;
+        if ready(&view) {
+            return view;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never {what}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn waiting(view: &Value) -> u64 {
+    view["queue"]["waiting"].as_u64().unwrap()
+}
+
+fn busy(view: &Value) -> Vec<String> {
+    view["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|backend| backend["in_flight"].as_u64() > Some(0))
+        .map(|backend| backend["dns_name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Sends a sleep job; its label and `X-Backend` come back on `done` when it is answered.
+fn send_sleep(
+    balancer: &TestBalancer,
+    label: &'static str,
+    seconds: f64,
+    done: &tokio::sync::mpsc::UnboundedSender<(&'static str, String, Duration)>,
+) -> tokio::task::JoinHandle<()> {
+    let url = balancer.url("/submit");
+    let done = done.clone();
+    tokio::spawn(async move {
+        let sent = Instant::now();
+        let answer = reqwest::Client::new()
+            .post(url)
+            .json(&sleep_job(seconds))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{label}");
+        let backend = answer.headers()["x-backend"].to_str().unwrap().to_owned();
+        let _ = done.send((label, backend, sent.elapsed()));
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_short_job_waits_behind_a_long_one_and_the_queue_drains_cheapest_first() {
+    let a = one_thread_worker("late-a").await;
+    let b = one_thread_worker("late-b").await;
+    let balancer = late_binding_balancer(&[&a, &b], &[]).await;
+    let view = balancer.backends().await;
+    assert_eq!(
+        view["policy"], "least-work",
+        "the default once costs are known"
+    );
+    assert!(
+        view["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["slots"] == 1),
+        "{view}"
+    );
+    learn_sleep(&balancer).await;
+    let (done, mut answers) = tokio::sync::mpsc::unbounded_channel();
+
+    // One worker busy with a long job; five short ones arrive at once.
+    let long = send_sleep(&balancer, "long", 2.0, &done);
+    let view = until_backends(&balancer, "busy with the long job", |v| busy(v).len() == 1).await;
+    let long_backend = busy(&view).remove(0);
+    let shorts: Vec<_> = (0..5)
+        .map(|_| send_sleep(&balancer, "short", 0.1, &done))
+        .collect();
+    for _ in 0..5 {
+        let (label, backend, took) = answers.recv().await.unwrap();
+        assert_eq!(
+            label, "short",
+            "every short job is answered before the long one"
+        );
+        assert_ne!(backend, long_backend, "a short job went to the busy worker");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    let (label, backend, _) = answers.recv().await.unwrap();
+    assert_eq!((label, backend), ("long", long_backend));
+    long.await.unwrap();
+    for short in shorts {
+        short.await.unwrap();
+    }
+
+    // Both workers busy (1 s and 2 s); three jobs queue, the dearest first.
+    let _first = send_sleep(&balancer, "busy-1s", 1.0, &done);
+    let _second = send_sleep(&balancer, "busy-3s", 3.0, &done);
+    until_backends(&balancer, "both busy", |v| busy(v).len() == 2).await;
+    for (n, (label, seconds)) in [("0.6s", 0.6), ("0.4s", 0.4), ("0.2s", 0.2)]
+        .into_iter()
+        .enumerate()
+    {
+        send_sleep(&balancer, label, seconds, &done);
+        until_backends(&balancer, "queued", |v| waiting(v) == n as u64 + 1).await;
+    }
+    let view = balancer.backends().await;
+    let queued = view["queue"]["work_seconds"].as_f64().unwrap();
+    assert!(
+        (queued - 1.2).abs() < 0.3,
+        "the queue knows its work: {view}"
+    );
+    let mut order = Vec::new();
+    while order.len() < 5 {
+        order.push(answers.recv().await.unwrap().0);
+    }
+    // The 1 s worker frees first and drains the queue cheapest first; FIFO would answer
+    // 0.6 s first.
+    assert_eq!(order, ["busy-1s", "0.2s", "0.4s", "0.6s", "busy-3s"]);
+    let metrics = balancer.metrics().await;
+    let outcome = |outcome: &str| {
+        support::metric(
+            &metrics,
+            &format!("balancer_work_queue_requests_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert!(outcome("queued") >= 3, "{metrics}");
+    assert_eq!(outcome("granted"), outcome("queued"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aging_bounds_how_long_a_dear_job_is_passed_over() {
+    let worker = one_thread_worker("aging").await;
+    for (factor, dear_first) in [("1", true), ("100", false)] {
+        let balancer =
+            late_binding_balancer(&[&worker], &["--max-queue-delay-factor", factor]).await;
+        learn_sleep(&balancer).await;
+        let (done, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        send_sleep(&balancer, "busy", 1.0, &done);
+        until_backends(&balancer, "busy", |v| busy(v).len() == 1).await;
+        // The dear job waits: with factor 1 it is overdue 0.3 s after it queued.
+        send_sleep(&balancer, "dear", 0.3, &done);
+        until_backends(&balancer, "queued", |v| waiting(v) == 1).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Cheaper ones arrive after that.
+        for n in 0..4 {
+            send_sleep(&balancer, "cheap", 0.05, &done);
+            until_backends(&balancer, "queued", |v| waiting(v) == n + 2).await;
+        }
+        let mut order = Vec::new();
+        while order.len() < 6 {
+            order.push(answers.recv().await.unwrap().0);
+        }
+        assert_eq!(order[0], "busy");
+        let dear_at = order.iter().position(|label| *label == "dear").unwrap();
+        if dear_first {
+            assert_eq!(
+                dear_at, 1,
+                "factor {factor}: overdue, it goes first: {order:?}"
+            );
+        } else {
+            assert_eq!(dear_at, 5, "factor {factor}: passed over by all: {order:?}");
+        }
+        let metrics = balancer.metrics().await;
+        let overdue = support::metric(
+            &metrics,
+            "balancer_work_queue_requests_total{outcome=\"overdue\"}",
+        );
+        assert_eq!(overdue > 0, dear_first, "{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_leaves_the_queue_when_its_client_goes_and_full_or_late_ones_get_503() {
+    use tokio::io::AsyncWriteExt;
+    let worker = one_thread_worker("leave").await;
+    let balancer = late_binding_balancer(&[&worker], &[]).await;
+    let (done, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    send_sleep(&balancer, "busy", 1.0, &done);
+    until_backends(&balancer, "busy", |v| busy(v).len() == 1).await;
+    // A raw client queues a job, then hangs up.
+    let body = sleep_job(0.1).to_string();
+    let mut client = tokio::net::TcpStream::connect(balancer.address)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /submit HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    until_backends(&balancer, "queued", |v| waiting(v) == 1).await;
+    drop(client);
+    if support::http1_fast_path() {
+        // Gone long before the busy job ends.
+        let view = until_backends(&balancer, "left", |v| waiting(v) == 0).await;
+        assert_eq!(busy(&view).len(), 1, "{view}");
+        let metrics = balancer.metrics().await;
+        let cancelled = "balancer_work_queue_requests_total{outcome=\"cancelled\"}";
+        assert_eq!(support::metric(&metrics, cancelled), 1, "{metrics}");
+    }
+    let (label, _, _) = answers.recv().await.unwrap();
+    assert_eq!(label, "busy");
+    drop(balancer);
+
+    // One slot, one place in the queue, a short timeout.
+    let parsed = support::parsed_config(&["--cost-rules", WORKER_RULE]);
+    let balancer = TestBalancer::start(Config {
+        cost_rules: parsed.cost_rules,
+        backend_concurrency: 1,
+        queue_capacity: 1,
+        queue_timeout: Duration::from_millis(300),
+        ..support::static_config(&[worker.address])
+    })
+    .await;
+    send_sleep(&balancer, "busy", 1.5, &done);
+    until_backends(&balancer, "busy", |v| busy(v).len() == 1).await;
+    let late = tokio::spawn({
+        let url = balancer.url("/submit");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&sleep_job(0.1))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    until_backends(&balancer, "queued", |v| waiting(v) == 1).await;
+    let full = balancer.post_json("/submit", &sleep_job(0.1)).await;
+    assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(full.headers().contains_key("retry-after"));
+    let error: Value = full.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("queue is full"),
+        "{error}"
+    );
+    let late = late.await.unwrap();
+    assert_eq!(late.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(late.headers().contains_key("retry-after"));
+    let error: Value = late.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("stayed busy"),
+        "{error}"
+    );
+    let (label, _, _) = answers.recv().await.unwrap();
+    assert_eq!(label, "busy");
+}
+
+// ---------------------------------------------------------------------------------------
 // Proxying
 
 #[tokio::test]
@@ -381,7 +678,7 @@ async fn weighted_random_distribution_matches_the_scores() {
         .collect();
     let agent = WsAgent::start(items).await;
     let balancer = TestBalancer::start(Config {
-        policy: Policy::WeightedRandom,
+        policy: Policy::WeightedRandom.into(),
         seed: Some(20_240_601),
         ..support::agent_config(&agent.url(), None)
     })
@@ -436,7 +733,7 @@ async fn every_policy_spreads_requests_over_the_workers() {
         Policy::RoundRobin,
     ] {
         let balancer = TestBalancer::start(Config {
-            policy,
+            policy: policy.into(),
             ..support::static_config(&[workers[0].address, workers[1].address])
         })
         .await;
@@ -536,7 +833,7 @@ async fn killing_a_backend_under_load_fails_no_get() {
     let mut b = TestWorker::start_with(chaos("k-b")).await;
     let c = TestWorker::start_with(chaos("k-c")).await;
     let balancer = TestBalancer::start(Config {
-        policy: Policy::RoundRobin,
+        policy: Policy::RoundRobin.into(),
         ..support::static_config(&[a.address, b.address, c.address])
     })
     .await;
@@ -628,7 +925,7 @@ async fn connect_failures_are_retried_elsewhere_and_the_backend_ejected() {
         .parse()
         .unwrap();
     let balancer = TestBalancer::start(Config {
-        policy: Policy::RoundRobin,
+        policy: Policy::RoundRobin.into(),
         eject_after: 2,
         eject_base: Duration::from_secs(30),
         ..support::static_config(&[dead, worker.address])
@@ -697,7 +994,7 @@ async fn idempotent_requests_retry_a_503_on_another_backend() {
     })
     .await;
     let balancer = TestBalancer::start(Config {
-        policy: Policy::RoundRobin,
+        policy: Policy::RoundRobin.into(),
         ..support::static_config(&[busy.address, idle.address])
     })
     .await;
@@ -776,7 +1073,7 @@ async fn requests_awaiting_a_backend_that_leaves_the_queue_are_retried_elsewhere
     .await;
     let request_timeout = Duration::from_secs(30);
     let balancer = TestBalancer::start(Config {
-        policy: Policy::WeightedRandom,
+        policy: Policy::WeightedRandom.into(),
         request_timeout,
         ..support::agent_config(&agent.url(), None)
     })
@@ -1456,7 +1753,7 @@ async fn malformed_and_oversized_requests_get_4xx_and_serving_continues() {
     let balancer = TestBalancer::start(Config {
         max_header_bytes: 8 << 10,
         max_body_bytes: 1 << 20,
-        policy: Policy::RoundRobin,
+        policy: Policy::RoundRobin.into(),
         ..support::static_config(&[echo.address])
     })
     .await;

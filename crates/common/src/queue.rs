@@ -69,6 +69,10 @@ pub struct QueueItem {
     pub memory_score: f64,
     pub network_score: f64,
     pub availability_score: f64,
+    /// Requests a balancer sends the container at once; 0 = unlimited. Requests beyond it wait
+    /// in the balancer's queue for a free slot. Absent in older snapshots, which read as 0.
+    #[serde(default)]
+    pub concurrency: u32,
 }
 
 /// A full, versioned picture of the queue. Subscribers replace their view with each one.
@@ -142,6 +146,7 @@ mod tests {
             memory_score: score,
             network_score: score,
             availability_score: score,
+            concurrency: 0,
         }
     }
 
@@ -170,6 +175,20 @@ mod tests {
         assert_eq!(json["utilization_category"], "MU");
         let back: QueueItem = serde_json::from_value(json).unwrap();
         assert_eq!(back.utilization_category, Category::Medium);
+    }
+
+    #[test]
+    fn concurrency_defaults_to_unlimited_in_older_snapshots() {
+        let mut json = serde_json::to_value(item("x", 50.0, Category::Low)).unwrap();
+        assert_eq!(json["concurrency"], 0);
+        json.as_object_mut().unwrap().remove("concurrency");
+        let old: QueueItem = serde_json::from_value(json).unwrap();
+        assert_eq!(old.concurrency, 0);
+        let pinned = QueueItem {
+            concurrency: 2,
+            ..item("y", 50.0, Category::Low)
+        };
+        assert_eq!(serde_json::to_value(&pinned).unwrap()["concurrency"], 2);
     }
 
     #[test]

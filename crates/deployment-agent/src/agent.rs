@@ -2,7 +2,6 @@
 //! and the operations the servers call. Cheap to clone.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
     time::Instant,
 };
@@ -274,24 +273,14 @@ impl Agent {
         Some(id)
     }
 
-    /// A balancer's load report. Queued demand wakes the scaler at once.
-    pub fn report_load(
-        &self,
-        balancer_id: &str,
-        queued_without_backend: u64,
-        in_flight: HashMap<String, u64>,
-    ) {
-        let target = self.shared.config.scaling().target_concurrency;
-        let report = BalancerReport {
-            at: Instant::now(),
-            queued_without_backend,
-            in_flight,
-        };
-        let (demand, over_target) = self.world().report(balancer_id, report, target);
-        self.shared.metrics.queued_demand.set(demand as i64);
+    /// A balancer's load report. Queued demand and queued work wake the scaler at once.
+    pub fn report_load(&self, balancer_id: &str, report: BalancerReport) {
+        let scaling = self.shared.config.scaling();
+        let (load, decide_now) = self.world().report(balancer_id, report, &scaling);
+        self.shared.metrics.set_balancer_load(&load);
         // Queued requests or more in flight than the containers are meant to carry: decide now
         // rather than at the next period (the cooldowns still hold the decision back).
-        if queued_without_backend > 0 || over_target {
+        if decide_now {
             self.wake();
         }
     }
@@ -422,6 +411,8 @@ impl Agent {
             metrics.leader_changes.inc_by(changes - counted);
         }
         metrics.desired.set(self.bounds().desired_replicas as i64);
+        // Without reports the sums fall to zero once the last ones are stale.
+        metrics.set_balancer_load(&self.world().balancer_load(Instant::now()));
         metrics
             .subscribers
             .set(self.shared.queue.receiver_count() as i64);

@@ -167,6 +167,18 @@ pub struct Config {
     /// Pin each worker to one free core from this pool (`1,2,3` or `1-3`); never more workers than cores.
     #[arg(long = "worker-cpuset", env = "WORKER_CPUSET", value_name = "WORKER_CPUSET", value_parser = parse_cpuset)]
     pub worker_cpuset: Option<CpuSet>,
+    /// Requests a balancer sends each worker at once; more wait in the balancer's queue for a
+    /// free slot. 0 = unlimited (every request goes out at once). Unset or empty: the default
+    /// worker's thread count under its CPU limit, ⌈WORKER_CPUS⌉ (1 with WORKER_CPUSET: one
+    /// core each), else 0: the agent cannot know another host's cores.
+    #[arg(
+        long = "worker-concurrency",
+        env = "WORKER_CONCURRENCY",
+        value_name = "WORKER_CONCURRENCY",
+        default_value = "",
+        value_parser = parse_worker_concurrency
+    )]
+    pub worker_concurrency: WorkerConcurrency,
     /// Swarm placement constraints of every worker service, comma-separated
     /// (`node.role==worker,node.labels.pool==cpu`); AGENT_RUNTIME=swarm only.
     #[arg(
@@ -372,6 +384,15 @@ pub struct Config {
         default_value_t = 10.0
     )]
     pub target_concurrency: f64,
+    /// Seconds of expected work (the balancers' cost estimates of the requests in flight and
+    /// queued) per CPU of a worker before scaling out; must be > 0.
+    #[arg(
+        long = "target-work-seconds",
+        env = "TARGET_WORK_SECONDS",
+        value_name = "TARGET_WORK_SECONDS",
+        default_value_t = 2.0
+    )]
+    pub target_work_seconds: f64,
     /// Most containers.
     #[arg(
         long = "max-containers",
@@ -900,11 +921,19 @@ impl Config {
             critical: self.critical_load_threshold,
             prespawn_cpu: self.prespawn_threshold,
             target_concurrency: self.target_concurrency,
+            target_work_seconds: self.target_work_seconds,
+            worker_cpus: self.cpus_per_worker().unwrap_or(1.0),
             cooldown_up: self.cooldown_up.unwrap_or(self.cooldown),
             cooldown_down: self.cooldown_down.unwrap_or(self.cooldown),
             stabilization: self.scale_down_stabilization,
             drain_timeout: self.drain_timeout,
         }
+    }
+
+    /// The CPUs a worker may use when the agent knows them: WORKER_CPUS, capped at one core
+    /// with WORKER_CPUSET (each worker is pinned to one); one core with WORKER_CPUSET alone.
+    pub fn cpus_per_worker(&self) -> Option<f64> {
+        worker_cores(self.worker_cpus, self.worker_cpuset.is_some())
     }
 
     /// The Redis URL from REDIS_URL or REDIS_HOST + REDIS_PORT; `None` = memory only.
@@ -981,6 +1010,53 @@ impl std::fmt::Display for StatusRanges {
             .collect();
         f.write_str(&parts.join(","))
     }
+}
+
+/// WORKER_CONCURRENCY: how many requests a balancer sends one worker at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WorkerConcurrency {
+    /// Unset (or empty): from the worker's CPU limit, see [`worker_concurrency`].
+    #[default]
+    FromCpuLimit,
+    /// This many for every worker; 0 = unlimited.
+    Fixed(u32),
+}
+
+/// The CPUs of a worker given WORKER_CPUS (`cpus`) and whether it is pinned to one core of
+/// WORKER_CPUSET: the smaller of the two limits, as the worker itself reads it (its cgroup
+/// quota, at most the cores it may run on); `None` when neither is set.
+pub fn worker_cores(cpus: Option<f64>, pinned: bool) -> Option<f64> {
+    match (cpus, pinned) {
+        (Some(cpus), true) => Some(cpus.min(1.0)),
+        (Some(cpus), false) => Some(cpus),
+        (None, true) => Some(1.0),
+        (None, false) => None,
+    }
+}
+
+/// The concurrency a worker is published with: WORKER_CONCURRENCY when set, else the thread
+/// count the default worker sizes its pool to under its CPU limit
+/// (`common::cpu::pool_threads`), else 0 (unlimited).
+pub fn worker_concurrency(setting: WorkerConcurrency, cpus: Option<f64>, pinned: bool) -> u32 {
+    match setting {
+        WorkerConcurrency::Fixed(n) => n,
+        WorkerConcurrency::FromCpuLimit => worker_cores(cpus, pinned).map_or(0, |cores| {
+            u32::try_from(common::cpu::pool_threads(cores)).unwrap_or(u32::MAX)
+        }),
+    }
+}
+
+/// `4`, `0` (unlimited); empty (as compose passes an unset variable) = from the CPU limit.
+pub fn parse_worker_concurrency(text: &str) -> Result<WorkerConcurrency, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(WorkerConcurrency::FromCpuLimit);
+    }
+    text.parse().map(WorkerConcurrency::Fixed).map_err(|_| {
+        format!(
+            "`{text}` is not a number of requests such as 4 (0 = unlimited; empty = from the worker's CPU limit)"
+        )
+    })
 }
 
 /// A command line (entrypoint or arguments); empty = the image's own.

@@ -10,8 +10,9 @@
 //! **unhealthy** container (ready before, now failing its probes; the controller publishes it
 //! as INIT) keeps its place in the active count, so a short stall does not start a container,
 //! but it is no capacity: the utilisation signals use ready containers only, the concurrency
-//! signal sums the in-flight requests of the other active containers and asks for one more
-//! container per unhealthy one, and queued demand is not covered by it. The controller
+//! and work signals sum the in-flight requests (and their expected seconds) of the other active
+//! containers and ask for one more container per unhealthy one, and queued demand is not
+//! covered by it. The controller
 //! replaces it after `UNHEALTHY_TIMEOUT` or puts it back when it recovers. "Mean utilisation"
 //! below is the mean of the ready containers' utilisation (100 − overall score).
 //!
@@ -38,11 +39,17 @@
 //!      `SCALE_STEP`;
 //!    - every ready container (at least one) at CPU ≥ `PRESPAWN_THRESHOLD` → active +
 //!      `SCALE_STEP` (seed 002's proactive spawn);
-//!    - `TARGET_CONCURRENCY` > 0 → ⌈Σ in-flight / `TARGET_CONCURRENCY`⌉ + unhealthy.
+//!    - `TARGET_CONCURRENCY` > 0 → ⌈Σ in-flight / `TARGET_CONCURRENCY`⌉ + unhealthy;
+//!    - **work** (the balancers' cost estimates, in expected seconds): Σ work in flight on the
+//!      containers + work queued in balancers for a free slot (`queued_work_seconds`) > 0 →
+//!      ⌈that / (`TARGET_WORK_SECONDS` × CPUs per container)⌉ + unhealthy, CPUs per container
+//!      being `WORKER_CPUS`, else 1 (a `WORKER_CPUSET` core, or unknown). A report with queued
+//!      work, or with more work than the active containers carry, wakes the scaler at once
+//!      ([`decide_now`]); the cooldown still holds it.
 //!
 //!    The three utilisation signals wait while a container is INIT: the capacity it brings is
 //!    not in the signals yet, and scaling again before it takes load would overshoot. (The
-//!    concurrency signal counts INIT containers, so it needs no wait.)
+//!    concurrency and work signals count INIT containers, so they need no wait.)
 //! 6. **Scale down on load**, only when no signal (even one held by a cooldown or a starting
 //!    container) proposes more than the active count and nothing is queued, and:
 //!    - mean utilisation < `LOW_LOAD_THRESHOLD` continuously for the stabilisation window
@@ -54,10 +61,11 @@
 //!    It removes k = min(`SCALE_STEP`, active − `MIN_CONTAINERS`, ready) containers if that
 //!    cannot flap back up. With n ready containers: the projected mean utilisation
 //!    mean × n / (n − k) stays < `HIGH_LOAD_THRESHOLD`, the projected mean CPU
-//!    mean CPU × n / (n − k) stays < `PRESPAWN_THRESHOLD`, and with `TARGET_CONCURRENCY` > 0 the
-//!    projected concurrency Σ in-flight / (active − unhealthy − k) stays ≤ `TARGET_CONCURRENCY`.
-//!    Removing
-//!    every ready container (scale to zero, `MIN_CONTAINERS` = 0) needs zero requests in flight
+//!    mean CPU × n / (n − k) stays < `PRESPAWN_THRESHOLD`, with `TARGET_CONCURRENCY` > 0 the
+//!    projected concurrency Σ in-flight / (active − unhealthy − k) stays ≤ `TARGET_CONCURRENCY`,
+//!    the projected work Σ work in flight / (active − unhealthy − k) stays ≤
+//!    `TARGET_WORK_SECONDS` × CPUs per container, and no work waits in a balancer for a slot.
+//!    Removing every ready container (scale to zero, `MIN_CONTAINERS` = 0) needs zero requests in flight
 //!    and is projected with n − k taken as 1: the whole load on the one container that scaling
 //!    from zero would bring back must stay under the same limits.
 //!
@@ -100,6 +108,11 @@ pub struct ScalingConfig {
     pub prespawn_cpu: f64,
     /// `TARGET_CONCURRENCY`: requests in flight per container; 0 disables the signal.
     pub target_concurrency: f64,
+    /// `TARGET_WORK_SECONDS`: expected seconds of work per CPU of a container (> 0).
+    pub target_work_seconds: f64,
+    /// CPUs per container for the work signal: `WORKER_CPUS`, else one core (pinned with
+    /// `WORKER_CPUSET`, or unknown).
+    pub worker_cpus: f64,
     /// Minimum time between two scale-ups (`COOLDOWN_PERIOD`).
     pub cooldown_up: Duration,
     /// Minimum time from any scaling to a scale-down (`COOLDOWN_PERIOD`).
@@ -132,8 +145,26 @@ impl ScalingConfig {
                 self.target_concurrency
             ));
         }
+        if !(self.target_work_seconds.is_finite() && self.target_work_seconds > 0.0) {
+            return Err(format!(
+                "TARGET_WORK_SECONDS must be a number of seconds > 0, got {}",
+                self.target_work_seconds
+            ));
+        }
+        if !(self.worker_cpus.is_finite() && self.worker_cpus > 0.0) {
+            return Err(format!(
+                "WORKER_CPUS must be a CPU count > 0, got {}",
+                self.worker_cpus
+            ));
+        }
         validate_load_thresholds(self.low, self.high, self.critical)?;
         validate_percent("PRESPAWN_THRESHOLD", self.prespawn_cpu)
+    }
+
+    /// Expected seconds of work one container is meant to carry:
+    /// `TARGET_WORK_SECONDS` × its CPUs.
+    pub fn work_per_container(&self) -> f64 {
+        self.target_work_seconds * self.worker_cpus
     }
 }
 
@@ -150,6 +181,8 @@ pub struct ContainerView {
     pub critical: bool,
     /// Requests in flight, as last reported.
     pub in_flight: u64,
+    /// Expected seconds of the requests in flight on it, summed over the balancers' reports.
+    pub work_seconds: f64,
     /// When the container was sundowned (SUNDOWN containers only).
     pub sundown_since: Option<Instant>,
     /// It has served requests (a job ran on it, or a balancer had a request in flight on it).
@@ -200,6 +233,8 @@ pub struct Observation<'a> {
     pub containers: &'a [ContainerView],
     /// Requests waiting in balancers with no backend.
     pub queued_demand: u64,
+    /// Expected seconds of the requests waiting in balancers' queues for a free slot.
+    pub queued_work_seconds: f64,
     /// A one-off target set through the API (`POST /scale`).
     pub requested_replicas: Option<usize>,
 }
@@ -240,6 +275,10 @@ pub enum Signal {
     Cpu,
     /// In-flight requests per container against `TARGET_CONCURRENCY`.
     Concurrency,
+    /// Expected seconds of work per container against `TARGET_WORK_SECONDS` × its CPUs.
+    Work,
+    /// Requests waiting in balancers' queues for a free slot.
+    QueuedWork,
     /// Requests still in flight with no ready container left.
     InFlight,
 }
@@ -250,6 +289,8 @@ impl fmt::Display for Signal {
             Self::Utilization => "mean utilisation",
             Self::Cpu => "mean CPU",
             Self::Concurrency => "requests in flight per container",
+            Self::Work => "expected seconds of work per container",
+            Self::QueuedWork => "expected seconds of work queued for a slot",
             Self::InFlight => "requests in flight",
         })
     }
@@ -287,6 +328,14 @@ pub enum Reason {
     Concurrency {
         in_flight: u64,
         target: f64,
+        wanted: usize,
+    },
+    /// More expected work (in flight and queued for a slot) than the containers are meant to
+    /// carry (`per_container` seconds each).
+    Work {
+        in_flight_seconds: f64,
+        queued_seconds: f64,
+        per_container: f64,
         wanted: usize,
     },
     /// Mean utilisation below the low threshold for the whole stabilisation window.
@@ -334,6 +383,7 @@ impl Reason {
             Self::Critical { .. } => "critical",
             Self::Prespawn { .. } => "prespawn",
             Self::Concurrency { .. } => "concurrency",
+            Self::Work { .. } => "work",
             Self::LowLoad { .. } => "low_load",
             Self::AtMaximum { .. } => "at_maximum",
             Self::UpCooldown { .. } => "up_cooldown",
@@ -399,6 +449,17 @@ impl fmt::Display for Reason {
                 f,
                 "{in_flight} requests in flight at a target of {target} per container: \
                  {wanted} containers needed"
+            ),
+            Self::Work {
+                in_flight_seconds,
+                queued_seconds,
+                per_container,
+                wanted,
+            } => write!(
+                f,
+                "{in_flight_seconds:.1}s of work in flight and {queued_seconds:.1}s queued for \
+                 a slot at a target of {per_container:.1}s per container: {wanted} containers \
+                 needed"
             ),
             Self::LowLoad {
                 utilization,
@@ -467,6 +528,8 @@ struct Pool<'a> {
     removal: Vec<&'a ContainerView>,
     /// Σ in-flight over active containers that are not unhealthy.
     in_flight: u64,
+    /// Σ expected seconds in flight over the same containers.
+    work_seconds: f64,
     mean_utilization: Option<f64>,
     mean_cpu: Option<f64>,
 }
@@ -500,6 +563,11 @@ impl<'a> Pool<'a> {
                 .filter(|c| !c.is_unhealthy())
                 .map(|c| c.in_flight)
                 .fold(0, u64::saturating_add),
+            work_seconds: active
+                .iter()
+                .filter(|c| !c.is_unhealthy())
+                .map(|c| c.work_seconds)
+                .sum(),
             mean_utilization: mean(|c| c.utilization),
             mean_cpu: mean(|c| c.cpu_util),
             ready,
@@ -562,6 +630,8 @@ struct Context<'a> {
     queued: u64,
     /// The count queued demand asks for (rule 3), before clamping.
     demand_wanted: Option<usize>,
+    /// Expected seconds of work queued in balancers for a free slot.
+    queued_work: f64,
 }
 
 /// Decides what to create, sundown and stop now (rules in the module docs).
@@ -611,6 +681,7 @@ impl<'a> Context<'a> {
             step,
             queued: obs.queued_demand,
             demand_wanted,
+            queued_work: obs.queued_work_seconds.max(0.0),
             pool,
         }
     }
@@ -737,6 +808,21 @@ impl<'a> Context<'a> {
                 reason: Reason::Concurrency {
                     in_flight: pool.in_flight,
                     target: config.target_concurrency,
+                    wanted,
+                },
+                waits_for_start: false,
+            });
+        }
+        let work = pool.work_seconds + self.queued_work;
+        if work > 0.0 {
+            let per_container = config.work_per_container();
+            let wanted = ceil_seconds(work, per_container).saturating_add(pool.unhealthy);
+            proposals.push(Proposal {
+                wanted,
+                reason: Reason::Work {
+                    in_flight_seconds: pool.work_seconds,
+                    queued_seconds: self.queued_work,
+                    per_container,
                     wanted,
                 },
                 waits_for_start: false,
@@ -879,9 +965,9 @@ impl<'a> Context<'a> {
         if cpu >= config.prespawn_cpu {
             return Err(overload(Signal::Cpu, cpu, config.prespawn_cpu));
         }
+        let serving = (pool.active - pool.unhealthy - k).max(1) as f64;
         if config.target_concurrency > 0.0 {
-            let serving = pool.active - pool.unhealthy - k;
-            let per_container = pool.in_flight as f64 / serving.max(1) as f64;
+            let per_container = pool.in_flight as f64 / serving;
             if per_container > config.target_concurrency {
                 return Err(overload(
                     Signal::Concurrency,
@@ -889,6 +975,13 @@ impl<'a> Context<'a> {
                     config.target_concurrency,
                 ));
             }
+        }
+        if self.queued_work > 0.0 {
+            return Err(overload(Signal::QueuedWork, self.queued_work, 0.0));
+        }
+        let work = pool.work_seconds / serving;
+        if work > config.work_per_container() {
+            return Err(overload(Signal::Work, work, config.work_per_container()));
         }
         Ok(projected)
     }
@@ -921,6 +1014,32 @@ fn elapsed(since: Option<Instant>, now: Instant, period: Duration) -> Result<(),
         }
         None => Ok(()),
     }
+}
+
+/// ⌈`seconds` / `per`⌉ for `per` > 0, saturating.
+fn ceil_seconds(seconds: f64, per: f64) -> usize {
+    // `as` saturates for floats out of range (and maps NaN to 0).
+    (seconds / per).ceil() as usize
+}
+
+/// Whether the balancers' load calls for a decision now rather than at the next period:
+/// requests queued with no backend, work queued for a free slot, more in flight than
+/// `TARGET_CONCURRENCY` allows, or more expected work (in flight and queued) than
+/// `TARGET_WORK_SECONDS` × CPUs per container. The cooldowns still hold the decision back.
+pub fn decide_now(
+    containers: &[ContainerView],
+    queued_demand: u64,
+    queued_work_seconds: f64,
+    config: &ScalingConfig,
+) -> bool {
+    if queued_demand > 0 || queued_work_seconds > 0.0 {
+        return true;
+    }
+    let pool = Pool::new(containers);
+    let active = pool.active as f64;
+    let concurrency = config.target_concurrency > 0.0
+        && pool.in_flight as f64 > config.target_concurrency * active;
+    concurrency || pool.work_seconds > config.work_per_container() * active
 }
 
 /// ⌈`count` / `per`⌉ for `per` > 0, saturating.

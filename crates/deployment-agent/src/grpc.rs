@@ -1,7 +1,11 @@
 //! The agent's gRPC API (`proto/agent.proto`): queue watch, status, scale, drain, and the
 //! balancers' load-report stream; plus the standard gRPC health service.
 
-use std::{collections::HashMap, pin::Pin, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    time::{Duration, Instant},
+};
 
 use futures_util::{Stream, StreamExt};
 use proto::v1::{
@@ -11,7 +15,10 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::agent::Agent;
+use crate::{
+    agent::Agent,
+    state::{BackendReport, BalancerReport},
+};
 
 pub struct AgentService {
     agent: Agent,
@@ -97,6 +104,7 @@ pub fn item(item: &common::queue::QueueItem) -> pb::QueueItem {
         memory_score: item.memory_score,
         network_score: item.network_score,
         availability_score: item.availability_score,
+        concurrency: item.concurrency,
     }
 }
 
@@ -107,6 +115,26 @@ pub fn snapshot(snapshot: &common::queue::QueueSnapshot) -> pb::QueueSnapshot {
         epoch: snapshot.epoch,
         timestamp_ms: snapshot.timestamp_ms,
         items: snapshot.items.iter().map(item).collect(),
+    }
+}
+
+/// A balancer's report as the world keeps it, received now. Expected seconds that are not a
+/// number >= 0 count as 0.
+fn balancer_report(report: &pb::LoadReport) -> BalancerReport {
+    let seconds = |s: f64| if s.is_finite() && s > 0.0 { s } else { 0.0 };
+    let mut backends: HashMap<String, BackendReport> = HashMap::new();
+    for backend in &report.backends {
+        // One entry per address (a balancer sends each once; sum should one come twice).
+        let entry = backends.entry(backend.address.clone()).or_default();
+        entry.in_flight = entry.in_flight.saturating_add(backend.in_flight);
+        entry.work_seconds += seconds(backend.work_seconds);
+    }
+    BalancerReport {
+        at: Instant::now(),
+        queued_without_backend: report.queued_without_backend,
+        queued_for_slot: report.queued_for_slot,
+        queued_work_seconds: seconds(report.queued_work_seconds),
+        backends,
     }
 }
 
@@ -212,18 +240,12 @@ impl DeploymentAgent for AgentService {
                 report = reports.message() => report?,
             };
             let Some(report) = report else { break };
-            let in_flight: HashMap<String, u64> = report
-                .backends
-                .iter()
-                .map(|backend| (backend.address.clone(), backend.in_flight))
-                .collect();
             let id = if report.balancer_id.is_empty() {
                 "anonymous"
             } else {
                 report.balancer_id.as_str()
             };
-            self.agent
-                .report_load(id, report.queued_without_backend, in_flight);
+            self.agent.report_load(id, balancer_report(&report));
         }
         Ok(Response::new(pb::ReportLoadResponse {}))
     }

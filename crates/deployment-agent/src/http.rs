@@ -223,17 +223,25 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
                 "cpu_usage": format!("{:.1}%", s.cpu_util),
                 "is_healthy": s.healthy,
                 "category": s.category,
+                "in_flight": s.in_flight,
+                "concurrency": s.concurrency,
+                "work_seconds": s.work_seconds,
             })
         })
         .collect();
-    let (standby, balancers) = {
+    let (standby, balancers, load) = {
         let world = agent.world();
+        let now = Instant::now();
         let standby = json!({
             "ready": world.standby_names(),
             "preparing": world.preparing_count(),
             "target": agent.config().warm_pool,
         });
-        (standby, world.reporting_balancers(Instant::now()))
+        (
+            standby,
+            world.reporting_balancers(now),
+            world.balancer_load(now),
+        )
     };
     Json(json!({
         "status": "running",
@@ -244,6 +252,7 @@ async fn status(State(agent): State<Agent>) -> Json<Value> {
         "pool": agent.pool_status(),
         "leadership": agent.leadership(),
         "balancers": balancers,
+        "balancer_load": load,
     }))
 }
 
@@ -324,6 +333,8 @@ async fn config(State(agent): State<Agent>) -> Json<Value> {
         "prespawn_threshold": scaling.prespawn_cpu,
         "max_cpu_threshold": config.max_cpu_threshold,
         "target_concurrency": scaling.target_concurrency,
+        "target_work_seconds": scaling.target_work_seconds,
+        "work_per_container_s": scaling.work_per_container(),
         "cooldown_up_s": scaling.cooldown_up.as_secs_f64(),
         "cooldown_down_s": scaling.cooldown_down.as_secs_f64(),
         "image": config.image,

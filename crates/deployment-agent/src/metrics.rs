@@ -32,6 +32,12 @@ pub struct Metrics {
     pub subscribers: Gauge,
     pub queue_pushes: Counter,
     pub queued_demand: Gauge,
+    /// Requests waiting in balancers' queues for a free slot.
+    pub queued_for_slot: Gauge,
+    /// Their expected seconds, from the balancers' cost estimates.
+    pub queued_work_seconds: Gauge<f64, AtomicU64>,
+    /// Expected seconds of the requests in flight on the workers.
+    pub work_in_flight_seconds: Gauge<f64, AtomicU64>,
     pub redis_connected: Gauge,
     /// 1 while this agent leads.
     pub leader: Gauge,
@@ -52,6 +58,9 @@ impl Metrics {
         let subscribers = Gauge::default();
         let queue_pushes = Counter::default();
         let queued_demand = Gauge::default();
+        let queued_for_slot = Gauge::default();
+        let queued_work_seconds = Gauge::<f64, AtomicU64>::default();
+        let work_in_flight_seconds = Gauge::<f64, AtomicU64>::default();
         let redis_connected = Gauge::default();
         let leader = Gauge::default();
         let leader_changes = Counter::default();
@@ -89,6 +98,21 @@ impl Metrics {
             queued_demand.clone(),
         );
         registry.register(
+            "queued_for_slot",
+            "Requests balancers hold in their queues for a free slot on a worker",
+            queued_for_slot.clone(),
+        );
+        registry.register(
+            "queued_work_seconds",
+            "Expected seconds of the requests balancers hold for a free slot, from their cost estimates",
+            queued_work_seconds.clone(),
+        );
+        registry.register(
+            "work_in_flight_seconds",
+            "Expected seconds of the requests in flight on the workers, from the balancers' cost estimates",
+            work_in_flight_seconds.clone(),
+        );
+        registry.register(
             "redis_connected",
             "1 when the Redis store answers",
             redis_connected.clone(),
@@ -117,6 +141,9 @@ impl Metrics {
             subscribers,
             queue_pushes,
             queued_demand,
+            queued_for_slot,
+            queued_work_seconds,
+            work_in_flight_seconds,
             redis_connected,
             leader,
             leader_changes,
@@ -132,6 +159,16 @@ impl Metrics {
         if seconds > self.tick_max.get() {
             self.tick_max.set(seconds);
         }
+    }
+
+    /// The balancers' load as their fresh reports add it up.
+    pub fn set_balancer_load(&self, load: &crate::state::BalancerLoad) {
+        self.queued_demand
+            .set(i64::try_from(load.queued_without_backend).unwrap_or(i64::MAX));
+        self.queued_for_slot
+            .set(i64::try_from(load.queued_for_slot).unwrap_or(i64::MAX));
+        self.queued_work_seconds.set(load.queued_work_seconds);
+        self.work_in_flight_seconds.set(load.work_in_flight_seconds);
     }
 
     pub fn render(&self) -> String {

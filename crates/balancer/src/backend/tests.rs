@@ -22,6 +22,7 @@ pub(crate) fn item(name: &str, address: &str, score: f64, category: Category) ->
         memory_score: score,
         network_score: score,
         availability_score: score,
+        concurrency: 0,
     }
 }
 
@@ -176,6 +177,7 @@ fn ejection_backs_off_and_resets() {
         "127.0.0.1:1".into(),
         factory(),
         1,
+        std::sync::Weak::new(),
     );
     // Building a client needs no runtime; only requests do.
     let backend = backend.unwrap();
@@ -210,6 +212,7 @@ fn peak_ewma_jumps_up_and_decays_down() {
         "127.0.0.1:1".into(),
         factory(),
         1,
+        std::sync::Weak::new(),
     )
     .unwrap();
     let decay = Duration::from_secs(10);

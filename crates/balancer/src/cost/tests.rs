@@ -256,3 +256,48 @@ fn costs_learn_by_header_then_rule_then_route_and_count_what_falls_back() {
         ]
     );
 }
+
+#[test]
+fn a_job_is_costed_before_it_is_sent_and_learned_after() {
+    let costs = Costs::new(rules(), DEFAULT_BODY_LIMIT);
+    let job = |body: &str| {
+        costs
+            .job(&Method::POST, "/submit", None, Some(body.as_bytes()))
+            .unwrap()
+    };
+    let small = job(r#"{"operation":"sleep","data":{"seconds":1}}"#);
+    let large = job(r#"{"operation":"sleep","data":{"seconds":4}}"#);
+    // Nothing learned yet: the prior.
+    assert_eq!(costs.expected(&small), PRIOR_SECONDS);
+    assert_eq!(costs.expected_us(&large), 100_000);
+    for _ in 0..50 {
+        costs.observe(&small, 1.0);
+        costs.observe(&large, 4.0);
+    }
+    assert!(
+        (costs.expected(&small) - 1.0).abs() < 0.05,
+        "{}",
+        costs.expected(&small)
+    );
+    assert!((costs.expected(&large) - 4.0).abs() < 0.05);
+    // An unseen class of the same route: the route's mean until it has its own samples.
+    let other = job(r#"{"operation":"primes","data":{"limit":5}}"#);
+    assert_eq!(
+        costs.expected(&other),
+        PRIOR_SECONDS,
+        "no route mean learned yet"
+    );
+    let unreadable = job("not json");
+    assert_eq!(unreadable.class, "*");
+    costs.observe(&unreadable, 2.0);
+    assert!(
+        (costs.expected(&other) - 2.0).abs() < 1e-6,
+        "the route's mean"
+    );
+    // Neither a rule nor X-Cost: no job (and nothing counted).
+    assert!(costs.job(&Method::GET, "/health", None, None).is_none());
+    // Nonsense seconds are not learned.
+    costs.observe(&small, f64::NAN);
+    costs.observe(&small, -1.0);
+    assert!((costs.expected(&small) - 1.0).abs() < 0.05);
+}

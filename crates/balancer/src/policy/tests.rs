@@ -137,6 +137,7 @@ fn tried_and_ejected_backends_are_skipped() {
         Policy::P2cEwma,
         Policy::LeastRequest,
         Policy::RoundRobin,
+        Policy::LeastWork,
     ] {
         let picker = Picker::new(policy, 5, Duration::from_secs(10));
         let mut tried = Tried::default();
@@ -164,5 +165,60 @@ fn tried_and_ejected_backends_are_skipped() {
     assert!(
         picker.pick(&table_now, &Tried::default(), 1).is_some(),
         "fails open"
+    );
+}
+
+#[test]
+fn least_work_weighs_expected_seconds_per_slot_not_requests() {
+    let backends = table(&[50.0, 50.0, 50.0]);
+    let table_now = backends.load();
+    let [a, b, c] = [0, 1, 2].map(|i| Arc::clone(&table_now.candidates[i].backend));
+    // `a`: one job of 10 s; `b`: three of 1 s; `c`: two of 2 s.
+    let _held: Vec<_> = [
+        (&a, 10.0),
+        (&b, 1.0),
+        (&b, 1.0),
+        (&b, 1.0),
+        (&c, 2.0),
+        (&c, 2.0),
+    ]
+    .into_iter()
+    .map(|(backend, seconds)| {
+        crate::body::InFlight::start(Arc::clone(backend), (seconds * 1e6) as u64)
+    })
+    .collect();
+    let picker = Picker::new(Policy::LeastWork, 3, Duration::from_secs(10));
+    let want = Want {
+        work_us: 500_000,
+        free_only: false,
+    };
+    for _ in 0..20 {
+        let picked = picker
+            .pick_for(&table_now, &Tried::default(), 0, want)
+            .unwrap();
+        assert!(Arc::ptr_eq(&picked, &b), "3 s beats 4 s and 10 s");
+    }
+    // Least-request would have avoided `b` (three requests against one and two).
+    let least_request = Picker::new(Policy::LeastRequest, 3, Duration::from_secs(10));
+    let picked = least_request
+        .pick(&table_now, &Tried::default(), 0)
+        .unwrap();
+    assert!(Arc::ptr_eq(&picked, &a));
+}
+
+#[test]
+fn free_only_skips_full_backends() {
+    let backends = table(&[50.0, 50.0]);
+    let table_now = backends.load();
+    let picker = Picker::new(Policy::LeastWork, 3, Duration::from_secs(10));
+    let want = Want {
+        work_us: 0,
+        free_only: true,
+    };
+    // Unlimited backends are never full.
+    assert!(
+        picker
+            .pick_for(&table_now, &Tried::default(), 0, want)
+            .is_some()
     );
 }

@@ -156,6 +156,7 @@ pub fn item(name: &str, address: SocketAddr, score: f64, category: Category) -> 
         memory_score: score,
         network_score: score,
         availability_score: score,
+        concurrency: 0,
     }
 }
 

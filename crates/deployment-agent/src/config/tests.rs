@@ -343,3 +343,68 @@ fn the_swarm_runtime_needs_redis_an_overlay_and_no_standbys() {
             .contains("WORKER_CONSTRAINTS")
     );
 }
+
+#[test]
+fn worker_concurrency_is_set_or_derived_from_the_cpu_limit() {
+    assert_eq!(
+        parse_worker_concurrency(""),
+        Ok(WorkerConcurrency::FromCpuLimit),
+        "empty (compose's unset variable) is unset"
+    );
+    assert_eq!(
+        parse_worker_concurrency(" 4 "),
+        Ok(WorkerConcurrency::Fixed(4))
+    );
+    assert_eq!(
+        parse_worker_concurrency("0"),
+        Ok(WorkerConcurrency::Fixed(0))
+    );
+    for bad in ["-1", "1.5", "four"] {
+        let message = parse_worker_concurrency(bad).unwrap_err();
+        assert!(message.contains("unlimited"), "{bad}: {message}");
+    }
+    let config = Config::defaults();
+    assert_eq!(config.worker_concurrency, WorkerConcurrency::FromCpuLimit);
+    assert_eq!(config.target_work_seconds, 2.0);
+
+    let derived = |cpus, pinned| worker_concurrency(WorkerConcurrency::FromCpuLimit, cpus, pinned);
+    assert_eq!(derived(None, false), 0, "unknown: unlimited");
+    assert_eq!(derived(Some(0.5), false), 1);
+    assert_eq!(derived(Some(2.0), false), 2);
+    assert_eq!(derived(Some(2.5), false), 3);
+    assert_eq!(derived(None, true), 1, "one pinned core");
+    assert_eq!(
+        derived(Some(3.0), true),
+        1,
+        "the quota is capped by the pinned core"
+    );
+    assert_eq!(
+        worker_concurrency(WorkerConcurrency::Fixed(6), Some(2.0), true),
+        6
+    );
+    assert_eq!(
+        worker_concurrency(WorkerConcurrency::Fixed(0), Some(2.0), false),
+        0
+    );
+}
+
+#[test]
+fn the_work_signal_counts_the_cpus_of_a_worker_and_needs_a_positive_target() {
+    let mut config = Config::defaults();
+    assert_eq!(config.scaling().worker_cpus, 1.0, "unknown: one CPU");
+    config.worker_cpus = Some(2.0);
+    assert_eq!(config.scaling().worker_cpus, 2.0);
+    assert_eq!(config.scaling().work_per_container(), 4.0);
+    config.worker_cpuset = Some(parse_cpuset("1-3").unwrap());
+    assert_eq!(config.scaling().worker_cpus, 1.0, "pinned: one core each");
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        config.target_work_seconds = bad;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("TARGET_WORK_SECONDS"),
+            "{bad}"
+        );
+    }
+}

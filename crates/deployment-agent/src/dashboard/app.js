@@ -3,7 +3,9 @@
 // Data comes in pushed, never polled: the live queue on `ws` and the event log on `ws/events`
 // (both on this page's origin, reconnecting with backoff). `config` is read at start and again
 // when a `config_changed` event arrives. Only while no container serves is `status` read
-// (every 2 s and on each event), to show why the pool has no ready container. Jobs go to the balancer (`balancer_url` in `config`,
+// (every 2 s and on each event), to show why the pool has no ready container; and with the
+// queue's pushes, at most once a second, for what the balancers report but nobody pushes: the
+// expected work in flight per container and the balancers' queue. Jobs go to the balancer (`balancer_url` in `config`,
 // else this host on port 8000), which allows this origin through CORS and exposes X-Backend.
 //
 // Every piece of text from the network is inserted with `textContent` / text nodes, never as
@@ -18,6 +20,7 @@
   const MAX_EVENTS = 200;
   const MAX_JOBS = 40;
   const JOB_TIMEOUT_MS = 150 * 1000;
+  const WORK_REFRESH_MS = 1000;
   const TOKEN_KEY = "rustybalancer.agent-token";
   const JOB_SIZES = {
     monte_carlo_pi: { field: "iterations", label: "iterations", value: 1000000, integer: true },
@@ -36,6 +39,8 @@
     events: [], // newest first
     eventKeys: new Set(),
     jobSeq: 0,
+    work: new Map(), // container id -> expected seconds in flight (balancers' reports)
+    load: null, // /status `balancer_load`
   };
 
   const $ = (id) => document.getElementById(id);
@@ -86,6 +91,7 @@
     time: (ms) =>
       new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }),
     ms: (ms) => (ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`),
+    secs: (s) => (Number.isFinite(s) ? `${s.toFixed(1)} s` : "–"),
   };
 
   /** `app-worker-3` -> `worker-3` (the application prefix is the same for all). */
@@ -309,6 +315,7 @@
     renderContainers();
     renderTimeline();
     if (!serving.length || !$("pool-reason").hidden) refreshPool();
+    scheduleWork();
   }
 
   function onEvent(event) {
@@ -357,6 +364,66 @@
     } catch (_) {
       // The agent is away; the connection pills say so.
     }
+  }
+
+  // ---------------------------------------------------------------- work
+
+  const work = { pending: 0, running: false };
+
+  /**
+   * Reads /status now and once more a second later (the balancers' reports trail the queue),
+   * at most once a second however often the queue is pushed.
+   */
+  function scheduleWork() {
+    work.pending = 2;
+    if (work.running) return;
+    work.running = true;
+    (async () => {
+      while (work.pending > 0) {
+        work.pending -= 1;
+        await refreshWork();
+        await new Promise((resolve) => setTimeout(resolve, WORK_REFRESH_MS));
+      }
+      work.running = false;
+    })();
+  }
+
+  /** Work in flight per container and the balancers' queue, from /status. */
+  async function refreshWork() {
+    try {
+      const response = await fetch(apiUrl("status"), { cache: "no-store" });
+      if (!response.ok) return;
+      const status = await response.json();
+      state.work = new Map(
+        (status.workers || []).map((w) => [w.container_id, Number(w.work_seconds) || 0]),
+      );
+      state.load = status.balancer_load || null;
+      renderWork();
+    } catch (_) {
+      // The agent is away; the connection pills say so.
+    }
+  }
+
+  function renderWork() {
+    const load = state.load;
+    setText("sum-work", load ? fmt.secs(load.work_in_flight_seconds) : "–");
+    setText(
+      "sum-queue",
+      load ? `${load.queued_for_slot} · ${fmt.secs(load.queued_work_seconds)}` : "–",
+    );
+    $("sum-queue").title = load
+      ? `${load.queued_for_slot} requests wait in the balancers for a free slot, ` +
+        `${fmt.secs(load.queued_work_seconds)} of expected work; ` +
+        `${load.queued_without_backend} wait with no backend`
+      : "";
+    for (const [id, row] of rows) {
+      const seconds = state.work.get(id);
+      setRowText(row.work, seconds ? `${fmt.secs(seconds)} work` : "");
+    }
+  }
+
+  function setRowText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
   }
 
   // ---------------------------------------------------------------- leader
@@ -507,7 +574,8 @@
       node.score.setAttribute("y", (r + 27).toFixed(1));
       node.score.textContent = `${category} · ${fmt.score(item.score)}`;
       node.title.textContent =
-        `${item.dns_name}\n${category}, score ${fmt.score(item.score)}, ${item.in_flight} in flight\n` +
+        `${item.dns_name}\n${category}, score ${fmt.score(item.score)}, ${item.in_flight} in flight` +
+        `${item.concurrency > 0 ? ` (at most ${item.concurrency})` : ""}\n` +
         `${item.address}\n${item.id}`;
       node.edge.setAttribute("class", `edge cat-${category}`);
       node.edge.setAttribute("x1", balancer.x.toFixed(1));
@@ -541,6 +609,10 @@
     const name = el("span", { class: "c-name" });
     const badge = el("span", { class: "badge" });
     const inflight = el("span", { class: "c-inflight muted" });
+    const work = el("span", {
+      class: "c-work muted",
+      title: "expected seconds of the requests in flight, from the balancers' cost estimates",
+    });
     const address = el("span", { class: "c-address muted" });
     const drain = el("button", { type: "button", class: "drain" }, "Drain");
     drain.dataset.drain = item.id;
@@ -564,11 +636,11 @@
     const li = el(
       "li",
       { class: "container" },
-      el("div", { class: "c-head" }, name, badge, inflight, address, drain),
+      el("div", { class: "c-head" }, name, badge, inflight, work, address, drain),
       barList,
     );
     li.dataset.containerId = item.id;
-    return { li, name, badge, inflight, address, drain, bars };
+    return { li, name, badge, inflight, work, address, drain, bars };
   }
 
   function renderContainers() {
@@ -587,7 +659,14 @@
       row.name.title = `${item.dns_name} (${item.id})`;
       row.badge.textContent = category;
       row.badge.className = `badge cat-${category}`;
-      row.inflight.textContent = `${item.in_flight || 0} in flight`;
+      // At most `concurrency` at once (0 = unlimited); the balancer queues the rest.
+      const limit = item.concurrency > 0 ? ` / ${item.concurrency}` : "";
+      row.inflight.textContent = `${item.in_flight || 0}${limit} in flight`;
+      row.inflight.title = item.concurrency > 0
+        ? `a balancer sends it at most ${item.concurrency} at once and queues the rest`
+        : "no concurrency limit: a balancer sends it every request at once";
+      const seconds = state.work.get(item.id);
+      setRowText(row.work, seconds ? `${fmt.secs(seconds)} work` : "");
       row.address.textContent = item.address;
       const draining = category === "SUNDOWN";
       row.drain.disabled = draining || row.drain.dataset.busy === "1";

@@ -27,6 +27,8 @@ fn config() -> ScalingConfig {
         critical: 90.0,
         prespawn_cpu: 70.0,
         target_concurrency: 0.0,
+        target_work_seconds: 2.0,
+        worker_cpus: 1.0,
         cooldown_up: secs(30),
         cooldown_down: secs(30),
         stabilization: secs(60),
@@ -42,6 +44,7 @@ fn container(id: &str, category: Category, utilization: f64, in_flight: u64) -> 
         cpu_util: 0.0,
         critical: utilization >= 90.0,
         in_flight,
+        work_seconds: 0.0,
         sundown_since: None,
         // A ready container in these tests has served unless a test says otherwise.
         served: category != Category::Init,
@@ -95,6 +98,7 @@ fn observe(now: Instant, containers: &[ContainerView]) -> Observation<'_> {
         now,
         containers,
         queued_demand: 0,
+        queued_work_seconds: 0.0,
         requested_replicas: None,
     }
 }
@@ -110,6 +114,158 @@ fn low_for_long(now: Instant) -> ScalerState {
 
 fn ids(list: &[String]) -> Vec<&str> {
     list.iter().map(String::as_str).collect()
+}
+
+/// A ready container with `work_seconds` of expected work in flight.
+fn working(id: &str, utilization: f64, in_flight: u64, work_seconds: f64) -> ContainerView {
+    ContainerView {
+        work_seconds,
+        ..busy(id, utilization, in_flight)
+    }
+}
+
+#[test]
+fn work_above_target_scales_up_to_the_right_count_within_max() {
+    let now = start();
+    // 3 + 4 s in flight and 2 s queued for a slot: 9 s at 2 s per container wants 5.
+    let pool = [working("a", 40.0, 2, 3.0), working("b", 40.0, 2, 4.0)];
+    let obs = Observation {
+        queued_work_seconds: 2.0,
+        ..observe(now, &pool)
+    };
+    let decision = decide(&obs, &config(), &ScalerState::default());
+    assert_eq!((decision.create, decision.desired), (3, 5));
+    assert_eq!(
+        decision.reason,
+        Reason::Work {
+            in_flight_seconds: 7.0,
+            queued_seconds: 2.0,
+            per_container: 2.0,
+            wanted: 5
+        }
+    );
+    assert_eq!(decision.reason.kind(), "work");
+    assert_eq!(decision.state.last_scale_up, Some(now));
+    // Two CPUs per worker carry 4 s each: 3 containers.
+    let two_cpus = ScalingConfig {
+        worker_cpus: 2.0,
+        ..config()
+    };
+    assert_eq!(decide(&obs, &two_cpus, &ScalerState::default()).desired, 3);
+    // A larger target needs fewer.
+    let target5 = ScalingConfig {
+        target_work_seconds: 5.0,
+        ..config()
+    };
+    assert_eq!(decide(&obs, &target5, &ScalerState::default()).desired, 2);
+    // Clamped to the maximum.
+    let max4 = ScalingConfig {
+        max_replicas: 4,
+        ..config()
+    };
+    let decision = decide(&obs, &max4, &ScalerState::default());
+    assert_eq!((decision.create, decision.desired), (2, 4));
+    // Held by the scale-up cooldown like the other load signals.
+    let in_cooldown = ScalerState {
+        last_scale_up: Some(now - secs(10)),
+        ..ScalerState::default()
+    };
+    let decision = decide(&obs, &config(), &in_cooldown);
+    assert_eq!(decision.create, 0);
+    assert_eq!(
+        decision.reason,
+        Reason::UpCooldown {
+            wanted: 5,
+            remaining: secs(20)
+        }
+    );
+    // A starting container does not hold it (it counts toward the wanted count).
+    let with_init = [
+        working("a", 40.0, 2, 3.0),
+        working("b", 40.0, 2, 4.0),
+        init("c"),
+    ];
+    let obs = Observation {
+        queued_work_seconds: 2.0,
+        ..observe(now, &with_init)
+    };
+    assert_eq!(decide(&obs, &config(), &ScalerState::default()).create, 2);
+}
+
+#[test]
+fn zero_work_changes_nothing() {
+    let now = start();
+    let pool = [busy("a", 40.0, 2), busy("b", 40.0, 2)];
+    let decision = decide(&observe(now, &pool), &config(), &ScalerState::default());
+    assert_eq!((decision.create, decision.desired), (0, 2));
+    assert_eq!(decision.reason.kind(), "steady");
+    // Low load scales down as before: no work is no objection.
+    let idle = [ready("a", 10.0), ready("b", 10.0)];
+    let decision = decide(&observe(now, &idle), &config(), &low_for_long(now));
+    assert_eq!(ids(&decision.sundown), ["a"]);
+    assert!(!decide_now(&idle, 0, 0.0, &config()));
+}
+
+#[test]
+fn work_holds_a_scale_down_that_would_overload_the_rest() {
+    let now = start();
+    // 3 s on two containers is 1.5 each; on one it would be 3, past 2.
+    let pool = [working("a", 10.0, 1, 1.5), working("b", 10.0, 1, 1.5)];
+    let decision = decide(&observe(now, &pool), &config(), &low_for_long(now));
+    assert!(decision.sundown.is_empty());
+    assert_eq!(
+        decision.reason,
+        Reason::WouldOverload {
+            removed: 1,
+            signal: Signal::Work,
+            projected: 3.0,
+            limit: 2.0
+        }
+    );
+    // 2 s fits on one.
+    let light = [working("a", 10.0, 1, 1.0), working("b", 10.0, 1, 1.0)];
+    let decision = decide(&observe(now, &light), &config(), &low_for_long(now));
+    assert_eq!(decision.sundown.len(), 1);
+    // Work waiting for a slot holds any scale-down.
+    let obs = Observation {
+        queued_work_seconds: 0.1,
+        ..observe(now, &light)
+    };
+    let decision = decide(&obs, &config(), &low_for_long(now));
+    assert!(decision.sundown.is_empty());
+    assert_eq!(decision.reason.kind(), "would_overload");
+}
+
+#[test]
+fn queued_work_wakes_the_scaler_at_once() {
+    let pool = [working("a", 10.0, 1, 0.5), working("b", 10.0, 1, 0.5)];
+    assert!(
+        !decide_now(&pool, 0, 0.0, &config()),
+        "1 s on two: within target"
+    );
+    assert!(
+        decide_now(&pool, 0, 0.2, &config()),
+        "work queued for a slot"
+    );
+    assert!(
+        decide_now(&pool, 1, 0.0, &config()),
+        "requests with no backend"
+    );
+    let heavy = [working("a", 10.0, 1, 3.0), working("b", 10.0, 1, 2.0)];
+    assert!(decide_now(&heavy, 0, 0.0, &config()), "5 s on two: past 4");
+    let target4 = ScalingConfig {
+        target_concurrency: 4.0,
+        ..config()
+    };
+    let crowded = [busy("a", 10.0, 5), busy("b", 10.0, 4)];
+    assert!(
+        decide_now(&crowded, 0, 0.0, &target4),
+        "9 in flight on two: past 8"
+    );
+    assert!(
+        !decide_now(&crowded, 0, 0.0, &config()),
+        "no concurrency target"
+    );
 }
 
 #[test]
@@ -1052,6 +1208,8 @@ prop_compose! {
             critical: (high + critical_gap).min(100.0),
             prespawn_cpu: prespawn,
             target_concurrency: target,
+            target_work_seconds: 2.0,
+            worker_cpus: 1.0,
             cooldown_up: secs(cooldown_up),
             cooldown_down: secs(cooldown_down),
             stabilization: secs(stabilization),
@@ -1100,6 +1258,7 @@ fn build(now: Instant, described: &[Described], config: &ScalingConfig) -> Vec<C
                     cpu_util,
                     critical: utilization >= config.critical,
                     in_flight,
+                    work_seconds: 0.0,
                     sundown_since: (category == Category::Sundown).then(|| now - secs(age)),
                     served,
                     unhealthy,
@@ -1138,6 +1297,7 @@ proptest! {
             now,
             containers: &containers,
             queued_demand: queued,
+            queued_work_seconds: 0.0,
             requested_replicas: requested,
         };
         let decision = decide(&obs, &config, &state);
@@ -1209,6 +1369,7 @@ proptest! {
             now,
             containers: &containers,
             queued_demand: queued,
+            queued_work_seconds: 0.0,
             requested_replicas: requested,
         };
         let decision = decide(&obs, &config, &state);
@@ -1255,6 +1416,7 @@ proptest! {
                         cpu_util: 0.0,
                         critical: false,
                         in_flight: 0,
+                        work_seconds: 0.0,
                         sundown_since: (*category == Category::Sundown).then_some(now),
                         served: true,
                         unhealthy: false,

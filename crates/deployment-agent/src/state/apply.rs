@@ -17,7 +17,9 @@ use crate::{
     store::{ConfigOverrides, ContainerRecord, EventKind, MetricPoint},
 };
 
-use super::{BalancerReport, Crash, LAUNCHING_PREFIX, Launch, Phase, ProbeVerdict, World};
+use super::{
+    BalancerLoad, BalancerReport, Crash, LAUNCHING_PREFIX, Launch, Phase, ProbeVerdict, World,
+};
 
 /// A SUNDOWN container keeps at least this long, so every balancer has seen the push before
 /// it is stopped.
@@ -188,6 +190,7 @@ impl World {
             now,
             containers: &views,
             queued_demand: self.queued_demand(now),
+            queued_work_seconds: self.queued_work_seconds(now),
             requested_replicas: requested,
         };
         let mut decision = decide::decide(&observation, scaling, &self.scaler);
@@ -360,19 +363,25 @@ impl World {
         Some((id, effects))
     }
 
-    /// A balancer's load report: the demand queued in every balancer, and whether more is in
-    /// flight than the active containers are meant to carry (`target` each).
+    /// A balancer's load report: the load of every balancer added up, and whether it calls
+    /// for a decision now (`decide::decide_now`: something queued, or more in flight than
+    /// the active containers are meant to carry).
     pub fn report(
         &mut self,
         balancer_id: &str,
         report: BalancerReport,
-        target: f64,
-    ) -> (u64, bool) {
+        scaling: &ScalingConfig,
+    ) -> (BalancerLoad, bool) {
         let now = report.at;
         self.balancers.insert(balancer_id.to_owned(), report);
-        let in_flight: u64 = self.views(now).iter().map(|view| view.in_flight).sum();
-        let over_target = target > 0.0 && in_flight as f64 > target * self.active_count() as f64;
-        (self.queued_demand(now), over_target)
+        let load = self.balancer_load(now);
+        let wake = decide::decide_now(
+            &self.views(now),
+            load.queued_without_backend,
+            load.queued_work_seconds,
+            scaling,
+        );
+        (load, wake)
     }
 
     /// The overrides found in the store at start.

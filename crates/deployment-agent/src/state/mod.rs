@@ -20,7 +20,7 @@ pub use apply::{Action, Effects, Event, Launched, Listing, Slot};
 pub use member::{HealthPolicy, Member, Phase, ProbeVerdict};
 
 use crate::{
-    config::Config,
+    config::{Config, WorkerConcurrency, worker_concurrency},
     decide::{ContainerView, ScalerState},
     runtime::{Instance, LaunchSpec},
     score::{Availability, Thresholds, Weights},
@@ -33,6 +33,10 @@ pub struct Settings {
     pub app: String,
     /// WORKER_CPUSET: the cores workers are pinned to, one each.
     pub cpuset: Option<Vec<u32>>,
+    /// WORKER_CPUS: each worker's CPU limit.
+    pub worker_cpus: Option<f64>,
+    /// WORKER_CONCURRENCY, as set (or derived per worker, see [`Settings::concurrency`]).
+    pub concurrency: WorkerConcurrency,
     pub history_size: usize,
     pub best_time_window: usize,
     pub ema_alpha: f64,
@@ -51,6 +55,8 @@ impl Settings {
         Self {
             app: config.app.clone(),
             cpuset: config.worker_cpuset.as_ref().map(|cores| cores.0.clone()),
+            worker_cpus: config.worker_cpus,
+            concurrency: config.worker_concurrency,
             history_size: config.history_size,
             best_time_window: config.best_time_window,
             ema_alpha: config.ema_alpha,
@@ -66,6 +72,12 @@ impl Settings {
             warm_pool: config.warm_pool,
             stop_grace: config.stop_grace,
         }
+    }
+
+    /// Requests a balancer may send `worker` at once (0 = unlimited): WORKER_CONCURRENCY, else
+    /// the default worker's thread count under its CPU limit (WORKER_CPUS, its pinned core).
+    pub fn concurrency(&self, worker: &crate::model::Worker) -> u32 {
+        worker_concurrency(self.concurrency, self.worker_cpus, worker.core_id.is_some())
     }
 
     /// A new member for `instance`, starting.
@@ -147,8 +159,33 @@ pub struct Launch {
 pub struct BalancerReport {
     pub at: Instant,
     pub queued_without_backend: u64,
-    /// In flight per backend address.
-    pub in_flight: HashMap<String, u64>,
+    /// Requests waiting in its queue for a free slot (every backend at its concurrency).
+    pub queued_for_slot: u64,
+    /// Their expected seconds, from the balancer's cost estimates.
+    pub queued_work_seconds: f64,
+    /// Per backend address.
+    pub backends: HashMap<String, BackendReport>,
+}
+
+/// What a balancer has on one backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BackendReport {
+    pub in_flight: u64,
+    /// Expected seconds of those requests, from the balancer's cost estimates.
+    pub work_seconds: f64,
+}
+
+/// The balancers' load as their fresh reports add it up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BalancerLoad {
+    /// Requests held with no backend (scale from zero).
+    pub queued_without_backend: u64,
+    /// Requests waiting for a free slot.
+    pub queued_for_slot: u64,
+    /// Their expected seconds.
+    pub queued_work_seconds: f64,
+    /// Expected seconds of the requests in flight on every backend.
+    pub work_in_flight_seconds: f64,
 }
 
 /// The id prefix of a launch under way in the scaler's views.
@@ -306,20 +343,67 @@ impl World {
     /// (only the latter when its `/stats` is not the worker's).
     pub fn in_flight(&self, member: &Member, now: Instant) -> u64 {
         let reported: u64 = self
-            .balancers
-            .values()
-            .filter(|report| now.duration_since(report.at) < REPORT_TTL)
-            .filter_map(|report| report.in_flight.get(&member.instance.worker.address))
+            .reported(member, now)
+            .map(|backend| backend.in_flight)
             .sum();
         member.worker_in_flight.max(reported)
     }
 
-    pub fn queued_demand(&self, now: Instant) -> u64 {
+    /// Expected seconds of the requests in flight on a member, summed over the balancers'
+    /// fresh reports.
+    pub fn work_seconds(&self, member: &Member, now: Instant) -> f64 {
+        self.reported(member, now)
+            .map(|backend| backend.work_seconds)
+            .sum()
+    }
+
+    /// The fresh reports' entries for a member.
+    fn reported<'a>(
+        &'a self,
+        member: &'a Member,
+        now: Instant,
+    ) -> impl Iterator<Item = &'a BackendReport> {
+        self.fresh_reports(now)
+            .filter_map(|report| report.backends.get(&member.instance.worker.address))
+    }
+
+    /// Reports younger than `REPORT_TTL`: those of balancers still running.
+    fn fresh_reports(&self, now: Instant) -> impl Iterator<Item = &BalancerReport> {
         self.balancers
             .values()
-            .filter(|report| now.duration_since(report.at) < REPORT_TTL)
+            .filter(move |report| now.duration_since(report.at) < REPORT_TTL)
+    }
+
+    pub fn queued_demand(&self, now: Instant) -> u64 {
+        self.fresh_reports(now)
             .map(|report| report.queued_without_backend)
             .sum()
+    }
+
+    /// Expected seconds of the requests waiting in balancers' queues for a free slot.
+    pub fn queued_work_seconds(&self, now: Instant) -> f64 {
+        self.fresh_reports(now)
+            .map(|report| report.queued_work_seconds)
+            .sum()
+    }
+
+    /// The balancers' load from their fresh reports: what waits in their queues, and the
+    /// expected seconds in flight on every backend (members or not).
+    pub fn balancer_load(&self, now: Instant) -> BalancerLoad {
+        self.fresh_reports(now)
+            .fold(BalancerLoad::default(), |mut load, report| {
+                load.queued_without_backend = load
+                    .queued_without_backend
+                    .saturating_add(report.queued_without_backend);
+                load.queued_for_slot = load.queued_for_slot.saturating_add(report.queued_for_slot);
+                load.queued_work_seconds += report.queued_work_seconds;
+                load.work_in_flight_seconds += report
+                    .backends
+                    .values()
+                    .map(|backend| backend.work_seconds)
+                    .sum::<f64>();
+                load
+            })
     }
 
     /// The desired replicas: active members and launches not cancelled.
@@ -344,6 +428,7 @@ impl World {
                     cpu_util: member.cpu_util(),
                     critical: member.phase == Phase::Ready && member.classification.critical,
                     in_flight,
+                    work_seconds: self.work_seconds(member, now),
                     sundown_since: match member.phase {
                         Phase::Sundown { since } => Some(since),
                         _ => None,
@@ -363,6 +448,7 @@ impl World {
                 cpu_util: 0.0,
                 critical: false,
                 in_flight: 0,
+                work_seconds: 0.0,
                 sundown_since: None,
                 served: false,
                 unhealthy: false,
@@ -404,6 +490,7 @@ impl World {
                 memory_score: round(member.scores.memory),
                 network_score: round(member.scores.network),
                 availability_score: round(member.scores.availability),
+                concurrency: self.settings.concurrency(&member.instance.worker),
             })
             .collect();
         common::queue::sort_items(&mut items);
@@ -618,6 +705,10 @@ pub struct MemberStatus {
     /// It has served requests (the scale-down order keeps serving containers last).
     pub served: bool,
     pub in_flight: u64,
+    /// Requests a balancer sends it at once (0 = unlimited), as published.
+    pub concurrency: u32,
+    /// Expected seconds of its requests in flight, summed over the balancers' reports.
+    pub work_seconds: f64,
     pub cpu_util: f64,
     pub utilization: f64,
     pub critical: bool,
@@ -652,6 +743,8 @@ impl World {
                 unhealthy: matches!(member.phase, Phase::Unhealthy { .. }),
                 served: member.served,
                 in_flight: self.in_flight(member, now),
+                concurrency: self.settings.concurrency(&member.instance.worker),
+                work_seconds: self.work_seconds(member, now),
                 cpu_util: member.cpu_util(),
                 utilization: member.classification.utilization,
                 critical: member.classification.critical,

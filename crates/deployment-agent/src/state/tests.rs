@@ -1,5 +1,3 @@
-use std::collections::HashMap;
-
 use super::*;
 use crate::{model::Worker, score::Availability};
 
@@ -30,6 +28,23 @@ fn member(name: &str) -> Member {
         cpu_limit_cores: 1.0,
     };
     Member::new(instance, Availability::new(20, 10, 0.2), Instant::now())
+}
+
+/// A balancer's report at `at` with these backends and nothing queued.
+fn report<'a>(
+    at: Instant,
+    backends: impl IntoIterator<Item = (&'a str, BackendReport)>,
+) -> BalancerReport {
+    BalancerReport {
+        at,
+        queued_without_backend: 0,
+        queued_for_slot: 0,
+        queued_work_seconds: 0.0,
+        backends: backends
+            .into_iter()
+            .map(|(address, backend)| (address.to_owned(), backend))
+            .collect(),
+    }
 }
 
 const POLICY: HealthPolicy = HealthPolicy {
@@ -203,11 +218,16 @@ fn without_the_workers_stats_in_flight_comes_from_the_balancers() {
     for (balancer, count) in [("b1", 3), ("b2", 4)] {
         world.balancers.insert(
             balancer.into(),
-            BalancerReport {
-                at: now,
-                queued_without_backend: 0,
-                in_flight: HashMap::from([(address.clone(), count)]),
-            },
+            report(
+                now,
+                [(
+                    address.as_str(),
+                    BackendReport {
+                        in_flight: count,
+                        work_seconds: 0.0,
+                    },
+                )],
+            ),
         );
     }
     let views = world.views(now);
@@ -436,18 +456,15 @@ fn a_change_of_the_routing_set_is_told_apart_from_a_change_of_scores() {
 fn the_balancers_listed_are_those_with_a_fresh_report() {
     let mut world = world();
     let now = Instant::now();
-    let report = |at| BalancerReport {
-        at,
-        queued_without_backend: 0,
-        in_flight: HashMap::new(),
-    };
-    world.report("balancer-on-n2", report(now), 0.0);
-    world.report("balancer-on-n1", report(now), 0.0);
-    world.report("balancer-gone", report(now), 0.0);
+    let scaling = crate::config::Config::defaults().scaling();
+    let empty = |at| report(at, []);
+    world.report("balancer-on-n2", empty(now), &scaling);
+    world.report("balancer-on-n1", empty(now), &scaling);
+    world.report("balancer-gone", empty(now), &scaling);
     // A later report of the third, then none: it ages out.
     let later = now + REPORT_TTL;
-    world.report("balancer-on-n1", report(later), 0.0);
-    world.report("balancer-on-n2", report(later), 0.0);
+    world.report("balancer-on-n1", empty(later), &scaling);
+    world.report("balancer-on-n2", empty(later), &scaling);
     assert_eq!(
         world.reporting_balancers(later),
         vec!["balancer-on-n1", "balancer-on-n2"]
@@ -501,4 +518,100 @@ fn reconcile_leaves_a_worker_whose_launch_is_under_way_and_removes_exited_leftov
         })
         .collect();
     assert_eq!(removed, ["id-app-worker-7"], "{:?}", effects.actions);
+}
+
+#[test]
+fn work_in_flight_and_queued_add_up_over_fresh_reports_and_expire_with_them() {
+    let now = Instant::now();
+    let mut world = world();
+    let m = member("app-worker-1");
+    let address = m.instance.worker.address.clone();
+    world.members.insert(m.instance.worker.id.clone(), m);
+    let scaling = crate::config::Config::defaults().scaling();
+    let busy = |in_flight, work_seconds| BackendReport {
+        in_flight,
+        work_seconds,
+    };
+    let (_, wake) = world.report(
+        "b1",
+        report(now, [(address.as_str(), busy(1, 0.5))]),
+        &scaling,
+    );
+    assert!(!wake, "0.5 s in flight is within 2 s on one container");
+    let (load, wake) = world.report(
+        "b1",
+        BalancerReport {
+            queued_for_slot: 2,
+            queued_work_seconds: 1.5,
+            ..report(now, [(address.as_str(), busy(1, 0.5))])
+        },
+        &scaling,
+    );
+    assert!(wake, "work queued for a slot: decide now");
+    assert_eq!(load.queued_for_slot, 2);
+    let (load, _) = world.report(
+        "b2",
+        report(
+            now,
+            [
+                (address.as_str(), busy(2, 1.0)),
+                ("elsewhere:8080", busy(1, 4.0)),
+            ],
+        ),
+        &scaling,
+    );
+    assert_eq!(
+        load,
+        BalancerLoad {
+            queued_without_backend: 0,
+            queued_for_slot: 2,
+            queued_work_seconds: 1.5,
+            work_in_flight_seconds: 5.5,
+        }
+    );
+    let views = world.views(now);
+    assert_eq!((views[0].in_flight, views[0].work_seconds), (3, 1.5));
+    assert_eq!(world.statuses(now)[0].work_seconds, 1.5);
+    assert_eq!(world.queued_work_seconds(now), 1.5);
+    // Balancers that stop reporting count no more.
+    let later = now + REPORT_TTL;
+    assert_eq!(world.balancer_load(later), BalancerLoad::default());
+    assert_eq!(world.views(later)[0].work_seconds, 0.0);
+}
+
+#[test]
+fn each_container_is_published_with_its_concurrency() {
+    use crate::config::{WorkerConcurrency, parse_cpuset};
+    let now = Instant::now();
+    let published = |settings: Settings, pinned: bool| {
+        let mut world = World::new(settings);
+        let mut m = member("app-worker-1");
+        m.instance.worker.core_id = pinned.then_some(3);
+        world.members.insert(m.instance.worker.id.clone(), m);
+        let concurrency = world.queue_items(now)[0].concurrency;
+        assert_eq!(world.statuses(now)[0].concurrency, concurrency);
+        concurrency
+    };
+    // Unset: as the default worker sizes its pool, else unlimited.
+    assert_eq!(published(settings(), false), 0, "no CPU limit known");
+    let cpus = |cpus| Settings {
+        worker_cpus: Some(cpus),
+        ..settings()
+    };
+    assert_eq!(published(cpus(1.0), false), 1);
+    assert_eq!(published(cpus(1.5), false), 2);
+    assert_eq!(published(cpus(0.5), false), 1);
+    assert_eq!(published(cpus(4.0), true), 1, "pinned to one core");
+    let pinned = Settings {
+        cpuset: Some(parse_cpuset("1-3").unwrap().0),
+        ..settings()
+    };
+    assert_eq!(published(pinned, true), 1);
+    // Set: that number for every container, 0 = unlimited.
+    let fixed = |n| Settings {
+        concurrency: WorkerConcurrency::Fixed(n),
+        ..cpus(4.0)
+    };
+    assert_eq!(published(fixed(8), false), 8);
+    assert_eq!(published(fixed(0), true), 0);
 }

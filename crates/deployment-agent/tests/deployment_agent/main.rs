@@ -110,6 +110,8 @@ async fn docker_lifecycle_scaling_recovery_restart_and_redis_outage() {
             "host_port",
             "cpu_usage",
             "is_healthy",
+            "concurrency",
+            "work_seconds",
         ] {
             assert!(
                 worker.get(field).is_some(),
@@ -448,6 +450,151 @@ async fn process_runtime_runs_the_same_lifecycle() {
     assert_eq!(before, after);
 }
 
+/// The balancers' expected work scales the pool (issue #17): a worker is published with its
+/// concurrency (WORKER_CPUS=1: one thread), and 3 s in flight on it plus 2 s queued for a slot
+/// at 2 s per CPU ask for 3 workers, with the reason in the event log and the load in
+/// `/status` and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_work_the_balancers_report_scales_the_pool() {
+    use proto::v1::{self as pb, deployment_agent_client::DeploymentAgentClient};
+
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rbwork{}", std::process::id());
+    config.worker_binary = Some(common::testing::workspace_binary("worker"));
+    config.min_containers = 1;
+    config.default_container = Some(1);
+    config.max_containers = 3;
+    config.target_concurrency = 0.0; // only the work signal
+    config.worker_cpus = Some(1.0);
+    config.token = Some("tok".into());
+    config.stop_workers_on_exit = true;
+    let _cleanup = KillOnDrop(format!("--worker-id {}-worker-", config.app));
+    let agent = TestAgent::start(config).await;
+
+    let channel = common::testing::eventually("the gRPC port", Duration::from_secs(10), || async {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", agent.grpc))
+            .ok()?
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    let mut client = DeploymentAgentClient::new(channel);
+    let mut queue = client
+        .watch_queue(pb::WatchQueueRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let serving = tokio::time::timeout(SCALING, async {
+        loop {
+            let snapshot = queue.message().await.unwrap().unwrap();
+            if let Some(item) = snapshot
+                .items
+                .iter()
+                .find(|i| i.utilization_category == pb::Category::Lu as i32)
+            {
+                return item.clone();
+            }
+        }
+    })
+    .await
+    .expect("the first worker never served");
+    assert_eq!(serving.concurrency, 1, "WORKER_CPUS=1: one thread");
+
+    // A balancer with 3 s of work on it and 2 s waiting for a slot, reporting until done.
+    let (reports, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer tok".parse().unwrap());
+    let mut reporting = client.clone();
+    let stream = tokio::spawn(async move { reporting.report_load(request).await });
+    let address = serving.address.clone();
+    let reporter = tokio::spawn(async move {
+        loop {
+            let report = pb::LoadReport {
+                balancer_id: "b1".into(),
+                timestamp_ms: 0,
+                backends: vec![pb::BackendLoad {
+                    address: address.clone(),
+                    in_flight: 1,
+                    work_seconds: 3.0,
+                    ..Default::default()
+                }],
+                queued_without_backend: 0,
+                queued_work_seconds: 2.0,
+                queued_for_slot: 2,
+            };
+            if reports.send(report).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    tokio::time::timeout(SCALING, async {
+        loop {
+            let snapshot = queue.message().await.unwrap().unwrap();
+            if snapshot.items.len() == 3 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the reported work did not scale the pool to 3");
+    let events = agent.get_json("/events?limit=50").await;
+    let scaled = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "scale_up")
+        .unwrap_or_else(|| panic!("no scale_up event: {events}"));
+    assert!(
+        scaled["message"]
+            .as_str()
+            .unwrap()
+            .contains("3.0s of work in flight and 2.0s queued"),
+        "{scaled}"
+    );
+    let status = agent.get_json("/status").await;
+    assert_eq!(status["balancer_load"]["queued_for_slot"], 2, "{status}");
+    assert_eq!(status["balancer_load"]["queued_work_seconds"], 2.0);
+    assert_eq!(status["balancer_load"]["work_in_flight_seconds"], 3.0);
+    let worked = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["address"] == serving.address.as_str())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        (&worked["work_seconds"], &worked["concurrency"]),
+        (&json!(3.0), &json!(1))
+    );
+    let metrics = agent
+        .client
+        .get(agent.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "agent_queued_work_seconds 2.0",
+        "agent_work_in_flight_seconds 3.0",
+        "agent_queued_for_slot 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in {metrics}"
+        );
+    }
+    reporter.abort();
+    let _ = reporter.await;
+    stream.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_api_and_scale_from_zero_on_queued_demand() {
     use proto::v1::{self as pb, deployment_agent_client::DeploymentAgentClient};
@@ -521,6 +668,8 @@ async fn grpc_api_and_scale_from_zero_on_queued_demand() {
                 timestamp_ms: 0,
                 backends: vec![],
                 queued_without_backend: 40,
+                queued_work_seconds: 0.0,
+                queued_for_slot: 0,
             })
             .await
             .unwrap();
@@ -581,6 +730,8 @@ async fn grpc_api_and_scale_from_zero_on_queued_demand() {
             timestamp_ms: 0,
             backends: vec![],
             queued_without_backend: 3,
+            queued_work_seconds: 0.0,
+            queued_for_slot: 0,
         })
         .await
         .unwrap();
@@ -827,6 +978,8 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
         ("WORKER_CPUSET", "3-1"),
         ("MAX_CONTAINERS", "-1"),
         ("WARM_POOL", "17"),
+        ("WORKER_CONCURRENCY", "-1"),
+        ("TARGET_WORK_SECONDS", "0"),
     ] {
         let output = std::process::Command::new(&binary)
             .env(variable, value)
@@ -870,6 +1023,8 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
         "EMA_ALPHA",
         "REDIS_HOST",
         "AGENT_TOKEN",
+        "WORKER_CONCURRENCY",
+        "TARGET_WORK_SECONDS",
     ] {
         assert!(help.contains(variable), "--help lacks {variable}");
     }
@@ -1418,6 +1573,8 @@ async fn without_a_token_every_change_is_refused_and_no_other_site_is_allowed() 
             timestamp_ms: 0,
             backends: vec![],
             queued_without_backend: 40,
+            queued_work_seconds: 0.0,
+            queued_for_slot: 0,
         }]))
         .await
         .unwrap_err();
@@ -1644,6 +1801,8 @@ async fn sigterm_ends_every_stream_and_the_agent_exits_within_its_grace() {
                 timestamp_ms: 0,
                 backends: vec![],
                 queued_without_backend: 0,
+                queued_work_seconds: 0.0,
+                queued_for_slot: 0,
             })
             .await
             .unwrap();
