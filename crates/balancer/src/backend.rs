@@ -236,6 +236,9 @@ impl Backend {
         }
         self.in_flight.fetch_sub(1, Relaxed);
         if self.slots() != 0 {
+            // Pairs with the fence in `WorkQueue::pump`: a request queueing meanwhile either
+            // sees this slot free or is seen waiting here.
+            std::sync::atomic::fence(SeqCst);
             if let Some(owner) = self.owner.upgrade() {
                 Backends(owner).pump();
             }

@@ -87,6 +87,8 @@ pub struct QueueCounters {
 pub struct WorkQueue {
     settings: QueueSettings,
     state: Mutex<State>,
+    /// How many wait, kept beside the lock: a slot released while none waits takes no lock.
+    waiting: AtomicU64,
     pub counters: QueueCounters,
 }
 
@@ -125,6 +127,7 @@ impl WorkQueue {
         Self {
             settings,
             state: Mutex::new(State::default()),
+            waiting: AtomicU64::new(0),
             counters: QueueCounters::default(),
         }
     }
@@ -148,8 +151,16 @@ impl WorkQueue {
         }
     }
 
+    /// Whether no request waits (one atomic load, no lock).
     pub fn is_empty(&self) -> bool {
-        self.lock().by_cost.is_empty()
+        self.waiting.load(Relaxed) == 0
+    }
+
+    /// Removes `waiter` (false: it was not queued, granted already) and publishes the count.
+    fn remove(&self, state: &mut State, waiter: &Waiter) -> bool {
+        let removed = state.remove(waiter);
+        self.waiting.store(state.by_cost.len() as u64, Relaxed);
+        removed
     }
 
     /// Waits for a slot on one of `table`'s candidates, granted in cost order (see the
@@ -185,6 +196,7 @@ impl WorkQueue {
                 wake: Notify::new(),
             });
             state.insert(&waiter);
+            self.waiting.store(state.by_cost.len() as u64, Relaxed);
             waiter
         };
         self.counters.queued.fetch_add(1, Relaxed);
@@ -198,6 +210,8 @@ impl WorkQueue {
 
     /// Hands free slots to waiting requests, in order, until none is left of either.
     pub fn pump(&self, table: &Table, now: u64) {
+        // Pairs with the fence in `Backend::give_slot` (see there).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         loop {
             let mut state = self.lock();
             let Some(waiter) = state.next_in_line(now, table) else {
@@ -213,7 +227,7 @@ impl WorkQueue {
             if waiter.overdue_at <= now {
                 self.counters.overdue.fetch_add(1, Relaxed);
             }
-            state.remove(&waiter);
+            self.remove(&mut state, &waiter);
             drop(state);
             self.counters.granted.fetch_add(1, Relaxed);
             *waiter
@@ -331,7 +345,8 @@ impl Waiting<'_> {
     }
 
     fn leave(&self, waiter: &Waiter) {
-        self.queue.lock().remove(waiter);
+        let mut state = self.queue.lock();
+        self.queue.remove(&mut state, waiter);
     }
 }
 
@@ -340,7 +355,10 @@ impl Drop for Waiting<'_> {
         let Some(waiter) = self.waiter.take() else {
             return;
         };
-        let was_queued = self.queue.lock().remove(&waiter);
+        let was_queued = {
+            let mut state = self.queue.lock();
+            self.queue.remove(&mut state, &waiter)
+        };
         if was_queued {
             self.queue.counters.cancelled.fetch_add(1, Relaxed);
         }

@@ -122,6 +122,55 @@ async fn the_balancer_learns_what_jobs_cost_from_the_workers_server_timing() {
     assert_eq!(costs["fallbacks"]["bad_header"], 1, "{costs}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_server_timing_the_response_time_of_a_request_alone_is_learned() {
+    let backend = EchoBackend::start("delay").await;
+    let balancer = TestBalancer::start(support::static_config(&[backend.address])).await;
+    let client = reqwest::Client::new();
+    let delayed = |ms: u64| {
+        client
+            .get(balancer.url(&format!("/delay/{ms}")))
+            .header("x-cost", ms.to_string())
+            .send()
+    };
+    // One at a time: each waits behind no other, its response time is its service time.
+    for ms in [50, 200, 50, 200, 100] {
+        let answer = delayed(ms).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert!(!answer.headers().contains_key("server-timing"));
+    }
+    let x_cost = || async {
+        let costs: Value = client
+            .get(balancer.admin_url("/costs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        costs["fits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|fit| fit["class"] == "X-Cost")
+            .unwrap_or_else(|| panic!("no X-Cost fit: {costs}"))
+            .clone()
+    };
+    let fit = x_cost().await;
+    assert_eq!(fit["samples"], 5, "{fit}");
+    // 1 ms per unit of X-Cost, give or take the loopback's overhead.
+    let slope = fit["slope_seconds_per_unit"].as_f64().unwrap();
+    assert!((0.0008..0.0013).contains(&slope), "{fit}");
+    // Two at once on the one backend: the second waited behind the first, and is not learned.
+    let (first, second) = tokio::join!(delayed(300), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        delayed(10).await
+    });
+    assert_eq!(first.unwrap().status(), StatusCode::OK);
+    assert_eq!(second.unwrap().status(), StatusCode::OK);
+    assert_eq!(x_cost().await["samples"], 6);
+}
+
 // ---------------------------------------------------------------------------------------
 // Late binding (issue #17)
 

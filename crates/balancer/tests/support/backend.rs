@@ -170,6 +170,10 @@ async fn handle(
     *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
     let mut response = if path == "/ws" {
         websocket(&mut request)
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        // Answers after `ms` milliseconds, without a `Server-Timing`.
+        tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        full(StatusCode::OK, format!("{name}: delayed {ms} ms"))
     } else if let Some(status) = path.strip_prefix("/status/") {
         let status = StatusCode::from_u16(status.parse().unwrap_or(500)).unwrap();
         full(status, format!("status {}", status.as_u16()))
