@@ -1,16 +1,44 @@
 #!/usr/bin/env bash
-# Policy benchmark: which routing policy keeps latency lowest when the workers are unequal?
+# Policy benchmark: which routing policy keeps latency lowest when the workers are unequal
+# (TRACE=unequal, the default), or when job sizes span three orders of magnitude (TRACE=heavy)?
 #
-# Starts WORKERS worker containers with CPU limits on the local Docker engine (the last one
-# deliberately slower), on a network of their own; the balancer runs on the host with a static
-# backend list of the containers' addresses, once per policy, and nginx (round-robin upstream
-# with keep-alive) as the peer. It measures the capacity first (closed loop through the
-# least-request policy), then replays the same seeded trace at LEVELS percent of it through
-# each, and prints one table: p50, p99, errors, and p99 relative to round-robin.
+# Starts WORKERS worker containers with CPU limits on the local Docker engine, on a network of
+# their own; the balancer runs on the host with a static backend list of the containers'
+# addresses, once per policy, and nginx (round-robin upstream with keep-alive) as the peer.
+# It measures the capacity first, then replays the same seeded trace at LEVELS percent of it
+# through each, and prints one table.
+#
+# TRACE=unequal: the last worker is slower (SLOW_CPUS); the capacity is a closed loop through
+#   least-request; the table gives p50, p99, errors, and p99 relative to round-robin.
+# TRACE=heavy (issue #17): equal workers of one thread each (WORKER_THREADS=1, HEAVY_CPUS CPU);
+#   a trace of CPU-bound monte_carlo_pi jobs, sizes log-normal with sigma SIGMA (1.5: three
+#   orders of magnitude), the mean job MEAN_JOB seconds on one worker thread, Poisson arrivals.
+#   The capacity is WORKERS / the trace's mean job, from the iterations per second one worker
+#   thread runs with every worker busy (measured first, a closed loop of equal jobs); each
+#   level's rate makes the measured window offer exactly that share of it (a short window of
+#   a heavy tail offers less than the long-run mean on most draws). Proxies:
+#   today's policies as they are (no cost rules, no concurrency limit), least-work (COST_RULES,
+#   no limit), late-binding (COST_RULES and BACKEND_CONCURRENCY=1: jobs wait in the balancer
+#   and each freed worker gets the cheapest) and nginx. Each run starts with WARMUP seconds of
+#   another trace of the same kind, so that the balancer's cost fits have learned. The table
+#   gives p50, p99 (also in mean job lengths) and the mean slowdown (response time / the job's
+#   own run time, from the worker's Server-Timing) beside the queueing model's figures from
+#   the issue, and checks the goal: at 90 %, late binding's p99 at most half and its mean
+#   slowdown at most a fifth of the best of today's policies.
 #
 #   jobs/bench-policies.sh                      # 3 workers (0.5, 0.5, 0.2 CPU), 30 s per run
 #   WORKERS=4 SLOW_CPUS=0.1 DURATION=60 ROUNDS=3 jobs/bench-policies.sh
 #   CAPACITY=80 jobs/bench-policies.sh --no-build   # skip the measurement and the build
+#   TRACE=heavy jobs/bench-policies.sh          # 3 x 1 thread, 20 s warm-up + 120 s per run
+#   TRACE=heavy MEAN_JOB=0.1 DURATION=300 POLICIES="least-request late-binding" jobs/bench-policies.sh
+#
+# TRACE=heavy's settings: HEAVY_CPUS (1, each worker's CPU limit), MEAN_JOB (0.05 s), SIGMA
+# (1.5), WARMUP (20 s), TIMEOUT (600 s, per request), CAL_ITERATIONS (the calibration job),
+# ITERATIONS_PER_SECOND (skips the calibration), JOB_COST_RULES (the compose stacks' rule).
+#
+# The balancer's other settings come from the environment as usual (MAX_QUEUE_DELAY_FACTOR,
+# for one); the script sets the policy, COST_RULES, BACKEND_CONCURRENCY and generous queue
+# and request timeouts (TIMEOUT) itself.
 #
 # Results, plots and the table (table.md) go to target/bench/ (OUT). Installs nginx when it is
 # missing. Everything it starts is labelled managed-by=rustybalancer-tests and removed on exit.
@@ -18,15 +46,38 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+TRACE="${TRACE:-unequal}"                # unequal | heavy
 WORKERS="${WORKERS:-3}"
 WORKER_CPUS="${WORKER_CPUS:-0.5}"
 SLOW_CPUS="${SLOW_CPUS:-0.2}"
 WORK_UNIT="${WORK_UNIT:-2000000}"        # worker mixing rounds per intensity step
-DURATION="${DURATION:-30}"               # seconds of trace per run
 LEVELS="${LEVELS:-70 90}"                # percent of the measured capacity
-POLICIES="${POLICIES:-round-robin weighted-random least-request p2c-ewma}"
 SEED="${SEED:-42}"
+case "$TRACE" in
+  unequal)
+    DURATION="${DURATION:-30}"           # seconds of trace per run
+    POLICIES="${POLICIES:-round-robin weighted-random least-request p2c-ewma}"
+    WARMUP="${WARMUP:-0}"                # seconds of another trace before each run
+    TIMEOUT="${TIMEOUT:-60}"             # seconds a request may take, end to end
+    ;;
+  heavy)
+    DURATION="${DURATION:-120}"
+    POLICIES="${POLICIES:-round-robin least-request p2c-ewma least-work late-binding}"
+    WARMUP="${WARMUP:-20}"
+    # Under round-robin at 90 % a heavy tail queues for long: nothing may time out first.
+    TIMEOUT="${TIMEOUT:-600}"
+    ;;
+  *) die "TRACE must be unequal or heavy, got '$TRACE'" ;;
+esac
+HEAVY_CPUS="${HEAVY_CPUS:-1}"            # heavy: CPU limit of each one-thread worker
+MEAN_JOB="${MEAN_JOB:-0.05}"             # heavy: seconds of the mean job on one worker thread
+SIGMA="${SIGMA:-1.5}"                    # heavy: stdev of ln(job size)
+CAL_ITERATIONS="${CAL_ITERATIONS:-20000000}"  # heavy: the calibration job's iterations
+ITERATIONS_PER_SECOND="${ITERATIONS_PER_SECOND:-}"  # heavy: of one worker thread; measured when empty
+# heavy: where the balancer reads a job's cost (the compose stacks' rule for the worker).
+JOB_COST_RULES="${JOB_COST_RULES:-POST /submit class=/operation size=/data/iterations|/data/limit|/data/seconds}"
 CAPACITY="${CAPACITY:-}"                 # req/s; measured when empty
+CAPACITY_GIVEN="$CAPACITY"
 CAPACITY_DURATION="${CAPACITY_DURATION:-20}"
 ROUNDS="${ROUNDS:-1}"                    # runs per proxy and level, pooled
 OUT="${OUT:-$ROOT/target/bench}"
@@ -37,7 +88,7 @@ build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -45,6 +96,7 @@ done
 ensure_rust
 ensure_docker
 need_cmd nginx nginx
+need_cmd curl curl
 
 if [ "$build" -eq 1 ]; then
   log "building worker, balancer and loadgen (profile $BUILD_PROFILE, static)"
@@ -107,13 +159,23 @@ rm -f "$OUT"/*.csv "$OUT"/table.md
 
 log "network $NETWORK and $WORKERS workers ($IMAGE)"
 docker network create --label "$LABEL" "$NETWORK" >/dev/null
+if [ "$TRACE" = heavy ]; then
+  # One thread each, and room in the worker's own queue for whatever a policy sends it.
+  WORKER_ENV=(-e WORKER_THREADS=1 -e WORKER_QUEUE_CAPACITY=100000)
+  if awk -v n="$(nproc)" -v w="$WORKERS" -v c="$HEAVY_CPUS" 'BEGIN { exit !(n < w * c + 1) }'; then
+    warn "$(nproc) cores for $WORKERS workers of $HEAVY_CPUS CPU, the balancer and loadgen: jobs will run slower than alone and the figures are rough"
+  fi
+else
+  WORKER_ENV=(-e WORKER_WORK_UNIT="$WORK_UNIT")
+fi
 BACKENDS=()
 for i in $(seq 1 "$WORKERS"); do
   cpus="$WORKER_CPUS"
   [ "$i" -eq "$WORKERS" ] && cpus="$SLOW_CPUS"
+  [ "$TRACE" = heavy ] && cpus="$HEAVY_CPUS"
   name="$RUN_ID-w$i"
   docker run -d --name "$name" --label "$LABEL" --network "$NETWORK" --cpus "$cpus" \
-    -e WORKER_ID="w$i-${cpus}cpu" -e WORKER_WORK_UNIT="$WORK_UNIT" -e RUST_LOG=warn \
+    -e WORKER_ID="w$i-${cpus}cpu" "${WORKER_ENV[@]}" -e RUST_LOG=warn \
     "$IMAGE" >/dev/null
   CONTAINERS+=("$name")
   ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IPAddress}}" "$name")"
@@ -126,12 +188,31 @@ BACKEND_LIST="$(IFS=,; echo "${BACKENDS[*]}")"
 
 BALANCER_PID=""
 
-# start_balancer POLICY : the balancer on fresh loopback ports (BALANCER_PORT).
+# proxy_args PROXY : the balancer's flags for PROXY (PROXY_ARGS). A policy of today runs as
+# it is: no cost rules, no concurrency limit (whatever the environment says). least-work adds
+# JOB_COST_RULES; late-binding also limits each backend to one request per worker thread, so
+# that the rest wait in the balancer and each freed slot goes to the cheapest.
+proxy_args() {
+  case "$1" in
+    least-work) PROXY_ARGS=(--policy least-work --cost-rules "$JOB_COST_RULES" --backend-concurrency 0) ;;
+    late-binding) PROXY_ARGS=(--policy least-work --cost-rules "$JOB_COST_RULES" --backend-concurrency 1) ;;
+    *) PROXY_ARGS=(--policy "$1" --cost-rules "" --backend-concurrency 0) ;;
+  esac
+  # Under the heavy tail the balancer's own queue must not answer 503 before the slowest
+  # policy's requests are done.
+  if [ "$TRACE" = heavy ]; then
+    PROXY_ARGS+=(--queue-capacity 100000 --queue-timeout "${TIMEOUT}s" --request-timeout "${TIMEOUT}s")
+  fi
+}
+
+# start_balancer PROXY : the balancer for PROXY (see proxy_args) on fresh loopback ports
+# (BALANCER_PORT, ADMIN_PORT).
 start_balancer() {
   BALANCER_PORT="$(free_port)"
   ADMIN_PORT="$(free_port)"
+  proxy_args "$1"
   RUST_LOG=warn "$BIN/balancer" --host 127.0.0.1 --port "$BALANCER_PORT" --admin-port "$ADMIN_PORT" \
-    --backends "$BACKEND_LIST" --policy "$1" --seed "$SEED" >"$WORK/balancer-$1.log" 2>&1 &
+    --backends "$BACKEND_LIST" "${PROXY_ARGS[@]}" --seed "$SEED" >"$WORK/balancer-$1.log" 2>&1 &
   BALANCER_PID=$!
   PIDS+=("$BALANCER_PID")
   wait_tcp 127.0.0.1 "$BALANCER_PORT" "$WORK/balancer-$1.log"
@@ -166,7 +247,7 @@ start_nginx() {
     echo "      proxy_pass http://workers;"
     echo "      proxy_http_version 1.1;"
     echo "      proxy_set_header Connection \"\";"
-    echo "      proxy_read_timeout 60s;"
+    echo "      proxy_read_timeout ${TIMEOUT}s;"
     echo "      add_header X-Backend \$upstream_addr always;"
     echo "    }"
     echo "  }"
@@ -179,13 +260,70 @@ start_nginx() {
   wait_tcp 127.0.0.1 "$NGINX_PORT" "$WORK/nginx/error.log"
 }
 
-# The one seeded trace: lognormal demand (mean 20 ms of work, a fifth of it light requests).
-# Long enough for the capacity run and every level; each run replays its first DURATION s.
-log "trace (seed $SEED)"
-"$BIN/loadgen" trace generate --samples 100000 --inter-arrival 0.001 --distribution lognormal \
-  --mean 0.02 --stdev 0.015 --read-ratio 0.2 --size lognormal:512:256 --seed "$SEED" \
-  --out "$OUT/trace.csv" >/dev/null
+# report_field FILE COLUMN : COLUMN of the first run in `loadgen report FILE --format tsv`
+# (3 errors, 4 ok/s, 10 mean run time of the jobs in ms).
+report_field() {
+  "$BIN/loadgen" report "$1" --format tsv | awk -F'\t' -v c="$2" 'NR == 2 {print $c}'
+}
 
+# calibrate : ITERATIONS_PER_SECOND, the monte_carlo_pi iterations one worker thread runs per
+# second while every worker runs one (a closed loop of equal jobs through least-request).
+calibrate() {
+  local errors job_ms
+  log "calibration: monte_carlo_pi jobs of $CAL_ITERATIONS iterations, one per worker, ${CAPACITY_DURATION}s through least-request"
+  start_balancer least-request
+  "$BIN/loadgen" run --target "http://127.0.0.1:$BALANCER_PORT" --path /submit \
+    --body "{\"operation\":\"monte_carlo_pi\",\"data\":{\"iterations\":$CAL_ITERATIONS}}" \
+    --closed-loop --concurrency "$WORKERS" --duration "${CAPACITY_DURATION}s" \
+    --timeout "${TIMEOUT}s" --quiet --out "$OUT/calibration.csv" >/dev/null
+  stop_balancer
+  errors="$(report_field "$OUT/calibration.csv" 3)"
+  [ "$errors" = "0" ] || warn "$errors errors while calibrating; see $OUT/calibration.csv"
+  job_ms="$(report_field "$OUT/calibration.csv" 10)"
+  [ -n "$job_ms" ] || die "the calibration jobs reported no run time; see $OUT/calibration.csv"
+  ITERATIONS_PER_SECOND="$(awk -v n="$CAL_ITERATIONS" -v ms="$job_ms" 'BEGIN { printf "%.0f", n * 1000 / ms }')"
+  log "  a job ran $job_ms ms on average: $ITERATIONS_PER_SECOND iterations/s per thread"
+}
+
+# unequal_trace SEED FILE : lognormal demand (mean 20 ms of work, a fifth of it light
+# requests), long enough for the capacity run and every level; each run replays its first
+# DURATION s.
+unequal_trace() {
+  "$BIN/loadgen" trace generate --samples 100000 --inter-arrival 0.001 --distribution lognormal \
+    --mean 0.02 --stdev 0.015 --read-ratio 0.2 --size lognormal:512:256 --seed "$1" \
+    --out "$2" >/dev/null
+}
+
+# heavy_trace SEED FILE : monte_carlo_pi jobs whose sizes are log-normal with sigma SIGMA,
+# MEAN_JOB seconds on average on one worker thread (clamped to the worker's limits), Poisson
+# arrivals at about the capacity (each run rescales them to its rate).
+heavy_trace() {
+  "$BIN/loadgen" trace generate \
+    --samples "$(awk -v w="$WORKERS" -v d="$((WARMUP > DURATION ? WARMUP : DURATION))" -v m="$MEAN_JOB" \
+      'BEGIN { n = 3 * w * d / m; printf "%d", (n > 100000) ? n : 100000 }')" \
+    --inter-arrival "$(awk -v m="$MEAN_JOB" -v w="$WORKERS" 'BEGIN { print m / w }')" \
+    --arrivals exponential --job monte-carlo-pi --iterations-per-second "$ITERATIONS_PER_SECOND" \
+    --distribution lognormal --mean "$MEAN_JOB" --sigma "$SIGMA" --read-ratio 0 \
+    --size constant:0 --seed "$1" --out "$2" >/dev/null
+}
+
+if [ "$TRACE" = heavy ]; then
+  [ -n "$ITERATIONS_PER_SECOND" ] || calibrate
+  log "trace (seed $SEED; warm-up seed $((SEED + 1))): monte_carlo_pi, mean job ${MEAN_JOB}s at $ITERATIONS_PER_SECOND iterations/s, sigma $SIGMA"
+else
+  log "trace (seed $SEED)"
+fi
+"${TRACE}_trace" "$SEED" "$OUT/trace.csv"
+[ "$WARMUP" = 0 ] || "${TRACE}_trace" "$((SEED + 1))" "$OUT/warmup.csv"
+
+if [ "$TRACE" = heavy ]; then
+  # WORKERS threads, each done with a job in the trace's mean job (service_s, column 5).
+  TRACE_MEAN_S="$(awk -F, 'NR > 1 { sum += $5; n++ } END { if (n) printf "%.6f", sum / n }' "$OUT/trace.csv")"
+  if [ -z "$CAPACITY" ]; then
+    CAPACITY="$(awk -v w="$WORKERS" -v m="$TRACE_MEAN_S" 'BEGIN { if (m > 0) printf "%.2f", w / m }')"
+    log "capacity: $WORKERS threads / the trace's mean job ${TRACE_MEAN_S}s; each level's rate makes its measured window offer exactly that share"
+  fi
+fi
 if [ -z "$CAPACITY" ]; then
   log "capacity: closed loop, $((WORKERS * 4)) in flight, ${CAPACITY_DURATION}s through least-request"
   start_balancer least-request
@@ -193,14 +331,16 @@ if [ -z "$CAPACITY" ]; then
     --concurrency $((WORKERS * 4)) --duration "${CAPACITY_DURATION}s" --quiet \
     --out "$OUT/capacity.csv" >/dev/null
   stop_balancer
-  CAPACITY="$("$BIN/loadgen" report "$OUT/capacity.csv" --format tsv | awk -F'\t' 'NR == 2 {print $4}')"
-  errors="$("$BIN/loadgen" report "$OUT/capacity.csv" --format tsv | awk -F'\t' 'NR == 2 {print $3}')"
+  CAPACITY="$(report_field "$OUT/capacity.csv" 4)"
+  errors="$(report_field "$OUT/capacity.csv" 3)"
   [ "$errors" = "0" ] || log "  warning: $errors errors while measuring the capacity"
 fi
 log "capacity: $CAPACITY req/s"
 awk -v c="$CAPACITY" 'BEGIN { exit !(c > 0) }' || die "measured no capacity; see $OUT/capacity.csv"
 
-# run_one LEVEL RATE PROXY FILE : the trace at RATE through PROXY (a policy, or nginx).
+# run_one LEVEL RATE PROXY FILE : the trace at RATE through PROXY (a policy, or nginx), after
+# WARMUP seconds of the warm-up trace through the same proxy (its results kept beside FILE
+# as warmup-PROXY.csv, and left out of the figures).
 run_one() {
   local level="$1" rate="$2" proxy="$3" file="$4" port
   if [ "$proxy" = nginx ]; then
@@ -210,17 +350,52 @@ run_one() {
     start_balancer "$proxy"
     port="$BALANCER_PORT"
   fi
+  if [ "$WARMUP" != 0 ]; then
+    log "$level% ($rate req/s): $proxy, ${WARMUP}s warm-up"
+    "$BIN/loadgen" replay "$OUT/warmup.csv" --target "http://127.0.0.1:$port" --rate "$rate" \
+      --duration "${WARMUP}s" --concurrency 2048 --timeout "${TIMEOUT}s" --quiet \
+      --out "$(dirname "$file")/warmup-$proxy.csv" >/dev/null
+  fi
   log "$level% ($rate req/s, ${DURATION}s): $proxy"
   "$BIN/loadgen" replay "$OUT/trace.csv" --target "http://127.0.0.1:$port" --rate "$rate" \
-    --duration "${DURATION}s" --concurrency 2048 --timeout 60s --quiet \
+    --duration "${DURATION}s" --concurrency 2048 --timeout "${TIMEOUT}s" --quiet \
     --out "$file" | sed 's/^/    /' >&2
+  # What the balancer learned jobs cost, when it was told where to read them.
+  if [ "$TRACE" = heavy ] && [ "$proxy" != nginx ]; then
+    curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN_PORT/costs" >"$(dirname "$file")/costs-$proxy.json" 2>/dev/null \
+      || warn "no GET /costs from the $proxy balancer"
+  fi
   if [ "$proxy" = nginx ]; then stop_pid "$NGINX_PID"; else stop_balancer; fi
   sleep 2 # let the workers' queues drain before the next run
 }
 
+# heavy_rate LEVEL : the rate (req/s) at which the measured window, the trace's first
+# DURATION seconds, offers exactly LEVEL percent of WORKERS threads' time. The rows' run times
+# (service_s) are added in arrival order up to LEVEL % x WORKERS x DURATION, and the rate is
+# the one that sends just those rows in DURATION seconds. (A short window of a heavy tail
+# offers less than the long-run mean on most draws: 86 % instead of 90 % in 120 s, say.)
+heavy_rate() {
+  awk -F, -v l="$1" -v d="$DURATION" -v w="$WORKERS" '
+    NR == FNR { if (FNR > 1) { n++; last = $2 }; next }
+    FNR > 1 && found && !cut { cut = (at + $2) / 2 }
+    FNR > 1 && !found { sum += $5; if (sum >= l / 100 * w * d) { found = 1; at = $2 } }
+    END { if (cut > 0) printf "%.2f", cut * n / (last * d) }' "$OUT/trace.csv" "$OUT/trace.csv"
+}
+
+# level_rate LEVEL : the rate of LEVEL percent of the capacity, req/s (heavy_rate for the heavy
+# trace unless CAPACITY was given).
+level_rate() {
+  if [ "$TRACE" = heavy ] && [ -z "$CAPACITY_GIVEN" ]; then
+    heavy_rate "$1"
+  else
+    awk -v c="$CAPACITY" -v l="$1" 'BEGIN { printf "%.2f", c * l / 100 }'
+  fi
+}
+
 read -r -a PROXIES <<<"$POLICIES nginx"
 for level in $LEVELS; do
-  rate="$(awk -v c="$CAPACITY" -v l="$level" 'BEGIN { printf "%.2f", c * l / 100 }')"
+  rate="$(level_rate "$level")"
+  [ -n "$rate" ] || die "the trace is too short for ${DURATION}s at $level %"
   dir="$OUT/load-$level"
   rm -rf "$dir"
   for round in $(seq 1 "$ROUNDS"); do
@@ -239,13 +414,88 @@ for level in $LEVELS; do
     for round in $(seq 1 "$ROUNDS"); do tail -n +2 "$dir/rounds/$round/$proxy.csv" >>"$dir/$proxy.csv"; done
     files+=("$dir/$proxy.csv")
   done
-  "$BIN/loadgen" report "${files[@]}" --baseline round-robin --format tsv >"$dir/report.tsv"
+  # The heavy trace's table is beside the model's least-request.
+  if [ "$TRACE" = heavy ]; then baseline="least-request"; else baseline="round-robin"; fi
+  case " ${PROXIES[*]} " in *" $baseline "*) base_args=(--baseline "$baseline") ;; *) base_args=() ;; esac
+  "$BIN/loadgen" report "${files[@]}" "${base_args[@]}" --format tsv >"$dir/report.tsv"
   plotted=()
   for proxy in "${PROXIES[@]}"; do plotted+=("$dir/rounds/1/$proxy.csv"); done
   "$BIN/loadgen" plot "${plotted[@]}" --out-dir "$dir/plots" --title "$level% of capacity" >/dev/null
 done
 
-{
+# window_load RATE : the load the measured window offers at RATE, in percent of the
+# capacity: the trace's run times (service_s) of the rows replayed in DURATION seconds over
+# WORKERS threads. A short window of a heavy tail offers less or more than its level.
+window_load() {
+  awk -F, -v rate="$1" -v d="$DURATION" -v w="$WORKERS" '
+    NR == FNR { if (FNR > 1) { n++; last = $2 }; next }
+    FNR > 1 && $2 * n / (last * rate) < d { sum += $5 }
+    END { printf "%.1f", 100 * sum / (w * d) }' "$OUT/trace.csv" "$OUT/trace.csv"
+}
+
+# heavy_table : the heavy trace's table (report.tsv columns: 1 label, 3 errors, 5 p50 ms,
+# 7 p99 ms, 10 mean run time ms, 13 mean slowdown) beside the queueing model's figures
+# (issue #17: 3 one-thread workers, sigma 1.5; times in mean job lengths), and the goal.
+heavy_table() {
+  local mean_ms
+  mean_ms="$(awk -v m="$TRACE_MEAN_S" 'BEGIN { printf "%.3f", m * 1000 }')"
+  echo "Policy benchmark, heavy-tailed trace: $WORKERS workers x 1 thread ($HEAVY_CPUS CPU each), monte_carlo_pi jobs log-normal with sigma $SIGMA, mean job $mean_ms ms ($ITERATIONS_PER_SECOND iterations/s per thread), capacity $CAPACITY req/s in the long run, ${WARMUP}s warm-up then $ROUNDS x ${DURATION}s per proxy and load, trace seed $SEED, $(nproc) host cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  echo "p99 (jobs): the p99 in mean job lengths ($mean_ms ms, the trace's mean at the calibrated rate), like the model's. Slowdown: a request's response time over its own run time on the worker. Run time: the mean the workers reported in that run (above the trace's mean job when the host is short of cores). Model: the issue's queueing model of 3 one-thread workers."
+  echo
+  echo "| load | policy | p50 (ms) | p99 (ms) | p99 (jobs) | model p99 (jobs) | mean slowdown | model mean slowdown | errors | run time (ms) |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for level in $LEVELS; do
+    awk -F'\t' -v level="$level" -v unit="$mean_ms" '
+      BEGIN {
+        model["70 least-request"] = "33.4 25.6"; model["70 least-work"] = "23.6 19.0"
+        model["70 late-binding"] = "15.7 3.9"
+        model["90 least-request"] = "120.8 123.7"; model["90 late-binding"] = "29.4 6.0"
+      }
+      NR > 1 {
+        slowdown = ($13 == "") ? "-" : sprintf("%.1f", $13)
+        run = ($10 == "") ? "-" : sprintf("%.1f", $10)
+        split(((level " " $1) in model) ? model[level " " $1] : "- -", m, " ")
+        printf "| %s%% | %s | %.1f | %.1f | %.1f | %s | %s | %s | %d | %s |\n",
+          level, $1, $5, $7, $7 / unit, m[1], slowdown, m[2], $3, run
+      }' "$OUT/load-$level/report.tsv"
+  done
+  echo
+  for level in $LEVELS; do
+    rate="$(level_rate "$level")"
+    echo "$level %: $rate req/s; the measured window offers $(window_load "$rate") % of the capacity."
+  done
+  echo
+  if [ -f "$OUT/load-90/report.tsv" ]; then
+    awk -F'\t' -v unit="$mean_ms" '
+      NR > 1 && $13 != "" {
+        p99 = $7 / unit
+        if ($1 == "late-binding") { late_p99 = p99; late_sd = $13; late = 1 }
+        if ($1 == "round-robin" || $1 == "least-request" || $1 == "p2c-ewma") {
+          if (!today || p99 < best_p99) { best_p99 = p99; best_p99_by = $1 }
+          if (!today || $13 < best_sd) { best_sd = $13; best_sd_by = $1 }
+          today = 1
+        }
+      }
+      END {
+        if (!late || !today) {
+          print "Goal at 90 %: not checked (needs late-binding and at least one of round-robin, least-request, p2c-ewma at LEVELS=90)"
+          exit
+        }
+        p99_ok = late_p99 <= best_p99 / 2; sd_ok = late_sd <= best_sd / 5
+        printf "Goal at 90 %%: late binding p99 %.1f mean jobs vs the best of today'"'"'s %.1f (%s): %.2fx, goal <= 0.5x: %s\n",
+          late_p99, best_p99, best_p99_by, late_p99 / best_p99, p99_ok ? "met" : "NOT met"
+        printf "Goal at 90 %%: late binding mean slowdown %.1f vs the best of today'"'"'s %.1f (%s): %.2fx, goal <= 0.2x: %s\n",
+          late_sd, best_sd, best_sd_by, late_sd / best_sd, sd_ok ? "met" : "NOT met"
+        printf "Goal at 90 %%: %s\n", (p99_ok && sd_ok) ? "MET" : "NOT MET"
+      }' "$OUT/load-90/report.tsv"
+  else
+    echo "Goal at 90 %: not checked (LEVELS has no 90)"
+  fi
+}
+
+# unequal_table : the unequal workers' table: p50, p99, errors, p99 relative to round-robin.
+unequal_table() {
   echo "Policy benchmark: $WORKERS workers ($(( WORKERS - 1 )) x $WORKER_CPUS CPU, 1 x $SLOW_CPUS CPU), capacity $CAPACITY req/s, $ROUNDS x ${DURATION}s per proxy and load, trace seed $SEED, $(nproc) host cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "| load | policy | p50 (ms) | p99 (ms) | errors | p99 vs round-robin |"
@@ -256,7 +506,9 @@ done
       printf "| %s%% | %s | %.1f | %.1f | %d | %s |\n", level, $1, $5, $7, $3, rel
     }' "$OUT/load-$level/report.tsv"
   done
-} >"$OUT/table.md"
+}
+
+"${TRACE}_table" >"$OUT/table.md"
 
 echo
 cat "$OUT/table.md"

@@ -86,6 +86,11 @@ pub struct GenerateArgs {
     /// Stdev of the service demand, seconds.
     #[arg(long, env = "STDEV", value_name = "SECONDS", default_value_t = 0.01)]
     pub stdev: f64,
+    /// Lognormal only: the spread as sigma, the stdev of ln(demand), instead of --stdev.
+    /// 1.5 is a heavy tail over about three orders of magnitude (stdev ≈ 2.9 × the mean,
+    /// median ≈ 0.32 × the mean).
+    #[arg(long, value_name = "SIGMA")]
+    pub sigma: Option<f64>,
     /// Body size distribution, bytes: SHAPE:MEAN[:STDEV] or a number.
     #[arg(long, env = "SIZE", value_name = "DIST", default_value = "constant:64")]
     pub size: Dist,
@@ -108,9 +113,39 @@ pub struct GenerateArgs {
     /// Largest intensity written (the worker's WORKER_MAX_INTENSITY).
     #[arg(long = "max-intensity", default_value_t = 10)]
     pub max_intensity: u32,
+    /// What each request asks the worker for: `intensity` (POST /work or /light with
+    /// {"intensity": n}) or `monte-carlo-pi` (POST /submit with
+    /// {"operation":"monte_carlo_pi","data":{"iterations":n}}, n = the demand in seconds ×
+    /// --iterations-per-second, so that the mean job takes --mean on one worker thread; light
+    /// requests are jobs of a tenth). E.g. the heavy-tailed trace of jobs/bench-policies.sh:
+    /// --job monte-carlo-pi --iterations-per-second 5e7 --distribution lognormal --mean 0.05
+    /// --sigma 1.5 --read-ratio 0.
+    #[arg(long, value_enum, default_value = "intensity")]
+    pub job: JobArg,
+    /// monte-carlo-pi: iterations one worker thread runs per second (measure it: the worker's
+    /// answer to one job carries `time_taken_ms`).
+    #[arg(
+        long = "iterations-per-second",
+        value_name = "RATE",
+        default_value_t = 1e7
+    )]
+    pub iterations_per_second: f64,
+    /// monte-carlo-pi: the largest job written (the worker's WORKER_MAX_ITERATIONS); larger
+    /// draws are clamped to it, and every job has at least one iteration.
+    #[arg(long = "max-iterations", default_value_t = trace::DEFAULT_MAX_ITERATIONS)]
+    pub max_iterations: u64,
     /// Where to write the CSV (`-`: stdout).
     #[arg(long, short, default_value = "-")]
     pub out: PathBuf,
+}
+
+/// `trace generate --job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobArg {
+    /// `/work` and `/light` with an intensity (seed 004's mix).
+    Intensity,
+    /// `POST /submit` `monte_carlo_pi` jobs sized by the demand.
+    MonteCarloPi,
 }
 
 impl GenerateArgs {
@@ -121,6 +156,22 @@ impl GenerateArgs {
                 self.inter_arrival
             )));
         }
+        let service = match (self.sigma, self.distribution) {
+            (None, shape) => Dist::new(shape, self.mean, self.stdev),
+            (Some(sigma), Shape::Lognormal) => Dist::lognormal_sigma(self.mean, sigma),
+            (Some(_), shape) => Err(Error::Invalid(format!(
+                "--sigma is for --distribution lognormal, not {}",
+                shape.name()
+            ))),
+        }
+        .map_err(|err| Error::Invalid(format!("--distribution: {err}")))?;
+        let job = match self.job {
+            JobArg::Intensity => trace::Job::Intensity,
+            JobArg::MonteCarloPi => trace::Job::MonteCarloPi {
+                iterations_per_s: self.iterations_per_second,
+                max_iterations: self.max_iterations,
+            },
+        };
         Ok(GenerateConfig {
             samples: self.samples,
             arrivals: Dist::new(
@@ -129,14 +180,14 @@ impl GenerateArgs {
                 self.arrival_stdev.unwrap_or(self.inter_arrival),
             )
             .map_err(|err| Error::Invalid(format!("--arrivals: {err}")))?,
-            service: Dist::new(self.distribution, self.mean, self.stdev)
-                .map_err(|err| Error::Invalid(format!("--distribution: {err}")))?,
+            service,
             size: self.size,
             read_ratio: self.read_ratio,
             concurrency: self.concurrency,
             seed: self.seed,
             intensity_unit_s: self.intensity_unit,
             max_intensity: self.max_intensity,
+            job,
         })
     }
 }
@@ -448,6 +499,7 @@ pub async fn replay(
                 .unwrap_or_else(|| row.kind.path().to_owned()),
             intensity: row.intensity,
             size_bytes: row.size_bytes,
+            iterations: row.iterations,
         })
         .collect();
     let requests: Vec<Request> = match args.duration {
@@ -487,6 +539,7 @@ pub async fn run(
         path: path.clone(),
         intensity: args.intensity,
         size_bytes: args.size,
+        iterations: None,
     };
     if args.send.closed_loop {
         let options = engine_options(&args.send, &args.output, None, Some(args.duration));

@@ -20,6 +20,9 @@ use crate::{Error, results::RequestRecord, results::round3};
 /// The header the balancer names the chosen worker in.
 pub const BACKEND_HEADER: &str = "x-backend";
 
+/// The header the worker reports a job's run time in (`job;dur=<ms>`), queueing excluded.
+pub const SERVER_TIMING_HEADER: &str = "server-timing";
+
 /// Largest body the engine pads to.
 const MAX_BODY_BYTES: u64 = 16 << 20;
 
@@ -35,6 +38,9 @@ pub struct Request {
     pub path: String,
     pub intensity: u32,
     pub size_bytes: u64,
+    /// A `monte_carlo_pi` job of this many iterations: the POST body is `/submit`'s
+    /// `{"operation":"monte_carlo_pi","data":{"iterations":n}}` instead of `{"intensity":n}`.
+    pub iterations: Option<u64>,
 }
 
 /// How to send.
@@ -54,7 +60,8 @@ pub struct EngineOptions {
     pub progress: bool,
     /// Number of requests, for the progress bar.
     pub expected: Option<u64>,
-    /// GET sends no body; POST sends `body`, or `{"intensity": n}` when it is `None`.
+    /// GET sends no body; POST sends `body`, or when it is `None` the request's
+    /// `monte_carlo_pi` job, else `{"intensity": n}`.
     pub method: Method,
     /// A fixed JSON body for every POST (e.g. a `/submit` job).
     pub body: Option<Vec<u8>>,
@@ -93,17 +100,26 @@ pub fn client(concurrency: usize) -> Result<reqwest::Client, Error> {
 /// The JSON body for `intensity`, padded with a `pad` field to `size` bytes when that is
 /// larger than the bare body.
 pub fn body(intensity: u32, size: u64) -> Vec<u8> {
-    let bare = format!("{{\"intensity\":{intensity}}}");
+    padded(&format!("\"intensity\":{intensity}"), size)
+}
+
+/// The `POST /submit` body of a `monte_carlo_pi` job of `iterations`, padded like [`body`].
+pub fn pi_body(iterations: u64, size: u64) -> Vec<u8> {
+    padded(
+        &format!("\"operation\":\"monte_carlo_pi\",\"data\":{{\"iterations\":{iterations}}}"),
+        size,
+    )
+}
+
+/// `{fields}`, with a `pad` field making it `size` bytes when that is larger.
+fn padded(fields: &str, size: u64) -> Vec<u8> {
+    let bare = format!("{{{fields}}}");
     let overhead = bare.len() + ",\"pad\":\"\"".len();
     let size = size.min(MAX_BODY_BYTES) as usize;
     if size <= overhead {
         return bare.into_bytes();
     }
-    format!(
-        "{{\"intensity\":{intensity},\"pad\":\"{}\"}}",
-        "x".repeat(size - overhead)
-    )
-    .into_bytes()
+    format!("{{{fields},\"pad\":\"{}\"}}", "x".repeat(size - overhead)).into_bytes()
 }
 
 /// Sends `requests` (in due order) to `options.target` and records each one.
@@ -165,7 +181,10 @@ pub async fn execute(
             body: match (&options.body, options.method) {
                 (_, Method::Get) => Vec::new(),
                 (Some(fixed), Method::Post) => fixed.clone(),
-                (None, Method::Post) => body(request.intensity, request.size_bytes),
+                (None, Method::Post) => match request.iterations {
+                    Some(iterations) => pi_body(iterations, request.size_bytes),
+                    None => body(request.intensity, request.size_bytes),
+                },
             },
             timeout: options.timeout,
         };
@@ -189,6 +208,7 @@ pub async fn execute(
                 status: answer.status,
                 backend: answer.backend,
                 error: answer.error,
+                service_ms: answer.service_ms.map(round3),
             };
             if !record.ok() {
                 let count = errors.fetch_add(1, Ordering::Relaxed) + 1;
@@ -267,6 +287,9 @@ struct Answer {
     status: u16,
     backend: String,
     error: String,
+    /// The job's run time on the worker: `Server-Timing`'s `job` (else first) `dur`, else
+    /// the JSON `time_taken_ms`.
+    service_ms: Option<f64>,
 }
 
 impl Exchange {
@@ -289,21 +312,28 @@ impl Exchange {
                 .and_then(|value| value.to_str().ok())
                 .filter(|value| !value.is_empty())
                 .map(str::to_owned);
+            let timing = response
+                .headers()
+                .get(SERVER_TIMING_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(server_timing_ms);
             let bytes = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, header, bytes))
+            Ok::<_, reqwest::Error>((status, header, timing, bytes))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Answer {
                 status: 0,
                 backend: String::new(),
                 error: format!("timed out after {timeout:?}"),
+                service_ms: None,
             },
             Ok(Err(err)) => Answer {
                 status: err.status().map_or(0, |s| s.as_u16()),
                 backend: String::new(),
                 error: describe(&err),
+                service_ms: None,
             },
-            Ok(Ok((status, header, bytes))) => {
+            Ok(Ok((status, header, timing, bytes))) => {
                 let json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
                 let backend = header
                     .or_else(|| {
@@ -326,14 +356,42 @@ impl Exchange {
                         );
                     truncate(format!("status {}: {}", status.as_u16(), detail.trim()))
                 };
+                let service_ms = timing.or_else(|| {
+                    json.as_ref()
+                        .and_then(|v| v.get("time_taken_ms"))
+                        .and_then(serde_json::Value::as_f64)
+                        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                });
                 Answer {
                     status: status.as_u16(),
                     backend,
                     error,
+                    service_ms: service_ms.filter(|_| status.is_success()),
                 }
             }
         }
     }
+}
+
+/// The milliseconds of a `Server-Timing` value (`job;dur=12.5`, `db;dur=3, job;dur=12.5`):
+/// the `job` metric's `dur`, else the first metric's that has one.
+pub fn server_timing_ms(value: &str) -> Option<f64> {
+    let mut first = None;
+    for metric in value.split(',') {
+        let mut parts = metric.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let dur = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(key, _)| key.trim().eq_ignore_ascii_case("dur"))
+            .and_then(|(_, ms)| ms.trim().trim_matches('"').parse::<f64>().ok())
+            .filter(|ms| ms.is_finite() && *ms >= 0.0);
+        match dur {
+            Some(ms) if name.eq_ignore_ascii_case("job") => return Some(ms),
+            Some(ms) => first = first.or(Some(ms)),
+            None => {}
+        }
+    }
+    first
 }
 
 /// An error with its causes, on one line.

@@ -12,6 +12,7 @@
 //! | `status` | HTTP status; 0 when there was no response |
 //! | `backend` | the `X-Backend` header of the answer, else the JSON `worker_id`; empty when unknown |
 //! | `error` | why the request failed (transport error, timeout, non-2xx); empty when it succeeded |
+//! | `service_ms` | the job's own run time on the worker (its `Server-Timing: job;dur=`, else its JSON `time_taken_ms`), queueing excluded; empty when the answer has none (the slowdown is `latency_ms / service_ms`) |
 
 use std::{io::Read, io::Write, path::Path};
 
@@ -32,6 +33,9 @@ pub struct RequestRecord {
     pub status: u16,
     pub backend: String,
     pub error: String,
+    /// The job's run time on the worker; absent from older files.
+    #[serde(default)]
+    pub service_ms: Option<f64>,
 }
 
 impl RequestRecord {
@@ -43,6 +47,14 @@ impl RequestRecord {
     /// When the response was complete, seconds from the start of the run.
     pub fn done_s(&self) -> f64 {
         self.due_s + self.latency_ms / 1e3
+    }
+
+    /// Response time over the job's own run time, for a successful answer that reported one
+    /// (above zero).
+    pub fn slowdown(&self) -> Option<f64> {
+        self.service_ms
+            .filter(|service| *service > 0.0 && self.ok())
+            .map(|service| self.latency_ms / service)
     }
 
     /// Unix time (ms) at which the run started.
@@ -69,6 +81,7 @@ pub fn write<W: Write>(writer: W, records: &[RequestRecord]) -> Result<(), std::
             "status",
             "backend",
             "error",
+            "service_ms",
         ])
         .map_err(std::io::Error::other)?;
     }

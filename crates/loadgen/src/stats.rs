@@ -1,6 +1,8 @@
 //! Summaries of results: per worker (seed 004's per-worker results) and overall, and the
 //! comparison table of several runs. Percentiles are nearest-rank (always an observed value);
-//! latency percentiles cover successful requests, failures are counted as errors.
+//! latency percentiles cover successful requests, failures are counted as errors. When the
+//! answers report the job's own run time (`service_ms`), the slowdown too: each request's
+//! response time over its run time.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -65,6 +67,45 @@ impl LatencyStats {
     }
 }
 
+/// Slowdowns (response time / the job's own run time on the worker) of the successful
+/// requests whose answer reported a run time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlowdownStats {
+    /// Requests with a run time.
+    pub requests: usize,
+    /// Their mean run time, ms: the "mean job length" that response times can be given in.
+    pub service_mean_ms: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl SlowdownStats {
+    /// `None` when no request has a run time.
+    pub fn of<'a>(records: impl IntoIterator<Item = &'a RequestRecord>) -> Option<Self> {
+        let mut service_total = 0.0;
+        let mut slowdowns = Vec::new();
+        for record in records {
+            if let (Some(slowdown), Some(service)) = (record.slowdown(), record.service_ms) {
+                service_total += service;
+                slowdowns.push(slowdown);
+            }
+        }
+        if slowdowns.is_empty() {
+            return None;
+        }
+        slowdowns.sort_by(f64::total_cmp);
+        let n = slowdowns.len() as f64;
+        Some(Self {
+            requests: slowdowns.len(),
+            service_mean_ms: service_total / n,
+            mean: slowdowns.iter().sum::<f64>() / n,
+            p50: percentile(&slowdowns, 50.0),
+            p99: percentile(&slowdowns, 99.0),
+        })
+    }
+}
+
 /// The summary of one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -81,6 +122,9 @@ pub struct Summary {
     pub overall: LatencyStats,
     /// Per worker, by name.
     pub workers: BTreeMap<String, LatencyStats>,
+    /// When the answers reported the jobs' run times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowdown: Option<SlowdownStats>,
 }
 
 impl Summary {
@@ -129,6 +173,7 @@ impl Summary {
             lateness_p99_ms: percentile(&lateness, 99.0),
             overall,
             workers,
+            slowdown: SlowdownStats::of(records),
         }
     }
 }
@@ -183,6 +228,17 @@ impl fmt::Display for Summary {
                 ms(stats, stats.max_ms)
             )?;
         }
+        if let Some(slowdown) = &self.slowdown {
+            writeln!(
+                f,
+                "slowdown (response time / the job's run time, {} requests): p50 {:.2}, p99 {:.2}, mean {:.2}; mean run time {:.1} ms",
+                slowdown.requests,
+                slowdown.p50,
+                slowdown.p99,
+                slowdown.mean,
+                slowdown.service_mean_ms
+            )?;
+        }
         Ok(())
     }
 }
@@ -200,6 +256,12 @@ pub struct ReportRow {
     pub max_ms: f64,
     /// This run's p99 divided by the baseline's; `None` without a baseline.
     pub p99_vs_baseline: Option<f64>,
+    /// Mean run time of the jobs on the workers, ms; `None` (like the slowdowns) when the
+    /// answers reported none.
+    pub service_mean_ms: Option<f64>,
+    pub slowdown_p50: Option<f64>,
+    pub slowdown_p99: Option<f64>,
+    pub slowdown_mean: Option<f64>,
 }
 
 /// A comparison of several runs (the policy benchmark's table).
@@ -236,6 +298,10 @@ impl Report {
                 p99_vs_baseline: base_p99
                     .filter(|base| *base > 0.0)
                     .map(|base| s.overall.p99_ms / base),
+                service_mean_ms: s.slowdown.as_ref().map(|d| d.service_mean_ms),
+                slowdown_p50: s.slowdown.as_ref().map(|d| d.p50),
+                slowdown_p99: s.slowdown.as_ref().map(|d| d.p99),
+                slowdown_mean: s.slowdown.as_ref().map(|d| d.mean),
             })
             .collect();
         Self {
@@ -244,14 +310,15 @@ impl Report {
         }
     }
 
-    /// Tab-separated, one header line, for scripts.
+    /// Tab-separated, one header line, for scripts. An unknown value is an empty field.
     pub fn to_tsv(&self) -> String {
         let mut out = String::from(
-            "label\trequests\terrors\tthroughput_rps\tp50_ms\tp90_ms\tp99_ms\tmax_ms\tp99_vs_baseline\n",
+            "label\trequests\terrors\tthroughput_rps\tp50_ms\tp90_ms\tp99_ms\tmax_ms\tp99_vs_baseline\tservice_mean_ms\tslowdown_p50\tslowdown_p99\tslowdown_mean\n",
         );
+        let field = |value: Option<f64>| value.map_or_else(String::new, |v| format!("{v:.3}"));
         for row in &self.rows {
             out.push_str(&format!(
-                "{}\t{}\t{}\t{:.2}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{}\n",
+                "{}\t{}\t{}\t{:.2}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}\t{}\t{}\t{}\n",
                 row.label,
                 row.requests,
                 row.errors,
@@ -260,8 +327,11 @@ impl Report {
                 row.p90_ms,
                 row.p99_ms,
                 row.max_ms,
-                row.p99_vs_baseline
-                    .map_or_else(String::new, |r| format!("{r:.3}"))
+                field(row.p99_vs_baseline),
+                field(row.service_mean_ms),
+                field(row.slowdown_p50),
+                field(row.slowdown_p99),
+                field(row.slowdown_mean),
             ));
         }
         out
@@ -281,7 +351,9 @@ impl fmt::Display for Report {
             Some(name) => format!("p99 vs {name}"),
             None => "p99 vs base".into(),
         };
-        writeln!(
+        // The slowdown column only when some run reported its jobs' run times.
+        let slowdowns = self.rows.iter().any(|row| row.slowdown_mean.is_some());
+        write!(
             f,
             "{:<width$}  {:>8}  {:>6}  {:>9}  {:>9}  {:>9}  {:>9}  {:>w2$}",
             "run",
@@ -294,8 +366,12 @@ impl fmt::Display for Report {
             relative,
             w2 = relative.len().max(6)
         )?;
+        if slowdowns {
+            write!(f, "  {:>13}", "mean slowdown")?;
+        }
+        writeln!(f)?;
         for row in &self.rows {
-            writeln!(
+            write!(
                 f,
                 "{:<width$}  {:>8}  {:>6}  {:>9.1}  {:>9.1}  {:>9.1}  {:>9.1}  {:>w2$}",
                 row.label,
@@ -309,6 +385,13 @@ impl fmt::Display for Report {
                     .map_or_else(|| "-".into(), |r| format!("{r:.2}x")),
                 w2 = relative.len().max(6)
             )?;
+            if slowdowns {
+                let mean = row
+                    .slowdown_mean
+                    .map_or_else(|| "-".into(), |m| format!("{m:.2}"));
+                write!(f, "  {mean:>13}")?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }

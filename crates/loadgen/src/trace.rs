@@ -6,13 +6,15 @@
 //! | --- | --- |
 //! | `id` | request number, from 0 |
 //! | `arrival_s` | arrival offset from the start of the trace, seconds |
-//! | `kind` | `work` or `light` (the worker endpoint the replay calls; `heavy` is accepted too) |
+//! | `kind` | `work` or `light` (the worker endpoint the replay calls; `heavy` is accepted too), or `monte_carlo_pi` (`POST /submit`) |
 //! | `intensity` | the `intensity` sent to that endpoint, 1..=10 |
 //! | `service_s` | service demand in seconds, for the queue simulator (may be empty) |
 //! | `size_bytes` | request body size; the replay pads its JSON body to it |
+//! | `iterations` | a `monte_carlo_pi` row's job size (empty for the other kinds) |
 //!
 //! Reading, only `arrival_s` is required; the other columns take defaults (`id` = row
-//! number, `kind` = `work`, `intensity` = 1, no `service_s`, `size_bytes` = 0).
+//! number, `kind` = `work`, `intensity` = 1, no `service_s`, `size_bytes` = 0), except that
+//! a `monte_carlo_pi` row needs its `iterations`.
 
 use std::{
     collections::{BinaryHeap, HashMap},
@@ -27,22 +29,29 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use crate::{Error, dist::Dist};
 
 /// The columns of a trace, in the order they are written.
-pub const COLUMNS: [&str; 6] = [
+pub const COLUMNS: [&str; 7] = [
     "id",
     "arrival_s",
     "kind",
     "intensity",
     "service_s",
     "size_bytes",
+    "iterations",
 ];
 
+/// The worker's largest `monte_carlo_pi` job (its `WORKER_MAX_ITERATIONS` default): generated
+/// jobs are clamped to it.
+pub const DEFAULT_MAX_ITERATIONS: u64 = 10_000_000_000;
+
 /// Which worker endpoint a request calls. Light requests do a tenth of the work of `work`
-/// for the same intensity, `heavy` ten times as much.
+/// for the same intensity, `heavy` ten times as much; `monte_carlo_pi` is a `POST /submit`
+/// job of the row's `iterations`, CPU-bound, its run time proportional to its size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Work,
     Light,
     Heavy,
+    MonteCarloPi,
 }
 
 impl Kind {
@@ -51,15 +60,17 @@ impl Kind {
             Self::Work => "work",
             Self::Light => "light",
             Self::Heavy => "heavy",
+            Self::MonteCarloPi => "monte_carlo_pi",
         }
     }
 
-    /// The worker path (`/work`, `/light`, `/heavy`).
+    /// The worker path (`/work`, `/light`, `/heavy`, `/submit`).
     pub fn path(self) -> &'static str {
         match self {
             Self::Work => "/work",
             Self::Light => "/light",
             Self::Heavy => "/heavy",
+            Self::MonteCarloPi => "/submit",
         }
     }
 }
@@ -78,7 +89,10 @@ impl FromStr for Kind {
             "work" => Ok(Self::Work),
             "light" => Ok(Self::Light),
             "heavy" => Ok(Self::Heavy),
-            other => Err(format!("kind `{other}` is not one of work, light, heavy")),
+            "monte_carlo_pi" => Ok(Self::MonteCarloPi),
+            other => Err(format!(
+                "kind `{other}` is not one of work, light, heavy, monte_carlo_pi"
+            )),
         }
     }
 }
@@ -94,6 +108,25 @@ pub struct TraceRow {
     /// Service demand in seconds, for the queue simulator.
     pub service_s: Option<f64>,
     pub size_bytes: u64,
+    /// A `monte_carlo_pi` job's iterations; `None` for the other kinds.
+    pub iterations: Option<u64>,
+}
+
+/// What the requests of a generated trace ask the worker to do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Job {
+    /// Seed 004's mix: `work` (and `light`) requests whose `intensity` is the demand in
+    /// steps of `intensity_unit_s`.
+    Intensity,
+    /// `monte_carlo_pi` jobs (`POST /submit`) of `demand × iterations_per_s` iterations,
+    /// clamped to `1..=max_iterations`; `service_s` is what the clamped job takes, so a job
+    /// of the mean demand takes the mean on one worker thread that runs `iterations_per_s`.
+    MonteCarloPi {
+        /// Iterations one worker thread runs per second.
+        iterations_per_s: f64,
+        /// The worker's `WORKER_MAX_ITERATIONS`.
+        max_iterations: u64,
+    },
 }
 
 /// Seed 004's generator parameters.
@@ -107,7 +140,8 @@ pub struct GenerateConfig {
     pub service: Dist,
     /// Body size in bytes.
     pub size: Dist,
-    /// Share of `light` requests (a tenth of the demand), 0..=1.
+    /// Share of `light` requests (a tenth of the demand), 0..=1. With
+    /// [`Job::MonteCarloPi`] they are jobs of a tenth of the iterations.
     pub read_ratio: f64,
     /// Independent clients whose arrival streams are merged; each has gaps `concurrency`
     /// times longer, so the trace's mean gap stays the same.
@@ -116,6 +150,8 @@ pub struct GenerateConfig {
     /// Seconds of demand per intensity step when mapping `service_s` to `intensity`.
     pub intensity_unit_s: f64,
     pub max_intensity: u32,
+    /// What each request asks for.
+    pub job: Job,
 }
 
 impl GenerateConfig {
@@ -141,6 +177,20 @@ impl GenerateConfig {
         }
         if self.max_intensity == 0 {
             return Err(Error::Invalid("--max-intensity must be at least 1".into()));
+        }
+        if let Job::MonteCarloPi {
+            iterations_per_s,
+            max_iterations,
+        } = self.job
+        {
+            if !(iterations_per_s > 0.0 && iterations_per_s.is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "--iterations-per-second must be greater than zero, got {iterations_per_s}"
+                )));
+            }
+            if max_iterations == 0 {
+                return Err(Error::Invalid("--max-iterations must be at least 1".into()));
+            }
         }
         Ok(())
     }
@@ -194,14 +244,32 @@ pub fn generate(config: &GenerateConfig) -> Result<Vec<TraceRow>, Error> {
         } else {
             Kind::Work
         };
-        let demand = round6(service.sample(&mut rng));
-        let service_s = match kind {
-            Kind::Light => round6(demand / 10.0),
-            _ => demand,
-        };
-        let steps = (demand / config.intensity_unit_s).round();
-        let intensity = steps.clamp(1.0, f64::from(config.max_intensity)) as u32;
+        let drawn = service.sample(&mut rng);
+        let demand = round6(drawn);
         let size_bytes = size.sample(&mut rng).round() as u64;
+        let (kind, intensity, service_s, iterations) = match config.job {
+            Job::Intensity => {
+                let service_s = match kind {
+                    Kind::Light => round6(demand / 10.0),
+                    _ => demand,
+                };
+                let steps = (demand / config.intensity_unit_s).round();
+                let intensity = steps.clamp(1.0, f64::from(config.max_intensity)) as u32;
+                (kind, intensity, service_s, None)
+            }
+            Job::MonteCarloPi {
+                iterations_per_s,
+                max_iterations,
+            } => {
+                let demand = match kind {
+                    Kind::Light => drawn / 10.0,
+                    _ => drawn,
+                };
+                let iterations = pi_iterations(demand, iterations_per_s, max_iterations);
+                let service_s = round6(iterations as f64 / iterations_per_s);
+                (Kind::MonteCarloPi, 1, service_s, Some(iterations))
+            }
+        };
         rows.push(TraceRow {
             id,
             arrival_s: round6(next.at),
@@ -209,6 +277,7 @@ pub fn generate(config: &GenerateConfig) -> Result<Vec<TraceRow>, Error> {
             intensity,
             service_s: Some(service_s),
             size_bytes,
+            iterations,
         });
         heap.push(Next {
             at: next.at + gap.sample(&mut rng),
@@ -216,6 +285,17 @@ pub fn generate(config: &GenerateConfig) -> Result<Vec<TraceRow>, Error> {
         });
     }
     Ok(rows)
+}
+
+/// The iterations of a `monte_carlo_pi` job of `demand` seconds on a thread that runs
+/// `iterations_per_s`, within the worker's limits `1..=max_iterations`.
+pub fn pi_iterations(demand: f64, iterations_per_s: f64, max_iterations: u64) -> u64 {
+    let iterations = (demand * iterations_per_s).round();
+    if iterations >= max_iterations as f64 {
+        max_iterations
+    } else {
+        (iterations as u64).clamp(1, max_iterations)
+    }
 }
 
 /// Microsecond precision, as written to the CSV, so a re-read trace equals the generated one.
@@ -236,6 +316,7 @@ pub fn write<W: Write>(writer: W, rows: &[TraceRow]) -> Result<(), std::io::Erro
             row.intensity.to_string(),
             service,
             row.size_bytes.to_string(),
+            row.iterations.map(|n| n.to_string()).unwrap_or_default(),
         ])
         .map_err(csv_io)?;
     }
@@ -365,6 +446,25 @@ pub fn parse<R: Read>(reader: R, path: &Path) -> Result<Vec<TraceRow>, Error> {
             Some(value) => integer("size_bytes", value)?,
             None => 0,
         };
+        let iterations = field("iterations")
+            .map(|value| {
+                integer("iterations", value)
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "`iterations` must be an integer of at least 1, got `{value}`"
+                        ))
+                    })
+            })
+            .transpose()?;
+        let iterations = match (kind, iterations) {
+            (Kind::MonteCarloPi, None) => {
+                return Err(fail("a `monte_carlo_pi` row needs its `iterations`".into()));
+            }
+            (Kind::MonteCarloPi, some) => some,
+            _ => None,
+        };
         rows.push(TraceRow {
             id,
             arrival_s,
@@ -372,6 +472,7 @@ pub fn parse<R: Read>(reader: R, path: &Path) -> Result<Vec<TraceRow>, Error> {
             intensity,
             service_s,
             size_bytes,
+            iterations,
         });
     }
     Ok(rows)

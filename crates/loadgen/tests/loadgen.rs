@@ -64,6 +64,10 @@ fn help_lists_every_command_and_flag() {
                 "--read-ratio",
                 "--concurrency",
                 "--seed",
+                "--sigma",
+                "--job",
+                "--iterations-per-second",
+                "--max-iterations",
             ],
         ),
         (
@@ -172,6 +176,7 @@ async fn replay_sends_on_time_at_200_per_second() {
             path: "/light".into(),
             intensity: 1,
             size_bytes: 0,
+            iterations: None,
         })
         .collect();
     let options = EngineOptions {
@@ -215,6 +220,7 @@ async fn an_interrupt_stops_sending_and_keeps_what_was_sent() {
             path: "/light".into(),
             intensity: 1,
             size_bytes: 0,
+            iterations: None,
         })
         .collect();
     let options = EngineOptions {
@@ -257,6 +263,7 @@ async fn a_slow_server_does_not_hold_requests_back() {
             path: "/slow".into(),
             intensity: 1,
             size_bytes: 0,
+            iterations: None,
         })
         .collect();
     let options = EngineOptions {
@@ -300,6 +307,7 @@ async fn per_worker_summary_matches_a_known_workload() {
             intensity: 2,
             service_s: None,
             size_bytes: 256,
+            iterations: None,
         })
         .collect();
     let trace_path = dir.join("known.csv");
@@ -702,6 +710,7 @@ fn report_compares_runs_against_a_baseline() {
         status: 200,
         backend: "w".into(),
         error: String::new(),
+        service_ms: None,
     };
     results::write_file(
         &dir.join("round-robin.csv"),
@@ -729,7 +738,9 @@ fn report_compares_runs_against_a_baseline() {
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[2].starts_with("least-request\t2\t0\t"), "{text}");
-    assert!(lines[2].ends_with("\t0.500"), "{text}");
+    let fields: Vec<&str> = lines[2].split('\t').collect();
+    assert_eq!(fields[8], "0.500", "{text}");
+    assert_eq!(fields[9..], ["", "", "", ""], "no run times: {text}");
     let unknown = loadgen(&dir, &["report", "round-robin.csv", "--baseline", "nginx"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(stderr(&unknown).contains("--baseline `nginx`"));
@@ -850,4 +861,91 @@ async fn run_sends_submit_jobs_and_idempotent_gets() {
         "a body that is not JSON is refused"
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--body"));
+}
+
+/// The policy benchmark's heavy-tailed trace end to end: `trace generate --job monte-carlo-pi
+/// --sigma 1.5` replayed against a real worker sends `/submit` jobs it accepts, each record
+/// has the job's run time from the worker's answer, and the report gives the slowdowns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_tailed_pi_trace_replays_with_run_times_and_slowdowns() {
+    let mut cleanup = Cleanup::default();
+    let dir = temp_dir(&mut cleanup, "heavy");
+    let worker = support::start_worker("pi").await;
+    let trace_path = dir.join("heavy.csv");
+    execute(&[
+        "trace",
+        "generate",
+        "--samples",
+        "60",
+        "--inter-arrival",
+        "0.01",
+        "--job",
+        "monte-carlo-pi",
+        "--iterations-per-second",
+        "1e7",
+        "--distribution",
+        "lognormal",
+        "--mean",
+        "0.002",
+        "--sigma",
+        "1.5",
+        "--read-ratio",
+        "0",
+        "--max-iterations",
+        "200000",
+        "--seed",
+        "5",
+        "--out",
+        path(&trace_path),
+    ])
+    .await
+    .unwrap();
+    let rows = trace::read_file(&trace_path).unwrap();
+    assert_eq!(rows.len(), 60);
+    assert!(rows.iter().all(|r| r.kind == trace::Kind::MonteCarloPi
+        && r.iterations.is_some_and(|n| (1..=200_000).contains(&n))));
+
+    let results_path = dir.join("heavy-results.csv");
+    let text = execute(&[
+        "replay",
+        path(&trace_path),
+        "--target",
+        &worker.url(),
+        "--quiet",
+        "--out",
+        path(&results_path),
+    ])
+    .await
+    .unwrap();
+    let records = results::read_file(&results_path).unwrap();
+    assert_eq!(records.len(), 60);
+    assert!(
+        records.iter().all(|r| r.ok() && r.path == "/submit"),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.service_ms.is_some_and(|s| s >= 0.0 && s <= r.latency_ms)),
+        "every answer reports its run time, within the response time: {records:?}"
+    );
+    assert!(
+        text.contains("slowdown (response time / the job's run time"),
+        "{text}"
+    );
+    let report = loadgen(&dir, &["report", "heavy-results.csv", "--format", "tsv"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let tsv = stdout(&report);
+    let fields: Vec<&str> = tsv.lines().nth(1).unwrap().split('\t').collect();
+    let slowdown_mean: f64 = fields[12].parse().unwrap();
+    assert!(slowdown_mean >= 1.0, "{tsv}");
+}
+
+/// The generator clamps jobs to the worker's own default limit.
+#[test]
+fn generated_jobs_stay_within_the_workers_limit() {
+    assert_eq!(
+        trace::DEFAULT_MAX_ITERATIONS,
+        worker::config::DEFAULT_MAX_ITERATIONS
+    );
 }

@@ -342,6 +342,27 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
         },
     )
     .await;
+    // The work they hold, from the balancer's cost estimates and load reports: in the
+    // summary and on a container's row.
+    poll(
+        "work in flight on the page",
+        Duration::from_secs(15),
+        async || {
+            let shown = script(
+                client,
+                "return [document.getElementById('sum-work').textContent, \
+                 Array.from(document.querySelectorAll('.c-work')).map(n => n.textContent).join('|')]",
+            )
+            .await;
+            let seconds = shown[0]
+                .as_str()
+                .and_then(|text| text.strip_suffix(" s"))
+                .and_then(|n| n.parse::<f64>().ok());
+            let rows = shown[1].as_str().unwrap_or_default();
+            (seconds > Some(0.0) && rows.contains(" s work")).then_some(())
+        },
+    )
+    .await;
     let victim = reported.iter().next().unwrap().clone();
     let button = within(
         Duration::from_secs(10),
@@ -722,6 +743,11 @@ impl Balancer {
             .env("AGENT_WS_URL", format!("ws://{}/ws", agent.ws))
             .env("AGENT_GRPC_URL", format!("http://{}", agent.grpc))
             .env("CORS_ORIGINS", format!("http://{}", agent.http))
+            // Jobs have a cost: the page shows the work in flight.
+            .env(
+                "COST_RULES",
+                "POST /submit class=/operation size=/data/iterations|/data/limit|/data/seconds",
+            )
             .env("AGENT_TOKEN", agent.token.as_deref().unwrap_or_default())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

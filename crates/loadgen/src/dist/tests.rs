@@ -82,6 +82,38 @@ fn pareto_has_its_mean_scale_and_median() {
     );
 }
 
+/// Given by sigma: the logarithms of the draws have sigma as their stdev and ln(median) =
+/// ln(mean) − σ²/2 as their mean.
+#[test]
+fn lognormal_by_sigma_has_its_median_and_log_spread() {
+    let (mean, sigma) = (0.05, 1.5);
+    let dist = Dist::lognormal_sigma(mean, sigma).unwrap();
+    assert_eq!(dist.shape(), Shape::Lognormal);
+    within(dist.stdev(), mean * 8.4877f64.sqrt(), 1e-4, "stdev");
+    let mut values = draw(&dist, 200_000, 11);
+    let logs: Vec<f64> = values.iter().map(|v| v.ln()).collect();
+    let (log_mean, log_sd) = mean_stdev(&logs);
+    within(log_sd, sigma, 0.01, "sigma of the logs");
+    within(
+        log_mean,
+        mean.ln() - sigma * sigma / 2.0,
+        0.005,
+        "mean of the logs",
+    );
+    values.sort_by(f64::total_cmp);
+    within(
+        values[values.len() / 2],
+        mean * (-sigma * sigma / 2.0).exp(),
+        0.02,
+        "median",
+    );
+    // The sample mean of so heavy a tail converges slowly: 2 % over 200 000 draws.
+    within(mean_stdev(&values).0, mean, 0.02, "mean");
+    assert!(Dist::lognormal_sigma(0.05, -1.0).is_err());
+    assert!(Dist::lognormal_sigma(0.05, f64::NAN).is_err());
+    assert!(Dist::lognormal_sigma(0.0, 1.5).is_err());
+}
+
 #[test]
 fn the_same_seed_draws_the_same_values() {
     let dist: Dist = "lognormal:1:0.5".parse().unwrap();

@@ -13,6 +13,47 @@ fn bodies_are_padded_to_their_size() {
 }
 
 #[test]
+fn pi_jobs_are_submit_bodies_padded_to_their_size() {
+    assert_eq!(
+        pi_body(1_000_000, 0),
+        br#"{"operation":"monte_carlo_pi","data":{"iterations":1000000}}"#
+    );
+    for size in [100, 4096] {
+        let bytes = pi_body(42, size);
+        assert_eq!(bytes.len() as u64, size);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["operation"], "monte_carlo_pi");
+        assert_eq!(json["data"]["iterations"], 42);
+    }
+}
+
+#[test]
+fn server_timing_gives_the_jobs_duration() {
+    assert_eq!(server_timing_ms("job;dur=12.5"), Some(12.5));
+    assert_eq!(
+        server_timing_ms("db;dur=3, job;desc=\"pi\";dur=40"),
+        Some(40.0)
+    );
+    assert_eq!(
+        server_timing_ms("db;dur=3, cache"),
+        Some(3.0),
+        "else the first"
+    );
+    assert_eq!(server_timing_ms("JOB; DUR = 7"), Some(7.0));
+    assert_eq!(server_timing_ms("job;dur=\"8\""), Some(8.0));
+    for none in [
+        "",
+        "job",
+        "job;dur=",
+        "job;dur=-1",
+        "job;dur=NaN",
+        "job;dur=x",
+    ] {
+        assert_eq!(server_timing_ms(none), None, "{none:?}");
+    }
+}
+
+#[test]
 fn errors_read_on_one_short_line() {
     let long = "x".repeat(500) + "\nmore";
     let text = truncate(long);

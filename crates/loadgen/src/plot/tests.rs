@@ -19,6 +19,7 @@ fn records(label_offset: f64) -> Vec<RequestRecord> {
                 } else {
                     String::new()
                 },
+                service_ms: None,
             }
         })
         .collect()

@@ -16,6 +16,7 @@ fn record(id: u64, backend: &str, latency_ms: f64, status: u16) -> RequestRecord
         } else {
             format!("status {status}")
         },
+        service_ms: None,
     }
 }
 
@@ -83,6 +84,58 @@ fn summary_groups_by_worker_and_counts_errors() {
 }
 
 #[test]
+fn slowdown_is_the_response_time_over_the_jobs_run_time() {
+    // Run times 10, 5, 20 ms answered in 20, 50, 20 ms: slowdowns 2, 10, 1. A failure and an
+    // answer without a run time do not count.
+    let timed = |id, latency, service: Option<f64>, status| RequestRecord {
+        service_ms: service,
+        ..record(id, "a", latency, status)
+    };
+    let records = [
+        timed(0, 20.0, Some(10.0), 200),
+        timed(1, 50.0, Some(5.0), 200),
+        timed(2, 20.0, Some(20.0), 200),
+        timed(3, 90.0, Some(1.0), 503),
+        timed(4, 70.0, None, 200),
+        timed(5, 70.0, Some(0.0), 200),
+    ];
+    let slowdown = SlowdownStats::of(&records).unwrap();
+    assert_eq!(slowdown.requests, 3);
+    assert!((slowdown.mean - 13.0 / 3.0).abs() < 1e-9);
+    assert!((slowdown.service_mean_ms - 35.0 / 3.0).abs() < 1e-9);
+    assert_eq!((slowdown.p50, slowdown.p99), (2.0, 10.0));
+    let summary = Summary::of(&records);
+    assert_eq!(summary.slowdown, Some(slowdown));
+    assert!(summary.to_string().contains("mean 4.33"), "{summary}");
+    assert_eq!(SlowdownStats::of(&[record(0, "a", 1.0, 200)]), None);
+
+    let report = Report::new(
+        &[
+            ("timed".to_owned(), records.to_vec()),
+            ("untimed".to_owned(), vec![record(0, "a", 1.0, 200)]),
+        ],
+        None,
+    );
+    assert_eq!(report.rows[0].slowdown_p99, Some(10.0));
+    assert_eq!(report.rows[1].slowdown_mean, None);
+    let tsv = report.to_tsv();
+    let lines: Vec<&str> = tsv.lines().collect();
+    assert!(lines[0].ends_with("\tservice_mean_ms\tslowdown_p50\tslowdown_p99\tslowdown_mean"));
+    assert!(
+        lines[1].ends_with("\t\t11.667\t2.000\t10.000\t4.333"),
+        "{tsv}"
+    );
+    assert!(lines[2].ends_with("\t\t\t\t\t"), "{tsv}");
+    let table = report.to_string();
+    assert!(
+        table.lines().next().unwrap().ends_with("mean slowdown"),
+        "{table}"
+    );
+    assert!(table.lines().nth(1).unwrap().ends_with("4.33"), "{table}");
+    assert!(table.lines().nth(2).unwrap().ends_with('-'), "{table}");
+}
+
+#[test]
 fn report_compares_p99_with_the_baseline() {
     let runs = vec![
         (
@@ -99,6 +152,10 @@ fn report_compares_p99_with_the_baseline() {
     assert_eq!(report.rows[1].p99_vs_baseline, Some(0.5));
     let table = report.to_string();
     assert!(table.contains("p99 vs round-robin"), "{table}");
+    assert!(
+        !table.contains("slowdown"),
+        "no run times, no slowdown column"
+    );
     assert!(table.contains("0.50x"), "{table}");
     let tsv = report.to_tsv();
     assert!(
