@@ -10,13 +10,20 @@
 #
 # TRACE=unequal: the last worker is slower (SLOW_CPUS); the capacity is a closed loop through
 #   least-request; the table gives p50, p99, errors, and p99 relative to round-robin.
-# TRACE=heavy (issue #17): equal workers of one thread each (WORKER_THREADS=1, HEAVY_CPUS CPU);
-#   a trace of CPU-bound monte_carlo_pi jobs, sizes log-normal with sigma SIGMA (1.5: three
-#   orders of magnitude), the mean job MEAN_JOB seconds on one worker thread, Poisson arrivals.
-#   The capacity is WORKERS / the trace's mean job, from the iterations per second one worker
-#   thread runs with every worker busy (measured first, a closed loop of equal jobs); each
-#   level's rate makes the measured window offer exactly that share of it (a short window of
-#   a heavy tail offers less than the long-run mean on most draws). Proxies:
+# TRACE=heavy (issue #17): equal workers of one thread each (WORKER_THREADS=1); a trace of
+#   jobs whose sizes are log-normal with sigma SIGMA (1.5: three orders of magnitude), the
+#   mean job MEAN_JOB seconds on one worker thread, Poisson arrivals. HEAVY_JOB picks the job:
+#   sleep (the default): `sleep` jobs of that many seconds. A sleep holds the worker's one
+#     thread exactly as long as a CPU job would, at no CPU cost, so the queueing the benchmark
+#     is about is measured faithfully on a small host (2 cores run it). No calibration: the
+#     mean job is MEAN_JOB (0.1 s) by construction; the workers get no CPU limit unless
+#     HEAVY_CPUS is set, and WORKER_MAX_SLEEP=MAX_SLEEP (the trace clamps to it).
+#   pi: CPU-bound monte_carlo_pi jobs, each worker HEAVY_CPUS (1) CPU, MEAN_JOB 0.05 s; the
+#     iterations one worker thread runs per second are measured first (a closed loop of equal
+#     jobs, every worker busy). Needs WORKERS + 1 cores or more to be faithful.
+#   The capacity is WORKERS / the trace's mean job; each level's rate makes the measured
+#   window offer exactly that share of it (a short window of a heavy tail offers less than
+#   the long-run mean on most draws). Proxies:
 #   today's policies as they are (no cost rules, no concurrency limit), least-work (COST_RULES,
 #   no limit), late-binding (COST_RULES and BACKEND_CONCURRENCY=1: jobs wait in the balancer
 #   and each freed worker gets the cheapest) and nginx. Each run starts with WARMUP seconds of
@@ -29,12 +36,16 @@
 #   jobs/bench-policies.sh                      # 3 workers (0.5, 0.5, 0.2 CPU), 30 s per run
 #   WORKERS=4 SLOW_CPUS=0.1 DURATION=60 ROUNDS=3 jobs/bench-policies.sh
 #   CAPACITY=80 jobs/bench-policies.sh --no-build   # skip the measurement and the build
-#   TRACE=heavy jobs/bench-policies.sh          # 3 x 1 thread, 20 s warm-up + 120 s per run
-#   TRACE=heavy MEAN_JOB=0.1 DURATION=300 POLICIES="least-request late-binding" jobs/bench-policies.sh
+#   TRACE=heavy jobs/bench-policies.sh          # 3 x 1 thread, sleep jobs, 15 s warm-up + 90 s per run
+#   TRACE=heavy WORKERS=6 DURATION=300 POLICIES="least-request late-binding" jobs/bench-policies.sh
+#   TRACE=heavy HEAVY_JOB=pi jobs/bench-policies.sh   # CPU-bound jobs, 20 s warm-up + 120 s per run
 #
-# TRACE=heavy's settings: HEAVY_CPUS (1, each worker's CPU limit), MEAN_JOB (0.05 s), SIGMA
-# (1.5), WARMUP (20 s), TIMEOUT (600 s, per request), CAL_ITERATIONS (the calibration job),
-# ITERATIONS_PER_SECOND (skips the calibration), JOB_COST_RULES (the compose stacks' rule).
+# TRACE=heavy's settings: HEAVY_JOB (sleep or pi), MEAN_JOB (sleep 0.1 s, pi 0.05 s), SIGMA
+# (1.5), WARMUP (sleep 15 s, pi 20 s), DURATION (sleep 90 s, pi 120 s), TIMEOUT (600 s, per
+# request), HEAVY_CPUS (each worker's CPU limit: pi 1, sleep none), MAX_SLEEP (sleep: the
+# workers' WORKER_MAX_SLEEP and the trace's longest job, 120 s), CAL_ITERATIONS (pi: the
+# calibration job), ITERATIONS_PER_SECOND (pi: skips the calibration), JOB_COST_RULES (the
+# compose stacks' rule, which reads both jobs' sizes).
 #
 # The balancer's other settings come from the environment as usual (MAX_QUEUE_DELAY_FACTOR,
 # for one); the script sets the policy, COST_RULES, BACKEND_CONCURRENCY and generous queue
@@ -61,19 +72,37 @@ case "$TRACE" in
     TIMEOUT="${TIMEOUT:-60}"             # seconds a request may take, end to end
     ;;
   heavy)
-    DURATION="${DURATION:-120}"
+    HEAVY_JOB="${HEAVY_JOB:-sleep}"      # sleep | pi
     POLICIES="${POLICIES:-round-robin least-request p2c-ewma least-work late-binding}"
-    WARMUP="${WARMUP:-20}"
     # Under round-robin at 90 % a heavy tail queues for long: nothing may time out first.
     TIMEOUT="${TIMEOUT:-600}"
+    case "$HEAVY_JOB" in
+      # 6 proxies x 2 levels x (15 + 90 s and the drains) take about 25 minutes.
+      sleep)
+        DURATION="${DURATION:-90}"
+        WARMUP="${WARMUP:-15}"
+        MEAN_JOB="${MEAN_JOB:-0.1}"
+        HEAVY_CPUS="${HEAVY_CPUS:-}"
+        [[ "${MAX_SLEEP:-120}" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "MAX_SLEEP must be a number of seconds, got '$MAX_SLEEP'"
+        ;;
+      pi)
+        DURATION="${DURATION:-120}"
+        WARMUP="${WARMUP:-20}"
+        MEAN_JOB="${MEAN_JOB:-0.05}"
+        HEAVY_CPUS="${HEAVY_CPUS:-1}"
+        ;;
+      *) die "HEAVY_JOB must be sleep or pi, got '$HEAVY_JOB'" ;;
+    esac
     ;;
   *) die "TRACE must be unequal or heavy, got '$TRACE'" ;;
 esac
-HEAVY_CPUS="${HEAVY_CPUS:-1}"            # heavy: CPU limit of each one-thread worker
-MEAN_JOB="${MEAN_JOB:-0.05}"             # heavy: seconds of the mean job on one worker thread
+HEAVY_JOB="${HEAVY_JOB:-}"               # heavy: sleep | pi
+HEAVY_CPUS="${HEAVY_CPUS:-}"             # heavy: CPU limit of each one-thread worker; empty: none
+MEAN_JOB="${MEAN_JOB:-}"                 # heavy: seconds of the mean job on one worker thread
 SIGMA="${SIGMA:-1.5}"                    # heavy: stdev of ln(job size)
-CAL_ITERATIONS="${CAL_ITERATIONS:-20000000}"  # heavy: the calibration job's iterations
-ITERATIONS_PER_SECOND="${ITERATIONS_PER_SECOND:-}"  # heavy: of one worker thread; measured when empty
+MAX_SLEEP="${MAX_SLEEP:-120}"            # heavy, sleep: the workers' WORKER_MAX_SLEEP, seconds
+CAL_ITERATIONS="${CAL_ITERATIONS:-20000000}"  # heavy, pi: the calibration job's iterations
+ITERATIONS_PER_SECOND="${ITERATIONS_PER_SECOND:-}"  # heavy, pi: of one worker thread; measured when empty
 # heavy: where the balancer reads a job's cost (the compose stacks' rule for the worker).
 JOB_COST_RULES="${JOB_COST_RULES:-POST /submit class=/operation size=/data/iterations|/data/limit|/data/seconds}"
 CAPACITY="${CAPACITY:-}"                 # req/s; measured when empty
@@ -88,7 +117,7 @@ build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,55p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -162,8 +191,11 @@ docker network create --label "$LABEL" "$NETWORK" >/dev/null
 if [ "$TRACE" = heavy ]; then
   # One thread each, and room in the worker's own queue for whatever a policy sends it.
   WORKER_ENV=(-e WORKER_THREADS=1 -e WORKER_QUEUE_CAPACITY=100000)
-  if awk -v n="$(nproc)" -v w="$WORKERS" -v c="$HEAVY_CPUS" 'BEGIN { exit !(n < w * c + 1) }'; then
-    warn "$(nproc) cores for $WORKERS workers of $HEAVY_CPUS CPU, the balancer and loadgen: jobs will run slower than alone and the figures are rough"
+  if [ "$HEAVY_JOB" = sleep ]; then
+    # The longest sleep the trace may ask for (it clamps its draws to the same).
+    WORKER_ENV+=(-e WORKER_MAX_SLEEP="$MAX_SLEEP")
+  elif awk -v n="$(nproc)" -v w="$WORKERS" -v c="$HEAVY_CPUS" 'BEGIN { exit !(n < w * c + 1) }'; then
+    warn "$(nproc) cores for $WORKERS workers of $HEAVY_CPUS CPU, the balancer and loadgen: jobs will run slower than alone and the figures are rough (HEAVY_JOB=sleep is not affected)"
   fi
 else
   WORKER_ENV=(-e WORKER_WORK_UNIT="$WORK_UNIT")
@@ -173,16 +205,20 @@ for i in $(seq 1 "$WORKERS"); do
   cpus="$WORKER_CPUS"
   [ "$i" -eq "$WORKERS" ] && cpus="$SLOW_CPUS"
   [ "$TRACE" = heavy ] && cpus="$HEAVY_CPUS"
+  # An empty limit (sleep jobs) is none: the worker only waits.
+  limit=()
+  shown="no CPU limit"
+  if [ -n "$cpus" ]; then limit=(--cpus "$cpus"); shown="$cpus CPU"; fi
   name="$RUN_ID-w$i"
-  docker run -d --name "$name" --label "$LABEL" --network "$NETWORK" --cpus "$cpus" \
-    -e WORKER_ID="w$i-${cpus}cpu" "${WORKER_ENV[@]}" -e RUST_LOG=warn \
+  docker run -d --name "$name" --label "$LABEL" --network "$NETWORK" "${limit[@]}" \
+    -e WORKER_ID="w$i${cpus:+-${cpus}cpu}" "${WORKER_ENV[@]}" -e RUST_LOG=warn \
     "$IMAGE" >/dev/null
   CONTAINERS+=("$name")
   ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IPAddress}}" "$name")"
   [ -n "$ip" ] || die "container $name has no address on $NETWORK"
   wait_tcp "$ip" 8080
   BACKENDS+=("$ip:8080")
-  log "  w$i: $cpus CPU at $ip:8080"
+  log "  w$i: $shown at $ip:8080"
 done
 BACKEND_LIST="$(IFS=,; echo "${BACKENDS[*]}")"
 
@@ -294,22 +330,30 @@ unequal_trace() {
     --out "$2" >/dev/null
 }
 
-# heavy_trace SEED FILE : monte_carlo_pi jobs whose sizes are log-normal with sigma SIGMA,
+# heavy_trace SEED FILE : HEAVY_JOB jobs whose sizes are log-normal with sigma SIGMA,
 # MEAN_JOB seconds on average on one worker thread (clamped to the worker's limits), Poisson
 # arrivals at about the capacity (each run rescales them to its rate).
 heavy_trace() {
+  local job
+  if [ "$HEAVY_JOB" = sleep ]; then
+    job=(--job sleep --max-sleep "$MAX_SLEEP")
+  else
+    job=(--job monte-carlo-pi --iterations-per-second "$ITERATIONS_PER_SECOND")
+  fi
   "$BIN/loadgen" trace generate \
     --samples "$(awk -v w="$WORKERS" -v d="$((WARMUP > DURATION ? WARMUP : DURATION))" -v m="$MEAN_JOB" \
       'BEGIN { n = 3 * w * d / m; printf "%d", (n > 100000) ? n : 100000 }')" \
     --inter-arrival "$(awk -v m="$MEAN_JOB" -v w="$WORKERS" 'BEGIN { print m / w }')" \
-    --arrivals exponential --job monte-carlo-pi --iterations-per-second "$ITERATIONS_PER_SECOND" \
+    --arrivals exponential "${job[@]}" \
     --distribution lognormal --mean "$MEAN_JOB" --sigma "$SIGMA" --read-ratio 0 \
     --size constant:0 --seed "$1" --out "$2" >/dev/null
 }
 
-if [ "$TRACE" = heavy ]; then
+if [ "$TRACE" = heavy ] && [ "$HEAVY_JOB" = pi ]; then
   [ -n "$ITERATIONS_PER_SECOND" ] || calibrate
   log "trace (seed $SEED; warm-up seed $((SEED + 1))): monte_carlo_pi, mean job ${MEAN_JOB}s at $ITERATIONS_PER_SECOND iterations/s, sigma $SIGMA"
+elif [ "$TRACE" = heavy ]; then
+  log "trace (seed $SEED; warm-up seed $((SEED + 1))): sleep, mean job ${MEAN_JOB}s, sigma $SIGMA, at most ${MAX_SLEEP}s"
 else
   log "trace (seed $SEED)"
 fi
@@ -439,9 +483,15 @@ window_load() {
 heavy_table() {
   local mean_ms
   mean_ms="$(awk -v m="$TRACE_MEAN_S" 'BEGIN { printf "%.3f", m * 1000 }')"
-  echo "Policy benchmark, heavy-tailed trace: $WORKERS workers x 1 thread ($HEAVY_CPUS CPU each), monte_carlo_pi jobs log-normal with sigma $SIGMA, mean job $mean_ms ms ($ITERATIONS_PER_SECOND iterations/s per thread), capacity $CAPACITY req/s in the long run, ${WARMUP}s warm-up then $ROUNDS x ${DURATION}s per proxy and load, trace seed $SEED, $(nproc) host cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+  local jobs
+  if [ "$HEAVY_JOB" = sleep ]; then
+    jobs="${HEAVY_CPUS:-no} CPU limit), sleep jobs log-normal with sigma $SIGMA (at most ${MAX_SLEEP}s), mean job $mean_ms ms"
+  else
+    jobs="$HEAVY_CPUS CPU each), monte_carlo_pi jobs log-normal with sigma $SIGMA, mean job $mean_ms ms ($ITERATIONS_PER_SECOND iterations/s per thread)"
+  fi
+  echo "Policy benchmark, heavy-tailed trace: $WORKERS workers x 1 thread ($jobs, capacity $CAPACITY req/s in the long run, ${WARMUP}s warm-up then $ROUNDS x ${DURATION}s per proxy and load, trace seed $SEED, $(nproc) host cores, load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  echo "p99 (jobs): the p99 in mean job lengths ($mean_ms ms, the trace's mean at the calibrated rate), like the model's. Slowdown: a request's response time over its own run time on the worker. Run time: the mean the workers reported in that run (above the trace's mean job when the host is short of cores). Model: the issue's queueing model of 3 one-thread workers."
+  echo "p99 (jobs): the p99 in mean job lengths ($mean_ms ms, the trace's mean job), like the model's. Slowdown: a request's response time over its own run time on the worker. Run time: the mean the workers reported in that run (above the trace's mean job when the host is short of cores). Model: the issue's queueing model of 3 one-thread workers."
   echo
   echo "| load | policy | p50 (ms) | p99 (ms) | p99 (jobs) | model p99 (jobs) | mean slowdown | model mean slowdown | errors | run time (ms) |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

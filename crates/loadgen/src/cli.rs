@@ -114,12 +114,14 @@ pub struct GenerateArgs {
     #[arg(long = "max-intensity", default_value_t = 10)]
     pub max_intensity: u32,
     /// What each request asks the worker for: `intensity` (POST /work or /light with
-    /// {"intensity": n}) or `monte-carlo-pi` (POST /submit with
+    /// {"intensity": n}), `monte-carlo-pi` (POST /submit with
     /// {"operation":"monte_carlo_pi","data":{"iterations":n}}, n = the demand in seconds ×
-    /// --iterations-per-second, so that the mean job takes --mean on one worker thread; light
-    /// requests are jobs of a tenth). E.g. the heavy-tailed trace of jobs/bench-policies.sh:
-    /// --job monte-carlo-pi --iterations-per-second 5e7 --distribution lognormal --mean 0.05
-    /// --sigma 1.5 --read-ratio 0.
+    /// --iterations-per-second, so that the mean job takes --mean on one worker thread) or
+    /// `sleep` (POST /submit with {"operation":"sleep","data":{"seconds":s}}, s = the demand
+    /// in seconds, within 0.001..=--max-sleep: a worker thread held that long at no CPU
+    /// cost). Light requests are jobs of a tenth. E.g. the heavy-tailed trace of
+    /// jobs/bench-policies.sh: --job sleep --distribution lognormal --mean 0.1 --sigma 1.5
+    /// --read-ratio 0.
     #[arg(long, value_enum, default_value = "intensity")]
     pub job: JobArg,
     /// monte-carlo-pi: iterations one worker thread runs per second (measure it: the worker's
@@ -134,6 +136,14 @@ pub struct GenerateArgs {
     /// draws are clamped to it, and every job has at least one iteration.
     #[arg(long = "max-iterations", default_value_t = trace::DEFAULT_MAX_ITERATIONS)]
     pub max_iterations: u64,
+    /// sleep: the longest job written, seconds (the worker's WORKER_MAX_SLEEP); longer draws
+    /// are clamped to it, shorter than 0.001 s to 0.001 s.
+    #[arg(
+        long = "max-sleep",
+        value_name = "SECONDS",
+        default_value_t = trace::DEFAULT_MAX_SLEEP_S
+    )]
+    pub max_sleep: f64,
     /// Where to write the CSV (`-`: stdout).
     #[arg(long, short, default_value = "-")]
     pub out: PathBuf,
@@ -146,6 +156,8 @@ pub enum JobArg {
     Intensity,
     /// `POST /submit` `monte_carlo_pi` jobs sized by the demand.
     MonteCarloPi,
+    /// `POST /submit` `sleep` jobs of the demand.
+    Sleep,
 }
 
 impl GenerateArgs {
@@ -170,6 +182,9 @@ impl GenerateArgs {
             JobArg::MonteCarloPi => trace::Job::MonteCarloPi {
                 iterations_per_s: self.iterations_per_second,
                 max_iterations: self.max_iterations,
+            },
+            JobArg::Sleep => trace::Job::Sleep {
+                max_seconds: self.max_sleep,
             },
         };
         Ok(GenerateConfig {
@@ -499,7 +514,7 @@ pub async fn replay(
                 .unwrap_or_else(|| row.kind.path().to_owned()),
             intensity: row.intensity,
             size_bytes: row.size_bytes,
-            iterations: row.iterations,
+            submit: row.job,
         })
         .collect();
     let requests: Vec<Request> = match args.duration {
@@ -539,7 +554,7 @@ pub async fn run(
         path: path.clone(),
         intensity: args.intensity,
         size_bytes: args.size,
-        iterations: None,
+        submit: None,
     };
     if args.send.closed_loop {
         let options = engine_options(&args.send, &args.output, None, Some(args.duration));

@@ -38,9 +38,34 @@ pub struct Request {
     pub path: String,
     pub intensity: u32,
     pub size_bytes: u64,
-    /// A `monte_carlo_pi` job of this many iterations: the POST body is `/submit`'s
-    /// `{"operation":"monte_carlo_pi","data":{"iterations":n}}` instead of `{"intensity":n}`.
-    pub iterations: Option<u64>,
+    /// A `POST /submit` job: the POST body is that job ([`Submit::body`]) instead of
+    /// `{"intensity":n}`.
+    pub submit: Option<Submit>,
+}
+
+/// A job of the worker's `POST /submit`, sent as `{"operation":…,"data":{…}}`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Submit {
+    /// `monte_carlo_pi` of `iterations`: CPU-bound, its run time proportional to its size.
+    MonteCarloPi { iterations: u64 },
+    /// `sleep` of `seconds`: holds a worker thread for exactly that long, at no CPU cost.
+    Sleep { seconds: f64 },
+}
+
+impl Submit {
+    /// The `POST /submit` body of this job, padded like [`body`].
+    pub fn body(self, size: u64) -> Vec<u8> {
+        let (operation, data) = match self {
+            Self::MonteCarloPi { iterations } => {
+                ("monte_carlo_pi", format!("\"iterations\":{iterations}"))
+            }
+            Self::Sleep { seconds } => ("sleep", format!("\"seconds\":{seconds}")),
+        };
+        padded(
+            &format!("\"operation\":\"{operation}\",\"data\":{{{data}}}"),
+            size,
+        )
+    }
 }
 
 /// How to send.
@@ -61,7 +86,7 @@ pub struct EngineOptions {
     /// Number of requests, for the progress bar.
     pub expected: Option<u64>,
     /// GET sends no body; POST sends `body`, or when it is `None` the request's
-    /// `monte_carlo_pi` job, else `{"intensity": n}`.
+    /// `/submit` job, else `{"intensity": n}`.
     pub method: Method,
     /// A fixed JSON body for every POST (e.g. a `/submit` job).
     pub body: Option<Vec<u8>>,
@@ -101,14 +126,6 @@ pub fn client(concurrency: usize) -> Result<reqwest::Client, Error> {
 /// larger than the bare body.
 pub fn body(intensity: u32, size: u64) -> Vec<u8> {
     padded(&format!("\"intensity\":{intensity}"), size)
-}
-
-/// The `POST /submit` body of a `monte_carlo_pi` job of `iterations`, padded like [`body`].
-pub fn pi_body(iterations: u64, size: u64) -> Vec<u8> {
-    padded(
-        &format!("\"operation\":\"monte_carlo_pi\",\"data\":{{\"iterations\":{iterations}}}"),
-        size,
-    )
 }
 
 /// `{fields}`, with a `pad` field making it `size` bytes when that is larger.
@@ -181,8 +198,8 @@ pub async fn execute(
             body: match (&options.body, options.method) {
                 (_, Method::Get) => Vec::new(),
                 (Some(fixed), Method::Post) => fixed.clone(),
-                (None, Method::Post) => match request.iterations {
-                    Some(iterations) => pi_body(iterations, request.size_bytes),
+                (None, Method::Post) => match request.submit {
+                    Some(job) => job.body(request.size_bytes),
                     None => body(request.intensity, request.size_bytes),
                 },
             },

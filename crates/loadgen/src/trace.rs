@@ -6,15 +6,17 @@
 //! | --- | --- |
 //! | `id` | request number, from 0 |
 //! | `arrival_s` | arrival offset from the start of the trace, seconds |
-//! | `kind` | `work` or `light` (the worker endpoint the replay calls; `heavy` is accepted too), or `monte_carlo_pi` (`POST /submit`) |
+//! | `kind` | `work` or `light` (the worker endpoint the replay calls; `heavy` is accepted too), or `monte_carlo_pi` or `sleep` (a `POST /submit` job) |
 //! | `intensity` | the `intensity` sent to that endpoint, 1..=10 |
 //! | `service_s` | service demand in seconds, for the queue simulator (may be empty) |
 //! | `size_bytes` | request body size; the replay pads its JSON body to it |
 //! | `iterations` | a `monte_carlo_pi` row's job size (empty for the other kinds) |
+//! | `seconds` | a `sleep` row's job size, seconds (empty for the other kinds) |
 //!
 //! Reading, only `arrival_s` is required; the other columns take defaults (`id` = row
 //! number, `kind` = `work`, `intensity` = 1, no `service_s`, `size_bytes` = 0), except that
-//! a `monte_carlo_pi` row needs its `iterations`.
+//! a `monte_carlo_pi` row needs its `iterations` and a `sleep` row its `seconds`. Older
+//! traces, without the last columns, read as before.
 
 use std::{
     collections::{BinaryHeap, HashMap},
@@ -26,10 +28,10 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::{Error, dist::Dist};
+use crate::{Error, dist::Dist, engine::Submit};
 
 /// The columns of a trace, in the order they are written.
-pub const COLUMNS: [&str; 7] = [
+pub const COLUMNS: [&str; 8] = [
     "id",
     "arrival_s",
     "kind",
@@ -37,21 +39,32 @@ pub const COLUMNS: [&str; 7] = [
     "service_s",
     "size_bytes",
     "iterations",
+    "seconds",
 ];
 
 /// The worker's largest `monte_carlo_pi` job (its `WORKER_MAX_ITERATIONS` default): generated
 /// jobs are clamped to it.
 pub const DEFAULT_MAX_ITERATIONS: u64 = 10_000_000_000;
 
+/// The worker's longest `sleep` job in seconds (its `WORKER_MAX_SLEEP` default): generated
+/// sleeps are clamped to it.
+pub const DEFAULT_MAX_SLEEP_S: f64 = 120.0;
+
+/// The shortest generated `sleep` job, seconds: below it the worker's own overhead (waking a
+/// thread, answering) would be most of the job.
+pub const MIN_SLEEP_S: f64 = 0.001;
+
 /// Which worker endpoint a request calls. Light requests do a tenth of the work of `work`
-/// for the same intensity, `heavy` ten times as much; `monte_carlo_pi` is a `POST /submit`
-/// job of the row's `iterations`, CPU-bound, its run time proportional to its size.
+/// for the same intensity, `heavy` ten times as much; `monte_carlo_pi` and `sleep` are
+/// `POST /submit` jobs of the row's `iterations` (CPU-bound, the run time proportional to
+/// the size) or `seconds` (a worker thread held that long, no CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Work,
     Light,
     Heavy,
     MonteCarloPi,
+    Sleep,
 }
 
 impl Kind {
@@ -61,6 +74,7 @@ impl Kind {
             Self::Light => "light",
             Self::Heavy => "heavy",
             Self::MonteCarloPi => "monte_carlo_pi",
+            Self::Sleep => "sleep",
         }
     }
 
@@ -70,7 +84,15 @@ impl Kind {
             Self::Work => "/work",
             Self::Light => "/light",
             Self::Heavy => "/heavy",
-            Self::MonteCarloPi => "/submit",
+            Self::MonteCarloPi | Self::Sleep => "/submit",
+        }
+    }
+
+    /// The kind of a row carrying `job`.
+    pub fn of(job: Submit) -> Self {
+        match job {
+            Submit::MonteCarloPi { .. } => Self::MonteCarloPi,
+            Submit::Sleep { .. } => Self::Sleep,
         }
     }
 }
@@ -90,8 +112,9 @@ impl FromStr for Kind {
             "light" => Ok(Self::Light),
             "heavy" => Ok(Self::Heavy),
             "monte_carlo_pi" => Ok(Self::MonteCarloPi),
+            "sleep" => Ok(Self::Sleep),
             other => Err(format!(
-                "kind `{other}` is not one of work, light, heavy, monte_carlo_pi"
+                "kind `{other}` is not one of work, light, heavy, monte_carlo_pi, sleep"
             )),
         }
     }
@@ -108,8 +131,9 @@ pub struct TraceRow {
     /// Service demand in seconds, for the queue simulator.
     pub service_s: Option<f64>,
     pub size_bytes: u64,
-    /// A `monte_carlo_pi` job's iterations; `None` for the other kinds.
-    pub iterations: Option<u64>,
+    /// The `/submit` job of a `monte_carlo_pi` or `sleep` row (of that kind); `None` for the
+    /// other kinds.
+    pub job: Option<Submit>,
 }
 
 /// What the requests of a generated trace ask the worker to do.
@@ -127,6 +151,36 @@ pub enum Job {
         /// The worker's `WORKER_MAX_ITERATIONS`.
         max_iterations: u64,
     },
+    /// `sleep` jobs (`POST /submit`) of the demand in seconds, clamped to
+    /// `MIN_SLEEP_S..=max_seconds`; `service_s` is the clamped sleep. A worker thread is held
+    /// exactly as long as by a CPU job of that demand, at no CPU cost, so a small host can run
+    /// many one-thread workers faithfully.
+    Sleep {
+        /// The worker's `WORKER_MAX_SLEEP`, seconds.
+        max_seconds: f64,
+    },
+}
+
+impl Job {
+    /// The `/submit` job for `demand` seconds of a thread, within the worker's limits, and
+    /// the seconds it takes (the trace's `service_s`); `None` for [`Job::Intensity`].
+    pub fn submit(self, demand: f64) -> Option<(Submit, f64)> {
+        match self {
+            Self::Intensity => None,
+            Self::MonteCarloPi {
+                iterations_per_s,
+                max_iterations,
+            } => {
+                let iterations = pi_iterations(demand, iterations_per_s, max_iterations);
+                let service_s = round6(iterations as f64 / iterations_per_s);
+                Some((Submit::MonteCarloPi { iterations }, service_s))
+            }
+            Self::Sleep { max_seconds } => {
+                let seconds = sleep_seconds(demand, max_seconds);
+                Some((Submit::Sleep { seconds }, seconds))
+            }
+        }
+    }
 }
 
 /// Seed 004's generator parameters.
@@ -140,8 +194,8 @@ pub struct GenerateConfig {
     pub service: Dist,
     /// Body size in bytes.
     pub size: Dist,
-    /// Share of `light` requests (a tenth of the demand), 0..=1. With
-    /// [`Job::MonteCarloPi`] they are jobs of a tenth of the iterations.
+    /// Share of `light` requests (a tenth of the demand), 0..=1. With a `/submit` job
+    /// ([`Job::MonteCarloPi`], [`Job::Sleep`]) they are jobs of a tenth of the demand.
     pub read_ratio: f64,
     /// Independent clients whose arrival streams are merged; each has gaps `concurrency`
     /// times longer, so the trace's mean gap stays the same.
@@ -178,18 +232,27 @@ impl GenerateConfig {
         if self.max_intensity == 0 {
             return Err(Error::Invalid("--max-intensity must be at least 1".into()));
         }
-        if let Job::MonteCarloPi {
-            iterations_per_s,
-            max_iterations,
-        } = self.job
-        {
-            if !(iterations_per_s > 0.0 && iterations_per_s.is_finite()) {
-                return Err(Error::Invalid(format!(
-                    "--iterations-per-second must be greater than zero, got {iterations_per_s}"
-                )));
+        match self.job {
+            Job::Intensity => {}
+            Job::MonteCarloPi {
+                iterations_per_s,
+                max_iterations,
+            } => {
+                if !(iterations_per_s > 0.0 && iterations_per_s.is_finite()) {
+                    return Err(Error::Invalid(format!(
+                        "--iterations-per-second must be greater than zero, got {iterations_per_s}"
+                    )));
+                }
+                if max_iterations == 0 {
+                    return Err(Error::Invalid("--max-iterations must be at least 1".into()));
+                }
             }
-            if max_iterations == 0 {
-                return Err(Error::Invalid("--max-iterations must be at least 1".into()));
+            Job::Sleep { max_seconds } => {
+                if !(max_seconds >= MIN_SLEEP_S && max_seconds.is_finite()) {
+                    return Err(Error::Invalid(format!(
+                        "--max-sleep must be at least {MIN_SLEEP_S} seconds, got {max_seconds}"
+                    )));
+                }
             }
         }
         Ok(())
@@ -239,35 +302,19 @@ pub fn generate(config: &GenerateConfig) -> Result<Vec<TraceRow>, Error> {
     let mut rows = Vec::with_capacity(config.samples);
     for id in 0..config.samples as u64 {
         let Some(next) = heap.pop() else { break };
-        let kind = if rng.random_bool(config.read_ratio) {
-            Kind::Light
-        } else {
-            Kind::Work
-        };
+        let light = rng.random_bool(config.read_ratio);
         let drawn = service.sample(&mut rng);
-        let demand = round6(drawn);
         let size_bytes = size.sample(&mut rng).round() as u64;
-        let (kind, intensity, service_s, iterations) = match config.job {
-            Job::Intensity => {
-                let service_s = match kind {
-                    Kind::Light => round6(demand / 10.0),
-                    _ => demand,
-                };
+        let submit = config.job.submit(if light { drawn / 10.0 } else { drawn });
+        let (kind, intensity, service_s, job) = match submit {
+            Some((job, service_s)) => (Kind::of(job), 1, service_s, Some(job)),
+            None => {
+                let demand = round6(drawn);
+                let service_s = if light { round6(demand / 10.0) } else { demand };
                 let steps = (demand / config.intensity_unit_s).round();
                 let intensity = steps.clamp(1.0, f64::from(config.max_intensity)) as u32;
+                let kind = if light { Kind::Light } else { Kind::Work };
                 (kind, intensity, service_s, None)
-            }
-            Job::MonteCarloPi {
-                iterations_per_s,
-                max_iterations,
-            } => {
-                let demand = match kind {
-                    Kind::Light => drawn / 10.0,
-                    _ => drawn,
-                };
-                let iterations = pi_iterations(demand, iterations_per_s, max_iterations);
-                let service_s = round6(iterations as f64 / iterations_per_s);
-                (Kind::MonteCarloPi, 1, service_s, Some(iterations))
             }
         };
         rows.push(TraceRow {
@@ -277,7 +324,7 @@ pub fn generate(config: &GenerateConfig) -> Result<Vec<TraceRow>, Error> {
             intensity,
             service_s: Some(service_s),
             size_bytes,
-            iterations,
+            job,
         });
         heap.push(Next {
             at: next.at + gap.sample(&mut rng),
@@ -298,6 +345,13 @@ pub fn pi_iterations(demand: f64, iterations_per_s: f64, max_iterations: u64) ->
     }
 }
 
+/// The seconds of a `sleep` job of `demand`, to the microsecond, within
+/// `MIN_SLEEP_S..=max_seconds` (the worker refuses longer ones).
+pub fn sleep_seconds(demand: f64, max_seconds: f64) -> f64 {
+    // `max` first: a NaN demand becomes the shortest sleep.
+    round6(demand.max(MIN_SLEEP_S)).min(max_seconds)
+}
+
 /// Microsecond precision, as written to the CSV, so a re-read trace equals the generated one.
 fn round6(value: f64) -> f64 {
     (value * 1e6).round() / 1e6
@@ -309,6 +363,11 @@ pub fn write<W: Write>(writer: W, rows: &[TraceRow]) -> Result<(), std::io::Erro
     csv.write_record(COLUMNS).map_err(csv_io)?;
     for row in rows {
         let service = row.service_s.map(|s| format!("{s:.6}")).unwrap_or_default();
+        let (iterations, seconds) = match row.job {
+            Some(Submit::MonteCarloPi { iterations }) => (iterations.to_string(), String::new()),
+            Some(Submit::Sleep { seconds }) => (String::new(), format!("{seconds:.6}")),
+            None => (String::new(), String::new()),
+        };
         csv.write_record([
             row.id.to_string(),
             format!("{:.6}", row.arrival_s),
@@ -316,7 +375,8 @@ pub fn write<W: Write>(writer: W, rows: &[TraceRow]) -> Result<(), std::io::Erro
             row.intensity.to_string(),
             service,
             row.size_bytes.to_string(),
-            row.iterations.map(|n| n.to_string()).unwrap_or_default(),
+            iterations,
+            seconds,
         ])
         .map_err(csv_io)?;
     }
@@ -458,11 +518,17 @@ pub fn parse<R: Read>(reader: R, path: &Path) -> Result<Vec<TraceRow>, Error> {
                     })
             })
             .transpose()?;
-        let iterations = match (kind, iterations) {
-            (Kind::MonteCarloPi, None) => {
-                return Err(fail("a `monte_carlo_pi` row needs its `iterations`".into()));
-            }
-            (Kind::MonteCarloPi, some) => some,
+        let seconds = field("seconds")
+            .map(|value| number("seconds", value))
+            .transpose()?;
+        let job = match kind {
+            Kind::MonteCarloPi => Some(Submit::MonteCarloPi {
+                iterations: iterations
+                    .ok_or_else(|| fail("a `monte_carlo_pi` row needs its `iterations`".into()))?,
+            }),
+            Kind::Sleep => Some(Submit::Sleep {
+                seconds: seconds.ok_or_else(|| fail("a `sleep` row needs its `seconds`".into()))?,
+            }),
             _ => None,
         };
         rows.push(TraceRow {
@@ -472,7 +538,7 @@ pub fn parse<R: Read>(reader: R, path: &Path) -> Result<Vec<TraceRow>, Error> {
             intensity,
             service_s,
             size_bytes,
-            iterations,
+            job,
         });
     }
     Ok(rows)

@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use common::{CancellationToken, testing::Cleanup};
 use loadgen::{
     cli::{self, Command},
-    engine::{self, EngineOptions, Request},
+    engine::{self, EngineOptions, Request, Submit},
     results,
     split::{self, Assign, SplitOptions},
     stats::Summary,
@@ -68,6 +68,7 @@ fn help_lists_every_command_and_flag() {
                 "--job",
                 "--iterations-per-second",
                 "--max-iterations",
+                "--max-sleep",
             ],
         ),
         (
@@ -176,7 +177,7 @@ async fn replay_sends_on_time_at_200_per_second() {
             path: "/light".into(),
             intensity: 1,
             size_bytes: 0,
-            iterations: None,
+            submit: None,
         })
         .collect();
     let options = EngineOptions {
@@ -220,7 +221,7 @@ async fn an_interrupt_stops_sending_and_keeps_what_was_sent() {
             path: "/light".into(),
             intensity: 1,
             size_bytes: 0,
-            iterations: None,
+            submit: None,
         })
         .collect();
     let options = EngineOptions {
@@ -263,7 +264,7 @@ async fn a_slow_server_does_not_hold_requests_back() {
             path: "/slow".into(),
             intensity: 1,
             size_bytes: 0,
-            iterations: None,
+            submit: None,
         })
         .collect();
     let options = EngineOptions {
@@ -307,7 +308,7 @@ async fn per_worker_summary_matches_a_known_workload() {
             intensity: 2,
             service_s: None,
             size_bytes: 256,
-            iterations: None,
+            job: None,
         })
         .collect();
     let trace_path = dir.join("known.csv");
@@ -903,7 +904,7 @@ async fn heavy_tailed_pi_trace_replays_with_run_times_and_slowdowns() {
     let rows = trace::read_file(&trace_path).unwrap();
     assert_eq!(rows.len(), 60);
     assert!(rows.iter().all(|r| r.kind == trace::Kind::MonteCarloPi
-        && r.iterations.is_some_and(|n| (1..=200_000).contains(&n))));
+        && matches!(r.job, Some(Submit::MonteCarloPi { iterations }) if (1..=200_000).contains(&iterations))));
 
     let results_path = dir.join("heavy-results.csv");
     let text = execute(&[
@@ -941,11 +942,102 @@ async fn heavy_tailed_pi_trace_replays_with_run_times_and_slowdowns() {
     assert!(slowdown_mean >= 1.0, "{tsv}");
 }
 
-/// The generator clamps jobs to the worker's own default limit.
+/// The policy benchmark's trace for a small host: `trace generate --job sleep --sigma 1.5`
+/// replayed against a real worker sends `sleep` jobs it accepts; each answer's run time
+/// (Server-Timing) is the row's seconds, and the report gives the slowdowns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_tailed_sleep_trace_replays_with_run_times_and_slowdowns() {
+    let mut cleanup = Cleanup::default();
+    let dir = temp_dir(&mut cleanup, "sleep");
+    let worker = support::start_worker("sleeper").await;
+    let trace_path = dir.join("sleep.csv");
+    execute(&[
+        "trace",
+        "generate",
+        "--samples",
+        "60",
+        "--inter-arrival",
+        "0.01",
+        "--job",
+        "sleep",
+        "--distribution",
+        "lognormal",
+        "--mean",
+        "0.01",
+        "--sigma",
+        "1.5",
+        "--read-ratio",
+        "0",
+        "--max-sleep",
+        "0.1",
+        "--seed",
+        "5",
+        "--out",
+        path(&trace_path),
+    ])
+    .await
+    .unwrap();
+    let rows = trace::read_file(&trace_path).unwrap();
+    assert_eq!(rows.len(), 60);
+    let seconds: Vec<f64> = rows
+        .iter()
+        .map(|r| match (r.kind, r.job) {
+            (trace::Kind::Sleep, Some(Submit::Sleep { seconds })) => seconds,
+            _ => panic!("not a sleep row: {r:?}"),
+        })
+        .collect();
+    assert!(
+        seconds.iter().all(|s| (0.001..=0.1).contains(s)),
+        "{seconds:?}"
+    );
+    assert!(
+        rows.iter()
+            .zip(&seconds)
+            .all(|(r, s)| r.service_s == Some(*s))
+    );
+
+    let results_path = dir.join("sleep-results.csv");
+    let text = execute(&[
+        "replay",
+        path(&trace_path),
+        "--target",
+        &worker.url(),
+        "--quiet",
+        "--out",
+        path(&results_path),
+    ])
+    .await
+    .unwrap();
+    let records = results::read_file(&results_path).unwrap();
+    assert_eq!(records.len(), 60);
+    assert!(
+        records.iter().all(|r| r.ok() && r.path == "/submit"),
+        "{records:?}"
+    );
+    // A sleep holds the thread for its seconds, a little more for waking up.
+    for record in &records {
+        let wanted = seconds[record.id as usize] * 1e3;
+        let service = record.service_ms.unwrap();
+        assert!(
+            service >= wanted - 0.5 && service <= wanted + 50.0 && service <= record.latency_ms,
+            "asked {wanted} ms: {record:?}"
+        );
+    }
+    assert!(
+        text.contains("slowdown (response time / the job's run time"),
+        "{text}"
+    );
+}
+
+/// The generator clamps jobs to the worker's own default limits.
 #[test]
 fn generated_jobs_stay_within_the_workers_limit() {
     assert_eq!(
         trace::DEFAULT_MAX_ITERATIONS,
         worker::config::DEFAULT_MAX_ITERATIONS
+    );
+    assert_eq!(
+        Duration::from_secs_f64(trace::DEFAULT_MAX_SLEEP_S),
+        worker::Config::default().max_sleep
     );
 }

@@ -13,17 +13,39 @@ fn bodies_are_padded_to_their_size() {
 }
 
 #[test]
-fn pi_jobs_are_submit_bodies_padded_to_their_size() {
+fn submit_jobs_are_bodies_padded_to_their_size() {
+    let pi = Submit::MonteCarloPi {
+        iterations: 1_000_000,
+    };
     assert_eq!(
-        pi_body(1_000_000, 0),
+        pi.body(0),
         br#"{"operation":"monte_carlo_pi","data":{"iterations":1000000}}"#
     );
+    let sleep = Submit::Sleep { seconds: 0.0325 };
+    assert_eq!(
+        sleep.body(0),
+        br#"{"operation":"sleep","data":{"seconds":0.0325}}"#
+    );
+    // No exponent notation, whatever the size: the worker reads a plain JSON number.
+    assert_eq!(
+        Submit::Sleep { seconds: 0.001 }.body(0),
+        br#"{"operation":"sleep","data":{"seconds":0.001}}"#
+    );
+    assert_eq!(
+        Submit::Sleep { seconds: 120.0 }.body(0),
+        br#"{"operation":"sleep","data":{"seconds":120}}"#
+    );
     for size in [100, 4096] {
-        let bytes = pi_body(42, size);
+        let bytes = Submit::MonteCarloPi { iterations: 42 }.body(size);
         assert_eq!(bytes.len() as u64, size);
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["operation"], "monte_carlo_pi");
         assert_eq!(json["data"]["iterations"], 42);
+        let bytes = Submit::Sleep { seconds: 1.5 }.body(size);
+        assert_eq!(bytes.len() as u64, size);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["operation"], "sleep");
+        assert_eq!(json["data"]["seconds"], 1.5);
     }
 }
 

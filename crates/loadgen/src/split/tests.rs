@@ -10,7 +10,7 @@ fn rows(n: u64) -> Vec<TraceRow> {
             intensity: 1,
             service_s: Some(0.5),
             size_bytes: 0,
-            iterations: None,
+            job: None,
         })
         .collect()
 }

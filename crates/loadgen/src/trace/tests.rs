@@ -1,6 +1,22 @@
 use super::*;
 use crate::dist::Shape;
 
+/// A `monte_carlo_pi` row's iterations.
+fn iterations(row: &TraceRow) -> u64 {
+    match row.job {
+        Some(Submit::MonteCarloPi { iterations }) if row.kind == Kind::MonteCarloPi => iterations,
+        _ => panic!("not a monte_carlo_pi row: {row:?}"),
+    }
+}
+
+/// A `sleep` row's seconds.
+fn seconds(row: &TraceRow) -> f64 {
+    match row.job {
+        Some(Submit::Sleep { seconds }) if row.kind == Kind::Sleep => seconds,
+        _ => panic!("not a sleep row: {row:?}"),
+    }
+}
+
 fn config() -> GenerateConfig {
     GenerateConfig {
         samples: 20_000,
@@ -109,7 +125,7 @@ fn pi_jobs_are_lognormal_in_size_with_their_median_and_sigma() {
     let rows = generate(&pi_config(DEFAULT_MAX_ITERATIONS)).unwrap();
     assert_eq!(rows.len(), 100_000);
     assert!(rows.iter().all(|r| r.kind == Kind::MonteCarloPi));
-    let sizes: Vec<f64> = rows.iter().map(|r| r.iterations.unwrap() as f64).collect();
+    let sizes: Vec<f64> = rows.iter().map(|r| iterations(r) as f64).collect();
     let (median, sigma) = median_and_log_sigma(&sizes);
     // Median = mean·e^(−σ²/2) seconds at 2·10⁷ iterations a second.
     let expected = 0.05 * (-1.125f64).exp() * 2e7;
@@ -138,7 +154,7 @@ fn pi_jobs_are_lognormal_in_size_with_their_median_and_sigma() {
     );
     assert!((demand - 0.05).abs() < 0.003, "mean demand {demand}");
     for row in &rows {
-        let service = row.iterations.unwrap() as f64 / 2e7;
+        let service = iterations(row) as f64 / 2e7;
         assert!((row.service_s.unwrap() - service).abs() < 1e-6, "{row:?}");
     }
 }
@@ -146,7 +162,7 @@ fn pi_jobs_are_lognormal_in_size_with_their_median_and_sigma() {
 #[test]
 fn pi_jobs_are_clamped_to_the_workers_limits() {
     let rows = generate(&pi_config(2_000_000)).unwrap();
-    let sizes: Vec<u64> = rows.iter().map(|r| r.iterations.unwrap()).collect();
+    let sizes: Vec<u64> = rows.iter().map(iterations).collect();
     assert!(sizes.iter().all(|n| (1..=2_000_000).contains(n)));
     // 2·10⁶ iterations take 0.1 s at 2·10⁷/s, ln(0.1/median)/σ = 1.21 sigmas above the
     // median: 11.3 % of the draws are larger and clamped.
@@ -204,6 +220,131 @@ fn pi_traces_are_seeded() {
     );
 }
 
+/// The heavy-tailed trace of the policy benchmark on a small host: sleep jobs whose
+/// seconds are log-normal with sigma 1.5.
+fn sleep_config(max_seconds: f64) -> GenerateConfig {
+    GenerateConfig {
+        samples: 100_000,
+        service: Dist::lognormal_sigma(0.1, 1.5).unwrap(),
+        read_ratio: 0.0,
+        job: Job::Sleep { max_seconds },
+        ..config()
+    }
+}
+
+/// With a mean of 1 s the worker's limits (0.001 and 120 s) are 3.9 and 4.0 sigmas from the
+/// median: what is generated is the log-normal itself.
+#[test]
+fn sleep_jobs_are_lognormal_in_seconds_with_their_median_and_sigma() {
+    let rows = generate(&GenerateConfig {
+        service: Dist::lognormal_sigma(1.0, 1.5).unwrap(),
+        ..sleep_config(DEFAULT_MAX_SLEEP_S)
+    })
+    .unwrap();
+    assert_eq!(rows.len(), 100_000);
+    let sizes: Vec<f64> = rows.iter().map(seconds).collect();
+    let (median, sigma) = median_and_log_sigma(&sizes);
+    // Median = mean·e^(−σ²/2).
+    let expected = (-1.125f64).exp();
+    assert!(
+        (median / expected - 1.0).abs() < 0.02,
+        "median {median} vs {expected}"
+    );
+    assert!((sigma - 1.5).abs() < 0.015, "sigma of ln(seconds) {sigma}");
+    let mut sorted = sizes.clone();
+    sorted.sort_by(f64::total_cmp);
+    let spread = sorted[99_899] / sorted[100];
+    assert!(
+        (3e3..3e4).contains(&spread),
+        "99.9th / 0.1st percentile {spread}"
+    );
+    // The mean job is the mean demand, and service_s is each job's seconds.
+    let demand = mean(&sizes);
+    assert!((demand - 1.0).abs() < 0.05, "mean demand {demand}");
+    for row in &rows {
+        assert_eq!(row.service_s, Some(seconds(row)), "{row:?}");
+        assert_eq!(row.intensity, 1);
+        assert_eq!(row.kind.path(), "/submit");
+    }
+}
+
+#[test]
+fn sleep_jobs_are_clamped_to_the_workers_limits() {
+    let rows = generate(&sleep_config(1.0)).unwrap();
+    let sizes: Vec<f64> = rows.iter().map(seconds).collect();
+    assert!(sizes.iter().all(|s| (MIN_SLEEP_S..=1.0).contains(s)));
+    // The benchmark's mean of 0.1 s has its median at 0.0325 s. 1 s is ln(1/0.0325)/1.5 =
+    // 2.29 sigmas above it: 1.1 % of the draws are longer and clamped; 0.001 s is 2.32
+    // sigmas below it: 1.0 % are lifted to it.
+    let clamped = sizes.iter().filter(|s| **s == 1.0).count();
+    assert!((1000..1250).contains(&clamped), "{clamped} clamped to 1 s");
+    let lifted = sizes.iter().filter(|s| **s == MIN_SLEEP_S).count();
+    assert!((900..1150).contains(&lifted), "{lifted} lifted to 1 ms");
+    assert!(rows.iter().all(|r| r.service_s.unwrap() <= 1.0));
+    assert_eq!(sleep_seconds(1e-9, 120.0), MIN_SLEEP_S);
+    assert_eq!(sleep_seconds(f64::NAN, 120.0), MIN_SLEEP_S);
+    assert_eq!(sleep_seconds(1e9, 120.0), 120.0);
+    assert_eq!(sleep_seconds(f64::INFINITY, 120.0), 120.0);
+    assert_eq!(
+        sleep_seconds(0.123_456_789, 120.0),
+        0.123457,
+        "microseconds"
+    );
+    // Light requests are sleeps of a tenth of the demand.
+    let mixed = generate(&GenerateConfig {
+        samples: 4000,
+        read_ratio: 0.5,
+        service: Dist::constant(0.2).unwrap(),
+        ..sleep_config(DEFAULT_MAX_SLEEP_S)
+    })
+    .unwrap();
+    let short = mixed.iter().filter(|r| seconds(r) == 0.02).count();
+    let long = mixed.iter().filter(|r| seconds(r) == 0.2).count();
+    assert_eq!(short + long, 4000);
+    assert!((1800..2200).contains(&short), "{short} light");
+    for max_seconds in [0.0, 0.0005, f64::NAN, f64::INFINITY] {
+        let bad = GenerateConfig {
+            job: Job::Sleep { max_seconds },
+            ..config()
+        };
+        let err = generate(&bad).unwrap_err().to_string();
+        assert!(err.contains("--max-sleep"), "{max_seconds}: {err}");
+    }
+}
+
+/// The same seed gives the same sleeps, and the arrivals and job sizes of the pi trace of
+/// that seed: only the job differs.
+#[test]
+fn sleep_traces_are_seeded_like_pi_traces() {
+    let small = GenerateConfig {
+        samples: 500,
+        ..sleep_config(DEFAULT_MAX_SLEEP_S)
+    };
+    let a = generate(&small).unwrap();
+    assert_eq!(a, generate(&small).unwrap());
+    assert_ne!(
+        a,
+        generate(&GenerateConfig {
+            seed: 43,
+            ..small.clone()
+        })
+        .unwrap()
+    );
+    let pi = generate(&GenerateConfig {
+        job: Job::MonteCarloPi {
+            iterations_per_s: 1e9,
+            max_iterations: u64::MAX,
+        },
+        ..small
+    })
+    .unwrap();
+    for (sleep, pi) in a.iter().zip(&pi) {
+        assert_eq!(sleep.arrival_s, pi.arrival_s);
+        let drawn = iterations(pi) as f64 / 1e9;
+        assert!((seconds(sleep) - drawn).abs() < 1e-6 || seconds(sleep) == MIN_SLEEP_S);
+    }
+}
+
 #[test]
 fn same_seed_same_trace_and_other_seed_other_trace() {
     let render = |config: &GenerateConfig| {
@@ -235,7 +376,9 @@ fn written_traces_read_back_equal() {
     let mut bytes = Vec::new();
     write(&mut bytes, &rows).unwrap();
     let text = String::from_utf8(bytes.clone()).unwrap();
-    assert!(text.starts_with("id,arrival_s,kind,intensity,service_s,size_bytes,iterations\n"));
+    assert!(
+        text.starts_with("id,arrival_s,kind,intensity,service_s,size_bytes,iterations,seconds\n")
+    );
     let read = parse(bytes.as_slice(), Path::new("t.csv")).unwrap();
     assert_eq!(read, rows);
 }
@@ -255,6 +398,48 @@ fn pi_traces_read_back_equal() {
         "{text}"
     );
     assert_eq!(parse(bytes.as_slice(), Path::new("t.csv")).unwrap(), rows);
+}
+
+#[test]
+fn sleep_traces_read_back_equal() {
+    let rows = generate(&GenerateConfig {
+        samples: 300,
+        ..sleep_config(DEFAULT_MAX_SLEEP_S)
+    })
+    .unwrap();
+    let mut bytes = Vec::new();
+    write(&mut bytes, &rows).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let first = text.lines().nth(1).unwrap();
+    assert!(first.contains(",sleep,"), "{text}");
+    assert!(
+        first.ends_with(&format!(",,{:.6}", seconds(&rows[0]))),
+        "{first}"
+    );
+    assert_eq!(parse(bytes.as_slice(), Path::new("t.csv")).unwrap(), rows);
+}
+
+/// A trace written before the `seconds` column (or the `iterations` one) reads as before.
+#[test]
+fn older_traces_read_without_the_newer_columns() {
+    let text = "id,arrival_s,kind,intensity,service_s,size_bytes,iterations\n\
+                0,0.0,monte_carlo_pi,1,0.05,0,1000000\n1,0.1,work,3,0.03,64,\n";
+    let rows = parse(text.as_bytes(), Path::new("t.csv")).unwrap();
+    assert_eq!(
+        rows[0].job,
+        Some(Submit::MonteCarloPi {
+            iterations: 1_000_000
+        })
+    );
+    assert_eq!(rows[1].job, None);
+    let text = "id,arrival_s,kind,intensity,service_s,size_bytes\n0,0.0,light,2,0.002,64\n";
+    let rows = parse(text.as_bytes(), Path::new("t.csv")).unwrap();
+    assert_eq!((rows[0].kind, rows[0].job), (Kind::Light, None));
+    // Columns of another kind are ignored.
+    let text = "arrival_s,kind,iterations,seconds\n0,work,5,0.5\n0.1,sleep,,0.25\n";
+    let rows = parse(text.as_bytes(), Path::new("t.csv")).unwrap();
+    assert_eq!(rows[0].job, None);
+    assert_eq!(rows[1].job, Some(Submit::Sleep { seconds: 0.25 }));
 }
 
 #[test]
@@ -310,6 +495,24 @@ fn malformed_rows_name_their_line() {
     let with_iterations = "arrival_s,kind,iterations\n0,monte_carlo_pi,0\n";
     let err = parse(with_iterations.as_bytes(), Path::new("bad.csv")).unwrap_err();
     assert!(err.to_string().contains("`iterations` must be"), "{err}");
+    for (text, expected) in [
+        (
+            "arrival_s,kind\n0,sleep\n",
+            "a `sleep` row needs its `seconds`",
+        ),
+        ("arrival_s,kind,seconds\n0,sleep,\n", "needs its `seconds`"),
+        ("arrival_s,kind,seconds\n0,sleep,-1\n", "`seconds` must be"),
+        (
+            "arrival_s,kind,seconds\n0,sleep,soon\n",
+            "`seconds` must be",
+        ),
+    ] {
+        let err = parse(text.as_bytes(), Path::new("bad.csv")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("bad.csv line 2: ") && err.to_string().contains(expected),
+            "{text:?}: {err}"
+        );
+    }
     let err = parse("when,what\n1,2\n".as_bytes(), Path::new("bad.csv")).unwrap_err();
     assert!(
         err.to_string()
