@@ -189,6 +189,16 @@ impl QueueWatcher {
         })
     }
 
+    /// Whether `id` was already in the first snapshot received (the subscriber connected
+    /// after it had appeared, so its earlier categories were not seen).
+    pub fn in_first_snapshot(&self, id: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .first()
+            .is_some_and(|(_, s)| s.items.iter().any(|i| i.id == id))
+    }
+
     /// Every id that ever appeared.
     pub fn ids_seen(&self) -> HashSet<String> {
         self.seen
