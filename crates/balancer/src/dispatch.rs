@@ -230,12 +230,22 @@ impl WorkQueue {
             self.remove(&mut state, &waiter);
             drop(state);
             self.counters.granted.fetch_add(1, Relaxed);
-            *waiter
-                .granted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(in_flight);
+            *waiter.grant() = Some(in_flight);
             waiter.wake.notify_one();
         }
+    }
+}
+
+impl Waiter {
+    fn grant(&self) -> std::sync::MutexGuard<'_, Option<InFlight>> {
+        self.granted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The slot granted to it, if any (taken once).
+    fn take_grant(&self) -> Option<InFlight> {
+        self.grant().take()
     }
 }
 
@@ -313,12 +323,7 @@ impl Waiting<'_> {
         };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(in_flight) = waiter
-                .granted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-            {
+            if let Some(in_flight) = waiter.take_grant() {
                 self.waiter = None;
                 return Ok(in_flight);
             }
@@ -327,12 +332,7 @@ impl Waiting<'_> {
                 .is_err()
             {
                 // Granted at the last moment: taken all the same.
-                let granted = waiter
-                    .granted
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take();
-                if let Some(in_flight) = granted {
+                if let Some(in_flight) = waiter.take_grant() {
                     self.waiter = None;
                     return Ok(in_flight);
                 }
@@ -364,12 +364,7 @@ impl Drop for Waiting<'_> {
         }
         // A slot granted to a request that is gone: dropped here, outside the lock, which
         // hands it on (see `InFlight`'s drop).
-        let granted = waiter
-            .granted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(in_flight) = granted {
+        if let Some(in_flight) = waiter.take_grant() {
             in_flight.abandon();
         }
     }

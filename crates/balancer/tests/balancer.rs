@@ -96,14 +96,7 @@ async fn the_balancer_learns_what_jobs_cost_from_the_workers_server_timing() {
         assert_eq!(answer.status(), StatusCode::OK);
     }
 
-    let costs: Value = client
-        .get(balancer.admin_url("/costs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let costs = balancer.costs().await;
     let fit = |class: &str| {
         costs["fits"]
             .as_array()
@@ -140,14 +133,7 @@ async fn without_server_timing_the_response_time_of_a_request_alone_is_learned()
         assert!(!answer.headers().contains_key("server-timing"));
     }
     let x_cost = || async {
-        let costs: Value = client
-            .get(balancer.admin_url("/costs"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let costs = balancer.costs().await;
         costs["fits"]
             .as_array()
             .unwrap()

@@ -300,6 +300,18 @@ impl TestBalancer {
             .unwrap()
     }
 
+    /// `GET /costs` on the admin port.
+    pub async fn costs(&self) -> Value {
+        self.client
+            .get(self.admin_url("/costs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn backends(&self) -> Value {
         self.client
             .get(self.admin_url("/backends"))
