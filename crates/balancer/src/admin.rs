@@ -1,4 +1,4 @@
-//! The admin port: `/health`, `/ready`, `/backends`, `/metrics`, `/costs`.
+//! The admin port: `/health`, `/ready`, `/backends`, `/metrics`, `/costs`, `/requests`.
 
 use std::sync::{
     Arc,
@@ -7,7 +7,7 @@ use std::sync::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -15,7 +15,15 @@ use axum::{
 use common::ErrorBody;
 use serde_json::{Value, json};
 
-use crate::{backend::SourceKind, metrics::Exporter, proxy::Shared};
+use crate::{
+    backend::SourceKind,
+    journal::{self, StatusFilter},
+    metrics::Exporter,
+    proxy::Shared,
+};
+
+/// Records `GET /requests` returns unless `limit` says otherwise.
+const DEFAULT_LIST: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct AdminState {
@@ -31,6 +39,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/backends", get(backends))
         .route("/metrics", get(metrics))
         .route("/costs", get(costs))
+        .route("/requests", get(requests))
+        .route("/requests/{id}", get(request))
         .fallback(not_found)
         .with_state(state)
 }
@@ -45,6 +55,63 @@ async fn costs(State(state): State<AdminState>) -> Json<Value> {
         .map(|(reason, count)| (reason.label().to_owned(), json!(count)))
         .collect();
     Json(json!({ "fits": costs.fits(), "fallbacks": fallbacks }))
+}
+
+/// `GET /requests?status=5xx&limit=N`: the newest records (issue #18), newest first.
+async fn requests(
+    State(state): State<AdminState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if let Some(name) = query
+        .keys()
+        .find(|name| !matches!(name.as_str(), "status" | "limit"))
+    {
+        return bad_request(format!("unknown parameter {name:?}; use status and limit"));
+    }
+    let filter = match query.get("status").map(|raw| StatusFilter::parse(raw)) {
+        None => StatusFilter::Any,
+        Some(Ok(filter)) => filter,
+        Some(Err(message)) => return bad_request(message),
+    };
+    let limit = match query.get("limit").map(|raw| raw.parse::<usize>()) {
+        None => DEFAULT_LIST,
+        Some(Ok(limit)) if (1..=journal::MAX_LIST).contains(&limit) => limit,
+        Some(_) => {
+            return bad_request(format!(
+                "limit must be a number from 1 to {}",
+                journal::MAX_LIST
+            ));
+        }
+    };
+    let journal = &state.shared.journal;
+    let (records, kept) = journal.recent(filter, limit);
+    Json(json!({ "capacity": journal.capacity(), "kept": kept, "requests": records }))
+        .into_response()
+}
+
+/// `GET /requests/{id}`: the newest record of that request.
+async fn request(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    if !journal::well_formed(id.as_bytes()) {
+        return bad_request(format!(
+            "a request id is 1 to {} characters of A-Z a-z 0-9 . _ : -",
+            journal::MAX_ID_BYTES
+        ));
+    }
+    match state.shared.journal.find(&id) {
+        Some(record) => Json(record).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(ErrorBody::new(format!(
+                "no request {id} among the {} kept (REQUEST_HISTORY)",
+                state.shared.journal.capacity()
+            ))),
+        )
+            .into_response(),
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(ErrorBody::new(message))).into_response()
 }
 
 async fn health() -> &'static str {
@@ -150,7 +217,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(ErrorBody::new(
-            "no such admin endpoint; try /health, /ready, /backends or /metrics",
+            "no such admin endpoint; try /health, /ready, /backends, /metrics, /costs or /requests",
         )),
     )
         .into_response()

@@ -117,6 +117,8 @@ pub struct Backend {
     pub header: HeaderValue,
     /// `Host` of requests that came without one.
     pub host_header: HeaderValue,
+    /// Its names, as the request records keep them.
+    pub identity: Arc<crate::journal::Identity>,
     /// Idle connections, one pool per traffic thread (a connection stays on its thread).
     pools: Box<[Arc<Pool>]>,
     pub in_flight: AtomicU64,
@@ -158,8 +160,14 @@ impl Backend {
             .or_else(|_| HeaderValue::from_str(&address))
             .ok()?;
         let host_header = HeaderValue::from_str(authority.as_str()).ok()?;
+        let identity = Arc::new(crate::journal::Identity {
+            id: id.clone(),
+            name: dns_name.clone(),
+            address: address.clone(),
+        });
         Some(Self {
             key,
+            identity,
             id,
             dns_name,
             pools: (0..shards.max(1))

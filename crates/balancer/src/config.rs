@@ -7,6 +7,8 @@ use common::config::parse_duration;
 
 pub const DEFAULT_PORT: u16 = 8000;
 pub const DEFAULT_ADMIN_PORT: u16 = 8001;
+/// Recent requests the admin port keeps (`REQUEST_HISTORY`).
+pub const DEFAULT_REQUEST_HISTORY: u32 = 10_000;
 pub const DEFAULT_AGENT_WS_PORT: u16 = 9001;
 pub const DEFAULT_AGENT_GRPC_PORT: u16 = 9002;
 pub const DEFAULT_TARGET_PORT: u16 = 8080;
@@ -229,6 +231,15 @@ fn parse_header_limit(text: &str) -> Result<usize, String> {
 }
 
 /// `fast` or `hyper`: whether the HTTP/1.1 fast path serves.
+/// `true`/`false` (also `1`/`0`, `on`/`off`, `yes`/`no`).
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" | "yes" => Ok(true),
+        "false" | "0" | "off" | "no" => Ok(false),
+        _ => Err(format!("expected true or false, not {text:?}")),
+    }
+}
+
 fn parse_http1_path(text: &str) -> Result<bool, String> {
     match text.trim() {
         "fast" => Ok(true),
@@ -576,6 +587,19 @@ pub struct Config {
           default_value = "fast", value_parser = parse_http1_path)]
     pub http1_fast_path: bool,
 
+    /// Recent requests kept for `GET /requests` on the admin port (id, status, latency,
+    /// attempts and their backends); 0 keeps none.
+    #[arg(long = "request-history", env = "REQUEST_HISTORY", value_name = "REQUEST_HISTORY",
+          default_value_t = DEFAULT_REQUEST_HISTORY,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub request_history: u32,
+
+    /// One `info` line per request (`balancer::access`: its id, method, path, status,
+    /// latency, backend, attempts, cache); `false` turns it off.
+    #[arg(long = "access-log", env = "ACCESS_LOG", value_name = "ACCESS_LOG",
+          default_value = "true", value_parser = parse_switch)]
+    pub access_log: bool,
+
     /// The deployment agent's token, sent as `authorization: Bearer` metadata on every gRPC
     /// call (load reports); the agent refuses the reports without it.
     #[arg(long = "agent-token", env = "AGENT_TOKEN", value_name = "AGENT_TOKEN",
@@ -641,6 +665,8 @@ impl Default for Config {
             cost_body_limit: crate::cost::DEFAULT_BODY_LIMIT,
             retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
             http1_fast_path: true,
+            request_history: DEFAULT_REQUEST_HISTORY,
+            access_log: true,
             agent_token: None,
         }
     }

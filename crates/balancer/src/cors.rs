@@ -17,7 +17,8 @@ pub enum Cors {
 
 const ALLOWED_METHODS: HeaderValue =
     HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
-const EXPOSED: HeaderValue = HeaderValue::from_static("X-Backend, X-Cache, Retry-After");
+const EXPOSED: HeaderValue =
+    HeaderValue::from_static("X-Backend, X-Cache, X-Request-Id, Retry-After");
 const MAX_AGE: HeaderValue = HeaderValue::from_static("600");
 
 impl Cors {
@@ -136,7 +137,7 @@ mod tests {
         cors.decorate(request.get(header::ORIGIN), &mut headers);
         assert_eq!(
             headers[header::ACCESS_CONTROL_EXPOSE_HEADERS],
-            "X-Backend, X-Cache, Retry-After"
+            "X-Backend, X-Cache, X-Request-Id, Retry-After"
         );
         let mut other = HeaderMap::new();
         cors.decorate(Some(&HeaderValue::from_static("http://evil")), &mut other);

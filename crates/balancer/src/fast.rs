@@ -44,8 +44,10 @@ use crate::{
         response::{ResponseHead, parse_response},
         rewrite::{write_request, write_response},
     },
+    journal::{CacheUse, Ended, Trip, X_REQUEST_ID},
+    metrics::RetryReason,
     proxy::{REPLAY_BODY_BYTES, Shared, UntilRemoved},
-    retry::{Outcome, RetryPolicy},
+    retry::{Outcome, RetryPolicy, Verdict},
     route,
     serve::Drain,
     timer::{self, Elapsed},
@@ -250,7 +252,10 @@ impl Connection {
             let next = match head.framing {
                 Framing::Length(n) if n > self.shared.settings.max_body_bytes => {
                     let error = ProxyError::BodyTooLarge(self.shared.settings.max_body_bytes);
-                    self.fail(error, None, Instant::now()).await
+                    let method =
+                        http::Method::from_bytes(head.method.of(&self.buf)).unwrap_or_default();
+                    let trip = self.trip(&head, &method, Instant::now());
+                    self.fail(error, None, trip).await
                 }
                 _ => match self.exchange(&head, len).await {
                     Some(next) => next,
@@ -300,7 +305,8 @@ impl Connection {
                             431 => ProxyError::HeadersTooLarge(limits.max_head_bytes),
                             _ => ProxyError::BadRequest(refusal.message),
                         };
-                        write_error(&mut self.out, &error, self.shared.settings.retry_after_secs);
+                        let retry_after = self.shared.settings.retry_after_secs;
+                        write_error(&mut self.out, &error, retry_after, b"");
                         let _ = self.stream.write_all(&self.out).await;
                         let _ = self.stream.shutdown().await;
                         return Err(Stop::Closed);
@@ -337,6 +343,7 @@ impl Connection {
         let (is_get, is_head) = (method == b"GET", method == b"HEAD");
         let idempotent_method = is_idempotent(method);
         let http_method = http::Method::from_bytes(method).ok()?;
+        let mut trip = self.trip(head, &http_method, started);
 
         // Phase 1, admission.
         let (denied, replay_route) = {
@@ -356,7 +363,7 @@ impl Connection {
             )
         };
         if denied {
-            return Some(self.fail(ProxyError::NotFound, None, started).await);
+            return Some(self.fail(ProxyError::NotFound, None, trip).await);
         }
         let body_len = match head.framing {
             Framing::Length(n) => n,
@@ -379,7 +386,7 @@ impl Connection {
                 Err(error) => {
                     // The body's end is unknown: nothing after it can be read.
                     self.buf.clear();
-                    self.fail(error, None, started).await;
+                    self.fail(error, None, trip).await;
                     return Some(Next::Close);
                 }
             }
@@ -397,8 +404,11 @@ impl Connection {
                 if let Some(hit) = Box::pin(cache.get(&key, lookup)).await {
                     cache.hits.fetch_add(1, Relaxed);
                     shared.metrics.local.record(hit.status.as_u16());
-                    write_hit(&mut self.out, &hit);
+                    write_hit(&mut self.out, &hit, trip.id().as_bytes());
                     shared.metrics.latency.observe(started.elapsed());
+                    trip.cache(CacheUse::Hit);
+                    let status = hit.status.as_u16();
+                    shared.journal.finish(self.shard, trip, status, None);
                     self.consume(len + body_len);
                     let close = head.connection.close || self.drain.requested();
                     if self.stream.write_all(&self.out).await.is_err() {
@@ -412,12 +422,14 @@ impl Connection {
         if let Some(cache) = &shared.cache {
             if lookup != Lookup::Bypass {
                 cache.misses.fetch_add(1, Relaxed);
+                trip.cache(CacheUse::Miss);
             }
         }
 
         // Phase 3, the request as the backend sees it.
         self.out.clear();
-        write_request(&self.buf, head, Some(&self.peer), &mut self.out);
+        let id = trip.id().as_bytes();
+        write_request(&self.buf, head, Some(&self.peer), id, &mut self.out);
         let idempotent = idempotent_method
             || head.headers.as_slice().iter().any(|field| {
                 field
@@ -432,7 +444,7 @@ impl Connection {
             Ok(job) => job,
             Err(error) => {
                 self.buf.clear();
-                self.fail(error, None, started).await;
+                self.fail(error, None, trip).await;
                 return Some(Next::Close);
             }
         };
@@ -453,6 +465,7 @@ impl Connection {
             &mut self.answer,
             started,
             job.as_ref(),
+            &mut trip,
         )
         .await;
         let (answered, in_flight, waited) = match forwarded {
@@ -461,7 +474,7 @@ impl Connection {
                 // A body not read to its end leaves the connection's framing in doubt.
                 let unread = self.buf.len() < len + body_len;
                 self.consume(len + body_len);
-                let next = self.fail(error, backend, started).await;
+                let next = self.fail(error, backend, trip).await;
                 return Some(if head.connection.close || unread {
                     Next::Close
                 } else {
@@ -479,7 +492,7 @@ impl Connection {
         // Phase 5, the answer on its way back.
         let close = head.connection.close || self.drain.requested();
         let next = self
-            .respond(answered, in_flight, head, lookup, cache_key, close, started)
+            .respond(answered, in_flight, head, lookup, cache_key, close, trip)
             .await;
         self.consume(len + body_len);
         Some(next)
@@ -590,13 +603,17 @@ impl Connection {
         self.buf.drain(..n);
     }
 
-    /// Answers a failure as `handle` does for hyper: logged, counted, an error body.
-    async fn fail(
-        &mut self,
-        error: ProxyError,
-        backend: Option<Arc<Backend>>,
-        started: Instant,
-    ) -> Next {
+    /// The journey of the request `head` (issue #18), from `started`.
+    fn trip(&self, head: &RequestHead, method: &http::Method, started: Instant) -> Trip {
+        let id = field(&self.buf, &head.headers, b"x-request-id");
+        let target = head.target.of(&self.buf);
+        self.shared.journal.start(id, started, method, target)
+    }
+
+    /// Answers a failure as `handle` does for hyper: logged, counted, an error body, the
+    /// request's record.
+    async fn fail(&mut self, error: ProxyError, backend: Option<Arc<Backend>>, trip: Trip) -> Next {
+        let started = trip.started();
         let status = error.status();
         match &backend {
             Some(backend) => {
@@ -612,8 +629,13 @@ impl Connection {
                 }
             }
         }
-        let close = write_error(&mut self.out, &error, self.shared.settings.retry_after_secs);
+        let retry_after = self.shared.settings.retry_after_secs;
+        let close = write_error(&mut self.out, &error, retry_after, trip.id().as_bytes());
         self.shared.metrics.latency.observe(started.elapsed());
+        let status = status.as_u16();
+        self.shared
+            .journal
+            .finish(self.shard, trip, status, Some(&error));
         if self.stream.write_all(&self.out).await.is_err() || close {
             Next::Close
         } else {
@@ -632,7 +654,7 @@ impl Connection {
         lookup: Lookup,
         cache_key: Option<String>,
         close: bool,
-        started: Instant,
+        trip: Trip,
     ) -> Next {
         let Answered {
             mut stream,
@@ -651,6 +673,7 @@ impl Connection {
             &head,
             backend.header.as_bytes(),
             x_cache,
+            trip.id().as_bytes(),
             close,
             &mut self.out,
         );
@@ -664,7 +687,8 @@ impl Connection {
             }
             _ => None,
         };
-        shared.metrics.latency.observe(started.elapsed());
+        shared.metrics.latency.observe(trip.started().elapsed());
+        shared.journal.finish(self.shard, trip, head.status, None);
         let relayed = relay(
             &mut self.stream,
             &mut stream,
@@ -856,6 +880,7 @@ async fn forward(
     answer: &mut Vec<u8>,
     started: Instant,
     job: Option<&Job>,
+    trip: &mut Trip,
 ) -> Result<(Answered, InFlight, Duration), (ProxyError, Option<Arc<Backend>>)> {
     let Request {
         head,
@@ -889,6 +914,7 @@ async fn forward(
         }
         let body = buf.get(body.clone()).unwrap_or_default();
         retry.sent_to(&backend, true, others);
+        trip.sent(&backend.identity);
         let sent = Instant::now();
         let outcome = {
             let pool = backend.pool(shard);
@@ -904,6 +930,8 @@ async fn forward(
                     Some(outcome) => outcome,
                     None => {
                         now = shared.clock.now();
+                        let retried = Verdict::Retry(RetryReason::Removed);
+                        trip.ended(Ended::Removed, 0, Some(retried));
                         tracing::debug!(backend = %backend.dns_name, "backend left the table while its answer was awaited; retrying on another backend");
                         continue;
                     }
@@ -914,6 +942,7 @@ async fn forward(
         };
         match outcome {
             Err(Elapsed) => {
+                trip.ended(Ended::Timeout, 0, None);
                 in_flight.failed();
                 shared.metrics.timeouts.fetch_add(1, Relaxed);
                 let timeout = ProxyError::Timeout(shared.settings.request_timeout);
@@ -924,7 +953,10 @@ async fn forward(
                 drop(in_flight);
                 now = shared.clock.now();
                 shared.send_failed(&backend, &err, now);
-                if shared.tally(retry.decide(Outcome::Failed(err), &shared.budget, now)) {
+                let ended = Ended::of(&err);
+                let verdict = retry.decide(Outcome::Failed(err), &shared.budget, now);
+                trip.ended(ended, 0, Some(verdict));
+                if shared.tally(verdict) {
                     continue;
                 }
                 return Err((retry.take_error(), Some(backend)));
@@ -933,11 +965,13 @@ async fn forward(
                 let status =
                     StatusCode::from_u16(answered.head.status).unwrap_or(StatusCode::BAD_GATEWAY);
                 now = shared.answered(&backend, sent, status);
-                if matches!(
+                let verdict = matches!(
                     status,
                     StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-                ) && shared.tally(retry.decide(Outcome::Unavailable, &shared.budget, now))
-                {
+                )
+                .then(|| retry.decide(Outcome::Unavailable, &shared.budget, now));
+                trip.ended(Ended::Answered, status.as_u16(), verdict);
+                if verdict.is_some_and(|verdict| shared.tally(verdict)) {
                     in_flight.failed();
                     tracing::debug!(backend = %backend.dns_name, status = status.as_u16(), "retrying on another backend");
                     continue;
@@ -1277,11 +1311,12 @@ async fn relay(
 }
 
 /// An error answer as `ProxyError::into_response` makes it; whether the connection closes.
-fn write_error(out: &mut Vec<u8>, error: &ProxyError, retry_after_secs: u64) -> bool {
+fn write_error(out: &mut Vec<u8>, error: &ProxyError, retry_after_secs: u64, id: &[u8]) -> bool {
     let status = error.status();
     let body = common::ErrorBody::new(error.to_string()).to_json();
     out.clear();
     status_line(out, status);
+    request_id(out, id);
     out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -1300,11 +1335,15 @@ fn write_error(out: &mut Vec<u8>, error: &ProxyError, retry_after_secs: u64) -> 
 }
 
 /// A cached answer, as the hyper path serves it: its headers, `X-Cache: HIT`, `Age`.
-fn write_hit(out: &mut Vec<u8>, hit: &cache::Cached) {
+fn write_hit(out: &mut Vec<u8>, hit: &cache::Cached, id: &[u8]) {
     out.clear();
     status_line(out, hit.status);
+    request_id(out, id);
     for (name, value) in &hit.headers {
-        if name == header::CONTENT_LENGTH || name == crate::headers::X_CACHE || name == header::AGE
+        if name == header::CONTENT_LENGTH
+            || name == crate::headers::X_CACHE
+            || name == header::AGE
+            || name == X_REQUEST_ID
         {
             continue;
         }
@@ -1319,6 +1358,15 @@ fn write_hit(out: &mut Vec<u8>, hit: &cache::Cached) {
     out.extend_from_slice(hit.body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(&hit.body);
+}
+
+/// The request's id field (absent for a refusal before the request's head was read).
+fn request_id(out: &mut Vec<u8>, id: &[u8]) {
+    if !id.is_empty() {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 fn status_line(out: &mut Vec<u8>, status: StatusCode) {

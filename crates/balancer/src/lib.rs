@@ -23,6 +23,7 @@ mod fast;
 #[allow(dead_code)]
 pub(crate) mod h1;
 mod headers;
+mod journal;
 mod metrics;
 mod policy;
 mod proxy;
@@ -147,6 +148,12 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: CancellationTok
             fast_path: config.http1_fast_path,
         },
         costs: cost::Costs::new(config.cost_rules.clone(), config.cost_body_limit),
+        journal: journal::Journal::new(
+            config.request_history as usize,
+            threads,
+            config.access_log,
+            seed ^ u64::from(std::process::id()),
+        ),
     });
 
     // Background tasks stop when the traffic port has drained.

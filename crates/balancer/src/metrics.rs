@@ -82,6 +82,18 @@ pub enum RetryReason {
     Removed,
 }
 
+impl RetryReason {
+    /// The `reason` label of `balancer_retries_total`, and a record's `retry`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Reset => "reset",
+            Self::Status => "status",
+            Self::Removed => "removed",
+        }
+    }
+}
+
 /// Why the HTTP/1.1 fast path handed a connection to hyper: the `reason` label of
 /// `balancer_http1_fallbacks_total`.
 pub const FALLBACK_REASONS: [&str; 11] = [

@@ -45,7 +45,8 @@ use crate::{
     dispatch::Ask,
     error::{Chain, ProxyError},
     headers::{self, IDEMPOTENCY_KEY, X_BACKEND, X_CACHE},
-    metrics::Metrics,
+    journal::{CacheUse, Ended, Trip, X_REQUEST_ID},
+    metrics::{Metrics, RetryReason},
     policy::{Picker, Tried, Want},
     retry::{Outcome, RetryBudget, RetryPolicy, Verdict},
     route::{self, DenyPaths, RetryRoutes},
@@ -95,6 +96,8 @@ pub struct Shared {
     pub settings: Settings,
     /// What jobs cost, learned from the backends' `Server-Timing` (issue #17).
     pub costs: crate::cost::Costs,
+    /// Request ids, the recent requests' records, the access log (issue #18).
+    pub journal: crate::journal::Journal,
 }
 
 /// The proxy as the hyper service of one client connection (a cheap handle).
@@ -237,12 +240,32 @@ impl Shared {
             crate::cors::Cors::Off => None,
             _ => request.headers().get(http::header::ORIGIN).cloned(),
         };
+        let client_id = request
+            .headers()
+            .get(X_REQUEST_ID)
+            .map(HeaderValue::as_bytes);
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", PathAndQuery::as_str);
+        let mut trip = self
+            .journal
+            .start(client_id, started, &method, target.as_bytes());
         // A span by hand rather than `#[instrument]`: the attribute keeps two copies of the
         // request's future (enabled and disabled paths), doubling what each request allocates.
         let span = tracing::debug_span!("proxy", %method, path = %request.uri().path());
-        let proxied = self.proxy(request, started, shard, peer).instrument(span);
+        let proxied = self
+            .proxy(request, started, shard, peer, &mut trip)
+            .instrument(span);
         let response = match proxied.await {
-            Ok(response) => response,
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let id = trip.id().clone();
+                self.journal.finish(shard, trip, status, None);
+                let mut response = response;
+                response.headers_mut().insert(X_REQUEST_ID, id);
+                response
+            }
             Err(Failure { error, backend }) => {
                 let status = error.status();
                 match &backend {
@@ -266,7 +289,12 @@ impl Shared {
                         }
                     }
                 }
-                error.into_response(self.settings.retry_after_secs)
+                let id = trip.id().clone();
+                let status = status.as_u16();
+                self.journal.finish(shard, trip, status, Some(&error));
+                let mut response = error.into_response(self.settings.retry_after_secs);
+                response.headers_mut().insert(X_REQUEST_ID, id);
+                response
             }
         };
         let mut response = response;
@@ -286,14 +314,21 @@ impl Shared {
         started: Instant,
         shard: usize,
         peer: Option<HeaderValue>,
+        trip: &mut Trip,
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, body) = request.into_parts();
         let admitted = self.admit(&parts)?;
         let lookup = match self.cache_lookup(&parts, &admitted).await {
-            ControlFlow::Break(hit) => return Ok(hit),
+            ControlFlow::Break(hit) => {
+                trip.cache(CacheUse::Hit);
+                return Ok(hit);
+            }
             ControlFlow::Continue(lookup) => lookup,
         };
-        let mut upstream = self.prepare(parts, body, admitted, lookup, peer);
+        if self.cache.is_some() && lookup != Lookup::Bypass {
+            trip.cache(CacheUse::Miss);
+        }
+        let mut upstream = self.prepare(parts, body, admitted, lookup, peer, trip.id());
         let job = self.job(&mut upstream, started).await?;
         let Answer {
             response,
@@ -301,7 +336,7 @@ impl Shared {
             in_flight,
             waited,
         } = self
-            .forward(&mut upstream, started, shard, job.as_ref())
+            .forward(&mut upstream, started, shard, job.as_ref(), trip)
             .await?;
         if let Some(job) = &job {
             let timing = response.headers().get(SERVER_TIMING);
@@ -437,6 +472,7 @@ impl Shared {
         request: Admitted,
         lookup: Lookup,
         peer: Option<HeaderValue>,
+        id: &HeaderValue,
     ) -> Upstream {
         let Parts {
             method,
@@ -455,6 +491,8 @@ impl Shared {
         headers::strip_hop_by_hop(&mut headers);
         let x_cost = headers.get(X_COST).cloned();
         headers::add_forwarded(&mut headers, peer, request.host.as_ref());
+        // The request's id as the balancer took or made it, never the client's other values.
+        headers.insert(X_REQUEST_ID, id.clone());
         if !headers.contains_key(header::HOST) {
             if let Some(host) = &request.host {
                 headers.insert(header::HOST, host.clone());
@@ -518,6 +556,7 @@ impl Shared {
         started: Instant,
         shard: usize,
         job: Option<&Job>,
+        trip: &mut Trip,
     ) -> Result<Answer, Failure> {
         let deadline = tokio::time::Instant::from_std(started + self.settings.request_timeout);
         self.budget.deposit(self.clock.nanos(started));
@@ -545,6 +584,7 @@ impl Shared {
                 return Err(retry.take_error().on(&backend));
             };
             retry.sent_to(&backend, upstream.body.replayable(), others);
+            trip.sent(&backend.identity);
 
             let sent = Instant::now();
             let mut send = std::pin::pin!(timer::timeout_at(
@@ -561,6 +601,8 @@ impl Shared {
                     Some(outcome) => outcome,
                     None => {
                         now = self.clock.now();
+                        let retried = Verdict::Retry(RetryReason::Removed);
+                        trip.ended(Ended::Removed, 0, Some(retried));
                         tracing::debug!(backend = %backend.dns_name, "backend left the table while its answer was awaited; retrying on another backend");
                         continue;
                     }
@@ -575,6 +617,7 @@ impl Shared {
                 sent,
                 &mut retry,
                 &upstream.body,
+                trip,
             ) {
                 ControlFlow::Continue(at) => now = at,
                 ControlFlow::Break(done) => return done,
@@ -672,12 +715,14 @@ impl Shared {
         sent: Instant,
         retry: &mut RetryPolicy,
         body: &BodySource,
+        trip: &mut Trip,
     ) -> ControlFlow<Result<Answer, Failure>, u64> {
         let (response, mut lease) = match outcome {
             Ok(Ok(answer)) => answer,
             Ok(Err(err)) => {
                 let fault = body.fault();
                 if fault != BodyFault::None {
+                    trip.ended(Ended::Reset, 0, None);
                     let max_body = self.settings.max_body_bytes;
                     return ControlFlow::Break(Err(body_error(fault, max_body).into()));
                 }
@@ -685,12 +730,16 @@ impl Shared {
                 drop(in_flight);
                 let now = self.clock.now();
                 self.send_failed(backend, &err, now);
-                if self.tally(retry.decide(Outcome::Failed(err), &self.budget, now)) {
+                let ended = Ended::of(&err);
+                let verdict = retry.decide(Outcome::Failed(err), &self.budget, now);
+                trip.ended(ended, 0, Some(verdict));
+                if self.tally(verdict) {
                     return ControlFlow::Continue(now);
                 }
                 return ControlFlow::Break(Err(retry.take_error().on(backend)));
             }
             Err(Elapsed) => {
+                trip.ended(Ended::Timeout, 0, None);
                 in_flight.failed();
                 self.metrics.timeouts.fetch_add(1, Relaxed);
                 let timeout = ProxyError::Timeout(self.settings.request_timeout);
@@ -703,11 +752,13 @@ impl Shared {
         }
         let status = response.status();
         let now = self.answered(backend, sent, status);
-        if matches!(
+        let verdict = matches!(
             status,
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
-        ) && self.tally(retry.decide(Outcome::Unavailable, &self.budget, now))
-        {
+        )
+        .then(|| retry.decide(Outcome::Unavailable, &self.budget, now));
+        trip.ended(Ended::Answered, status.as_u16(), verdict);
+        if verdict.is_some_and(|verdict| self.tally(verdict)) {
             in_flight.failed();
             tracing::debug!(backend = %backend.dns_name, status = status.as_u16(), "retrying on another backend");
             return ControlFlow::Continue(now);

@@ -2803,3 +2803,279 @@ async fn retry_routes_replay_jobs_whose_backend_died_before_answering() {
         "{statuses:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Following a request (issue #18)
+
+/// The request id an answer carries.
+fn request_id_of(response: &reqwest::Response) -> String {
+    response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn is_made_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn a_request_id_is_kept_or_made_sent_to_the_backend_returned_and_recorded() {
+    let echo = EchoBackend::start("echo-ids").await;
+    let balancer = TestBalancer::start(support::static_config(&[echo.address])).await;
+    let address = echo.address.to_string();
+
+    // The client's id, well formed: kept, sent on, returned, recorded with its attempt.
+    let given = "client-7.a:b_c";
+    let response = balancer
+        .client
+        .get(balancer.url("/journey/one?x=1"))
+        .header("x-request-id", given)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(request_id_of(&response), given);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], given, "{seen}");
+    let (status, record) = balancer.admin_json(&format!("/requests/{given}")).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["id"], given);
+    assert_eq!(record["method"], "GET");
+    assert_eq!(record["path"], "/journey/one?x=1");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["cache"], "miss", "a GET the cache may keep");
+    assert_eq!(record["error"], Value::Null);
+    assert!(record["latency_ms"].as_f64().unwrap() > 0.0, "{record}");
+    assert_eq!(record["backends"], json!([address]), "{record}");
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{record}");
+    assert_eq!(attempts[0]["backend"], address.as_str());
+    assert_eq!(attempts[0]["address"], address.as_str());
+    assert_eq!(attempts[0]["outcome"], "answered");
+    assert_eq!(attempts[0]["status"], 200);
+    assert_eq!(attempts[0]["retry"], Value::Null);
+    assert!(
+        attempts[0]["started_at_ms"].as_u64().unwrap() >= record["started_at_ms"].as_u64().unwrap()
+    );
+
+    // No id: one is made, sent on and returned.
+    let response = balancer.get("/journey/two").await;
+    let made = request_id_of(&response);
+    assert!(is_made_id(&made), "{made}");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], made.as_str(), "{seen}");
+    let (status, record) = balancer.admin_json(&format!("/requests/{made}")).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["path"], "/journey/two");
+
+    // A malformed or oversized id is replaced, never echoed nor sent on; of two ids, the
+    // backend sees one.
+    let long = "a".repeat(129);
+    for bad in [
+        "has/slash",
+        "<script>",
+        "semi;colon",
+        "caf\u{e9}",
+        long.as_str(),
+    ] {
+        let response = balancer
+            .client
+            .get(balancer.url("/journey/bad"))
+            .header(
+                "x-request-id",
+                reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{bad}");
+        let id = request_id_of(&response);
+        assert!(is_made_id(&id), "{bad:?} answered as {id:?}");
+        let seen: Value = response.json().await.unwrap();
+        assert_eq!(
+            seen["headers"]["x-request-id"],
+            id.as_str(),
+            "{bad:?}: {seen}"
+        );
+    }
+    let response = balancer
+        .client
+        .get(balancer.url("/journey/two-ids"))
+        .header("x-request-id", "first-id")
+        .header("x-request-id", "second-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(request_id_of(&response), "first-id");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-request-id"], "first-id", "{seen}");
+
+    // A balancer's own error answer carries its id, and is recorded with the reason.
+    let response = balancer
+        .client
+        .post(balancer.url("/journey/too-big"))
+        .header("x-request-id", "too-big-1")
+        .header(
+            "content-length",
+            (balancer::Config::default().max_body_bytes + 1).to_string(),
+        )
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status(), 413);
+        assert_eq!(request_id_of(&response), "too-big-1");
+    }
+    let (_, record) = balancer.admin_json("/requests/too-big-1").await;
+    assert_eq!(record["status"], 413, "{record}");
+    assert!(
+        record["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{record}"
+    );
+    assert_eq!(record["attempts"], json!([]), "{record}");
+
+    // The list: newest first, filtered by status, bounded; bad queries are 400s.
+    let (status, list) = balancer.admin_json("/requests?limit=2").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["capacity"], 10_000);
+    assert!(list["kept"].as_u64().unwrap() >= 9, "{list}");
+    let newest: Vec<&str> = list["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(newest, ["too-big-1", "first-id"], "{list}");
+    let (_, errors) = balancer.admin_json("/requests?status=4xx").await;
+    let ids: Vec<&Value> = errors["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids, [&json!("too-big-1")], "{errors}");
+    let (_, exact) = balancer.admin_json("/requests?status=413").await;
+    assert_eq!(exact["requests"].as_array().unwrap().len(), 1, "{exact}");
+    let (_, none) = balancer.admin_json("/requests?status=5xx").await;
+    assert_eq!(none["requests"], json!([]), "{none}");
+    for bad in [
+        "/requests?status=abc",
+        "/requests?status=6xx",
+        "/requests?limit=0",
+        "/requests?limit=1001",
+        "/requests?limit=x",
+        "/requests?colour=red",
+        "/requests/has%2Fslash",
+        "/requests/%3Cscript%3E",
+    ] {
+        let (status, body) = balancer.admin_json(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = balancer.admin_json("/requests/never-sent").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("never-sent"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_history_keeps_the_newest_records_within_request_history() {
+    let echo = EchoBackend::start("echo-history").await;
+    let balancer = TestBalancer::start(Config {
+        request_history: 3,
+        threads: Some(1),
+        ..support::static_config(&[echo.address])
+    })
+    .await;
+    for n in 0..5 {
+        let response = balancer
+            .client
+            .get(balancer.url("/h"))
+            .header("x-request-id", format!("h-{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let (_, list) = balancer.admin_json("/requests").await;
+    assert_eq!(list["kept"], 3, "{list}");
+    let ids: Vec<&str> = list["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h-4", "h-3", "h-2"]);
+    assert_eq!(balancer.admin_json("/requests/h-1").await.0, 404);
+    assert_eq!(balancer.admin_json("/requests/h-2").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_retried_request_shows_each_attempt_with_its_backend_and_reason() {
+    // A port nobody listens on (connect fails), a backend that dies mid-request (the
+    // connection drops without an answer) and one that answers.
+    let dead: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let dying = RawBackend::start(Misbehaviour::Drop).await;
+    let echo = EchoBackend::start("echo-retries").await;
+    let balancer = TestBalancer::start(Config {
+        policy: Policy::RoundRobin.into(),
+        eject_after: 100,
+        ..support::static_config(&[dead, dying.address, echo.address])
+    })
+    .await;
+    let (dead, dying, echo) = (
+        dead.to_string(),
+        dying.address.to_string(),
+        echo.address.to_string(),
+    );
+    let (mut saw_connect, mut saw_reset) = (false, false);
+    for n in 0..6 {
+        let id = format!("retried-{n}");
+        let response = balancer
+            .client
+            .get(balancer.url("/retry-me"))
+            .header("x-request-id", &id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(backend_of(&response), echo);
+        assert_eq!(request_id_of(&response), id);
+        let (_, record) = balancer.admin_json(&format!("/requests/{id}")).await;
+        let attempts = record["attempts"].as_array().unwrap();
+        let last = attempts.last().unwrap();
+        assert_eq!(last["backend"], echo.as_str(), "{record}");
+        assert_eq!(last["outcome"], "answered", "{record}");
+        assert_eq!(last["retry"], Value::Null, "{record}");
+        let mut backends = Vec::new();
+        for attempt in &attempts[..attempts.len() - 1] {
+            let backend = attempt["backend"].as_str().unwrap();
+            let expected = if backend == dead {
+                saw_connect = true;
+                ("connect_failed", "connect")
+            } else {
+                assert_eq!(backend, dying, "{record}");
+                saw_reset = true;
+                ("reset", "reset")
+            };
+            assert_eq!(attempt["outcome"], expected.0, "{record}");
+            assert_eq!(attempt["retry"], expected.1, "{record}");
+            assert_eq!(attempt["status"], Value::Null, "{record}");
+            assert!(attempt["duration_ms"].as_f64().unwrap() >= 0.0, "{record}");
+            backends.push(backend);
+        }
+        backends.push(echo.as_str());
+        assert_eq!(record["backends"], json!(backends), "{record}");
+    }
+    assert!(
+        saw_connect && saw_reset,
+        "round robin sent a first attempt to each"
+    );
+}

@@ -41,6 +41,7 @@ pub(crate) fn write_request(
     buf: &[u8],
     head: &RequestHead,
     peer: Option<&[u8]>,
+    id: &[u8],
     out: &mut Vec<u8>,
 ) {
     out.reserve(buf.len() + 128);
@@ -61,6 +62,7 @@ pub(crate) fn write_request(
             }
         } else if name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || name.eq_ignore_ascii_case(b"x-request-id")
         {
             continue;
         }
@@ -78,7 +80,9 @@ pub(crate) fn write_request(
         out.extend_from_slice(peer);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
     out.extend_from_slice(head.host.of(buf));
     out.extend_from_slice(b"\r\n\r\n");
 }
@@ -93,6 +97,7 @@ pub(crate) fn write_response(
     head: &ResponseHead,
     backend: &[u8],
     x_cache: Option<&[u8]>,
+    id: &[u8],
     close: bool,
     out: &mut Vec<u8>,
 ) {
@@ -117,6 +122,7 @@ pub(crate) fn write_response(
         if is_hop_by_hop(name)
             || head.connection.names(buf, name)
             || name.eq_ignore_ascii_case(b"x-backend")
+            || name.eq_ignore_ascii_case(b"x-request-id")
             || (rechunked && name.eq_ignore_ascii_case(b"content-length"))
         {
             continue;
@@ -128,6 +134,8 @@ pub(crate) fn write_response(
     }
     out.extend_from_slice(b"x-backend: ");
     out.extend_from_slice(backend);
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(id);
     out.extend_from_slice(b"\r\n");
     if let Some(x_cache) = x_cache {
         out.extend_from_slice(b"x-cache: ");

@@ -312,6 +312,13 @@ impl TestBalancer {
             .unwrap()
     }
 
+    /// `GET` of an admin path: its status and JSON body.
+    pub async fn admin_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self.client.get(self.admin_url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
     pub async fn backends(&self) -> Value {
         self.client
             .get(self.admin_url("/backends"))

@@ -58,6 +58,8 @@ fn today(
             peer.map(|p| HeaderValue::from_str(p).unwrap()),
             Some(&host),
         );
+        // The hyper path sets the request's id as the balancer took or made it.
+        map.insert("x-request-id", HeaderValue::from_static("rid"));
     }
     let mut pairs: Vec<(String, String)> = map
         .iter()
@@ -79,7 +81,7 @@ fn the_request_as_today() {
         for peer in [Some("127.0.0.1"), None] {
             let head = request(buf);
             let mut out = Vec::new();
-            write_request(buf, &head, peer.map(str::as_bytes), &mut out);
+            write_request(buf, &head, peer.map(str::as_bytes), b"rid", &mut out);
             let (line, fields) = fields_of(&out);
             assert_eq!(
                 line.as_bytes(),
@@ -100,10 +102,10 @@ fn the_request_as_today() {
 fn forwarded_for_joins_the_first_earlier_value() {
     let buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n";
     let mut out = Vec::new();
-    write_request(buf, &request(buf), Some(b"127.0.0.1"), &mut out);
+    write_request(buf, &request(buf), Some(b"127.0.0.1"), b"rid", &mut out);
     let text = String::from_utf8(out).unwrap();
     assert!(text.ends_with(
-        "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-request-id: rid\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
     ), "{text}");
 }
 
@@ -111,11 +113,11 @@ fn forwarded_for_joins_the_first_earlier_value() {
 fn a_chunked_request_is_rechunked() {
     let buf = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n";
     let mut out = b"left alone".to_vec();
-    write_request(buf, &request(buf), Some(b"10.1.1.1"), &mut out);
+    write_request(buf, &request(buf), Some(b"10.1.1.1"), b"rid", &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "left alonePOST /up HTTP/1.1\r\nHost: a\r\nX-A: b\r\ntransfer-encoding: chunked\r\n\
-         x-forwarded-for: 10.1.1.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
+         x-forwarded-for: 10.1.1.1\r\nx-request-id: rid\r\nx-forwarded-proto: http\r\nx-forwarded-host: a\r\n\r\n"
     );
 }
 
@@ -125,26 +127,33 @@ fn every_connection_field_names_hops() {
     // means all of them.
     let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-one\r\nConnection: x-two\r\nX-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\n\r\n";
     let mut out = Vec::new();
-    write_request(buf, &request(buf), None, &mut out);
+    write_request(buf, &request(buf), None, b"rid", &mut out);
     let (_, fields) = fields_of(&out);
     let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["host", "x-forwarded-host", "x-forwarded-proto", "x-three"]
+        [
+            "host",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-request-id",
+            "x-three"
+        ]
     );
 }
 
 #[test]
 fn the_response_as_today() {
-    let buf = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Backend: spoofed\r\nContent-Length: 2\r\n\r\n";
+    let buf = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Backend: spoofed\r\nX-Request-Id: spoofed\r\nContent-Length: 2\r\n\r\n";
     let head = response(buf);
     let mut out = Vec::new();
-    write_response(buf, &head, b"worker-1:8080", None, false, &mut out);
+    write_response(buf, &head, b"worker-1:8080", None, b"rid", false, &mut out);
     let (line, fields) = fields_of(&out);
     assert_eq!(line, "HTTP/1.1 200 OK");
     let mut expected = today(buf, head.headers.as_slice(), None, None);
-    expected.retain(|(n, _)| n != "x-backend");
+    expected.retain(|(n, _)| n != "x-backend" && n != "x-request-id");
     expected.push(("x-backend".into(), "worker-1:8080".into()));
+    expected.push(("x-request-id".into(), "rid".into()));
     expected.sort();
     assert_eq!(fields, expected);
 }
@@ -153,17 +162,17 @@ fn the_response_as_today() {
 fn a_response_is_rechunked_when_not_delimited_by_its_length() {
     let buf = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut out = Vec::new();
-    write_response(buf, &response(buf), b"w", None, true, &mut out);
+    write_response(buf, &response(buf), b"w", None, b"r", true, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nx-backend: w\r\nconnection: close\r\n\r\n"
+        "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\nx-backend: w\r\nx-request-id: r\r\nconnection: close\r\n\r\n"
     );
     let buf = b"HTTP/1.1 200 \r\nX: y\r\n\r\n";
     let mut out = Vec::new();
-    write_response(buf, &response(buf), b"w", None, false, &mut out);
+    write_response(buf, &response(buf), b"w", None, b"r", false, &mut out);
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "HTTP/1.1 200 \r\nX: y\r\ntransfer-encoding: chunked\r\nx-backend: w\r\n\r\n"
+        "HTTP/1.1 200 \r\nX: y\r\ntransfer-encoding: chunked\r\nx-backend: w\r\nx-request-id: r\r\n\r\n"
     );
 }
 
@@ -172,9 +181,17 @@ fn codings_before_chunked_are_relayed_with_x_cache() {
     let buf =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\n\r\n";
     let mut out = Vec::new();
-    write_response(buf, &response(buf), b"w", Some(b"MISS"), false, &mut out);
+    write_response(
+        buf,
+        &response(buf),
+        b"w",
+        Some(b"MISS"),
+        b"r",
+        false,
+        &mut out,
+    );
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\nx-backend: w\r\nx-cache: MISS\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Type: text/plain\r\nx-backend: w\r\nx-request-id: r\r\nx-cache: MISS\r\n\r\n"
     );
 }
