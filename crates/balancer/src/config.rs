@@ -584,7 +584,7 @@ pub struct Config {
     /// How HTTP/1.1 requests are served: `fast` (the strict fast path for the common case,
     /// hyper for the rest) or `hyper` (everything on hyper, as before the fast path).
     #[arg(long = "http1-path", env = "BALANCER_HTTP1_PATH", value_name = "BALANCER_HTTP1_PATH",
-          default_value = "fast", value_parser = parse_http1_path)]
+          default_value = "fast", value_parser = parse_http1_path, action = clap::ArgAction::Set)]
     pub http1_fast_path: bool,
 
     /// Recent requests kept for `GET /requests` on the admin port (id, status, latency,
@@ -597,7 +597,7 @@ pub struct Config {
     /// One `info` line per request (`balancer::access`: its id, method, path, status,
     /// latency, backend, attempts, cache); `false` turns it off.
     #[arg(long = "access-log", env = "ACCESS_LOG", value_name = "ACCESS_LOG",
-          default_value = "true", value_parser = parse_switch)]
+          default_value = "true", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub access_log: bool,
 
     /// The deployment agent's token, sent as `authorization: Bearer` metadata on every gRPC

@@ -2267,6 +2267,9 @@ fn bad_configuration_exits_non_zero_naming_the_variable() {
         ("CACHE_CAPACITY", "many"),
         ("BACKENDS", "host:port"),
         ("HOST_PORT_HTTP_BALANCER", "99999"),
+        ("ACCESS_LOG", "maybe"),
+        ("REQUEST_HISTORY", "-1"),
+        ("REQUEST_HISTORY", "2000000"),
     ] {
         let output = std::process::Command::new(support::balancer_binary())
             .env(env, value)
@@ -3078,4 +3081,61 @@ async fn a_retried_request_shows_each_attempt_with_its_backend_and_reason() {
         saw_connect && saw_reset,
         "round robin sent a first attempt to each"
     );
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_line_per_request_with_its_id_unless_turned_off() {
+    let echo = EchoBackend::start("echo-access").await;
+    let backends = echo.address.to_string();
+    let path = if support::http1_fast_path() {
+        "fast"
+    } else {
+        "hyper"
+    };
+    let client = reqwest::Client::new();
+    for access_log in ["true", "false"] {
+        let balancer = BalancerProcess::spawn_env(
+            &["--backends", &backends, "--http1-path", path],
+            &[("ACCESS_LOG", access_log)],
+        );
+        let id = format!("access-{access_log}");
+        let response = client
+            .get(balancer.url("/logged?q=1"))
+            .header("x-request-id", &id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let made = client
+            .get(balancer.url("/logged-too"))
+            .send()
+            .await
+            .unwrap();
+        let made = request_id_of(&made);
+        let lines = |id: &str| {
+            let id = id.to_owned();
+            balancer.logged(move |event| {
+                event["target"] == "balancer::access" && event["request_id"] == id.as_str()
+            })
+        };
+        if access_log == "false" {
+            // The answers are out; their lines would be written before them.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let any = balancer.logged(|event| event["target"] == "balancer::access");
+            assert!(any.is_empty(), "{any:?}");
+            continue;
+        }
+        wait_for("the access log lines", Duration::from_secs(5), || async {
+            !lines(&id).is_empty() && !lines(&made).is_empty()
+        })
+        .await;
+        let line = &lines(&id)[0];
+        assert_eq!(line["method"], "GET", "{line}");
+        assert_eq!(line["path"], "/logged?q=1", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["backend"], backends.as_str(), "{line}");
+        assert_eq!(line["attempts"], 1, "{line}");
+        assert!(line["latency_ms"].as_f64().unwrap() > 0.0, "{line}");
+        assert_eq!(lines(&id).len(), 1, "one line per request");
+    }
 }

@@ -179,7 +179,12 @@ pub fn repo_root() -> PathBuf {
 pub struct ServiceProcess {
     child: std::process::Child,
     name: String,
+    /// Its last `LOG_KEPT` JSON log events.
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>>,
 }
+
+/// Log events a `ServiceProcess` keeps.
+const LOG_KEPT: usize = 10_000;
 
 impl ServiceProcess {
     /// Spawns `command` (with `--log-format json` added) and waits up to `timeout` for the log
@@ -201,17 +206,25 @@ impl ServiceProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let listening = listening.to_owned();
+        let log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<serde_json::Value>>> =
+            std::sync::Arc::default();
+        let kept = std::sync::Arc::clone(&log);
         // Reads the log to its end, so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == listening.as_str() {
-                        let _ = tx.send(event);
+                        let _ = tx.send(event.clone());
                     }
+                    let mut kept = kept.lock().unwrap();
+                    if kept.len() == LOG_KEPT {
+                        kept.pop_front();
+                    }
+                    kept.push_back(event);
                 }
             }
         });
-        let process = Self { child, name };
+        let process = Self { child, name, log };
         let event = rx
             .recv_timeout(timeout)
             .unwrap_or_else(|_| panic!("{} did not log that it listens", process.name));
@@ -220,6 +233,17 @@ impl ServiceProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The JSON log events it wrote so far (the last 10,000) that `keep` admits.
+    pub fn logged(&self, keep: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|event| keep(event))
+            .cloned()
+            .collect()
     }
 
     /// Sends the signal `name` (`TERM`, `INT`, ...) with `kill`.
