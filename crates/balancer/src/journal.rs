@@ -29,7 +29,7 @@ use crate::{error::ProxyError, retry::Verdict, upstream::SendError};
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest client id taken.
-pub const MAX_ID_BYTES: usize = 128;
+pub const MAX_ID_BYTES: usize = common::request_id::MAX_LEN;
 
 /// A record keeps at most this much of the request's target.
 const MAX_PATH_BYTES: usize = 512;
@@ -37,14 +37,7 @@ const MAX_PATH_BYTES: usize = 512;
 /// Records `GET /requests` returns at most.
 pub const MAX_LIST: usize = 1000;
 
-/// Whether a client's request id is taken as it is.
-pub fn well_formed(id: &[u8]) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_BYTES
-        && id
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
+pub use common::request_id::well_formed;
 
 /// A backend as the records name it, shared by its attempts (a record never keeps the
 /// backend itself, nor its connections, alive).
@@ -449,7 +442,7 @@ impl Journal {
                     .map(|record| (record.seq, record.to_json())),
             );
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
         found.truncate(limit);
         (found.into_iter().map(|(_, record)| record).collect(), kept)
     }

@@ -707,6 +707,7 @@ impl Shared {
     /// What one attempt's outcome means: an `Answer` or a failure (`Break`), or another
     /// attempt from `now` (`Continue`), as the retry policy says. Counts the attempt on its
     /// backend: errors, connect failures and ejection, latency, statuses.
+    #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
         outcome: Sent,

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod cpu;
 pub mod queue;
+pub mod request_id;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

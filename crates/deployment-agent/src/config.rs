@@ -555,6 +555,17 @@ pub struct Config {
         value_name = "DASHBOARD_BALANCER_URL"
     )]
     pub dashboard_balancer_url: Option<String>,
+    /// Base URLs of the balancers' admin ports, comma-separated (`http://balancer:8001`),
+    /// that `GET /requests/{id}` asks for a request's record. Each host is resolved to every
+    /// address (`tasks.balancer` reaches every replica on Swarm). Empty (the default): that
+    /// endpoint answers 503.
+    #[arg(
+        long = "balancer-admin-urls",
+        env = "BALANCER_ADMIN_URLS",
+        value_name = "BALANCER_ADMIN_URLS",
+        value_delimiter = ','
+    )]
+    pub balancer_admin_urls: Vec<String>,
     /// Most WebSocket subscribers at once, counted over `/ws` on both ports and `/ws/events`;
     /// one more is answered 503.
     #[arg(
@@ -567,6 +578,10 @@ pub struct Config {
     /// A WebSocket subscriber that cannot take one message within this is dropped.
     #[arg(long = "ws-send-timeout", env = "WS_SEND_TIMEOUT", value_name = "WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ws_send_timeout: Duration,
+    /// Longest a `GET /containers/{id}/logs?follow=true` stays open; it also ends when the
+    /// container stops or the agent shuts down. `0s` is refused.
+    #[arg(long = "logs-follow-max", env = "LOGS_FOLLOW_MAX", value_name = "LOGS_FOLLOW_MAX", default_value = "300s", value_parser = parse_duration)]
+    pub logs_follow_max: Duration,
     /// At most one queue publication per this interval: the first change after a quiet
     /// interval goes out at once, later ones are merged into one at the interval's end; a
     /// change of the routing set (a worker added or gone, ready, SUNDOWN, unhealthy) always
@@ -637,6 +652,9 @@ impl Config {
         }
         if self.ws_send_timeout.is_zero() {
             return Err("WS_SEND_TIMEOUT must be positive".into());
+        }
+        if self.logs_follow_max.is_zero() {
+            return Err("LOGS_FOLLOW_MAX must be positive (a followed log ends after it)".into());
         }
         if self.publish_interval > MAX_PUBLISH_INTERVAL {
             return Err(format!(
@@ -737,6 +755,10 @@ impl Config {
                 ));
             }
         }
+        for url in &self.balancer_admin_urls {
+            crate::journey::AdminUrl::parse(url)
+                .map_err(|why| format!("BALANCER_ADMIN_URLS: `{url}` {why}"))?;
+        }
         Ok(())
     }
 
@@ -780,6 +802,12 @@ impl Config {
         self.worker_constraints
             .retain(|constraint| !constraint.is_empty());
         self.dashboard_balancer_url = keep(self.dashboard_balancer_url);
+        self.balancer_admin_urls = self
+            .balancer_admin_urls
+            .iter()
+            .map(|url| url.trim().trim_end_matches('/').to_owned())
+            .filter(|url| !url.is_empty())
+            .collect();
         self.agent_id = keep(self.agent_id).map(|id| id.trim().to_owned());
         self.advertise_host = keep(self.advertise_host).map(|host| host.trim().to_owned());
         self

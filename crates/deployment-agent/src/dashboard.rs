@@ -1,7 +1,8 @@
 //! The live dashboard: one static page (HTML, CSS, JavaScript) embedded in the binary and
 //! served on the HTTP port at `/` and `/dashboard`. The page reads `/config`, subscribes to
 //! `/ws` (queue) and `/ws/events` (event log) on its own origin, posts jobs to the balancer
-//! (`balancer_url` in `/config`) and uses `/scale` and `/containers/{id}/drain`. No build
+//! (`balancer_url` in `/config`), uses `/scale` and `/containers/{id}/drain`, follows
+//! `/containers/{id}/logs` and shows `/requests/{id}` (a request's journey). No build
 //! step: the files in `dashboard/` are what the browser gets. `DASHBOARD=false` turns every
 //! route here into a 404.
 

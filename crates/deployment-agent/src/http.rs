@@ -41,6 +41,8 @@ pub fn router(agent: Agent) -> Router {
         .route("/metrics", get(metrics))
         .route("/scale", post(scale))
         .route("/containers/{id}/drain", post(drain))
+        .route("/containers/{id}/logs", get(crate::logs::container_logs))
+        .route("/requests/{id}", get(crate::journey::journey))
         .route("/leadership/step-down", post(step_down))
         .route("/ws", get(crate::ws::upgrade))
         .route("/ws/events", get(crate::ws::upgrade_events))

@@ -16,6 +16,8 @@ mod dashboard;
 mod forward;
 mod grpc;
 mod http;
+mod journey;
+mod logs;
 mod metrics;
 mod probe;
 mod publish;

@@ -40,6 +40,28 @@ pub struct LaunchSpec {
     pub epoch: u64,
 }
 
+/// Which log lines `Runtime::log_stream` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogQuery {
+    /// The last `tail` lines already written (0: none, only new ones when following).
+    pub tail: usize,
+    /// Only lines written at or after this instant (unix milliseconds).
+    pub since_ms: Option<u64>,
+    /// Keep reading new lines as they are written, until the instance stops (or the stream
+    /// is dropped).
+    pub follow: bool,
+}
+
+/// One log line of an instance, its timestamp stripped into `at_ms`.
+#[derive(serde::Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// When the engine (or the agent, for a process) read it, in unix milliseconds.
+    pub at_ms: Option<u64>,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    pub line: String,
+}
+
 /// Something happened to an instance that the agent did not ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
@@ -192,14 +214,45 @@ impl Runtime {
         }
     }
 
-    /// The last log lines of an instance (its stdout and stderr for Docker, stderr for a
-    /// process), at most `LOG_LINES` / `LOG_BYTES`; empty when none can be read.
+    /// The last log lines of an instance (stdout and stderr), at most `LOG_LINES` /
+    /// `LOG_BYTES`, read for at most five seconds; empty when none can be read. What a crash
+    /// report carries.
     pub async fn logs(&self, id: &str) -> Vec<String> {
+        let query = LogQuery {
+            tail: LOG_LINES,
+            since_ms: None,
+            follow: false,
+        };
+        let Ok(stream) = self.log_stream(id, &query).await else {
+            return Vec::new();
+        };
+        let mut stream = stream.take(LOG_LINES * 4);
+        let mut lines = Vec::new();
+        let read = async {
+            while let Some(line) = stream.next().await {
+                lines.push(line.line);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+        last_lines(lines.iter().map(String::as_str))
+    }
+
+    /// An instance's log lines, oldest first (Docker and Swarm: from the engine, the
+    /// container's stdout and stderr; a process: what the agent kept of its output); with
+    /// `follow`, new lines as they are written until the instance stops. Pulled: nothing is
+    /// read ahead of the consumer. The simulated runtime's records have none (an error).
+    pub async fn log_stream(
+        &self,
+        id: &str,
+        query: &LogQuery,
+    ) -> Result<BoxStream<'static, LogLine>, RuntimeError> {
         match self {
-            Self::Docker(docker) => docker.logs(id).await,
-            Self::Process(process) => process.logs(id),
-            Self::Swarm(swarm) => swarm.logs(id).await,
-            Self::Simulated(_) => Vec::new(),
+            Self::Docker(docker) => docker.log_stream(id, query).await,
+            Self::Process(process) => process.log_stream(id, query),
+            Self::Swarm(swarm) => swarm.log_stream(id, query).await,
+            Self::Simulated(_) => Err(RuntimeError::Other(
+                "a simulated worker writes no logs".into(),
+            )),
         }
     }
 
@@ -279,8 +332,28 @@ pub fn last_lines<'a>(lines: impl DoubleEndedIterator<Item = &'a str>) -> Vec<St
     kept
 }
 
+/// The HTTP status of an engine's error answer.
+pub(crate) fn docker_status(err: &bollard::errors::Error) -> Option<u16> {
+    docker::status_code(err)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ use axum::{
     Json, Router,
     body::{Body, Bytes},
     extract::{MatchedPath, Path, Request, State, rejection::PathRejection},
-    http::{HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get, post},
@@ -108,6 +108,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     retry_after: Option<u64>,
+    /// Why, in a word, for the `job failed` log line.
+    reason: &'static str,
 }
 
 impl ApiError {
@@ -116,11 +118,16 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            reason: "error",
         }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+        Self::new(StatusCode::BAD_REQUEST, message).because("bad request")
+    }
+
+    fn because(self, reason: &'static str) -> Self {
+        Self { reason, ..self }
     }
 }
 
@@ -154,64 +161,127 @@ async fn health() -> &'static str {
     "OK"
 }
 
+/// The balancer's `X-Request-Id`, when it is well-formed (`request::request_id`); the job's
+/// log lines carry it as `request_id` so a search for the id finds them.
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("x-request-id")?;
+    request::request_id(value.as_bytes()).map(str::to_owned)
+}
+
+/// Runs a job endpoint and logs `job failed` with its reason when it answers with an error
+/// (a bad request, a saturated pool, a panic); `execute` logs the start and the end.
+async fn logged(
+    request_id: Option<&str>,
+    endpoint: &'static str,
+    job: impl Future<Output = Result<Finished, ApiError>>,
+) -> Result<Finished, ApiError> {
+    let answer = job.await;
+    if let Err(err) = &answer {
+        tracing::info!(
+            request_id,
+            endpoint,
+            status = err.status.as_u16(),
+            reason = err.reason,
+            cause = %err.message,
+            "job failed"
+        );
+    }
+    answer
+}
+
 #[tracing::instrument(skip_all)]
-async fn submit(State(state): State<AppState>, body: Body) -> Result<Finished, ApiError> {
-    let body = read_body(body, state.0.config.max_body_bytes).await?;
-    let job = request::parse_submit(&body, &state.0.config).map_err(ApiError::bad_request)?;
-    execute(&state, job, None).await
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Finished, ApiError> {
+    let id = request_id(&headers);
+    logged(id.as_deref(), "/submit", async {
+        let body = read_body(body, state.0.config.max_body_bytes).await?;
+        let job = request::parse_submit(&body, &state.0.config).map_err(ApiError::bad_request)?;
+        execute(&state, id.as_deref(), job, None).await
+    })
+    .await
 }
 
-async fn work(state: State<AppState>, body: Body) -> Result<Finished, ApiError> {
-    intensity_job(state, body, Weight::Normal).await
+async fn work(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Finished, ApiError> {
+    intensity_job(state, headers, body, ("/work", Weight::Normal)).await
 }
 
-async fn heavy(state: State<AppState>, body: Body) -> Result<Finished, ApiError> {
-    intensity_job(state, body, Weight::Heavy).await
+async fn heavy(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Finished, ApiError> {
+    intensity_job(state, headers, body, ("/heavy", Weight::Heavy)).await
 }
 
-async fn light(state: State<AppState>, body: Body) -> Result<Finished, ApiError> {
-    intensity_job(state, body, Weight::Light).await
+async fn light(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Finished, ApiError> {
+    intensity_job(state, headers, body, ("/light", Weight::Light)).await
 }
 
-#[tracing::instrument(skip(state, body))]
+#[tracing::instrument(skip(state, headers, body))]
 async fn intensity_job(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Body,
-    weight: Weight,
+    (endpoint, weight): (&'static str, Weight),
 ) -> Result<Finished, ApiError> {
-    let config = &state.0.config;
-    let body = read_body(body, config.max_body_bytes).await?;
-    let intensity = request::parse_intensity_body(&body, config.max_intensity)
-        .map_err(ApiError::bad_request)?;
-    let job = Job::Spin {
-        iterations: weight.iterations(intensity, config.work_unit),
-    };
-    execute(&state, job, Some(intensity)).await
+    let id = request_id(&headers);
+    logged(id.as_deref(), endpoint, async {
+        let config = &state.0.config;
+        let body = read_body(body, config.max_body_bytes).await?;
+        let intensity = request::parse_intensity_body(&body, config.max_intensity)
+            .map_err(ApiError::bad_request)?;
+        let job = Job::Spin {
+            iterations: weight.iterations(intensity, config.work_unit),
+        };
+        execute(&state, id.as_deref(), job, Some(intensity)).await
+    })
+    .await
 }
 
-#[tracing::instrument(skip(state))]
+#[tracing::instrument(skip(state, headers))]
 async fn consume_cpu(
     State(state): State<AppState>,
+    headers: HeaderMap,
     segment: Result<Path<String>, PathRejection>,
 ) -> Result<Finished, ApiError> {
-    let intensity = path_intensity(&state, segment)?;
-    let job = Job::Spin {
-        iterations: Weight::Normal.iterations(intensity, state.0.config.work_unit),
-    };
-    execute(&state, job, Some(intensity)).await
+    let id = request_id(&headers);
+    logged(id.as_deref(), "/consume_cpu", async {
+        let intensity = path_intensity(&state, segment)?;
+        let job = Job::Spin {
+            iterations: Weight::Normal.iterations(intensity, state.0.config.work_unit),
+        };
+        execute(&state, id.as_deref(), job, Some(intensity)).await
+    })
+    .await
 }
 
-#[tracing::instrument(skip(state))]
+#[tracing::instrument(skip(state, headers))]
 async fn consume_memory(
     State(state): State<AppState>,
+    headers: HeaderMap,
     segment: Result<Path<String>, PathRejection>,
 ) -> Result<Finished, ApiError> {
-    let intensity = path_intensity(&state, segment)?;
-    let job = Job::Memory {
-        bytes: u64::from(intensity) * state.0.config.memory_unit_mb * (1 << 20),
-        hold: Duration::from_millis(100),
-    };
-    execute(&state, job, Some(intensity)).await
+    let id = request_id(&headers);
+    logged(id.as_deref(), "/consume_memory", async {
+        let intensity = path_intensity(&state, segment)?;
+        let job = Job::Memory {
+            bytes: u64::from(intensity) * state.0.config.memory_unit_mb * (1 << 20),
+            hold: Duration::from_millis(100),
+        };
+        execute(&state, id.as_deref(), job, Some(intensity)).await
+    })
+    .await
 }
 
 fn path_intensity(
@@ -308,6 +378,7 @@ async fn simulate(
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "worker is saturated; retry later".into(),
             retry_after: Some(state.0.config.retry_after_secs),
+            reason: "saturated",
         }),
         Err(PoolError::Cancelled) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -379,15 +450,38 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is larger than {limit} bytes"),
-        )),
+        )
+        .because("body too large")),
         Err(err) => Err(ApiError::bad_request(format!(
             "could not read the request body: {err}"
         ))),
     }
 }
 
-async fn execute(state: &AppState, job: Job, intensity: Option<u32>) -> Result<Finished, ApiError> {
+async fn execute(
+    state: &AppState,
+    request_id: Option<&str>,
+    job: Job,
+    intensity: Option<u32>,
+) -> Result<Finished, ApiError> {
     let operation = job.operation();
+    tracing::info!(
+        request_id,
+        operation,
+        size = job.size(),
+        intensity,
+        "job started"
+    );
+    // A request that goes away drops this future: its job is cancelled, and said so.
+    let gone = scopeguard(|| {
+        tracing::info!(
+            request_id,
+            operation,
+            reason = "cancelled",
+            cause = "the client went away",
+            "job failed"
+        );
+    });
     let outcome = state
         .0
         .pool
@@ -396,8 +490,15 @@ async fn execute(state: &AppState, job: Job, intensity: Option<u32>) -> Result<F
             job.run(cancel).map(|value| (value, started.elapsed()))
         })
         .await;
+    std::mem::forget(gone);
     match outcome {
         Ok((result, took)) => {
+            tracing::info!(
+                request_id,
+                operation,
+                duration_ms = took.as_secs_f64() * 1e3,
+                "job done"
+            );
             state
                 .0
                 .metrics
@@ -426,16 +527,19 @@ async fn execute(state: &AppState, job: Job, intensity: Option<u32>) -> Result<F
                     stats.running, stats.queued
                 ),
                 retry_after: Some(state.0.config.retry_after_secs),
+                reason: "saturated",
             })
         }
         Err(PoolError::Cancelled) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the job was cancelled",
-        )),
+        )
+        .because("cancelled")),
         Err(PoolError::Failed) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the job failed",
-        )),
+        )
+        .because("panicked")),
     }
 }
 

@@ -47,6 +47,16 @@ impl Job {
         }
     }
 
+    /// Its size in the job's own unit (iterations, a limit, milliseconds, bytes), for logs.
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::MonteCarloPi { iterations } | Self::Spin { iterations } => *iterations,
+            Self::Primes { limit } => *limit,
+            Self::Sleep { duration } => duration.as_millis() as u64,
+            Self::Memory { bytes, .. } => *bytes,
+        }
+    }
+
     /// Runs the job on the current thread; its result as JSON.
     pub fn run(self, cancel: &CancelFlag) -> Result<Value, Cancelled> {
         Ok(match self {
@@ -163,6 +173,12 @@ pub fn parse_intensity_path(segment: &str, max: u32) -> Result<u32, String> {
         .ok()
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| format!("intensity must be an integer from 1 to {max}, got `{segment}`"))
+}
+
+/// An `X-Request-Id` value as the balancer sends it (`common::request_id`'s rule). Anything
+/// else is `None` and never logged.
+pub fn request_id(value: &[u8]) -> Option<&str> {
+    common::request_id::parse(value)
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, String> {

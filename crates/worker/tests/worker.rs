@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::serve::Stopped;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{TestWorker, WorkerProcess};
+use support::{LoggingWorker, TestWorker, WorkerProcess};
 use worker::Config;
 
 fn config() -> Config {
@@ -623,4 +623,98 @@ async fn simulate_refuses_malformed_and_oversized_input() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(message.contains("rows"), "{message}");
+}
+
+/// The balancer's `X-Request-Id` is in the worker's `job started`, `job done` and `job failed`
+/// lines (a search for the id finds them), in text and in JSON; a malformed one is not logged.
+#[tokio::test]
+async fn job_log_lines_carry_the_request_id() {
+    for format in ["text", "json"] {
+        let worker = LoggingWorker::spawn(format).await;
+        let client = reqwest::Client::new();
+        let id = format!("it-{format}-{}", common::testing::unique());
+
+        let done = client
+            .post(worker.url("/submit"))
+            .header("x-request-id", &id)
+            .json(&json!({"operation": "primes", "data": {"limit": 1000}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), StatusCode::OK);
+        let lines = worker.lines_with(&[&id, "job started", "job done"]).await;
+        let started = lines.iter().find(|l| l.contains("job started"));
+        let finished = lines.iter().find(|l| l.contains("job done"));
+        assert!(
+            started.is_some_and(|l| l.contains("primes") && l.contains("1000")),
+            "{format}: no `job started` line with the operation and size for {id}: {lines:?}"
+        );
+        assert!(
+            finished.is_some_and(|l| l.contains("duration_ms")),
+            "{format}: no `job done` line with its duration for {id}: {lines:?}"
+        );
+
+        let failed_id = format!("{id}-bad");
+        let refused = client
+            .post(worker.url("/work"))
+            .header("x-request-id", &failed_id)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let lines = worker.lines_with(&[&failed_id, "job failed"]).await;
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("job failed") && l.contains("bad request")),
+            "{format}: no `job failed` line with its reason for {failed_id}: {lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("job started")),
+            "{format}: a refused body started no job: {lines:?}"
+        );
+
+        // In JSON, `request_id` is a field of its own.
+        if format == "json" {
+            let event: Value = lines
+                .iter()
+                .find_map(|l| serde_json::from_str(l).ok())
+                .unwrap();
+            assert_eq!(event["request_id"], failed_id.as_str(), "{event}");
+        }
+
+        // No header, or one that is not a plain short id: the job runs and is logged without
+        // it, and the header's bytes are never written out.
+        let bad_ids = ["has space", "x".repeat(129).as_str(), "a\"b"].map(str::to_owned);
+        for bad in &bad_ids {
+            let answer = client
+                .get(worker.url("/consume_cpu/1"))
+                .header("x-request-id", bad.as_str())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+        let answer = client
+            .get(worker.url("/consume_cpu/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let all = worker.all_lines();
+        let unmarked = all
+            .iter()
+            .filter(|l| l.contains("job done") && !l.contains("request_id"))
+            .count();
+        assert_eq!(unmarked, 4, "{format}: {all:#?}");
+        for bad in &bad_ids {
+            assert!(
+                !all.iter().any(|l| l.contains(bad.as_str())),
+                "{format}: `{bad}` was logged: {all:#?}"
+            );
+        }
+    }
 }

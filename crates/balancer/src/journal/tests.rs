@@ -24,21 +24,7 @@ fn record(journal: &Journal, shard: usize, id: &str, status: u16) {
 
 #[test]
 fn only_well_formed_ids_are_taken() {
-    for good in ["a", "A-z_0.9:x", &"x".repeat(128)] {
-        assert!(well_formed(good.as_bytes()), "{good}");
-    }
-    for bad in [
-        "",
-        "a b",
-        "a/b",
-        "<x>",
-        "a;b",
-        "caf\u{e9}",
-        "a\"b",
-        &"x".repeat(129),
-    ] {
-        assert!(!well_formed(bad.as_bytes()), "{bad:?}");
-    }
+    // The rule itself is `common::request_id`'s, tested there.
     let journal = journal(10, 1);
     let made = journal.start(
         Some(b"no spaces allowed"),

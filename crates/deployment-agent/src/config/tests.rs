@@ -84,6 +84,11 @@ fn security_defaults_and_the_container_ceiling() {
     assert_eq!(config.max_containers_limit, 100);
     assert_eq!(config.ws_max_subscribers, 256);
     assert_eq!(config.ws_send_timeout, Duration::from_secs(10));
+    assert_eq!(config.logs_follow_max, Duration::from_secs(300));
+    let mut config = Config::defaults();
+    config.logs_follow_max = Duration::ZERO;
+    let message = config.validate().unwrap_err();
+    assert!(message.contains("LOGS_FOLLOW_MAX"), "{message}");
     let mut config = Config::defaults();
     config.insecure = true;
     assert_eq!(config.access(), Access::Open);

@@ -6,7 +6,11 @@
 // (every 2 s and on each event), to show why the pool has no ready container; and with the
 // queue's pushes, at most once a second, for what the balancers report but nobody pushes: the
 // expected work in flight per container and the balancers' queue. Jobs go to the balancer (`balancer_url` in `config`,
-// else this host on port 8000), which allows this origin through CORS and exposes X-Backend.
+// else this host on port 8000), which allows this origin through CORS and exposes X-Backend
+// and X-Request-Id. A container's logs come from `containers/{id}/logs` (NDJSON: its recent
+// lines, then a live follow read as a stream, reopened while the panel is open); a request's
+// journey from `requests/{id}`, which the agent joins from the balancers' records and the
+// containers' logs.
 //
 // Every piece of text from the network is inserted with `textContent` / text nodes, never as
 // markup.
@@ -21,6 +25,12 @@
   const MAX_JOBS = 40;
   const JOB_TIMEOUT_MS = 150 * 1000;
   const WORK_REFRESH_MS = 1000;
+  const LOG_TAIL = 200;
+  const MAX_LOG_LINES = 1000;
+  const LOG_RETRY_MAX_MS = 10000;
+  const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+  // Terminal colour codes (ESC [ ... m) a program may write to its log; not shown.
+  const ANSI = /\u001b\[[0-9;]*[A-Za-z]/g;
   const TOKEN_KEY = "rustybalancer.agent-token";
   const JOB_SIZES = {
     monte_carlo_pi: { field: "iterations", label: "iterations", value: 1000000, integer: true },
@@ -92,6 +102,11 @@
       new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }),
     ms: (ms) => (ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`),
     secs: (s) => (Number.isFinite(s) ? `${s.toFixed(1)} s` : "–"),
+    /** A duration with a decimal under 10 ms (a proxy's timings are often below 1 ms). */
+    fine: (ms) => (!Number.isFinite(ms) ? "–" : ms < 10 ? `${ms.toFixed(1)} ms` : fmt.ms(ms)),
+    /** `12:00:01.234` */
+    clock: (ms) =>
+      Number.isFinite(ms) ? `${fmt.time(ms)}.${String(Math.floor(ms % 1000)).padStart(3, "0")}` : "–",
   };
 
   /** `app-worker-3` -> `worker-3` (the application prefix is the same for all). */
@@ -617,6 +632,8 @@
     const drain = el("button", { type: "button", class: "drain" }, "Drain");
     drain.dataset.drain = item.id;
     drain.addEventListener("click", () => drainContainer(item.id, drain));
+    const logsButton = el("button", { type: "button", class: "logs-open", title: "its log lines, following live" }, "Logs");
+    logsButton.dataset.logs = item.id;
     const bars = {};
     const barList = el("div", { class: "bars" });
     for (const [label, field] of BARS) {
@@ -636,10 +653,24 @@
     const li = el(
       "li",
       { class: "container" },
-      el("div", { class: "c-head" }, name, badge, inflight, work, address, drain),
+      el(
+        "div",
+        { class: "c-head" },
+        name,
+        badge,
+        inflight,
+        work,
+        address,
+        el("span", { class: "c-actions" }, logsButton, drain),
+      ),
       barList,
     );
     li.dataset.containerId = item.id;
+    // The row opens its logs (its Drain button does not).
+    li.addEventListener("click", (event) => {
+      if (event.target.closest("button.drain")) return;
+      openLogs(item.id);
+    });
     return { li, name, badge, inflight, work, address, drain, bars };
   }
 
@@ -828,7 +859,7 @@
     const backend = el("span", { class: "job-backend" });
     const li = el(
       "li",
-      { class: "job" },
+      { class: "job", tabindex: "0" },
       el("span", { class: "job-name" }, `#${job.n} ${job.operation} ${job.field}=${job.value}`),
       stateText,
       result,
@@ -836,6 +867,17 @@
       backend,
     );
     li.dataset.state = "pending";
+    // Its journey once the balancer has named it (X-Request-Id).
+    const show = () => {
+      if (li.dataset.requestId) showJourney(li.dataset.requestId);
+    };
+    li.addEventListener("click", show);
+    li.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        show();
+      }
+    });
     return { li, state: stateText, result, time, backend };
   }
 
@@ -875,6 +917,11 @@
       row.backend.textContent = backend || "(no X-Backend)";
       row.backend.title = body && body.worker_id ? `worker_id ${body.worker_id}` : "";
       row.li.dataset.backend = backend || "";
+      const requestId = response.headers.get("X-Request-Id");
+      if (requestId) {
+        row.li.dataset.requestId = requestId;
+        row.li.title = `request ${requestId}: click for its journey`;
+      }
       const serverTime = body && body.time_taken ? ` (worker ${body.time_taken})` : "";
       row.time.textContent = `${fmt.ms(elapsed)}${serverTime}`;
       if (response.ok && body) {
@@ -911,6 +958,259 @@
       state.jobSeq += 1;
       runJob({ n: state.jobSeq, operation, field: spec.field, value });
     }
+  }
+
+  // ---------------------------------------------------------------- container logs
+
+  const logs = { id: null, abort: null, lastAt: null };
+
+  /**
+   * Reads an NDJSON answer as it arrives, calling `onLine` with each parsed object; resolves
+   * when the answer ends. `onOpen` runs once the headers are in. Throws on an HTTP error
+   * (with the agent's message) and when `signal` aborts.
+   */
+  async function readNdjson(path, signal, onLine, onOpen) {
+    const response = await fetch(apiUrl(path), { cache: "no-store", signal });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.error || `HTTP ${response.status}`);
+    }
+    if (onOpen) onOpen();
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    const take = (text) => {
+      const trimmed = text.trim();
+      if (!trimmed) return;
+      try {
+        onLine(JSON.parse(trimmed));
+      } catch (_) {
+        // Not a line of ours; skip it.
+      }
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffered.indexOf("\n")) >= 0) {
+        take(buffered.slice(0, end));
+        buffered = buffered.slice(end + 1);
+      }
+    }
+    take(buffered + decoder.decode());
+  }
+
+  function setLogsState(stateName, text) {
+    $("logs").dataset.state = stateName;
+    setText("logs-state", text);
+  }
+
+  function appendLogLine(entry) {
+    const list = $("logs");
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+    const li = el(
+      "li",
+      { class: `log-line stream-${entry.stream === "stdout" ? "stdout" : "stderr"}` },
+      el("time", entry.at_ms ? { datetime: new Date(entry.at_ms).toISOString() } : {}, entry.at_ms ? fmt.clock(entry.at_ms) : ""),
+      el("span", { class: "log-text" }, (entry.line || "").replace(ANSI, "")),
+    );
+    li.dataset.stream = entry.stream || "";
+    list.append(li);
+    while (list.children.length > MAX_LOG_LINES) list.firstElementChild.remove();
+    if (Number.isFinite(entry.at_ms)) logs.lastAt = entry.at_ms;
+    if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  /** Shows a container's logs: its last lines, then new ones live until closed. */
+  function openLogs(id) {
+    closeLogs();
+    const abort = new AbortController();
+    logs.id = id;
+    logs.abort = abort;
+    logs.lastAt = null;
+    const panel = $("logs-panel");
+    panel.hidden = false;
+    panel.dataset.container = id;
+    $("logs").dataset.container = id;
+    clear($("logs"));
+    setText("logs-name", containerLabel(id));
+    $("logs-name").title = id;
+    followLogs(id, abort.signal);
+    panel.scrollIntoView({ block: "nearest" });
+  }
+
+  function closeLogs() {
+    if (logs.abort) logs.abort.abort();
+    logs.abort = null;
+    logs.id = null;
+    $("logs-panel").hidden = true;
+    setLogsState("closed", "");
+  }
+
+  async function followLogs(id, signal) {
+    const base = `containers/${encodeURIComponent(id)}/logs`;
+    setLogsState("loading", "loading…");
+    let delay = 500;
+    let first = true;
+    while (!signal.aborted) {
+      try {
+        if (first) {
+          await readNdjson(`${base}?tail=${LOG_TAIL}`, signal, appendLogLine);
+          first = false;
+        }
+        // Live: a follow ends after the agent's LOGS_FOLLOW_MAX; it is opened again while
+        // the panel stays open (after a pause when it ended at once: a stopped container).
+        const opened = Date.now();
+        await readNdjson(`${base}?follow=true&tail=0`, signal, appendLogLine, () => {
+          setLogsState("following", "following live");
+        });
+        if (signal.aborted) return;
+        setLogsState("reconnecting", "reconnecting…");
+        if (Date.now() - opened < 2000) {
+          await new Promise((resolve) => setTimeout(resolve, delay));
+          delay = Math.min(delay * 2, LOG_RETRY_MAX_MS);
+        } else {
+          delay = 500;
+        }
+      } catch (err) {
+        if (signal.aborted) return;
+        setLogsState("error", `${err.message}; trying again…`);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, LOG_RETRY_MAX_MS);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- request journey
+
+  let journeyAbort = null;
+
+  function journeyError(text) {
+    const box = $("journey");
+    box.dataset.state = "error";
+    $("journey-empty").hidden = true;
+    $("journey-body").hidden = true;
+    const error = $("journey-error");
+    error.hidden = false;
+    error.textContent = text;
+  }
+
+  /** Fetches and shows `requests/{id}`. */
+  async function showJourney(id) {
+    id = id.trim();
+    $("journey-id").value = id;
+    if (!REQUEST_ID.test(id)) {
+      journeyError("A request id is 1 to 128 of the characters A–Z a–z 0–9 . _ : -");
+      return;
+    }
+    if (journeyAbort) journeyAbort.abort();
+    const abort = new AbortController();
+    journeyAbort = abort;
+    const box = $("journey");
+    box.dataset.state = "loading";
+    box.dataset.id = id;
+    $("journey-error").hidden = true;
+    box.closest("section").scrollIntoView({ block: "nearest" });
+    try {
+      const response = await fetch(apiUrl(`requests/${encodeURIComponent(id)}`), {
+        cache: "no-store",
+        signal: abort.signal,
+      });
+      const body = await response.json().catch(() => ({}));
+      if (abort.signal.aborted) return;
+      if (!response.ok) {
+        const unreachable = (body.unreachable || []).map((u) => `${u.url} (${u.error})`);
+        const more = unreachable.length ? `; not reached: ${unreachable.join(", ")}` : "";
+        journeyError(
+          response.status === 404
+            ? `Request ${id} not found: ${body.error || "no balancer remembers it"}${more}`
+            : `${body.error || `HTTP ${response.status}`}${more}`,
+        );
+        return;
+      }
+      renderJourney(body);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      journeyError(`cannot reach the agent: ${err.message}`);
+    } finally {
+      if (journeyAbort === abort) journeyAbort = null;
+    }
+  }
+
+  function renderJourney(journey) {
+    const record = journey.record || {};
+    const box = $("journey");
+    box.dataset.state = "found";
+    box.dataset.id = journey.id;
+    $("journey-empty").hidden = true;
+    $("journey-error").hidden = true;
+    $("journey-body").hidden = false;
+
+    const summary = $("journey-summary");
+    clear(summary);
+    const status = record.status === null || record.status === undefined ? "no answer" : String(record.status);
+    summary.append(
+      el("code", { class: "journey-request" }, `${record.method || "?"} ${record.path || "?"}`),
+      " → ",
+      el("span", { class: `journey-status ${Number(record.status) >= 500 || !record.status ? "bad" : "good"}` }, status),
+      ` in ${fmt.fine(record.latency_ms)}`,
+      ` · cache ${record.cache || "–"}`,
+      ` · at ${fmt.clock(record.started_at_ms)}`,
+      ` · balancer ${journey.balancer || "?"}`,
+    );
+    if (record.error) summary.append(el("span", { class: "journey-failure" }, ` · ${record.error}`));
+
+    const attempts = $("journey-attempts");
+    clear(attempts);
+    const list = record.attempts || [];
+    if (!list.length) attempts.append(el("li", { class: "muted" }, "No attempt: the balancer answered it itself."));
+    list.forEach((attempt, index) => {
+      // When it started, after the request arrived.
+      const after = Number.isFinite(attempt.after_ms)
+        ? attempt.after_ms
+        : attempt.started_at_ms - record.started_at_ms;
+      const offset = Number.isFinite(after) ? ` · started at +${fmt.fine(after)}` : "";
+      const li = el(
+        "li",
+        { class: "journey-attempt" },
+        el("span", { class: "attempt-n" }, `#${index + 1}`),
+        el("span", { class: "attempt-backend", title: `${attempt.backend || ""} ${attempt.address || ""}` },
+          attempt.name ? shortName(attempt.name) : containerLabel(attempt.backend)),
+        el("span", { class: `attempt-outcome outcome-${attempt.outcome === "answered" ? "ok" : "bad"}` },
+          `${attempt.outcome || "?"}${attempt.status ? ` ${attempt.status}` : ""}`),
+        el("span", { class: "attempt-time muted" },
+          `${fmt.fine(attempt.duration_ms)}${offset}`),
+        attempt.retry ? el("span", { class: "attempt-retry" }, `retried: ${attempt.retry}`) : null,
+      );
+      li.dataset.backend = attempt.backend || "";
+      li.dataset.outcome = attempt.outcome || "";
+      attempts.append(li);
+    });
+
+    const notes = [];
+    for (const c of journey.containers || []) {
+      if (c.error) notes.push(`${shortName(c.name || c.container)}: ${c.error}`);
+      else if (c.truncated) notes.push(`${shortName(c.name || c.container)}: only the first lines read`);
+    }
+    for (const u of journey.unreachable || []) notes.push(`balancer ${u.url} not reached: ${u.error}`);
+    setText("journey-notes", notes.join(" · "));
+
+    const lines = $("journey-logs");
+    clear(lines);
+    for (const entry of journey.logs || []) {
+      const li = el(
+        "li",
+        { class: "journey-log" },
+        el("time", entry.at_ms ? { datetime: new Date(entry.at_ms).toISOString() } : {}, entry.at_ms ? fmt.clock(entry.at_ms) : ""),
+        el("span", { class: "log-container", title: entry.container || "" }, shortName(entry.name || entry.container || "")),
+        el("span", { class: "log-text" }, (entry.line || "").replace(ANSI, "")),
+      );
+      li.dataset.container = entry.container || "";
+      li.dataset.stream = entry.stream || "";
+      lines.append(li);
+    }
+    $("journey-logs-empty").hidden = (journey.logs || []).length > 0;
   }
 
   // ---------------------------------------------------------------- controls
@@ -952,6 +1252,11 @@
     $("job-form").addEventListener("submit", submitJobs);
     $("bounds-form").addEventListener("submit", setBounds);
     $("replicas-form").addEventListener("submit", setReplicas);
+    $("journey-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      showJourney($("journey-id").value);
+    });
+    $("logs-close").addEventListener("click", closeLogs);
     // Follows the live count until someone types a number of their own.
     $("replicas").addEventListener("input", (event) => {
       event.target.dataset.edited = "1";

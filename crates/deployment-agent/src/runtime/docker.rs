@@ -16,7 +16,7 @@ use bollard::{
 };
 use futures_util::{StreamExt, stream::BoxStream};
 
-use super::{EngineHealth, Instance, LaunchSpec, RuntimeError, RuntimeEvent};
+use super::{EngineHealth, Instance, LaunchSpec, LogLine, LogQuery, RuntimeError, RuntimeEvent};
 use crate::{
     config::{AddressMode, Config},
     model::Worker,
@@ -349,14 +349,19 @@ impl DockerRuntime {
         state.exit_code
     }
 
-    /// The container's last log lines (stdout and stderr) through the engine's logs API.
-    pub async fn logs(&self, id: &str) -> Vec<String> {
-        let options = bollard::query_parameters::LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail(&super::LOG_LINES.to_string())
-            .build();
-        read_log_lines(self.docker.logs(id, Some(options))).await
+    /// The container's log lines (stdout and stderr) through the engine's logs API; a
+    /// stopped container that is not removed yet has them too. An unknown container is an
+    /// error (asked first, so the stream itself only ends).
+    pub async fn log_stream(
+        &self,
+        id: &str,
+        query: &LogQuery,
+    ) -> Result<BoxStream<'static, LogLine>, RuntimeError> {
+        self.docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?;
+        let stream = self.docker.logs(id, Some(logs_options(query)));
+        Ok(log_lines(stream, query.since_ms))
     }
 
     pub fn stats(&self, id: &str) -> BoxStream<'static, StatsSample> {
@@ -460,25 +465,87 @@ fn to_sample(stats: &bollard::models::ContainerStatsResponse) -> Option<StatsSam
     })
 }
 
-/// The last log lines of a logs stream (a container's or a service's), read for at most
-/// five seconds.
-pub(super) async fn read_log_lines(
+/// The engine's logs options for a query (a container's or a service's): both streams,
+/// timestamps on, the tail, `since` in whole seconds (the finer cut is `log_lines`'s).
+pub(super) fn logs_options(query: &LogQuery) -> bollard::query_parameters::LogsOptions {
+    let mut options = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .follow(query.follow)
+        .tail(&query.tail.to_string());
+    if let Some(since_ms) = query.since_ms {
+        options = options.since(i32::try_from(since_ms / 1000).unwrap_or(i32::MAX));
+    }
+    options.build()
+}
+
+/// Longest line passed on from the engine; the rest is cut (Docker itself splits lines
+/// over 16 KiB).
+const ENGINE_LINE_BYTES: usize = 16 * 1024;
+
+/// The engine's log frames as lines: the RFC 3339 timestamp each starts with (`timestamps`)
+/// parsed into `at_ms` and stripped, lines before `since_ms` dropped. Ends at the engine's
+/// end of stream or first error.
+pub(super) fn log_lines(
     stream: impl futures_util::Stream<
         Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
-    >,
-) -> Vec<String> {
-    let mut stream = std::pin::pin!(stream);
-    let mut text = String::new();
-    let read = async {
-        while let Some(Ok(chunk)) = stream.next().await {
-            text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-            if text.len() > 64 * 1024 {
-                break;
+    > + Send
+    + 'static,
+    since_ms: Option<u64>,
+) -> BoxStream<'static, LogLine> {
+    use bollard::container::LogOutput;
+    stream
+        .take_while(|frame| {
+            if let Err(err) = frame {
+                tracing::debug!(cause = %err, "a log stream ended");
             }
-        }
+            std::future::ready(frame.is_ok())
+        })
+        .filter_map(|frame| std::future::ready(frame.ok()))
+        .flat_map(move |frame| {
+            let (stream, message) = match frame {
+                LogOutput::StdErr { message } => ("stderr", message),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    ("stdout", message)
+                }
+                LogOutput::StdIn { message } => ("stdin", message),
+            };
+            let lines: Vec<LogLine> = if stream == "stdin" {
+                Vec::new()
+            } else {
+                String::from_utf8_lossy(&message)
+                    .lines()
+                    .map(|line| engine_line(stream, line))
+                    .filter(|line| !line.line.is_empty())
+                    .filter(|line| match (since_ms, line.at_ms) {
+                        (Some(since), Some(at)) => at >= since,
+                        _ => true,
+                    })
+                    .collect()
+            };
+            futures_util::stream::iter(lines)
+        })
+        .boxed()
+}
+
+/// `2024-01-01T12:00:00.123456789Z text` -> the time and `text` (a line without a timestamp
+/// is kept whole).
+pub(super) fn engine_line(stream: &'static str, line: &str) -> LogLine {
+    let parsed = line.split_once(' ').and_then(|(stamp, rest)| {
+        let at = humantime::parse_rfc3339(stamp).ok()?;
+        let at = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some((at.as_millis() as u64, rest))
+    });
+    let (at_ms, text) = match parsed {
+        Some((at, rest)) => (Some(at), rest),
+        None => (None, line),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    super::last_lines(text.lines())
+    LogLine {
+        at_ms,
+        stream,
+        line: super::cut(text.trim_end(), ENGINE_LINE_BYTES).to_owned(),
+    }
 }
 
 pub(super) fn status_code(err: &bollard::errors::Error) -> Option<u16> {

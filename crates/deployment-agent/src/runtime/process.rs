@@ -16,15 +16,23 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{Instance, LaunchSpec, RuntimeError, RuntimeEvent};
+use super::{Instance, LaunchSpec, LogLine, LogQuery, RuntimeError, RuntimeEvent};
 use crate::{config::Config, model::Worker, score::StatsSample};
 
 const APP_VAR: &str = "RUSTYBALANCER_APPLICATION";
 const OWNER_VAR: &str = "RUSTYBALANCER_MANAGED_BY";
-/// Longest wait, after a worker exits, for the rest of its stderr.
-const STDERR_DRAIN: Duration = Duration::from_millis(500);
-/// Processes whose stderr tail is kept.
+/// Longest wait, after a worker exits, for the rest of its output.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
+/// Processes whose output is kept (the oldest started forgotten first).
 const LOGS_KEPT: usize = 64;
+/// Most lines and bytes kept of one process's output (stdout and stderr); each line is cut
+/// at `LOG_BYTES`.
+const LOG_RING_LINES: usize = 2_000;
+const LOG_RING_BYTES: usize = 1 << 20;
+/// New lines buffered for one follower; one that falls further behind skips ahead.
+const FOLLOW_BUFFER: usize = 1024;
+/// Longest piece of a line read at once.
+const LINE_READ_MAX: u64 = 64 * 1024;
 /// Linux reports CPU times in clock ticks of 1/100 s.
 const NS_PER_TICK: u64 = 10_000_000;
 
@@ -43,9 +51,9 @@ struct Shared {
     stopping: Mutex<HashSet<u32>>,
     /// Processes this agent started: their own task reports their exit, with its code.
     children: Mutex<HashSet<u32>>,
-    /// The last stderr lines of the processes this agent started (at most `LOGS_KEPT`
-    /// processes, the oldest dropped first).
-    logs: Mutex<HashMap<u32, VecDeque<String>>>,
+    /// The output of the processes this agent started (at most `LOGS_KEPT` processes, kept
+    /// after they exit).
+    logs: Mutex<Logs>,
     events: tokio::sync::broadcast::Sender<RuntimeEvent>,
 }
 
@@ -127,7 +135,7 @@ impl ProcessRuntime {
             .env("WORKER_CHAOS_PORT", "0")
             .envs(self.shared.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
         let mut child = command.spawn()?;
@@ -136,22 +144,33 @@ impl ProcessRuntime {
             .ok_or_else(|| RuntimeError::Other("worker exited at once".into()))?;
         lock(&self.shared.children).insert(pid);
         lock(&self.shared.watched).insert(pid);
+        lock(&self.shared.logs).open(pid);
+        let weak = Arc::downgrade(&self.shared);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(keep_output(weak.clone(), pid, "stdout", out)));
         let stderr = child
             .stderr
             .take()
-            .map(|stderr| tokio::spawn(keep_stderr(Arc::downgrade(&self.shared), pid, stderr)));
+            .map(|err| tokio::spawn(keep_output(weak.clone(), pid, "stderr", err)));
         // Reap our own child so it does not linger as a zombie, and report its exit code.
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let status = child.wait().await.ok();
             // Its last lines are read before the exit is told (a crash report carries them);
-            // bounded, since a process it left behind may hold the pipe open.
-            if let Some(stderr) = stderr {
-                let _ = tokio::time::timeout(STDERR_DRAIN, stderr).await;
-            }
+            // bounded, since a process it left behind may hold a pipe open.
+            let drained = async {
+                for reader in [stdout, stderr].into_iter().flatten() {
+                    let _ = reader.await;
+                }
+            };
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, drained).await;
             let Some(shared) = shared.upgrade() else {
                 return;
             };
+            // Its followers end with it.
+            lock(&shared.logs).closed(pid);
             lock(&shared.children).remove(&pid);
             lock(&shared.watched).remove(&pid);
             if !lock(&shared.stopping).remove(&pid) {
@@ -215,14 +234,33 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    /// The last stderr lines of a process this agent started.
-    pub fn logs(&self, id: &str) -> Vec<String> {
-        let Some(pid) = pid_of(id) else {
-            return Vec::new();
+    /// What the agent kept of a process's output (stdout and stderr, kept after it exits),
+    /// and with `follow` its new lines until its output closes. A process the agent did not
+    /// start (adopted from /proc) has no lines; an unknown one is an error.
+    pub fn log_stream(
+        &self,
+        id: &str,
+        query: &LogQuery,
+    ) -> Result<BoxStream<'static, LogLine>, RuntimeError> {
+        let pid = pid_of(id).ok_or_else(|| RuntimeError::Other(format!("no process {id}")))?;
+        let (kept, live) = {
+            let logs = lock(&self.shared.logs);
+            match logs.processes.get(&pid) {
+                Some(log) => log.read(query),
+                None if alive(pid) => (Vec::new(), None),
+                None => return Err(RuntimeError::Other(format!("no process {id}"))),
+            }
         };
-        let logs = lock(&self.shared.logs);
-        logs.get(&pid).map_or_else(Vec::new, |lines| {
-            super::last_lines(lines.iter().map(String::as_str))
+        let kept = futures_util::stream::iter(kept);
+        Ok(match live.filter(|_| query.follow) {
+            Some(live) => kept
+                .chain(
+                    // A follower that lags skips the lines it missed; the child never waits.
+                    tokio_stream::wrappers::BroadcastStream::new(live)
+                        .filter_map(|line| std::future::ready(line.ok())),
+                )
+                .boxed(),
+            None => kept.boxed(),
         })
     }
 
@@ -287,42 +325,150 @@ impl ProcessRuntime {
     }
 }
 
-/// Keeps the last lines of a child's stderr (reading it all, so the child never blocks on a
+/// The kept output of the processes this agent started.
+#[derive(Default)]
+struct Logs {
+    processes: HashMap<u32, ProcessLog>,
+    /// Counts the processes started, to forget the oldest first.
+    started: u64,
+}
+
+/// One process's output: the last lines (`LOG_RING_LINES`, `LOG_RING_BYTES`) and the live
+/// feed of new ones while its output is open.
+struct ProcessLog {
+    order: u64,
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    live: Option<tokio::sync::broadcast::Sender<LogLine>>,
+    /// Its pipes not yet at their end.
+    open: u8,
+}
+
+impl Logs {
+    /// A new process, with its two pipes open; the oldest kept one forgotten past
+    /// `LOGS_KEPT`.
+    fn open(&mut self, pid: u32) {
+        if self.processes.len() >= LOGS_KEPT && !self.processes.contains_key(&pid) {
+            let oldest = self
+                .processes
+                .iter()
+                .min_by_key(|(_, log)| log.order)
+                .map(|(pid, _)| *pid);
+            if let Some(oldest) = oldest {
+                self.processes.remove(&oldest);
+            }
+        }
+        self.started += 1;
+        let (live, _) = tokio::sync::broadcast::channel(FOLLOW_BUFFER);
+        self.processes.insert(
+            pid,
+            ProcessLog {
+                order: self.started,
+                lines: VecDeque::new(),
+                bytes: 0,
+                live: Some(live),
+                open: 2,
+            },
+        );
+    }
+
+    fn push(&mut self, pid: u32, stream: &'static str, line: &str) {
+        let Some(log) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let line = LogLine {
+            at_ms: Some(super::now_ms()),
+            stream,
+            line: super::cut(line.trim_end(), super::LOG_BYTES).to_owned(),
+        };
+        if let Some(live) = &log.live {
+            // No follower is fine.
+            let _ = live.send(line.clone());
+        }
+        log.bytes += line.line.len();
+        log.lines.push_back(line);
+        while log.lines.len() > LOG_RING_LINES || log.bytes > LOG_RING_BYTES {
+            match log.lines.pop_front() {
+                Some(old) => log.bytes -= old.line.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// One pipe reached its end; after both, no new line will come.
+    fn pipe_closed(&mut self, pid: u32) {
+        if let Some(log) = self.processes.get_mut(&pid) {
+            log.open = log.open.saturating_sub(1);
+            if log.open == 0 {
+                log.live = None;
+            }
+        }
+    }
+
+    /// The process exited (and its output was drained, or not within `OUTPUT_DRAIN`).
+    fn closed(&mut self, pid: u32) {
+        if let Some(log) = self.processes.get_mut(&pid) {
+            log.live = None;
+        }
+    }
+}
+
+impl ProcessLog {
+    /// The kept lines the query asks for, and a receiver of the new ones taken at the same
+    /// moment (none missed, none twice); no receiver once the output is closed.
+    fn read(
+        &self,
+        query: &LogQuery,
+    ) -> (
+        Vec<LogLine>,
+        Option<tokio::sync::broadcast::Receiver<LogLine>>,
+    ) {
+        let since = query.since_ms.unwrap_or(0);
+        let matching = self
+            .lines
+            .iter()
+            .filter(|line| line.at_ms.unwrap_or(0) >= since);
+        let count = matching.clone().count();
+        let kept = matching
+            .skip(count.saturating_sub(query.tail))
+            .cloned()
+            .collect();
+        (kept, self.live.as_ref().map(|live| live.subscribe()))
+    }
+}
+
+/// Keeps a child's output, line by line (reading it all, so the child never blocks on a
 /// full pipe).
-async fn keep_stderr(
+async fn keep_output(
     shared: std::sync::Weak<Shared>,
     pid: u32,
-    stderr: tokio::process::ChildStderr,
+    stream: &'static str,
+    output: impl tokio::io::AsyncRead + Unpin,
 ) {
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(output);
+    let mut buffer = Vec::new();
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => return,
-        };
+        buffer.clear();
+        // At most `LINE_READ_MAX` bytes at once: a longer line is kept as several.
+        let read = (&mut reader)
+            .take(LINE_READ_MAX)
+            .read_until(b'\n', &mut buffer)
+            .await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut logs = lock(&shared.logs);
-        if !logs.contains_key(&pid) && logs.len() >= LOGS_KEPT {
-            // Forget the process with the lowest pid (a cheap stand-in for the oldest).
-            if let Some(oldest) = logs.keys().min().copied() {
-                logs.remove(&oldest);
+        match read {
+            Ok(0) | Err(_) => {
+                lock(&shared.logs).pipe_closed(pid);
+                return;
             }
-        }
-        let kept = logs.entry(pid).or_default();
-        let mut line = line;
-        if line.len() > super::LOG_BYTES {
-            let mut cut = super::LOG_BYTES;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buffer);
+                if !line.trim_end().is_empty() {
+                    lock(&shared.logs).push(pid, stream, &line);
+                }
             }
-            line.truncate(cut);
-        }
-        kept.push_back(line);
-        while kept.len() > super::LOG_LINES {
-            kept.pop_front();
         }
     }
 }
@@ -466,3 +612,6 @@ fn kb_field(path: &Path, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests;

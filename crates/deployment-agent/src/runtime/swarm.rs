@@ -28,7 +28,7 @@ use bollard::{
     },
     query_parameters::{
         ListContainersOptionsBuilder, ListNodesOptions, ListServicesOptionsBuilder,
-        ListTasksOptionsBuilder, LogsOptionsBuilder,
+        ListTasksOptionsBuilder,
     },
 };
 use common::CancellationToken;
@@ -40,7 +40,8 @@ use redis::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DockerRuntime, Instance, LaunchSpec, RuntimeError, RuntimeEvent, docker::status_code, now_ms,
+    DockerRuntime, Instance, LaunchSpec, LogLine, LogQuery, RuntimeError, RuntimeEvent,
+    docker::status_code, now_ms,
 };
 use crate::{
     config::{AddressMode, Config},
@@ -606,14 +607,17 @@ impl SwarmRuntime {
         task.status?.container_status?.exit_code
     }
 
-    /// The service's last log lines, gathered by Swarm from the task's node.
-    pub async fn logs(&self, id: &str) -> Vec<String> {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail(&super::LOG_LINES.to_string())
-            .build();
-        super::docker::read_log_lines(self.docker.service_logs(id, Some(options))).await
+    /// The service's log lines, which Swarm fetches from its task's node (whichever node
+    /// this agent runs on); an unknown service is an error.
+    pub async fn log_stream(
+        &self,
+        id: &str,
+        query: &LogQuery,
+    ) -> Result<BoxStream<'static, LogLine>, RuntimeError> {
+        self.docker.inspect_service(id, None).await?;
+        let options = super::docker::logs_options(query);
+        let stream = self.docker.service_logs(id, Some(options));
+        Ok(super::docker::log_lines(stream, query.since_ms))
     }
 
     /// The worker's stats as its node's agent shares them, read every second; a sample only

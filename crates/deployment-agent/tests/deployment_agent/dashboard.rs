@@ -5,6 +5,9 @@
 //! Checks what the issue asks: the page shows every container the agent reports; a scale-up
 //! through the API shows a new node within 3 s without a reload; a job sent from the page shows
 //! its result and the worker that served it; a drained container turns SUNDOWN, then goes.
+//! Issue #18: a job clicked in the jobs panel shows its journey (the balancer's record of its
+//! attempts and the worker's log line with its id); a container clicked shows its logs and
+//! follows them live. `GET /requests/{id}` is also checked over plain HTTP.
 //! Screenshots: `target/dashboard.png` (laptop), `target/dashboard-phone.png` (375 px);
 //! with `DASHBOARD_SCREENSHOT_DOCS=1` the laptop one also replaces `docs/dashboard.png`.
 
@@ -48,9 +51,10 @@ async fn the_dashboard_follows_the_live_stack_in_chromium() {
     let _workers = KillOnDrop(format!("--worker-id {}-worker-", config.app));
     let (balancer_port, admin_port) = (free_port(), free_port());
     config.dashboard_balancer_url = Some(format!("http://127.0.0.1:{balancer_port}"));
+    config.balancer_admin_urls = vec![format!("http://127.0.0.1:{admin_port}")];
     let agent = TestAgent::start(config).await;
 
-    let balancer = Balancer::start(&agent, balancer_port, admin_port, &logs);
+    let balancer = Balancer::start(&agent, balancer_port, admin_port, &logs, "dashboard");
     let browser = Browser::start(&chromium, &chromedriver, &logs).await;
 
     let outcome = AssertUnwindSafe(async {
@@ -270,6 +274,9 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
         );
     }
 
+    journey_from_a_job(agent, client, &jobs).await;
+    followed_logs(agent, balancer, client).await;
+
     // One agent, no election: the summary says it leads alone.
     poll(
         "the leader in the summary",
@@ -308,6 +315,38 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
         "horizontal scrolling at {inner} px: content is {scroll} px wide"
     );
     save_screenshot(client, "dashboard-phone.png", false).await;
+    // The journey and the followed logs fit the phone too, without sideways scrolling of
+    // their own.
+    let overflow = script(
+        client,
+        "return ['.panel-journey', '.panel-logs', '#journey-attempts', '#journey-logs', '#logs']
+            .map(css => document.querySelector(css))
+            .filter(node => node.scrollWidth > node.clientWidth + 1)
+            .map(node => `${node.id || node.className}: ${node.scrollWidth} > ${node.clientWidth}`)",
+    )
+    .await;
+    assert_eq!(overflow, json!([]), "wider than the phone's screen");
+    for (css, name) in [
+        (".panel-journey", "dashboard-phone-journey.png"),
+        (".panel-logs", "dashboard-phone-logs.png"),
+    ] {
+        script(
+            client,
+            &format!("document.querySelector('{css}').scrollIntoView(); return true"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let panel = within(Duration::from_secs(10), client.find(Locator::Css(css)), css).await;
+        let png = within(
+            Duration::from_secs(20),
+            panel.screenshot(),
+            "panel screenshot",
+        )
+        .await;
+        let path = repo_root().join("target").join(name);
+        std::fs::write(&path, &png).expect("cannot write the screenshot");
+        eprintln!("screenshot: {}", path.display());
+    }
 
     // Laptop, tall enough for the whole page in the screenshot.
     within(
@@ -455,6 +494,384 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
     assert!(
         states.iter().all(|s| s == "done"),
         "a job failed while a container drained: {states:?}"
+    );
+}
+
+/// `dns_name -> id` of the containers in `/stats`.
+async fn ids_by_name(agent: &TestAgent) -> BTreeMap<String, String> {
+    stats(agent)
+        .await
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c["dns_name"].as_str()?.to_owned(),
+                c["id"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// An id pasted that no balancer knows, and a malformed one, say so. A job clicked in the
+/// jobs panel shows its journey: the balancer's record (its attempt on the container of its
+/// X-Backend) and the worker's log line with its X-Request-Id.
+async fn journey_from_a_job(agent: &TestAgent, client: &Client, jobs: &[Value]) {
+    // Pasted: an id no balancer has, then one that is not an id.
+    for (typed, expected) in [
+        (format!("never-sent-{}", unique()), "not found"),
+        ("not an id!".to_owned(), "characters"),
+    ] {
+        let input = within(
+            Duration::from_secs(10),
+            client.find(Locator::Css("#journey-id")),
+            "find the journey input",
+        )
+        .await;
+        within(Duration::from_secs(10), input.clear(), "clear").await;
+        within(Duration::from_secs(10), input.send_keys(&typed), "type").await;
+        let button = within(
+            Duration::from_secs(10),
+            client.find(Locator::Css("#journey-submit")),
+            "find the journey button",
+        )
+        .await;
+        within(Duration::from_secs(10), button.click(), "click show").await;
+        let what = format!("the journey's error for `{typed}` (`{expected}`)");
+        let said = poll(&what, Duration::from_secs(10), async || {
+            let said = script(
+                client,
+                "const box = document.getElementById('journey');
+                 return box.dataset.state === 'error'
+                   ? document.getElementById('journey-error').textContent : null",
+            )
+            .await;
+            said.as_str()
+                .filter(|said| said.contains(expected))
+                .map(str::to_owned)
+        })
+        .await;
+        eprintln!("`{typed}`: {said}");
+    }
+
+    // Clicked: a job the page sent.
+    let job = script(
+        client,
+        "const j = [...document.querySelectorAll('#jobs .job[data-state=done][data-request-id]')]
+            .find(j => j.textContent.includes('monte_carlo_pi'));
+         return j ? [j.dataset.requestId, j.dataset.backend] : null",
+    )
+    .await;
+    let (Some(id), Some(backend)) = (job[0].as_str(), job[1].as_str()) else {
+        panic!("no finished job with an X-Request-Id on the page: {job} ({jobs:?})");
+    };
+    let container = ids_by_name(agent).await.get(backend).cloned();
+    let container = container.unwrap_or_else(|| panic!("X-Backend {backend} is no container"));
+    let row = within(
+        Duration::from_secs(10),
+        client.find(Locator::Css(&format!(
+            "#jobs .job[data-request-id=\"{id}\"]"
+        ))),
+        "find the job's row",
+    )
+    .await;
+    within(Duration::from_secs(10), row.click(), "click the job").await;
+    // The worker's line reaches the agent through its output: the view is asked again
+    // until it shows, as a user would click again.
+    let shown = poll(
+        "the job's journey with the worker's line",
+        Duration::from_secs(20),
+        async || {
+            let shown = script(
+                client,
+                &format!(
+                    "const box = document.getElementById('journey');
+                     if (box.dataset.id !== '{id}') return {{ state: 'other' }};
+                     if (box.dataset.state !== 'found') return {{ state: box.dataset.state }};
+                     return {{ state: 'found',
+                       attempts: [...box.querySelectorAll('.journey-attempt')]
+                         .map(a => [a.dataset.backend, a.dataset.outcome, a.textContent]),
+                       logs: [...box.querySelectorAll('.journey-log')]
+                         .map(l => [l.dataset.container, l.textContent]),
+                       summary: document.getElementById('journey-summary').textContent }}"
+                ),
+            )
+            .await;
+            let logs = shown["logs"].as_array().cloned().unwrap_or_default();
+            let worker_line = logs.iter().any(|l| {
+                let text = l[1].as_str().unwrap_or_default();
+                l[0] == json!(container) && text.contains(id) && text.contains("job ")
+            });
+            if !worker_line {
+                if shown["state"] == "loading" {
+                    return None;
+                }
+                let css = format!("#jobs .job[data-request-id=\"{id}\"]");
+                let again = client.find(Locator::Css(&css));
+                if let Ok(Ok(row)) = tokio::time::timeout(Duration::from_secs(5), again).await {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), row.click()).await;
+                }
+                return None;
+            }
+            Some(shown)
+        },
+    )
+    .await;
+    let attempts = shown["attempts"].as_array().cloned().unwrap_or_default();
+    let last = attempts
+        .last()
+        .unwrap_or_else(|| panic!("no attempt shown: {shown}"));
+    assert_eq!(last[0], json!(container), "{shown}");
+    assert_eq!(last[1], json!("answered"), "{shown}");
+    let summary = shown["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("POST /submit") && summary.contains("200"),
+        "{summary}"
+    );
+    eprintln!("journey of {id} shown: {shown}");
+}
+
+/// A container clicked shows its recent log lines, then follows them: a job sent to it with a
+/// fresh X-Request-Id shows its line in the panel, without a reload.
+async fn followed_logs(agent: &TestAgent, balancer: &Balancer, client: &Client) {
+    let ids = ids_by_name(agent).await;
+    let (name, container) = ids.iter().next().expect("a container");
+    let open = within(
+        Duration::from_secs(10),
+        client.find(Locator::Css(&format!(
+            "#containers li[data-container-id=\"{container}\"] .c-name"
+        ))),
+        "find the container's row",
+    )
+    .await;
+    within(Duration::from_secs(10), open.click(), "click the container").await;
+    poll(
+        "the container's recent lines, then following",
+        Duration::from_secs(20),
+        async || {
+            let state = script(
+                client,
+                "const logs = document.getElementById('logs');
+                 return [logs.dataset.state, logs.dataset.container,
+                         logs.querySelectorAll('.log-line').length]",
+            )
+            .await;
+            (state[0] == "following" && state[1] == json!(container) && state[2].as_u64() > Some(0))
+                .then_some(())
+        },
+    )
+    .await;
+    // Jobs with fresh ids straight through the balancer until one lands on that container.
+    let mut sent = Vec::new();
+    let id = loop {
+        assert!(sent.len() < 40, "40 jobs and none went to {name}: {sent:?}");
+        let id = format!("follow-{}-{}", sent.len(), unique());
+        let response = agent
+            .client
+            .post(balancer.url("/submit"))
+            .header("X-Request-Id", &id)
+            .json(&json!({"operation": "monte_carlo_pi", "data": {"iterations": 1000}}))
+            .send()
+            .await
+            .expect("a job through the balancer");
+        assert_eq!(response.status(), 200, "{id}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(header("x-request-id").as_deref(), Some(id.as_str()));
+        let backend = header("x-backend").unwrap_or_default();
+        sent.push((id.clone(), backend.clone()));
+        if &backend == name {
+            break id;
+        }
+    };
+    poll(
+        "the job's line in the followed panel",
+        Duration::from_secs(15),
+        async || {
+            let found = script(
+                client,
+                &format!(
+                    "return [...document.querySelectorAll('#logs .log-line')]
+                       .some(l => l.textContent.includes('{id}'))"
+                ),
+            )
+            .await;
+            (found == json!(true)).then_some(())
+        },
+    )
+    .await;
+    // The jobs that went elsewhere are not in this container's panel.
+    for (other, backend) in &sent {
+        if backend == name {
+            continue;
+        }
+        let found = script(
+            client,
+            &format!(
+                "return [...document.querySelectorAll('#logs .log-line')]
+                   .some(l => l.textContent.includes('{other}'))"
+            ),
+        )
+        .await;
+        assert_eq!(found, json!(false), "{other} went to {backend}, not {name}");
+    }
+    eprintln!("followed {name}: {id} shown after {} jobs", sent.len());
+}
+
+/// `GET /requests/{id}` over HTTP: the balancer's record and the worker's line for a request
+/// sent with an id; 404 for an id no balancer has, 400 for a malformed one; 503 on an agent
+/// with no BALANCER_ADMIN_URLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_joins_a_requests_journey() {
+    let logs = repo_root().join("target");
+    std::fs::create_dir_all(&logs).expect("cannot create target/");
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rbjourney{}", std::process::id());
+    config.worker_binary = Some(workspace_binary("worker"));
+    let _workers = KillOnDrop(format!("--worker-id {}-worker-", config.app));
+    let (balancer_port, admin_port) = (free_port(), free_port());
+    config.balancer_admin_urls = vec![format!("http://127.0.0.1:{admin_port}")];
+    let agent = TestAgent::start(config).await;
+    let balancer = Balancer::start(&agent, balancer_port, admin_port, &logs, "journey");
+    poll("the balancer to have a backend", STARTUP, async || {
+        let response = agent
+            .client
+            .get(balancer.admin_url("/ready"))
+            .send()
+            .await
+            .ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+
+    let id = format!("journey-{}", unique());
+    let response = agent
+        .client
+        .post(balancer.url("/submit"))
+        .header("X-Request-Id", &id)
+        .json(&json!({"operation": "monte_carlo_pi", "data": {"iterations": 10000}}))
+        .send()
+        .await
+        .expect("a job through the balancer");
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("x-request-id").as_deref(), Some(id.as_str()));
+    let backend = header("x-backend").expect("X-Backend");
+    let container = ids_by_name(&agent).await[&backend].clone();
+
+    let journey = poll(
+        "the journey with the worker's line",
+        Duration::from_secs(20),
+        async || {
+            let response = agent
+                .client
+                .get(agent.url(&format!("/requests/{id}")))
+                .send()
+                .await
+                .ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            let journey: Value = response.json().await.ok()?;
+            let logs = journey["logs"].as_array()?;
+            logs.iter()
+                .any(|l| {
+                    let line = l["line"].as_str().unwrap_or_default();
+                    line.contains("job done") && line.contains(&id)
+                })
+                .then_some(journey)
+        },
+    )
+    .await;
+    eprintln!("{journey:#}");
+    assert_eq!(journey["id"], json!(id));
+    assert_eq!(
+        journey["balancer"],
+        json!(format!("127.0.0.1:{admin_port}"))
+    );
+    assert_eq!(journey["unreachable"], json!([]));
+    let record = &journey["record"];
+    assert_eq!(record["id"], json!(id), "{record}");
+    assert_eq!(record["status"], json!(200), "{record}");
+    let attempts = record["attempts"].as_array().expect("attempts");
+    let last = attempts.last().expect("an attempt");
+    assert_eq!(last["backend"], json!(container), "{record}");
+    assert_eq!(last["outcome"], json!("answered"), "{record}");
+    for line in journey["logs"].as_array().unwrap() {
+        assert_eq!(line["container"], json!(container), "{line}");
+        assert_eq!(line["name"], json!(backend), "{line}");
+        assert!(line["line"].as_str().unwrap().contains(&id), "{line}");
+    }
+    let times: Vec<u64> = journey["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["at_ms"].as_u64())
+        .collect();
+    assert!(times.is_sorted(), "not in time order: {times:?}");
+    assert_eq!(
+        journey["containers"],
+        json!([{"container": container, "name": backend, "lines": times.len(),
+                "truncated": false, "error": null}]),
+        "{journey}"
+    );
+
+    // Unknown, malformed, oversized.
+    let get = async |path: &str| {
+        let response = agent.client.get(agent.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or_default())
+    };
+    let (status, body) = get(&format!("/requests/never-sent-{}", unique())).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no balancer remembers"),
+        "{body}"
+    );
+    for bad in ["a%20b".to_owned(), "a%3Cb".to_owned(), "x".repeat(129)] {
+        let (status, body) = get(&format!("/requests/{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().is_some(), "{body}");
+    }
+
+    // An agent that knows no balancer says what to set.
+    let mut config = fast_config();
+    config.runtime = RuntimeKind::Process;
+    config.app = format!("rbnojourney{}", std::process::id());
+    config.worker_binary = Some(workspace_binary("worker"));
+    config.min_containers = 0;
+    config.default_container = Some(0);
+    let alone = TestAgent::start(config).await;
+    let response = poll("the second agent to answer", STARTUP, async || {
+        alone
+            .client
+            .get(alone.url(&format!("/requests/{id}")))
+            .send()
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("BALANCER_ADMIN_URLS"),
+        "{body}"
     );
 }
 
@@ -732,8 +1149,8 @@ struct Balancer {
 }
 
 impl Balancer {
-    fn start(agent: &TestAgent, port: u16, admin_port: u16, logs: &Path) -> Self {
-        let log = logs.join("dashboard-balancer.log");
+    fn start(agent: &TestAgent, port: u16, admin_port: u16, logs: &Path, test: &str) -> Self {
+        let log = logs.join(format!("{test}-balancer.log"));
         let file = std::fs::File::create(&log).expect("cannot create the balancer log");
         let child = Command::new(workspace_binary("balancer"))
             .env_clear()

@@ -9,6 +9,7 @@
 mod byoa;
 mod dashboard;
 mod ha;
+mod logs;
 mod probes;
 mod simulated;
 mod support;

@@ -127,3 +127,25 @@ fn weights_scale_the_work() {
     assert_eq!(Weight::Light.iterations(3, 100), 30);
     assert_eq!(Weight::Light.iterations(1, 1), 1);
 }
+
+#[test]
+fn request_ids_are_short_and_plain_or_ignored() {
+    assert_eq!(request_id(b"req-1.a_b:C"), Some("req-1.a_b:C"));
+    let longest = "a".repeat(common::request_id::MAX_LEN);
+    assert_eq!(request_id(longest.as_bytes()), Some(longest.as_str()));
+    assert_eq!(
+        request_id("a".repeat(common::request_id::MAX_LEN + 1).as_bytes()),
+        None
+    );
+    for bad in [
+        &b""[..],
+        b"a b",
+        b"a\nb",
+        b"a\x1b[31m",
+        b"caf\xc3\xa9",
+        b"a/b",
+        b"a\"b",
+    ] {
+        assert_eq!(request_id(bad), None, "{bad:?}");
+    }
+}

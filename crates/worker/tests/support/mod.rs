@@ -86,3 +86,98 @@ impl Drop for TestWorker {
 }
 
 pub use common::testing::WorkerProcess;
+
+/// The real `worker` binary as a child process whose log lines (stderr, text or JSON) the
+/// test reads; killed when dropped.
+pub struct LoggingWorker {
+    pub address: SocketAddr,
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LoggingWorker {
+    /// Starts it on a loopback port it picks with `--log-format <format>`; its address is read
+    /// from its `worker listening` line.
+    pub async fn spawn(format: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(worker_binary())
+            .args(["--host", "127.0.0.1", "--port", "0", "--log-format", format])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start the worker binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            let port = lines.lock().unwrap().iter().find_map(|line: &String| {
+                let (_, after) = line.split_once("worker listening")?;
+                let (_, rest) = after
+                    .split_once("127.0.0.1:")
+                    .or_else(|| line.split_once("127.0.0.1:"))?;
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            });
+            if let Some(port) = port {
+                break port;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not log its address: {:?}",
+                lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Self {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            lines,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Waits up to five seconds for log lines that contain every one of `needles`; every line
+    /// that contains the first needle.
+    pub async fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let found: Vec<String> = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|line| line.contains(needles[0]))
+                .cloned()
+                .collect();
+            let all = needles[1..]
+                .iter()
+                .all(|needle| found.iter().any(|line| line.contains(needle)));
+            if all || std::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn all_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for LoggingWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
