@@ -92,6 +92,7 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         .await;
     let first = idle.items[0].clone();
     assert_locked_down(&stack, "dev", &first.id);
+    follow_a_request(&client, &stack, &first.id).await;
     eventually("a paused warm standby", Duration::from_secs(60), || {
         let standby = stack.worker_containers("paused");
         async move { (standby.len() == 1).then_some(()) }
@@ -462,6 +463,70 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
 
 /// `POST /scale` with `body`: 401 without a token and with another one, then 202 with the
 /// token run.sh gave the agent.
+/// A job sent with an id through the stack's balancer: the agent's journey shows the
+/// balancer's record (one attempt, on `worker`) and the worker's log lines with the id, read
+/// from the Docker engine; the container's logs endpoint finds them too (issue #18).
+async fn follow_a_request(client: &reqwest::Client, stack: &Stack, worker: &str) {
+    let id = format!("e2e-journey-{}", std::process::id());
+    let response = client
+        .post(format!("{}/submit", stack.balancer))
+        .header("x-request-id", &id)
+        .header("content-type", "application/json")
+        .body(r#"{"operation":"monte_carlo_pi","data":{"iterations":1000}}"#)
+        .send()
+        .await
+        .expect("a job through the balancer");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], id.as_str());
+    let url = format!("{}/requests/{id}", stack.agent);
+    let journey = eventually(
+        "the request's journey with the worker's line",
+        Duration::from_secs(20),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let journey: serde_json::Value =
+                    client.get(url).send().await.ok()?.json().await.ok()?;
+                let done = journey["logs"].as_array()?.iter().any(|line| {
+                    line["line"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("job done"))
+                });
+                done.then_some(journey)
+            }
+        },
+    )
+    .await;
+    let record = &journey["record"];
+    assert_eq!(record["status"], 200, "{journey}");
+    assert_eq!(
+        record["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{journey}"
+    );
+    assert_eq!(record["attempts"][0]["backend"], worker, "{journey}");
+    assert_eq!(record["attempts"][0]["outcome"], "answered", "{journey}");
+    for line in journey["logs"].as_array().unwrap() {
+        assert_eq!(line["container"], worker, "{journey}");
+        assert!(line["line"].as_str().unwrap().contains(&id), "{journey}");
+    }
+    let logs = client
+        .get(format!(
+            "{}/containers/{worker}/logs?grep={id}",
+            stack.agent
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.status(), 200);
+    let text = logs.text().await.unwrap();
+    assert!(
+        text.contains("job started") && text.contains("job done"),
+        "{text}"
+    );
+    eprintln!("the journey of {id}: {journey}");
+}
+
 async fn scale_with_token(client: &reqwest::Client, stack: &Stack, body: serde_json::Value) {
     let scale = format!("{}/scale", stack.agent);
     for token in [None, Some("not-the-token")] {

@@ -754,11 +754,12 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
         return;
     };
     let queue = QueueRecorder::following(&stack.ws_urls()).await;
-    queue
+    let first = queue
         .wait_until("one serving worker", Duration::from_secs(120), |s| {
             s.items.len() == 1 && serving(s).len() == 1
         })
         .await;
+    let worker = first.items[0].id.clone();
     // The balancers run on every node, and the leader has the reports of all three.
     let leader = stack.leader(None).await;
     let leader_http = stack
@@ -782,6 +783,47 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
     )
     .await;
     eprintln!("the leader {leader} has the reports of the balancers {balancers:?}");
+
+    // A request followed (issue #18): sent with an id through one node's balancer, its
+    // journey on the leader's agent holds the record (from the balancers' admin ports, found
+    // through `tasks.balancer`) and the worker's lines with the id, read from its own node.
+    let id = format!("swarm-journey-{}", std::process::id());
+    let sent = stack
+        .client
+        .post(format!("{}/submit", Deployed::balancer(0)))
+        .header("x-request-id", &id)
+        .header("content-type", "application/json")
+        .body(r#"{"operation":"monte_carlo_pi","data":{"iterations":1000}}"#)
+        .send()
+        .await
+        .expect("a job through the balancer");
+    assert_eq!(sent.status(), 200);
+    assert_eq!(sent.headers()["x-request-id"], id.as_str());
+    let journey = common::testing::eventually(
+        "the request's journey with the worker's line",
+        Duration::from_secs(30),
+        || {
+            let (client, url) = (stack.client.clone(), format!("{leader_http}/requests/{id}"));
+            async move {
+                let journey: serde_json::Value =
+                    client.get(url).send().await.ok()?.json().await.ok()?;
+                let done = journey["logs"].as_array()?.iter().any(|line| {
+                    line["line"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("job done"))
+                });
+                done.then_some(journey)
+            }
+        },
+    )
+    .await;
+    assert_eq!(journey["record"]["status"], 200, "{journey}");
+    assert_eq!(
+        journey["record"]["attempts"][0]["backend"],
+        worker.as_str(),
+        "{journey}"
+    );
+    eprintln!("the journey of {id} on the swarm: {journey}");
 
     // 1. A load step scales out, with workers on at least two nodes; then back to one.
     let since = Instant::now();
