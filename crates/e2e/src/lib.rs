@@ -727,6 +727,47 @@ impl Loadgen {
     }
 }
 
+/// A small job sent with `X-Request-Id: id` through the balancer at `balancer` (answered 200,
+/// the same id back), then its journey from the agent at `agent` (`GET /requests/{id}`) once
+/// it holds the worker's `job done` line, within `within` (issue #18).
+pub async fn follow_job(
+    client: &reqwest::Client,
+    balancer: &str,
+    agent: &str,
+    id: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let sent = client
+        .post(format!("{balancer}/submit"))
+        .header("x-request-id", id)
+        .header("content-type", "application/json")
+        .body(r#"{"operation":"monte_carlo_pi","data":{"iterations":1000}}"#)
+        .send()
+        .await
+        .expect("a job through the balancer");
+    assert_eq!(sent.status(), 200);
+    assert_eq!(sent.headers()["x-request-id"], id);
+    let url = format!("{agent}/requests/{id}");
+    common::testing::eventually(
+        "the request's journey with the worker's line",
+        within,
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let journey: serde_json::Value =
+                    client.get(url).send().await.ok()?.json().await.ok()?;
+                let done = journey["logs"].as_array()?.iter().any(|line| {
+                    line["line"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("job done"))
+                });
+                done.then_some(journey)
+            }
+        },
+    )
+    .await
+}
+
 /// `GET url` as JSON; panics on a failed request or a body that is not JSON.
 pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client

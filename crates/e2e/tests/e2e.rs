@@ -38,8 +38,8 @@ use common::{
     testing::{Cleanup, binary_dir, docker, eventually, repo_root, unique, workspace_binary},
 };
 use e2e::{
-    Loadgen, QueueRecorder, ResultRow, Stack, cold_starts, events, failures, get_json, leadership,
-    leads_above, passes_through, post_scale, published_on, runs_as, serving,
+    Loadgen, QueueRecorder, ResultRow, Stack, cold_starts, events, failures, follow_job, get_json,
+    leadership, leads_above, passes_through, post_scale, published_on, runs_as, serving,
 };
 
 /// The agent's settings for the run, on top of the dev stack's: one worker to start from and to
@@ -461,40 +461,17 @@ async fn prod_and_slim_stacks_come_up_answer_a_job_and_leave_nothing() {
     }
 }
 
-/// `POST /scale` with `body`: 401 without a token and with another one, then 202 with the
-/// token run.sh gave the agent.
 /// A job sent with an id through the stack's balancer: the agent's journey shows the
 /// balancer's record (one attempt, on `worker`) and the worker's log lines with the id, read
 /// from the Docker engine; the container's logs endpoint finds them too (issue #18).
 async fn follow_a_request(client: &reqwest::Client, stack: &Stack, worker: &str) {
     let id = format!("e2e-journey-{}", std::process::id());
-    let response = client
-        .post(format!("{}/submit", stack.balancer))
-        .header("x-request-id", &id)
-        .header("content-type", "application/json")
-        .body(r#"{"operation":"monte_carlo_pi","data":{"iterations":1000}}"#)
-        .send()
-        .await
-        .expect("a job through the balancer");
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-request-id"], id.as_str());
-    let url = format!("{}/requests/{id}", stack.agent);
-    let journey = eventually(
-        "the request's journey with the worker's line",
+    let journey = follow_job(
+        client,
+        &stack.balancer,
+        &stack.agent,
+        &id,
         Duration::from_secs(20),
-        || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let journey: serde_json::Value =
-                    client.get(url).send().await.ok()?.json().await.ok()?;
-                let done = journey["logs"].as_array()?.iter().any(|line| {
-                    line["line"]
-                        .as_str()
-                        .is_some_and(|l| l.contains("job done"))
-                });
-                done.then_some(journey)
-            }
-        },
     )
     .await;
     let record = &journey["record"];
@@ -527,6 +504,8 @@ async fn follow_a_request(client: &reqwest::Client, stack: &Stack, worker: &str)
     eprintln!("the journey of {id}: {journey}");
 }
 
+/// `POST /scale` with `body`: 401 without a token and with another one, then 202 with the
+/// token run.sh gave the agent.
 async fn scale_with_token(client: &reqwest::Client, stack: &Stack, body: serde_json::Value) {
     let scale = format!("{}/scale", stack.agent);
     for token in [None, Some("not-the-token")] {

@@ -788,33 +788,12 @@ async fn on_three_nodes_the_stack_scales_across_them_and_survives_losing_one() {
     // journey on the leader's agent holds the record (from the balancers' admin ports, found
     // through `tasks.balancer`) and the worker's lines with the id, read from its own node.
     let id = format!("swarm-journey-{}", std::process::id());
-    let sent = stack
-        .client
-        .post(format!("{}/submit", Deployed::balancer(0)))
-        .header("x-request-id", &id)
-        .header("content-type", "application/json")
-        .body(r#"{"operation":"monte_carlo_pi","data":{"iterations":1000}}"#)
-        .send()
-        .await
-        .expect("a job through the balancer");
-    assert_eq!(sent.status(), 200);
-    assert_eq!(sent.headers()["x-request-id"], id.as_str());
-    let journey = common::testing::eventually(
-        "the request's journey with the worker's line",
+    let journey = e2e::follow_job(
+        &stack.client,
+        &Deployed::balancer(0),
+        &leader_http,
+        &id,
         Duration::from_secs(30),
-        || {
-            let (client, url) = (stack.client.clone(), format!("{leader_http}/requests/{id}"));
-            async move {
-                let journey: serde_json::Value =
-                    client.get(url).send().await.ok()?.json().await.ok()?;
-                let done = journey["logs"].as_array()?.iter().any(|line| {
-                    line["line"]
-                        .as_str()
-                        .is_some_and(|l| l.contains("job done"))
-                });
-                done.then_some(journey)
-            }
-        },
     )
     .await;
     assert_eq!(journey["record"]["status"], 200, "{journey}");

@@ -302,14 +302,7 @@ impl TestBalancer {
 
     /// `GET /costs` on the admin port.
     pub async fn costs(&self) -> Value {
-        self.client
-            .get(self.admin_url("/costs"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.admin_json("/costs").await.1
     }
 
     /// `GET` of an admin path: its status and JSON body.
@@ -320,14 +313,7 @@ impl TestBalancer {
     }
 
     pub async fn backends(&self) -> Value {
-        self.client
-            .get(self.admin_url("/backends"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.admin_json("/backends").await.1
     }
 
     pub async fn metrics(&self) -> String {

@@ -336,7 +336,7 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
         )
         .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let panel = within(Duration::from_secs(10), client.find(Locator::Css(css)), css).await;
+        let panel = find(client, css, css).await;
         let png = within(
             Duration::from_secs(20),
             panel.screenshot(),
@@ -403,9 +403,9 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
     )
     .await;
     let victim = reported.iter().next().unwrap().clone();
-    let button = within(
-        Duration::from_secs(10),
-        client.find(Locator::Css(&format!("button[data-drain=\"{victim}\"]"))),
+    let button = find(
+        client,
+        &format!("button[data-drain=\"{victim}\"]"),
         "find the drain button",
     )
     .await;
@@ -426,9 +426,9 @@ async fn scenario(agent: &TestAgent, balancer: &Balancer, client: &Client) {
         "type the token",
     )
     .await;
-    let use_token = within(
-        Duration::from_secs(10),
-        client.find(Locator::Css("#token-form button[type=submit]")),
+    let use_token = find(
+        client,
+        "#token-form button[type=submit]",
         "find the token button",
     )
     .await;
@@ -520,20 +520,10 @@ async fn journey_from_a_job(agent: &TestAgent, client: &Client, jobs: &[Value]) 
         (format!("never-sent-{}", unique()), "not found"),
         ("not an id!".to_owned(), "characters"),
     ] {
-        let input = within(
-            Duration::from_secs(10),
-            client.find(Locator::Css("#journey-id")),
-            "find the journey input",
-        )
-        .await;
+        let input = find(client, "#journey-id", "find the journey input").await;
         within(Duration::from_secs(10), input.clear(), "clear").await;
         within(Duration::from_secs(10), input.send_keys(&typed), "type").await;
-        let button = within(
-            Duration::from_secs(10),
-            client.find(Locator::Css("#journey-submit")),
-            "find the journey button",
-        )
-        .await;
+        let button = find(client, "#journey-submit", "find the journey button").await;
         within(Duration::from_secs(10), button.click(), "click show").await;
         let what = format!("the journey's error for `{typed}` (`{expected}`)");
         let said = poll(&what, Duration::from_secs(10), async || {
@@ -565,11 +555,9 @@ async fn journey_from_a_job(agent: &TestAgent, client: &Client, jobs: &[Value]) 
     };
     let container = ids_by_name(agent).await.get(backend).cloned();
     let container = container.unwrap_or_else(|| panic!("X-Backend {backend} is no container"));
-    let row = within(
-        Duration::from_secs(10),
-        client.find(Locator::Css(&format!(
-            "#jobs .job[data-request-id=\"{id}\"]"
-        ))),
+    let row = find(
+        client,
+        &format!("#jobs .job[data-request-id=\"{id}\"]"),
         "find the job's row",
     )
     .await;
@@ -634,11 +622,9 @@ async fn journey_from_a_job(agent: &TestAgent, client: &Client, jobs: &[Value]) 
 async fn followed_logs(agent: &TestAgent, balancer: &Balancer, client: &Client) {
     let ids = ids_by_name(agent).await;
     let (name, container) = ids.iter().next().expect("a container");
-    let open = within(
-        Duration::from_secs(10),
-        client.find(Locator::Css(&format!(
-            "#containers li[data-container-id=\"{container}\"] .c-name"
-        ))),
+    let open = find(
+        client,
+        &format!("#containers li[data-container-id=\"{container}\"] .c-name"),
         "find the container's row",
     )
     .await;
@@ -901,20 +887,10 @@ async fn locked_agent(client: &Client) {
         (state.as_str().is_some_and(|s| s.contains("locked"))).then_some(())
     })
     .await;
-    let replicas = within(
-        Duration::from_secs(10),
-        client.find(Locator::Css("#replicas")),
-        "find replicas",
-    )
-    .await;
+    let replicas = find(client, "#replicas", "find replicas").await;
     within(Duration::from_secs(10), replicas.clear(), "clear").await;
     within(Duration::from_secs(10), replicas.send_keys("2"), "type").await;
-    let scale = within(
-        Duration::from_secs(10),
-        client.find(Locator::Css("#replicas-form button[type=submit]")),
-        "find scale",
-    )
-    .await;
+    let scale = find(client, "#replicas-form button[type=submit]", "find scale").await;
     within(Duration::from_secs(10), scale.click(), "click scale").await;
     let said = poll(
         "the refusal on the page",
@@ -999,10 +975,8 @@ async fn the_event_websocket_replays_recent_events_then_pushes_new_ones() {
 
 /// Picks an operation and a size in the form, sets how many, and sends.
 async fn submit_jobs(client: &Client, operation: &str, size: &str, count: u32) {
-    let find = async |css: &str| {
-        within(Duration::from_secs(10), client.find(Locator::Css(css)), css).await
-    };
-    let select = find("#job-operation").await;
+    let element = async |css: &str| find(client, css, css).await;
+    let select = element("#job-operation").await;
     within(
         Duration::from_secs(10),
         select.select_by_value(operation),
@@ -1013,11 +987,11 @@ async fn submit_jobs(client: &Client, operation: &str, size: &str, count: u32) {
         ("#job-size", size.to_owned()),
         ("#job-count", count.to_string()),
     ] {
-        let input = find(css).await;
+        let input = element(css).await;
         within(Duration::from_secs(10), input.clear(), "clear").await;
         within(Duration::from_secs(10), input.send_keys(&value), "type").await;
     }
-    let send = find("#job-submit").await;
+    let send = element("#job-submit").await;
     within(Duration::from_secs(10), send.click(), "click send").await;
 }
 
@@ -1082,6 +1056,16 @@ async fn save_screenshot(client: &Client, name: &str, docs: bool) {
 }
 
 /// Awaits `future` for at most `timeout`; panics naming `what` on a timeout or an error.
+/// The element `css` selects, within 10 s; `what` names the step in a failure.
+async fn find(client: &Client, css: &str, what: &str) -> fantoccini::elements::Element {
+    within(
+        Duration::from_secs(10),
+        client.find(Locator::Css(css)),
+        what,
+    )
+    .await
+}
+
 async fn within<T, E: std::fmt::Debug>(
     timeout: Duration,
     future: impl Future<Output = Result<T, E>>,
