@@ -129,10 +129,14 @@ pub fn parse_since(text: &str) -> Option<u64> {
 
 /// The id of the container `key` names (its id, a unique id prefix of 4 or more characters,
 /// or its name) when the agent manages it: a member, or an instance with the agent's labels
-/// that its runtime still lists (a standby, a stopped one not removed yet).
+/// that its runtime still lists (a standby, a stopped one not removed yet), or an exited
+/// worker process whose lines the process runtime keeps (by id).
 pub(crate) async fn managed_id(agent: &Agent, key: &str) -> Option<String> {
     if let Some(id) = agent.world().find(key) {
         return Some(id.to_owned());
+    }
+    if agent.shared().runtime.keeps_logs(key) {
+        return Some(key.to_owned());
     }
     let listed = agent.shared().runtime.list().await.ok()?;
     if let Some(instance) = listed.iter().find(|i| i.worker.id == key) {

@@ -256,6 +256,16 @@ impl Runtime {
         }
     }
 
+    /// Whether the runtime still keeps the logs of `id` once the instance is gone: the
+    /// process runtime keeps an exited worker's last lines; an engine lists a stopped
+    /// container until it is removed, and forgets its logs with it.
+    pub fn keeps_logs(&self, id: &str) -> bool {
+        match self {
+            Self::Process(process) => process.keeps_logs(id),
+            Self::Docker(_) | Self::Swarm(_) | Self::Simulated(_) => false,
+        }
+    }
+
     /// One long-lived stream of resource samples for an instance; ends when it stops.
     pub fn stats(&self, id: &str) -> BoxStream<'static, StatsSample> {
         match self {

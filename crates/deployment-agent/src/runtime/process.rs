@@ -234,6 +234,12 @@ impl ProcessRuntime {
         Ok(())
     }
 
+    /// Whether the agent keeps the output of process `id`, running or exited (the last
+    /// `LOGS_KEPT` processes it started).
+    pub fn keeps_logs(&self, id: &str) -> bool {
+        pid_of(id).is_some_and(|pid| lock(&self.shared.logs).processes.contains_key(&pid))
+    }
+
     /// What the agent kept of a process's output (stdout and stderr, kept after it exits),
     /// and with `follow` its new lines until its output closes. A process the agent did not
     /// start (adopted from /proc) has no lines; an unknown one is an error.

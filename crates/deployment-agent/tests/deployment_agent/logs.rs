@@ -212,6 +212,19 @@ async fn process_worker_logs_carry_the_request_id_and_follow_live() {
     })
     .await;
     assert!(ended.is_ok(), "the follow outlived its worker");
+    // Exited and forgotten by the pool, the worker's lines are still there: the process
+    // runtime kept them.
+    eventually("the drained worker gone from /stats", STARTUP, || async {
+        let stats = agent.get_json("/stats").await;
+        let listed = stats["containers"]
+            .as_array()?
+            .iter()
+            .any(|c| c["id"] == id.as_str());
+        (!listed).then_some(())
+    })
+    .await;
+    let kept = job_lines(&agent, &id, &second).await;
+    assert!(kept.len() >= 2, "{kept:?}");
     agent.stop().await;
 }
 
