@@ -914,8 +914,8 @@ async fn forward(
         }
         let body = buf.get(body.clone()).unwrap_or_default();
         retry.sent_to(&backend, true, others);
-        trip.sent(&backend.identity);
         let sent = Instant::now();
+        trip.sent(&backend.identity, sent);
         let outcome = {
             let pool = backend.pool(shard);
             let mut send = std::pin::pin!(timer::timeout_at(

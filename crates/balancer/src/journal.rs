@@ -23,6 +23,7 @@ use std::{
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use serde_json::{Value, json};
+use smallvec::SmallVec;
 
 use crate::{error::ProxyError, retry::Verdict, upstream::SendError};
 
@@ -110,6 +111,9 @@ impl Ended {
     }
 }
 
+/// A request's attempts: nearly always one, kept inline.
+type Attempts = SmallVec<[Attempt; 1]>;
+
 /// One attempt of a request.
 #[derive(Debug)]
 struct Attempt {
@@ -125,23 +129,50 @@ struct Attempt {
     retry: Option<&'static str>,
 }
 
+/// A request's target as kept: inline up to 48 bytes.
+type Path = SmallVec<[u8; 48]>;
+
+/// Bytes in an id made here.
+pub const MADE_ID_LEN: usize = 32;
+
+/// A request's id: one made here (kept inline) or the client's (well formed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    Made([u8; MADE_ID_LEN]),
+    Given(Box<[u8]>),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Made(id) => id,
+            Self::Given(id) => id,
+        }
+    }
+
+    /// As a header field's value (for hyper's path); any id taken or made is one.
+    pub fn to_header(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
 /// A request's journey while it runs.
 #[derive(Debug)]
 pub struct Trip {
-    id: HeaderValue,
+    id: RequestId,
     method: Method,
     /// Its target, cut at `MAX_PATH_BYTES` (empty when neither the history nor the access
-    /// log wants it).
-    path: Box<str>,
+    /// log wants it); as received, made text only when shown. Most targets fit inline.
+    path: Path,
     started: Instant,
     at_ms: u64,
     cache: CacheUse,
-    attempts: Vec<Attempt>,
+    attempts: Attempts,
 }
 
 impl Trip {
     /// The request's id, as forwarded and answered.
-    pub fn id(&self) -> &HeaderValue {
+    pub fn id(&self) -> &RequestId {
         &self.id
     }
 
@@ -153,11 +184,11 @@ impl Trip {
         self.cache = cache;
     }
 
-    /// An attempt is sent to `backend` now.
-    pub fn sent(&mut self, backend: &Arc<Identity>) {
+    /// An attempt is sent to `backend` at `at`.
+    pub fn sent(&mut self, backend: &Arc<Identity>, at: Instant) {
         self.attempts.push(Attempt {
             backend: Arc::clone(backend),
-            after_us: micros(self.started.elapsed()),
+            after_us: micros(at.saturating_duration_since(self.started)),
             took_us: 0,
             status: 0,
             ended: Ended::Open,
@@ -199,17 +230,28 @@ impl Ids {
         }
     }
 
-    pub fn next(&self) -> HeaderValue {
+    pub fn next(&self) -> [u8; MADE_ID_LEN] {
         let n = self.counter.fetch_add(1, Relaxed);
-        let mut out = [0u8; 32];
-        for (half, salt) in out.chunks_exact_mut(16).zip(self.salts) {
+        let mut out = [0u8; MADE_ID_LEN];
+        for (digits, salt) in out.chunks_exact_mut(16).zip(self.salts) {
             let word = mix(n ^ salt);
-            for (i, digit) in half.iter_mut().enumerate() {
-                *digit = b"0123456789abcdef"[((word >> (60 - 4 * i)) & 0xf) as usize];
+            for (eight, half) in digits.chunks_exact_mut(8).zip([word >> 32, word]) {
+                eight.copy_from_slice(&hex8(half as u32));
             }
         }
-        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        out
     }
+}
+
+/// The 8 lowercase hex digits of `value`, all at once: each nibble spread into a byte of its
+/// own, then turned into its digit (`'0' + n`, and 39 more from 10 on, to reach `'a'`).
+fn hex8(value: u32) -> [u8; 8] {
+    let mut x = u64::from(value);
+    x = (x | (x << 16)) & 0x0000_FFFF_0000_FFFF;
+    x = (x | (x << 8)) & 0x00FF_00FF_00FF_00FF;
+    x = (x | (x << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -224,16 +266,16 @@ fn mix(mut z: u64) -> u64 {
 struct Record {
     /// Orders records across the rings.
     seq: u64,
-    id: HeaderValue,
+    id: RequestId,
     method: Method,
-    path: Box<str>,
+    path: Path,
     status: u16,
     at_ms: u64,
     latency_us: u64,
     cache: CacheUse,
     /// The balancer's reason when it answered the error itself.
     error: Option<Box<str>>,
-    attempts: Vec<Attempt>,
+    attempts: Attempts,
 }
 
 impl Record {
@@ -264,7 +306,7 @@ impl Record {
         json!({
             "id": String::from_utf8_lossy(self.id.as_bytes()),
             "method": self.method.as_str(),
-            "path": self.path,
+            "path": String::from_utf8_lossy(&self.path),
             "status": self.status,
             "started_at_ms": self.at_ms,
             "latency_ms": self.latency_us as f64 / 1000.0,
@@ -344,16 +386,16 @@ impl Journal {
         target: &[u8],
     ) -> Trip {
         let id = match client_id.filter(|id| well_formed(id)) {
-            Some(id) => HeaderValue::from_bytes(id).unwrap_or_else(|_| self.ids.next()),
-            None => self.ids.next(),
+            Some(id) => RequestId::Given(id.into()),
+            None => RequestId::Made(self.ids.next()),
         };
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
         let path = if self.per_ring > 0 || self.access_log {
-            String::from_utf8_lossy(&target[..cut(target, MAX_PATH_BYTES)]).into()
+            Path::from_slice(&target[..cut(target, MAX_PATH_BYTES)])
         } else {
-            Box::default()
+            Path::new()
         };
         Trip {
             id,
@@ -362,7 +404,7 @@ impl Journal {
             started,
             at_ms,
             cache: CacheUse::Bypass,
-            attempts: Vec::new(),
+            attempts: Attempts::new(),
         }
     }
 
@@ -376,7 +418,7 @@ impl Journal {
                 target: "balancer::access",
                 request_id = %String::from_utf8_lossy(trip.id.as_bytes()),
                 method = %trip.method,
-                path = %trip.path,
+                path = %String::from_utf8_lossy(&trip.path),
                 status,
                 latency_ms = latency_us as f64 / 1000.0,
                 backend = backend.unwrap_or("-"),

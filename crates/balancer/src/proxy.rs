@@ -260,7 +260,7 @@ impl Shared {
         let response = match proxied.await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let id = trip.id().clone();
+                let id = trip.id().to_header();
                 self.journal.finish(shard, trip, status, None);
                 let mut response = response;
                 response.headers_mut().insert(X_REQUEST_ID, id);
@@ -289,7 +289,7 @@ impl Shared {
                         }
                     }
                 }
-                let id = trip.id().clone();
+                let id = trip.id().to_header();
                 let status = status.as_u16();
                 self.journal.finish(shard, trip, status, Some(&error));
                 let mut response = error.into_response(self.settings.retry_after_secs);
@@ -328,7 +328,8 @@ impl Shared {
         if self.cache.is_some() && lookup != Lookup::Bypass {
             trip.cache(CacheUse::Miss);
         }
-        let mut upstream = self.prepare(parts, body, admitted, lookup, peer, trip.id());
+        let mut upstream =
+            self.prepare(parts, body, admitted, lookup, peer, &trip.id().to_header());
         let job = self.job(&mut upstream, started).await?;
         let Answer {
             response,
@@ -584,9 +585,8 @@ impl Shared {
                 return Err(retry.take_error().on(&backend));
             };
             retry.sent_to(&backend, upstream.body.replayable(), others);
-            trip.sent(&backend.identity);
-
             let sent = Instant::now();
+            trip.sent(&backend.identity, sent);
             let mut send = std::pin::pin!(timer::timeout_at(
                 deadline,
                 backend.pool(shard).send(request)

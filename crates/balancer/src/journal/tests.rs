@@ -41,15 +41,37 @@ fn only_well_formed_ids_are_taken() {
 fn made_ids_are_32_hex_digits_and_do_not_repeat() {
     let ids = Ids::new(1);
     let mut seen = HashSet::new();
-    for _ in 0..10_000 {
-        let id = ids.next();
-        let id = id.to_str().unwrap().to_owned();
-        assert_eq!(id.len(), 32, "{id}");
-        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    for n in 0..10_000u64 {
+        let id = String::from_utf8(ids.next().to_vec()).unwrap();
+        // The digits are the two mixed words', lowercase.
+        let words = ids.salts.map(|salt| mix(n ^ salt));
+        assert_eq!(id, format!("{:016x}{:016x}", words[0], words[1]));
         assert!(seen.insert(id));
     }
     // Another process's ids (another seed) start elsewhere.
-    assert!(!seen.contains(Ids::new(2).next().to_str().unwrap()));
+    let other = String::from_utf8(Ids::new(2).next().to_vec()).unwrap();
+    assert!(!seen.contains(&other));
+}
+
+#[test]
+fn hex8_gives_every_digit() {
+    for value in [
+        0,
+        1,
+        9,
+        10,
+        15,
+        0x89ab_cdef,
+        0x0123_4567,
+        0xffff_ffff,
+        0xa0b0_c0d0,
+    ] {
+        assert_eq!(
+            hex8(value),
+            *format!("{value:08x}").as_bytes(),
+            "{value:#x}"
+        );
+    }
 }
 
 #[test]
@@ -58,15 +80,15 @@ fn a_trip_records_each_attempt_its_outcome_and_the_retry() {
     let (a, b) = (identity("a"), identity("b"));
     let mut trip = journal.start(Some(b"r-1"), Instant::now(), &Method::POST, b"/submit?q=1");
     trip.cache(CacheUse::Miss);
-    trip.sent(&a);
+    trip.sent(&a, Instant::now());
     trip.ended(
         Ended::ConnectFailed,
         0,
         Some(Verdict::Retry(RetryReason::Connect)),
     );
-    trip.sent(&a);
+    trip.sent(&a, Instant::now());
     trip.ended(Ended::Answered, 503, Some(Verdict::Denied));
-    trip.sent(&b);
+    trip.sent(&b, Instant::now());
     trip.ended(Ended::Answered, 200, None);
     journal.finish(0, trip, 200, None);
     let record = journal.find("r-1").unwrap();
