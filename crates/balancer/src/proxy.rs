@@ -251,16 +251,17 @@ impl Shared {
         let mut trip = self
             .journal
             .start(client_id, started, &method, target.as_bytes());
+        // Forwarded to the backend and returned to the client.
+        let id = trip.id().to_header();
         // A span by hand rather than `#[instrument]`: the attribute keeps two copies of the
         // request's future (enabled and disabled paths), doubling what each request allocates.
         let span = tracing::debug_span!("proxy", %method, path = %request.uri().path());
         let proxied = self
-            .proxy(request, started, shard, peer, &mut trip)
+            .proxy(request, started, shard, peer, &id, &mut trip)
             .instrument(span);
         let response = match proxied.await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let id = trip.id().to_header();
                 self.journal.finish(shard, trip, status, None);
                 let mut response = response;
                 response.headers_mut().insert(X_REQUEST_ID, id);
@@ -289,7 +290,6 @@ impl Shared {
                         }
                     }
                 }
-                let id = trip.id().to_header();
                 let status = status.as_u16();
                 self.journal.finish(shard, trip, status, Some(&error));
                 let mut response = error.into_response(self.settings.retry_after_secs);
@@ -314,6 +314,7 @@ impl Shared {
         started: Instant,
         shard: usize,
         peer: Option<HeaderValue>,
+        id: &HeaderValue,
         trip: &mut Trip,
     ) -> Result<Response<ResponseBody>, Failure> {
         let (parts, body) = request.into_parts();
@@ -328,8 +329,7 @@ impl Shared {
         if self.cache.is_some() && lookup != Lookup::Bypass {
             trip.cache(CacheUse::Miss);
         }
-        let mut upstream =
-            self.prepare(parts, body, admitted, lookup, peer, &trip.id().to_header());
+        let mut upstream = self.prepare(parts, body, admitted, lookup, peer, id);
         let job = self.job(&mut upstream, started).await?;
         let Answer {
             response,

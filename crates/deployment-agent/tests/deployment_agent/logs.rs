@@ -100,6 +100,20 @@ async fn job_lines(agent: &TestAgent, key: &str, id: &str) -> Vec<Value> {
     lines
 }
 
+/// A follow of container `key`'s new lines (nothing old: `tail=0`) that mention `id`, on a
+/// client of its own: the agent's has a 10 s timeout, and a follow lasts until its worker
+/// stops.
+async fn follow_new_lines(agent: &TestAgent, key: &str, id: &str) -> reqwest::Response {
+    let path = format!("/containers/{key}/logs?follow=true&tail=0&grep={id}");
+    let response = reqwest::Client::new()
+        .get(agent.url(&path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "GET {path}");
+    response
+}
+
 /// Reads a streamed body until a chunk holds `needle`, for at most `within`; the text read.
 async fn read_until(response: &mut reqwest::Response, needle: &str, within: Duration) -> String {
     let mut text = String::new();
@@ -170,15 +184,7 @@ async fn process_worker_logs_carry_the_request_id_and_follow_live() {
 
     // A follow: nothing old (tail=0), only the second request's lines, as they are written.
     let second = format!("req-{}", unique());
-    let client = reqwest::Client::new();
-    let mut follow = client
-        .get(agent.url(&format!(
-            "/containers/{id}/logs?follow=true&tail=0&grep={second}"
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(follow.status(), 200);
+    let mut follow = follow_new_lines(&agent, &id, &second).await;
     job(&address, &first).await;
     job(&address, &second).await;
     let text = read_until(&mut follow, "job done", Duration::from_secs(10)).await;
@@ -250,14 +256,7 @@ async fn docker_worker_logs_carry_the_request_id() {
 
     // A follow yields a new line live.
     let second = format!("req-{}", unique());
-    let mut follow = reqwest::Client::new()
-        .get(agent.url(&format!(
-            "/containers/{id}/logs?follow=true&tail=0&grep={second}"
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(follow.status(), 200);
+    let mut follow = follow_new_lines(&agent, &id, &second).await;
     job(&address, &second).await;
     read_until(&mut follow, "job done", Duration::from_secs(10)).await;
 
