@@ -580,20 +580,24 @@ impl Deployed {
         (workers, redis)
     }
 
-    /// Waits until an agent runs on every node and each answers `/status` naming the same
-    /// leader (a hung agent fails it); gives that leader and the agents. The addresses are
-    /// asked afresh each time: right after a promotion a busy node's engine may not answer the
-    /// listing at once, and the lead may still move.
+    /// Waits until one agent runs on every node, the same in two listings in a row, and each
+    /// answers `/status` naming the same leader (a hung agent fails it); gives that leader and
+    /// the agents. The addresses are asked afresh each time: right after a promotion a busy
+    /// node's engine may not answer the listing at once, an agent's task may be replaced (the
+    /// old one listed beside the new until it is gone), and the lead may still move.
     async fn agree_on_a_leader(&self) -> (String, Vec<(String, String)>) {
+        let mut previous = Vec::new();
         common::testing::eventually(
-            "an agent on every node answers and all name one leader",
+            "one agent on every node, all naming one leader",
             Duration::from_secs(90),
             || {
                 let agents = self.agents();
+                let stable = agents == std::mem::replace(&mut previous, agents.clone());
                 let client = self.client.clone();
                 async move {
-                    if agents.len() != NODES.len() {
-                        eprintln!("agents listed so far: {agents:?}");
+                    let nodes: BTreeSet<&str> = agents.iter().map(|(n, _)| n.as_str()).collect();
+                    if !stable || agents.len() != NODES.len() || nodes.len() != NODES.len() {
+                        eprintln!("agents listed: {agents:?}");
                         return None;
                     }
                     let mut leaders = BTreeSet::new();
