@@ -151,13 +151,15 @@ async fn the_stack_scales_heals_and_keeps_serving() {
         added.len() >= 2,
         "fewer than two workers added: {journeys:#?}"
     );
-    for id in &added {
-        assert!(
-            passes_through(&journeys[*id], &[&[Low, Medium, High]]),
-            "worker {id} never served: {:?}",
-            journeys[*id]
-        );
-    }
+    // A warm standby prepared meanwhile may leave again without serving (INIT only).
+    let served = added
+        .iter()
+        .filter(|id| passes_through(&journeys[**id], &[&[Low, Medium, High]]))
+        .count();
+    assert!(
+        served >= 2,
+        "fewer than two added workers served: {journeys:#?}"
+    );
     // The warm pool holds one: at least one of the others was created, and seen starting.
     assert!(
         added
